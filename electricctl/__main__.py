@@ -1,0 +1,3 @@
+from electricctl.cli.main import main
+
+main()

@@ -1,0 +1,179 @@
+"""Load YAML into plain Python data while remembering where every node came from.
+
+PyYAML's ``compose`` keeps a mark on each node; we walk the node graph ourselves so that every
+value, and every mapping key, can be traced back to ``file:line:col`` by its dotted path
+(``grants[0].where``). ``${VAR}`` references in string scalars are interpolated from the
+environment here, so an undefined variable is reported at the scalar that uses it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+from yaml.constructor import SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from electricctl.errors import Diagnostic, Location
+
+# ${NAME}, ${NAME:-default}; $${ escapes a literal ${
+_ENV_RE = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_STR_TAG = "tag:yaml.org,2002:str"
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so `on:`, `yes` and `no` stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def join_path(base: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{base}[{key}]"
+    return f"{base}.{key}" if base else key
+
+
+@dataclass(slots=True)
+class Source:
+    """Parsed YAML data plus the location of every node, by path."""
+
+    file: str
+    data: Any
+    values: dict[str, Location] = field(default_factory=dict)
+    keys: dict[str, Location] = field(default_factory=dict)
+    env_refs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Environment variables each scalar referenced, by path."""
+
+    def loc(self, path: str, *, key: bool = False) -> Location:
+        """The location of the node at ``path``, falling back to its nearest ancestor."""
+        table = self.keys if key else self.values
+        probe = path
+        while True:
+            if probe in table:
+                return table[probe]
+            if key and probe in self.values:
+                return self.values[probe]
+            if not probe:
+                return Location(self.file, 1, 1, path or "<root>")
+            cut = max(probe.rfind("."), probe.rfind("["))
+            probe = probe[: max(cut, 0)]
+
+    def at(self, path: str, *, key: bool = False) -> Location:
+        """Like :meth:`loc`, but the location's path is ``path`` itself."""
+        found = self.loc(path, key=key)
+        return Location(found.file, found.line, found.col, path or "<root>")
+
+
+def _location(file: str, node: Node, path: str) -> Location:
+    mark = node.start_mark
+    return Location(file, mark.line + 1, mark.column + 1, path or "<root>")
+
+
+def load(
+    text: str,
+    file: str,
+    env: Mapping[str, str],
+    *,
+    skip_env_errors: Collection[str] = (),
+) -> tuple[Source, list[Diagnostic]]:
+    """Parse ``text``; return the data with locations, and every problem found on the way.
+
+    ``skip_env_errors`` lists paths whose undefined variables are not an error (for example
+    ``database.url`` when ``--database-url`` overrides it).
+    """
+    diags: list[Diagnostic] = []
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or str(exc)
+        diags.append(Diagnostic(Location(file, line, col, "<root>"), f"YAML syntax error: {problem}", "yaml"))
+        return Source(file, None), diags
+    finally:
+        loader.dispose()
+
+    src = Source(file, None)
+    if root is None:
+        return src, diags
+    ctor = SafeConstructor()
+
+    def interpolate(node: ScalarNode, path: str) -> str:
+        raw = str(node.value)
+        used: list[str] = []
+
+        def sub(m: re.Match[str]) -> str:
+            if m.group(0) == "$$":
+                return "$"
+            name, default = m.group(1), m.group(2)
+            used.append(name)
+            if name in env:
+                return env[name]
+            if default is not None:
+                return default
+            if path not in skip_env_errors:
+                loc = _location(file, node, path)
+                if node.style in (None, "") and node.start_mark.line == node.end_mark.line:
+                    loc = loc.shifted(m.start())
+                diags.append(
+                    Diagnostic(
+                        loc,
+                        f"environment variable {name} is not set; export it, or write ${{{name}:-default}}",
+                        "env.undefined",
+                    )
+                )
+            return ""
+
+        out = _ENV_RE.sub(sub, raw)
+        if used:
+            src.env_refs[path] = tuple(used)
+        return out
+
+    def walk(node: Node, path: str) -> Any:
+        src.values[path] = _location(file, node, path)
+        if isinstance(node, MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, ScalarNode) or key_node.tag != _STR_TAG:
+                    diags.append(
+                        Diagnostic(_location(file, key_node, path), "mapping keys must be plain strings", "yaml.key")
+                    )
+                    continue
+                key = str(key_node.value)
+                child = join_path(path, key)
+                if key in out:
+                    diags.append(
+                        Diagnostic(
+                            _location(file, key_node, child),
+                            f"duplicate key {key!r} (first at line {src.keys[child].line})",
+                            "yaml.duplicate_key",
+                        )
+                    )
+                    continue
+                src.keys[child] = _location(file, key_node, child)
+                out[key] = walk(value_node, child)
+            return out
+        if isinstance(node, SequenceNode):
+            return [walk(item, join_path(path, i)) for i, item in enumerate(node.value)]
+        assert isinstance(node, ScalarNode)
+        if node.tag == _STR_TAG:
+            return interpolate(node, path)
+        try:
+            return ctor.construct_object(node, deep=True)
+        except yaml.constructor.ConstructorError as exc:
+            diags.append(Diagnostic(_location(file, node, path), f"invalid value: {exc.problem}", "yaml.value"))
+            return None
+
+    src.data = walk(root, "")
+    return src, diags
+

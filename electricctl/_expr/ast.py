@@ -1,0 +1,145 @@
+"""Our own small expression AST for where clauses, grant checks and assignment conditions.
+
+It is produced from pglast's parse tree by :mod:`electricctl._expr.parse`, which admits only a
+whitelisted subset of SQL. The shape engine evaluates this AST; nothing downstream ever sees
+pglast nodes or the user's original text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column reference: ``col``, ``table.col``, ``this.col`` or ``auth.claim``."""
+
+    qualifier: str | None
+    name: str
+    offset: int
+    """Character offset of the reference in the user's expression text."""
+
+
+@dataclass(frozen=True, slots=True)
+class Const:
+    value: str | int | float | bool | None
+    """``None`` is SQL NULL; strings are unknown-typed literals as in SQL."""
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """A binary or unary (``left is None``) operator: comparisons, arithmetic, ``||``."""
+
+    op: str
+    left: Expr | None
+    right: Expr
+
+
+@dataclass(frozen=True, slots=True)
+class BoolOp:
+    op: str  # "and" | "or" | "not"
+    args: tuple[Expr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class In:
+    arg: Expr
+    items: tuple[Expr, ...]
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Like:
+    arg: Expr
+    pattern: Expr
+    negated: bool
+    case_insensitive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Between:
+    arg: Expr
+    low: Expr
+    high: Expr
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IsNull:
+    arg: Expr
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class IsBool:
+    """``x IS [NOT] TRUE|FALSE|UNKNOWN``; ``value is None`` means UNKNOWN."""
+
+    arg: Expr
+    value: bool | None
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Distinct:
+    """``a IS [NOT] DISTINCT FROM b``."""
+
+    left: Expr
+    right: Expr
+    negated: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Func:
+    name: str
+    args: tuple[Expr, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Cast:
+    arg: Expr
+    type_name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Coalesce:
+    args: tuple[Expr, ...]
+
+
+Expr = Column | Const | Op | BoolOp | In | Like | Between | IsNull | IsBool | Distinct | Func | Cast | Coalesce
+
+
+def children(expr: Expr) -> tuple[Expr, ...]:
+    match expr:
+        case Column() | Const():
+            return ()
+        case Op(left=left, right=right):
+            return (right,) if left is None else (left, right)
+        case BoolOp(args=args) | Func(args=args) | Coalesce(args=args):
+            return args
+        case In(arg=arg, items=items):
+            return (arg, *items)
+        case Like(arg=arg, pattern=pattern):
+            return (arg, pattern)
+        case Between(arg=arg, low=low, high=high):
+            return (arg, low, high)
+        case IsNull(arg=arg) | IsBool(arg=arg) | Cast(arg=arg):
+            return (arg,)
+        case Distinct(left=left, right=right):
+            return (left, right)
+    raise TypeError(f"not an expression node: {expr!r}")  # pragma: no cover
+
+
+def walk(expr: Expr) -> Iterator[Expr]:
+    """Every node of ``expr``, depth first, parents before children."""
+    stack = [expr]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(children(node)))
+
+
+def columns(expr: Expr) -> Iterator[Column]:
+    for node in walk(expr):
+        if isinstance(node, Column):
+            yield node

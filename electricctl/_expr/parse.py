@@ -1,0 +1,290 @@
+"""Parse a user expression with pglast and admit only a whitelisted, side-effect-free subset.
+
+The text is wrapped as ``SELECT 1 WHERE <expr>`` and parsed by Postgres' own grammar
+(libpg_query). Anything but exactly one plain SELECT whose only clause is that WHERE is
+rejected, so ``1=1; DROP TABLE x`` or ``true UNION SELECT ...`` cannot be smuggled through. The
+tree is then converted node by node into :mod:`electricctl._expr.ast`; a node type, operator,
+function or type outside the whitelist is an error that names it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pglast import ast as pg
+from pglast import enums, parse_sql
+from pglast.parser import ParseError
+from pglast.stream import RawStream
+
+from electricctl._expr import ast
+
+_PREFIX = "SELECT 1 WHERE "
+
+COMPARISON_OPS = frozenset({"=", "<>", "!=", "<", "<=", ">", ">="})
+ARITHMETIC_OPS = frozenset({"+", "-", "*", "/", "%"})
+ALLOWED_OPS = COMPARISON_OPS | ARITHMETIC_OPS | {"||"}
+
+# Deterministic, side-effect-free functions only: no now(), random(), nextval(), set-returning or
+# catalog-reading functions. Each takes scalars and returns a scalar.
+ALLOWED_FUNCTIONS = frozenset(
+    {
+        "lower",
+        "upper",
+        "length",
+        "char_length",
+        "octet_length",
+        "abs",
+        "trim",
+        "btrim",
+        "ltrim",
+        "rtrim",
+        "starts_with",
+        "concat",
+        "substr",
+        "left",
+        "right",
+        "round",
+        "floor",
+        "ceil",
+    }
+)
+
+ALLOWED_CAST_TYPES = frozenset(
+    {
+        "text",
+        "varchar",
+        "bool",
+        "int2",
+        "int4",
+        "int8",
+        "float4",
+        "float8",
+        "date",
+        "time",
+        "timestamp",
+        "timestamptz",
+        "uuid",
+        "jsonb",
+        "interval",
+    }
+)
+_TYPE_ALIASES = {
+    "integer": "int4",
+    "int": "int4",
+    "smallint": "int2",
+    "bigint": "int8",
+    "boolean": "bool",
+    "real": "float4",
+    "double precision": "float8",
+    "character varying": "varchar",
+}
+
+_LIKE_OPS = {"~~": (False, False), "!~~": (True, False), "~~*": (False, True), "!~~*": (True, True)}
+
+
+class ExprError(ValueError):
+    """The expression is invalid; ``offset`` is a 0-based position in the user's text, if known."""
+
+    def __init__(self, message: str, offset: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.offset = offset
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    expr: ast.Expr
+    canonical: str
+    """The expression printed back by pglast: stable under whitespace and case changes."""
+
+
+def _offset(node: Any) -> int | None:
+    loc = getattr(node, "location", None)
+    if isinstance(loc, int) and loc >= len(_PREFIX):
+        return loc - len(_PREFIX)
+    return None
+
+
+def parse(text: str) -> Parsed:
+    """Parse and whitelist ``text``; raise :class:`ExprError` naming the first problem."""
+    if not text.strip():
+        raise ExprError("the expression is empty", 0)
+    try:
+        stmts = parse_sql(_PREFIX + text)
+    except ParseError as exc:
+        message, index = exc.args[0], exc.args[1] if len(exc.args) > 1 else None
+        offset = index - len(_PREFIX) if isinstance(index, int) else len(text)
+        raise ExprError(f"syntax error: {message}", max(offset, 0)) from exc
+    if len(stmts) != 1:
+        raise ExprError("must be a single expression, not several statements (found ';')", text.find(";"))
+    stmt = stmts[0].stmt
+    if (
+        not isinstance(stmt, pg.SelectStmt)
+        or stmt.op != enums.SetOperation.SETOP_NONE
+        or stmt.fromClause
+        or stmt.groupClause
+        or stmt.havingClause
+        or stmt.sortClause
+        or stmt.limitCount
+        or stmt.limitOffset
+        or stmt.withClause
+        or stmt.lockingClause
+        or stmt.windowClause
+        or stmt.distinctClause
+        or stmt.whereClause is None
+    ):
+        raise ExprError("must be a single boolean expression, not a query fragment", 0)
+    where = stmt.whereClause
+    expr = _convert(where)
+    return Parsed(expr, RawStream()(where))
+
+
+def _names(nodes: Any) -> list[str]:
+    return [n.sval for n in nodes]
+
+
+def _convert_list(nodes: Any) -> tuple[ast.Expr, ...]:
+    return tuple(_convert(n) for n in nodes)
+
+
+def _convert(node: Any) -> ast.Expr:  # noqa: C901 - one case per whitelisted node type
+    match node:
+        case pg.ColumnRef():
+            fields = node.fields
+            if not all(isinstance(f, pg.String) for f in fields):
+                raise ExprError("`*` is not allowed in expressions", _offset(node))
+            names = _names(fields)
+            if len(names) == 1:
+                return ast.Column(None, names[0], _offset(node) or 0)
+            if len(names) == 2:
+                return ast.Column(names[0], names[1], _offset(node) or 0)
+            raise ExprError(f"column reference {'.'.join(names)} has too many parts", _offset(node))
+        case pg.A_Const():
+            if node.isnull:
+                return ast.Const(None)
+            val = node.val
+            match val:
+                case pg.Integer():
+                    return ast.Const(int(val.ival))
+                case pg.Float():
+                    return ast.Const(float(val.fval))
+                case pg.String():
+                    return ast.Const(str(val.sval))
+                case pg.Boolean():
+                    return ast.Const(bool(val.boolval))
+            raise ExprError(f"unsupported constant {type(val).__name__}", _offset(node))
+        case pg.BoolExpr():
+            op = {
+                enums.BoolExprType.AND_EXPR: "and",
+                enums.BoolExprType.OR_EXPR: "or",
+                enums.BoolExprType.NOT_EXPR: "not",
+            }[node.boolop]
+            return ast.BoolOp(op, _convert_list(node.args))
+        case pg.A_Expr():
+            return _convert_a_expr(node)
+        case pg.NullTest():
+            return ast.IsNull(_convert(node.arg), node.nulltesttype == enums.NullTestType.IS_NOT_NULL)
+        case pg.BooleanTest():
+            kind = enums.BoolTestType
+            table = {
+                kind.IS_TRUE: (True, False),
+                kind.IS_NOT_TRUE: (True, True),
+                kind.IS_FALSE: (False, False),
+                kind.IS_NOT_FALSE: (False, True),
+                kind.IS_UNKNOWN: (None, False),
+                kind.IS_NOT_UNKNOWN: (None, True),
+            }
+            value, negated = table[node.booltesttype]
+            return ast.IsBool(_convert(node.arg), value, negated)
+        case pg.TypeCast():
+            names = _names(node.typeName.names)
+            type_name = names[-1].lower()
+            type_name = _TYPE_ALIASES.get(type_name, type_name)
+            if node.typeName.arrayBounds or type_name not in ALLOWED_CAST_TYPES:
+                raise ExprError(
+                    f"cast to {'.'.join(names)} is not allowed; allowed types: {', '.join(sorted(ALLOWED_CAST_TYPES))}",
+                    _offset(node.typeName) or _offset(node),
+                )
+            return ast.Cast(_convert(node.arg), type_name)
+        case pg.FuncCall():
+            names = _names(node.funcname)
+            name = names[-1].lower()
+            if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog") or name not in ALLOWED_FUNCTIONS:
+                raise ExprError(
+                    f"function {'.'.join(names)}() is not allowed; allowed functions: "
+                    f"{', '.join(sorted(ALLOWED_FUNCTIONS))}",
+                    _offset(node),
+                )
+            if node.agg_star or node.agg_distinct or node.over or node.agg_order or node.agg_filter:
+                raise ExprError(f"aggregate or window use of {name}() is not allowed", _offset(node))
+            if node.func_variadic:
+                raise ExprError("VARIADIC calls are not allowed", _offset(node))
+            args = node.args or ()
+            if any(isinstance(a, pg.NamedArgExpr) for a in args):
+                raise ExprError("named function arguments are not allowed", _offset(node))
+            return ast.Func(name, _convert_list(args))
+        case pg.CoalesceExpr():
+            return ast.Coalesce(_convert_list(node.args))
+        case pg.SubLink():
+            raise ExprError("subqueries are not allowed in expressions", _offset(node))
+        case pg.ParamRef():
+            raise ExprError("parameters ($1) are not allowed; use auth.<claim> or a literal", _offset(node))
+    name = type(node).__name__
+    raise ExprError(f"{name} is not allowed in expressions", _offset(node))
+
+
+def _convert_a_expr(node: pg.A_Expr) -> ast.Expr:
+    kind = enums.A_Expr_Kind
+    names = _names(node.name)
+    opname = names[-1]
+    off = _offset(node)
+    match node.kind:
+        case kind.AEXPR_OP:
+            if opname not in ALLOWED_OPS:
+                raise ExprError(
+                    f"operator {opname} is not allowed; allowed operators: {' '.join(sorted(ALLOWED_OPS))}", off
+                )
+            op = "<>" if opname == "!=" else opname
+            left = None if node.lexpr is None else _convert(node.lexpr)
+            if left is None and op not in ("-", "+"):
+                raise ExprError(f"prefix operator {op} is not allowed", off)
+            return ast.Op(op, left, _convert(node.rexpr))
+        case kind.AEXPR_IN:
+            if opname not in ("=", "<>"):
+                raise ExprError(f"{opname} IN is not allowed", off)
+            return ast.In(_convert(node.lexpr), _convert_list(node.rexpr), opname == "<>")
+        case kind.AEXPR_LIKE | kind.AEXPR_ILIKE:
+            if opname not in _LIKE_OPS:
+                raise ExprError(f"operator {opname} is not allowed", off)
+            negated, ci = _LIKE_OPS[opname]
+            return ast.Like(_convert(node.lexpr), _convert(node.rexpr), negated, ci)
+        case kind.AEXPR_BETWEEN | kind.AEXPR_NOT_BETWEEN:
+            low, high = node.rexpr
+            return ast.Between(
+                _convert(node.lexpr), _convert(low), _convert(high), node.kind == kind.AEXPR_NOT_BETWEEN
+            )
+        case kind.AEXPR_DISTINCT | kind.AEXPR_NOT_DISTINCT:
+            return ast.Distinct(_convert(node.lexpr), _convert(node.rexpr), node.kind == kind.AEXPR_NOT_DISTINCT)
+    raise ExprError(f"{names[-1]} ({node.kind.name}) is not allowed in expressions", off)
+
+
+_BOOLEAN_FUNCTIONS = frozenset({"starts_with"})
+
+
+def is_boolean_shaped(expr: ast.Expr) -> bool | None:
+    """True if ``expr`` is certainly boolean, False if certainly not, None if it depends on a column type."""
+    match expr:
+        case ast.BoolOp() | ast.In() | ast.Like() | ast.Between() | ast.IsNull() | ast.IsBool() | ast.Distinct():
+            return True
+        case ast.Op(op=op):
+            return op in COMPARISON_OPS
+        case ast.Const(value=value):
+            return isinstance(value, bool)
+        case ast.Cast(type_name=type_name):
+            return type_name == "bool"
+        case ast.Func(name=name):
+            return name in _BOOLEAN_FUNCTIONS
+        case ast.Column() | ast.Coalesce():
+            return None
+    return False  # pragma: no cover
