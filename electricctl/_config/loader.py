@@ -16,7 +16,7 @@ import sqlite3
 from collections.abc import Collection, Iterable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jsonschema
 
@@ -62,7 +62,9 @@ def load_file(
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError([Diagnostic(Location(str(p), 1, 1, "<root>"), f"cannot read file: {exc.strerror}", "io")])
+        raise ConfigError(
+            [Diagnostic(Location(str(p), 1, 1, "<root>"), f"cannot read file: {exc.strerror}", "io")]
+        ) from exc
     return load_text(text, str(p), env=env, database_url=database_url)
 
 
@@ -77,7 +79,9 @@ def load_text(
     skip = ("database.url",) if database_url else ()
     src, diags = yamlsrc.load(text, file, env, skip_env_errors=skip)
     if src.data is None and not diags:
-        diags.append(Diagnostic(Location(file, 1, 1, "<root>"), "the file is empty; it needs at least `version: 1`", "empty"))
+        diags.append(
+            Diagnostic(Location(file, 1, 1, "<root>"), "the file is empty; it needs at least `version: 1`", "empty")
+        )
     if diags:
         raise ConfigError(diags)
     diags.extend(_schema_diagnostics(src))
@@ -145,7 +149,7 @@ def _describe(src: yamlsrc.Source, error: jsonschema.ValidationError, path: str)
         expected_s = expected_s.replace("array", "list").replace("object", "mapping")
         return [Diagnostic(loc, f"expected {expected_s}, got {_type_name(value)}", "schema.type")]
     if validator == "enum":
-        options = ", ".join(str(v) for v in error.validator_value)
+        options = ", ".join(str(v) for v in cast(list[Any], error.validator_value))
         return [Diagnostic(loc, f"must be one of {options}; got {value!r}", "schema.enum")]
     if validator == "const":
         return [Diagnostic(loc, f"must be {error.validator_value!r}; got {value!r}", "schema.const")]
@@ -214,7 +218,11 @@ class _Builder:
                 self.error(path, f"table {ref} is declared twice (first at line {first})", "table.duplicate")
                 continue
             if ref.schema == "electric":
-                self.error(path, "the electric schema belongs to electricctl; its tables cannot be electrified", "table.reserved")
+                self.error(
+                    path,
+                    "the electric schema belongs to electricctl; its tables cannot be electrified",
+                    "table.reserved",
+                )
                 continue
             spec = TableSpec(ref, self.src.at(path))
             self.declared[ref] = spec
@@ -236,9 +244,13 @@ class _Builder:
                 return public[0]
             if len(matches) > 1:
                 options = ", ".join(str(m) for m in sorted(matches))
-                self.error(path, f"table name {name!r} is ambiguous ({options}); qualify it with its schema", "table.ambiguous")
+                self.error(
+                    path, f"table name {name!r} is ambiguous ({options}); qualify it with its schema", "table.ambiguous"
+                )
                 return None
-        self.error(path, f"table {name!r} is not declared under `tables`; add it there to electrify it", "table.undeclared")
+        self.error(
+            path, f"table {name!r} is not declared under `tables`; add it there to electrify it", "table.undeclared"
+        )
         return None
 
     def _column_ref(self, text: str, path: str) -> tuple[TableRef, str] | None:
@@ -279,7 +291,10 @@ class _Builder:
                 allowed = ", ".join(sorted(f"{x}.<column>" for x in qualifiers))
                 hint = f"; use {allowed}" + (" or auth.<claim>" if allow_auth else "")
                 self.error(
-                    path, f"{q}.{col.name} does not refer to table {table}{hint}", "expr.qualifier", shift=lead + col.offset
+                    path,
+                    f"{q}.{col.name} does not refer to table {table}{hint}",
+                    "expr.qualifier",
+                    shift=lead + col.offset,
                 )
                 ok = False
         if is_boolean_shaped(parsed.expr) is False:
@@ -384,9 +399,7 @@ class _Builder:
             path = f"grants[{i}]"
             raw = item["privileges"]
             names = [raw] if isinstance(raw, str) else list(raw)
-            privileges = sorted(
-                {p for n in names for p in PRIVILEGE_ALIASES.get(n, (n,))}, key=PRIVILEGES.index
-            )
+            privileges = sorted({p for n in names for p in PRIVILEGE_ALIASES.get(n, (n,))}, key=PRIVILEGES.index)
             table = self.resolve(item["on"], f"{path}.on")
             role = self.role(item["to"], f"{path}.to")
             if table is None or role is None:
@@ -437,7 +450,11 @@ class _Builder:
             path = f"shapes[{i}]"
             name = item["name"]
             if name in names:
-                self.error(f"{path}.name", f"shape name {name!r} is used twice (first at line {names[name]})", "shape.duplicate")
+                self.error(
+                    f"{path}.name",
+                    f"shape name {name!r} is used twice (first at line {names[name]})",
+                    "shape.duplicate",
+                )
                 continue
             names[name] = self.src.at(path).line
             table = self.resolve(item["table"], f"{path}.table")
@@ -538,7 +555,9 @@ class _Builder:
                 try:
                     base64.b64decode(jwt.key, validate=True)
                 except binascii.Error:
-                    self.error("auth.jwt.key", "key_is_base64 is true but the key is not valid base64", "auth.key_format")
+                    self.error(
+                        "auth.jwt.key", "key_is_base64 is true but the key is not valid base64", "auth.key_format"
+                    )
         return AuthConfig(mode=mode, jwt=jwt)
 
 

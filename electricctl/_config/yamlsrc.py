@@ -176,4 +176,3 @@ def load(
 
     src.data = walk(root, "")
     return src, diags
-

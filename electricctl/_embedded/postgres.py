@@ -193,7 +193,9 @@ class EmbeddedPostgres:
 
     def stop(self, *, cleanup: bool | None = None) -> None:
         if self._running:
-            self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"], "pg_ctl stop")
+            self._run(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "fast", "-w", "stop"], "pg_ctl stop"
+            )
             self._running = False
         if cleanup if cleanup is not None else self._owns_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)

@@ -148,9 +148,9 @@ def _convert_list(nodes: Any) -> tuple[ast.Expr, ...]:
     return tuple(_convert(n) for n in nodes)
 
 
-def _convert(node: Any) -> ast.Expr:  # noqa: C901 - one case per whitelisted node type
-    match node:
-        case pg.ColumnRef():
+def _convert(node: Any) -> ast.Expr:
+    match type(node):
+        case pg.ColumnRef:
             fields = node.fields
             if not all(isinstance(f, pg.String) for f in fields):
                 raise ExprError("`*` is not allowed in expressions", _offset(node))
@@ -160,32 +160,32 @@ def _convert(node: Any) -> ast.Expr:  # noqa: C901 - one case per whitelisted no
             if len(names) == 2:
                 return ast.Column(names[0], names[1], _offset(node) or 0)
             raise ExprError(f"column reference {'.'.join(names)} has too many parts", _offset(node))
-        case pg.A_Const():
+        case pg.A_Const:
             if node.isnull:
                 return ast.Const(None)
             val = node.val
-            match val:
-                case pg.Integer():
+            match type(val):
+                case pg.Integer:
                     return ast.Const(int(val.ival))
-                case pg.Float():
+                case pg.Float:
                     return ast.Const(float(val.fval))
-                case pg.String():
+                case pg.String:
                     return ast.Const(str(val.sval))
-                case pg.Boolean():
+                case pg.Boolean:
                     return ast.Const(bool(val.boolval))
             raise ExprError(f"unsupported constant {type(val).__name__}", _offset(node))
-        case pg.BoolExpr():
+        case pg.BoolExpr:
             op = {
                 enums.BoolExprType.AND_EXPR: "and",
                 enums.BoolExprType.OR_EXPR: "or",
                 enums.BoolExprType.NOT_EXPR: "not",
             }[node.boolop]
             return ast.BoolOp(op, _convert_list(node.args))
-        case pg.A_Expr():
+        case pg.A_Expr:
             return _convert_a_expr(node)
-        case pg.NullTest():
+        case pg.NullTest:
             return ast.IsNull(_convert(node.arg), node.nulltesttype == enums.NullTestType.IS_NOT_NULL)
-        case pg.BooleanTest():
+        case pg.BooleanTest:
             kind = enums.BoolTestType
             table = {
                 kind.IS_TRUE: (True, False),
@@ -197,7 +197,7 @@ def _convert(node: Any) -> ast.Expr:  # noqa: C901 - one case per whitelisted no
             }
             value, negated = table[node.booltesttype]
             return ast.IsBool(_convert(node.arg), value, negated)
-        case pg.TypeCast():
+        case pg.TypeCast:
             names = _names(node.typeName.names)
             type_name = names[-1].lower()
             type_name = _TYPE_ALIASES.get(type_name, type_name)
@@ -207,7 +207,7 @@ def _convert(node: Any) -> ast.Expr:  # noqa: C901 - one case per whitelisted no
                     _offset(node.typeName) or _offset(node),
                 )
             return ast.Cast(_convert(node.arg), type_name)
-        case pg.FuncCall():
+        case pg.FuncCall:
             names = _names(node.funcname)
             name = names[-1].lower()
             if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog") or name not in ALLOWED_FUNCTIONS:
@@ -224,17 +224,17 @@ def _convert(node: Any) -> ast.Expr:  # noqa: C901 - one case per whitelisted no
             if any(isinstance(a, pg.NamedArgExpr) for a in args):
                 raise ExprError("named function arguments are not allowed", _offset(node))
             return ast.Func(name, _convert_list(args))
-        case pg.CoalesceExpr():
+        case pg.CoalesceExpr:
             return ast.Coalesce(_convert_list(node.args))
-        case pg.SubLink():
+        case pg.SubLink:
             raise ExprError("subqueries are not allowed in expressions", _offset(node))
-        case pg.ParamRef():
+        case pg.ParamRef:
             raise ExprError("parameters ($1) are not allowed; use auth.<claim> or a literal", _offset(node))
     name = type(node).__name__
     raise ExprError(f"{name} is not allowed in expressions", _offset(node))
 
 
-def _convert_a_expr(node: pg.A_Expr) -> ast.Expr:
+def _convert_a_expr(node: Any) -> ast.Expr:
     kind = enums.A_Expr_Kind
     names = _names(node.name)
     opname = names[-1]
@@ -261,9 +261,7 @@ def _convert_a_expr(node: pg.A_Expr) -> ast.Expr:
             return ast.Like(_convert(node.lexpr), _convert(node.rexpr), negated, ci)
         case kind.AEXPR_BETWEEN | kind.AEXPR_NOT_BETWEEN:
             low, high = node.rexpr
-            return ast.Between(
-                _convert(node.lexpr), _convert(low), _convert(high), node.kind == kind.AEXPR_NOT_BETWEEN
-            )
+            return ast.Between(_convert(node.lexpr), _convert(low), _convert(high), node.kind == kind.AEXPR_NOT_BETWEEN)
         case kind.AEXPR_DISTINCT | kind.AEXPR_NOT_DISTINCT:
             return ast.Distinct(_convert(node.lexpr), _convert(node.rexpr), node.kind == kind.AEXPR_NOT_DISTINCT)
     raise ExprError(f"{names[-1]} ({node.kind.name}) is not allowed in expressions", off)

@@ -1,0 +1,101 @@
+"""electricctl's own catalog in the ``electric`` schema, as versioned migrations.
+
+Each version is a list of static statements (no user input reaches them). ``apply`` runs the
+missing versions first, in the same transaction as everything else.
+
+Tables:
+- ``catalog_migrations``: which catalog versions are installed; its presence marks the schema as ours.
+- ``applied_configs``: one row per apply that changed something: config hash, time, version, who.
+- ``electrified``: the electrified tables, with the replica identity to restore on removal.
+- ``assignments``, ``grants``, ``shapes``, ``sqlite_statements``, ``settings``: the declared rules,
+  keyed by a stable name, each with its canonical definition as jsonb.
+- ``shadow``: per-row sync metadata for the conflict rules (electric-legacy.md §4): the add-wins
+  set of row tags and a last-writer-wins tag per column. A tag is ``[commit_ts_ms, origin]``;
+  origin is null for writes made directly in Postgres, which win ties.
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+Statement = sql.SQL | sql.Composed
+
+RULE_TABLES = ("assignments", "grants", "shapes", "sqlite_statements", "settings")
+
+_RULE_TABLE = """
+CREATE TABLE electric.{} (
+    name text PRIMARY KEY,
+    definition jsonb NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+)"""
+
+_V1: list[Statement] = [
+    sql.SQL("CREATE SCHEMA IF NOT EXISTS electric"),
+    sql.SQL("COMMENT ON SCHEMA electric IS 'managed by electricctl: sync catalog and metadata'"),
+    sql.SQL(
+        "CREATE TABLE electric.catalog_migrations ("
+        " version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
+    ),
+    sql.SQL(
+        """CREATE TABLE electric.applied_configs (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    config_hash text NOT NULL,
+    applied_at timestamptz NOT NULL DEFAULT now(),
+    electricctl_version text NOT NULL,
+    applied_by text NOT NULL DEFAULT current_user,
+    client_host text,
+    source_file text,
+    changes jsonb NOT NULL
+)"""
+    ),
+    sql.SQL(
+        """CREATE TABLE electric.electrified (
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    original_replica_identity text NOT NULL,
+    original_replica_index text,
+    electrified_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (schema_name, table_name)
+)"""
+    ),
+    *(sql.SQL(_RULE_TABLE).format(sql.Identifier(t)) for t in RULE_TABLES),
+    sql.SQL(
+        """CREATE TABLE electric.shadow (
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    pk text[] NOT NULL,
+    row_tags jsonb NOT NULL DEFAULT '[]',
+    col_tags jsonb NOT NULL DEFAULT '{}',
+    deleted boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (schema_name, table_name, pk)
+)"""
+    ),
+    sql.SQL(
+        """CREATE FUNCTION electric.stamp_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+BEGIN
+    IF coalesce(current_setting('electric.writer', true), '') <> '' THEN
+        RETURN NULL;
+    END IF;
+    UPDATE electric.shadow SET row_tags = '[]', deleted = true
+     WHERE schema_name = TG_TABLE_SCHEMA AND table_name = TG_TABLE_NAME;
+    RETURN NULL;
+END
+$body$"""
+    ),
+]
+
+MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = ((1, tuple(_V1)),)
+LATEST = MIGRATIONS[-1][0]
+
+
+def migration_statements(from_version: int) -> list[Statement]:
+    """Statements that bring the catalog from ``from_version`` (0: none) to :data:`LATEST`."""
+    out: list[Statement] = []
+    for version, stmts in MIGRATIONS:
+        if version > from_version:
+            out.extend(stmts)
+            out.append(
+                sql.SQL("INSERT INTO electric.catalog_migrations (version) VALUES ({})").format(sql.Literal(version))
+            )
+    return out

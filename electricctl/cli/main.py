@@ -1,0 +1,237 @@
+"""The ``electricctl`` command line: thin click commands over service functions.
+
+Exit codes (see :class:`electricctl.errors.ExitCode`): 0 success / no changes, 1 error,
+2 changes or drift present (with ``--detailed-exitcode``), 3 lock timeout, 64 bad usage.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.markup import escape
+
+from electricctl import __version__
+from electricctl._apply import applier
+from electricctl._config.loader import load_file
+from electricctl._config.model import ElectricConfig
+from electricctl.cli import render
+from electricctl.errors import ConfigError, DiagnosticsError, ElectricError, ExitCode
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+OUTPUT = click.Choice(["human", "json"])
+
+
+def file_option(f: F) -> F:
+    return click.option(
+        "-f",
+        "--file",
+        "file",
+        default="electric.yaml",
+        show_default=True,
+        envvar="ELECTRICCTL_FILE",
+        type=click.Path(dir_okay=False),
+        help="The config file.",
+    )(f)
+
+
+def database_option(f: F) -> F:
+    return click.option(
+        "--database-url",
+        default=None,
+        help="PostgreSQL URL; overrides database.url in the file (which defaults to $DATABASE_URL).",
+    )(f)
+
+
+def output_option(f: F) -> F:
+    return click.option("-o", "--output", type=OUTPUT, default="human", show_default=True, help="Output format.")(f)
+
+
+def _load(file: str, database_url: str | None = None) -> ElectricConfig:
+    return load_file(file, database_url=database_url)
+
+
+def _url(config: ElectricConfig, override: str | None) -> str:
+    url = override or config.database_url or os.environ.get("DATABASE_URL")
+    if not url:
+        raise click.UsageError(
+            f"no database: pass --database-url, set DATABASE_URL, or set database.url in {config.file}"
+        )
+    return url
+
+
+def _database_name(url: str) -> str:
+    return applier.redact(url)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="electricctl")
+def cli() -> None:
+    """Local-first sync for PostgreSQL.
+
+    Declare what to sync in electric.yaml; `validate`, `plan` and `apply` reconcile it with Postgres.
+    """
+
+
+@cli.command()
+@file_option
+@output_option
+def validate(file: str, output: str) -> None:
+    """Check the file without a database: schema, expressions, references, include trees.
+
+    Exits 0 if valid, 1 if not. Each problem reads FILE:LINE:COL: message (at yaml.path).
+    """
+    try:
+        config = load_file(file)
+    except ConfigError as exc:
+        if output == "json":
+            render.print_json(
+                {"format_version": "1.0", "valid": False, "diagnostics": [d.as_json() for d in exc.diagnostics]}
+            )
+            raise SystemExit(ExitCode.ERROR) from None
+        raise
+    if output == "json":
+        render.print_json({"format_version": "1.0", "valid": True, "diagnostics": []})
+    else:
+        n = len(config.tables)
+        render.console().print(
+            f"[green]{file} is valid:[/green] {n} table{'s' * (n != 1)}, {len(config.assignments)} assignments, "
+            f"{len(config.grants)} grants, {len(config.shapes)} shapes, {len(config.sqlite)} sqlite statements."
+        )
+
+
+@cli.command()
+@file_option
+@database_option
+@output_option
+@click.option("--prune", is_flag=True, help="Also plan removing what the file no longer declares.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 for no changes, 2 for changes, 1 for errors.")
+@click.option("--sql/--no-sql", "show_sql", default=True, show_default=True, help="Show the SQL of each change.")
+def plan(
+    file: str, database_url: str | None, output: str, prune: bool, detailed_exitcode: bool, show_sql: bool
+) -> None:
+    """Compare the file with the live database and print the changes `apply` would make."""
+    config = _load(file, database_url)
+    url = _url(config, database_url)
+    try:
+        the_plan, _ = applier.load_plan(config, url, prune=prune)
+    except DiagnosticsError as exc:
+        if output == "json":
+            render.print_json({"format_version": "1.0", "errors": [d.as_json() for d in exc.diagnostics]})
+            raise SystemExit(ExitCode.ERROR) from None
+        raise
+    if output == "json":
+        render.print_json(the_plan.as_json())
+    else:
+        render.plan(render.console(), the_plan, database=_database_name(url), show_sql=show_sql)
+    if detailed_exitcode and not the_plan.empty:
+        raise SystemExit(ExitCode.CHANGES)
+
+
+@cli.command()
+@file_option
+@database_option
+@output_option
+@click.option("--prune", is_flag=True, help="Remove electrified tables, rules and shapes no longer in the file.")
+@click.option("--allow-empty", is_flag=True, help="Allow --prune when the file declares no tables at all.")
+@click.option("--dry-run", is_flag=True, help="Print the SQL and change nothing.")
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=60.0,
+    show_default=True,
+    help="Seconds to wait for a concurrent apply (or a lock on a table); then exit 3.",
+)
+@click.option("--sql/--no-sql", "show_sql", default=False, show_default=True, help="Show the SQL of each change.")
+def apply(
+    file: str,
+    database_url: str | None,
+    output: str,
+    prune: bool,
+    allow_empty: bool,
+    dry_run: bool,
+    lock_timeout: float,
+    show_sql: bool,
+) -> None:
+    """Make the database match the file, in one transaction under an advisory lock."""
+    config = _load(file, database_url)
+    url = _url(config, database_url)
+    result = applier.apply(
+        config, url, prune=prune, dry_run=dry_run, lock_timeout=lock_timeout, allow_empty=allow_empty
+    )
+    if output == "json":
+        render.print_json({**result.plan.as_json(), "applied": result.applied, "dry_run": dry_run})
+        return
+    con = render.console()
+    render.plan(
+        con,
+        result.plan,
+        database=_database_name(url),
+        show_sql=show_sql or dry_run,
+        verb="would make" if dry_run else "made",
+    )
+    if dry_run and not result.plan.empty:
+        con.print("\n[bold]Dry run:[/bold] nothing was changed.")
+    elif result.applied:
+        con.print(f"\n[green]Applied.[/green] Recorded config {result.plan.config_hash}.")
+
+
+@cli.command()
+@file_option
+@database_option
+@output_option
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="Exit 0 when in sync, 2 on drift or pending changes, 1 on errors."
+)
+def status(file: str, database_url: str | None, output: str, detailed_exitcode: bool) -> None:
+    """What is applied against what the file says: drift, pending changes, replication slots."""
+    config = _load(file, database_url)
+    url = _url(config, database_url)
+    st = applier.status(config, url)
+    if output == "json":
+        render.print_json(render.status_json(st, file_hash=st.plan.config_hash))
+    else:
+        render.status_report(render.console(), st, file_hash=st.plan.config_hash)
+    if detailed_exitcode and not st.in_sync:
+        raise SystemExit(ExitCode.CHANGES)
+
+
+@cli.command()
+@click.option("--keep", is_flag=True, help="Keep Postgres running afterwards (until Ctrl-C).")
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False), default=None, help="Keep the cluster here (default: a temp dir)."
+)
+def demo(keep: bool, data_dir: str | None) -> None:
+    """Start a throwaway Postgres, create the demo schema and apply electric.yaml.example to it."""
+    from electricctl import demo as demo_mod
+
+    demo_mod.run(render.console(), keep=keep, data_dir=data_dir)
+
+
+def main(argv: list[str] | None = None) -> None:
+    err = render.console(stderr=True)
+    try:
+        cli.main(args=argv, prog_name="electricctl", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.UsageError as exc:
+        err.print(f"[red]usage error:[/red] {escape(exc.format_message())}")
+        if exc.ctx is not None:
+            err.print(exc.ctx.get_usage())
+        sys.exit(ExitCode.USAGE)
+    except click.Abort:
+        err.print("aborted")
+        sys.exit(130)
+    except DiagnosticsError as exc:
+        render.diagnostics(err, exc.diagnostics)
+        n = len([d for d in exc.diagnostics if d.level == "error"])
+        err.print(f"[red]{n} error{'s' * (n != 1)}; nothing was changed.[/red]")
+        sys.exit(exc.exit_code)
+    except ElectricError as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        sys.exit(exc.exit_code)
+    sys.exit(ExitCode.OK)

@@ -1,0 +1,142 @@
+"""Human and JSON rendering for the CLI. Only this module and ``main`` print."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.syntax import Syntax
+from rich.table import Table
+
+from electricctl._apply.applier import Status
+from electricctl._plan.planner import FORMAT_VERSION, Action, Change, Plan
+from electricctl.errors import Diagnostic
+
+_SYMBOL = {Action.CREATE: ("+", "green"), Action.UPDATE: ("~", "yellow"), Action.DELETE: ("-", "red")}
+
+
+def console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def diagnostics(con: Console, diags: Iterable[Diagnostic]) -> None:
+    for d in diags:
+        style = "red" if d.level == "error" else "yellow"
+        con.print(f"[{style}]{escape(d.format())}[/{style}]")
+
+
+def change(con: Console, c: Change, *, show_sql: bool) -> None:
+    symbol, color = _SYMBOL[c.action]
+    flags = []
+    if c.drift:
+        flags.append("[magenta]drift[/magenta]")
+    if c.locks_table:
+        flags.append(f"[dim]locks {escape(c.locks_table)}[/dim]")
+    extra = f"  ({', '.join(flags)})" if flags else ""
+    con.print(f"  [{color}]{symbol} {escape(c.address)}[/{color}]  {escape(c.summary)}{extra}")
+    if show_sql:
+        for stmt in c.sql():
+            con.print(
+                Syntax(stmt + ";", "sql", theme="ansi_dark", background_color="default", word_wrap=True), style="dim"
+            )
+
+
+def plan(con: Console, p: Plan, *, database: str, show_sql: bool = True, verb: str = "would make") -> None:
+    diagnostics(con, p.warnings)
+    if p.empty:
+        con.print(f"[green]No changes.[/green] Database {escape(database)} matches the file.")
+    else:
+        con.print(f"electricctl {verb} these changes to database [bold]{escape(database)}[/bold]:\n")
+        for c in p.changes:
+            change(con, c, show_sql=show_sql)
+        counts = p.counts()
+        con.print(
+            f"\nPlan: [green]{counts['create']} to create[/green], [yellow]{counts['update']} to update[/yellow],"
+            f" [red]{counts['delete']} to delete[/red]."
+        )
+    if p.orphans:
+        con.print(
+            "\nNo longer declared in the file (removed only with [bold]--prune[/bold]; user data is never dropped):"
+        )
+        for o in p.orphans:
+            con.print(f"  [dim]? {escape(o)}[/dim]")
+
+
+def status_report(con: Console, st: Status, *, file_hash: str) -> None:
+    last = st.observed.catalog.last_applied if st.observed.catalog else None
+    con.print(
+        f"database: [bold]{escape(st.observed.database)}[/bold]  (PostgreSQL {st.observed.server_version // 10000},"
+        f" wal_level={escape(st.observed.wal_level)})"
+    )
+    if last:
+        con.print(
+            f"last apply: {escape(last.applied_at)} by {escape(last.applied_by)} with electricctl "
+            f"{escape(last.electricctl_version)}\n  applied config: {escape(last.config_hash)}"
+        )
+    else:
+        con.print("last apply: [yellow]never[/yellow]")
+    con.print(f"  file config:    {escape(file_hash)}")
+    if st.in_sync:
+        con.print("[green]In sync:[/green] the database matches the file.")
+    if st.drift:
+        con.print("\n[magenta]Drift[/magenta] (changed outside electricctl; `electricctl apply` repairs it):")
+        for c in st.drift:
+            change(con, c, show_sql=False)
+    if st.pending:
+        con.print("\n[yellow]Pending[/yellow] (in the file, not applied yet; `electricctl apply --prune` applies all):")
+        for c in st.pending:
+            change(con, c, show_sql=False)
+    table = Table(title="replication slots", title_justify="left")
+    for column in ("slot", "plugin", "type", "active", "lag (bytes)", "wal status"):
+        table.add_column(column)
+    for s in st.slots:
+        table.add_row(
+            s.name,
+            s.plugin or "",
+            s.slot_type,
+            "yes" if s.active else "no",
+            "" if s.lag_bytes is None else f"{s.lag_bytes:,}",
+            s.wal_status or "",
+        )
+    if st.slots:
+        con.print(table)
+    else:
+        con.print("replication slots: none")
+
+
+def status_json(st: Status, *, file_hash: str) -> dict[str, Any]:
+    last = st.observed.catalog.last_applied if st.observed.catalog else None
+    return {
+        "format_version": FORMAT_VERSION,
+        "database": st.observed.database,
+        "in_sync": st.in_sync,
+        "file_config_hash": file_hash,
+        "last_applied": None
+        if last is None
+        else {
+            "config_hash": last.config_hash,
+            "applied_at": last.applied_at,
+            "electricctl_version": last.electricctl_version,
+            "applied_by": last.applied_by,
+        },
+        "drift": [c.as_json() for c in st.drift],
+        "pending": [c.as_json() for c in st.pending],
+        "slots": [
+            {
+                "name": s.name,
+                "plugin": s.plugin,
+                "type": s.slot_type,
+                "active": s.active,
+                "lag_bytes": s.lag_bytes,
+                "wal_status": s.wal_status,
+            }
+            for s in st.slots
+        ],
+    }
