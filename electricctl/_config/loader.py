@@ -84,6 +84,8 @@ def load_text(
         )
     if diags:
         raise ConfigError(diags)
+    if database_url and isinstance(src.data, dict) and isinstance(src.data.get("database"), dict):
+        src.data["database"]["url"] = database_url  # the override wins, even over an unset ${VAR}
     diags.extend(_schema_diagnostics(src))
     if diags:
         raise ConfigError(_sorted(diags))

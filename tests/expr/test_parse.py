@@ -1,0 +1,89 @@
+"""The expression whitelist: what parses, what is refused, and that nothing else escapes."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from electricctl._expr import ast
+from electricctl._expr.parse import ExprError, is_boolean_shaped, parse
+
+
+@pytest.mark.parametrize(
+    ("text", "canonical"),
+    [
+        ("owner_id = auth.sub", "owner_id = auth.sub"),
+        ("status  <>  'archived'", "status <> 'archived'"),
+        ("a != 1", "a <> 1"),
+        ("this.n > 1 AND NOT (x IS NULL)", "this.n > 1 AND NOT x IS NULL"),
+        ("lower(name) LIKE 'a%' OR name ILIKE 'B%'", "lower(name) LIKE 'a%' OR name ILIKE 'B%'"),
+        ("x::int BETWEEN 1 AND 2", "CAST(x AS integer) BETWEEN 1 AND 2"),
+        ("x NOT IN ('a', 'b')", "x NOT IN ('a', 'b')"),
+        ("flag IS NOT TRUE", "flag IS NOT TRUE"),
+        ("coalesce(a, b) = -1", "COALESCE(a, b) = -1"),
+        ("a IS DISTINCT FROM b", "a IS DISTINCT FROM b"),
+        ("starts_with(name, 'x')", "starts_with(name, 'x')"),
+    ],
+)
+def test_allowed_expressions_parse_and_normalise(text: str, canonical: str) -> None:
+    parsed = parse(text)
+    assert parsed.canonical == canonical
+    assert parse(parsed.canonical) == parse(parsed.canonical)  # canonical text re-parses
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("1=1; DROP TABLE x", "not several statements"),
+        ("x = 1; SELECT pg_sleep(1)", "not several statements"),
+        ("true UNION SELECT 1", "not a query fragment"),
+        ("true ORDER BY 1", "not a query fragment"),
+        ("true LIMIT 1", "not a query fragment"),
+        ("now() > created_at", "function now() is not allowed"),
+        ("random() < 0.5", "function random() is not allowed"),
+        ("pg_catalog.pg_read_file('/etc/passwd') IS NULL", "function pg_catalog.pg_read_file() is not allowed"),
+        ("x IN (SELECT 1)", "subqueries are not allowed"),
+        ("EXISTS (SELECT 1)", "subqueries are not allowed"),
+        ("x = $1", "parameters ($1) are not allowed"),
+        ("x::regclass IS NULL", "cast to regclass is not allowed"),
+        ("x::int[] IS NULL", "cast to pg_catalog.int4 is not allowed"),
+        ("x ~ 'a'", "operator ~ is not allowed"),
+        ("count(*) > 1", "function count() is not allowed"),
+        ("x = ARRAY[1]", "A_ArrayExpr is not allowed"),
+        ("x = (SELECT 1)", "subqueries are not allowed"),
+        ("t.* IS NULL", "`*` is not allowed"),
+        ("a.b.c = 1", "too many parts"),
+        ("", "the expression is empty"),
+        ("x = ", "syntax error"),
+    ],
+)
+def test_refused_expressions(text: str, fragment: str) -> None:
+    with pytest.raises(ExprError) as info:
+        parse(text)
+    assert fragment in info.value.message
+
+
+def test_columns_are_collected_with_offsets() -> None:
+    cols = list(ast.columns(parse("a = 1 AND this.b = auth.sub").expr))
+    assert [(c.qualifier, c.name, c.offset) for c in cols] == [(None, "a", 0), ("this", "b", 10), ("auth", "sub", 19)]
+
+
+def test_boolean_shape() -> None:
+    assert is_boolean_shaped(parse("a = 1").expr) is True
+    assert is_boolean_shaped(parse("a").expr) is None
+    assert is_boolean_shaped(parse("a || 'x'").expr) is False
+    assert is_boolean_shaped(parse("1").expr) is False
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("abc xyz_019()'\";:=<>!|*-+.,$\\\n")), max_size=40))
+def test_arbitrary_text_either_parses_into_the_whitelist_or_raises_expr_error(text: str) -> None:
+    try:
+        parsed = parse(text)
+    except ExprError:
+        return
+    allowed = (ast.Column, ast.Const, ast.Op, ast.BoolOp, ast.In, ast.Like, ast.Between, ast.IsNull, ast.IsBool)
+    allowed += (ast.Distinct, ast.Func, ast.Cast, ast.Coalesce)
+    assert all(isinstance(node, allowed) for node in ast.walk(parsed.expr))
+    assert ";" not in parsed.canonical.replace("';'", "")
