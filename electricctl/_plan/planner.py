@@ -536,7 +536,7 @@ def plan(config: ElectricConfig, observed: ObservedState, *, prune: bool = False
                     Change(
                         f"{table}.{name}",
                         Action.CREATE,
-                        f"{_kind(table)} {name}",
+                        _describe(table, name, definition),
                         (render.upsert_rule(table, name, definition),),
                     )
                 )
@@ -545,7 +545,7 @@ def plan(config: ElectricConfig, observed: ObservedState, *, prune: bool = False
                     Change(
                         f"{table}.{name}",
                         Action.UPDATE,
-                        f"{_kind(table)} {name}",
+                        _describe(table, name, definition),
                         (render.upsert_rule(table, name, definition),),
                     )
                 )
@@ -554,7 +554,10 @@ def plan(config: ElectricConfig, observed: ObservedState, *, prune: bool = False
             if prune:
                 changes.append(
                     Change(
-                        f"{table}.{name}", Action.DELETE, f"{_kind(table)} {name}", (render.delete_rule(table, name),)
+                        f"{table}.{name}",
+                        Action.DELETE,
+                        _describe(table, name, observed_rules[table][name]),
+                        (render.delete_rule(table, name),),
                     )
                 )
             else:
@@ -590,3 +593,23 @@ def _kind(catalog_table: str) -> str:
         "sqlite_statements": "sqlite statement",
         "settings": "setting",
     }[catalog_table]
+
+
+def _describe(catalog_table: str, name: str, d: dict[str, Any]) -> str:
+    """A one-line human summary of a catalog rule."""
+    match catalog_table:
+        case "assignments":
+            role = f"{d['scope_table']}:{d['role']}" if d["scope_table"] else d["role"]
+            scope = f" scoped by {d['scope_column']}" if d["scope_column"] else ""
+            cond = f" if {d['if']}" if d["if"] else ""
+            return f"assign {role} to {d['table']}.{d['user_column']}{scope}{cond}"
+        case "grants":
+            role = f"{d['scope_table']}:{d['role']}" if d["scope_table"] else d["role"]
+            cols = f" ({', '.join(d['columns'])})" if d["columns"] else ""
+            where = f" where {d['where']}" if d["where"] else ""
+            return f"grant {', '.join(d['privileges'])}{cols} on {d['table']} to {role}{where}"
+        case "shapes":
+            return f"shape {name}: {d['table']}" + (f" where {d['where']}" if d["where"] else "")
+        case "sqlite_statements":
+            return f"sqlite statement: {d['sql']}"
+    return f"{_kind(catalog_table)} {name} = {d.get('value', d)}"

@@ -56,7 +56,7 @@ def test_on_key_is_a_string_not_yaml11_boolean() -> None:
 
 
 def test_unknown_key_points_at_the_key() -> None:
-    errs = errors(BASE + "shapes:\n  - name: a\n    table: issues\n    wher: \"x = 1\"\n")
+    errs = errors(BASE + 'shapes:\n  - name: a\n    table: issues\n    wher: "x = 1"\n')
     assert errs == [
         "electric.yaml:7:5: unknown key 'wher'; allowed keys here: include, name, table, where (at shapes[0].wher)"
     ]
@@ -203,7 +203,9 @@ def test_validate_command_json_and_exit_codes(run_cli, write_config) -> None:  #
     good = write_config(BASE)
     result = run_cli("validate", "-f", str(good))
     assert result.code == 0 and "is valid" in result.out
-    bad = write_config(BASE + "grants:\n  - {privileges: read, on: issues, to: anyone, where: 'now() > x'}\n", "bad.yaml")
+    bad = write_config(
+        BASE + "grants:\n  - {privileges: read, on: issues, to: anyone, where: 'now() > x'}\n", "bad.yaml"
+    )
     result = run_cli("validate", "-f", str(bad), "-o", "json")
     assert result.code == 1
     doc = json.loads(result.out)

@@ -197,9 +197,7 @@ def test_prune_removes_sync_objects_but_never_data(run_cli, demo_db, cfg, write_
     with psycopg.connect(demo_db, autocommit=True) as conn:
         conn.execute("ALTER TABLE comments REPLICA IDENTITY DEFAULT")  # drift that prune must not trip over
         conn.execute("INSERT INTO users VALUES ('00000000-0000-0000-0000-000000000001', 'u', NULL)")
-    smaller = write_config(
-        DEMO_CONFIG.split("tables:")[0] + "tables:\n  - users\n", "smaller.yaml"
-    )
+    smaller = write_config(DEMO_CONFIG.split("tables:")[0] + "tables:\n  - users\n", "smaller.yaml")
     plan = run_cli("plan", "-f", str(smaller), "--database-url", demo_db)
     assert plan.code == 0
     assert "removed only with --prune" in plan.out and "table.public.issues" in plan.out
@@ -342,9 +340,7 @@ def test_status_reports_replication_slot_lag(run_cli, demo_db, cfg) -> None:  # 
     assert run_cli("apply", "-f", str(cfg), "--database-url", demo_db).code == 0
     with psycopg.connect(demo_db, autocommit=True) as conn:
         conn.execute("SELECT pg_create_logical_replication_slot('electricctl_test', 'pgoutput')")
-        conn.execute(
-            "INSERT INTO users SELECT gen_random_uuid(), 'user ' || i FROM generate_series(1, 200) i"
-        )
+        conn.execute("INSERT INTO users SELECT gen_random_uuid(), 'user ' || i FROM generate_series(1, 200) i")
     doc = json.loads(run_cli("status", "-f", str(cfg), "--database-url", demo_db, "-o", "json").out)
     (slot,) = [s for s in doc["slots"] if s["name"] == "electricctl_test"]
     assert slot["plugin"] == "pgoutput" and slot["active"] is False

@@ -73,7 +73,10 @@ def test_include_edges_resolve_in_both_directions() -> None:
     sql = shape.sql()[0]
     assert '"direction":"one_to_many"' in sql and '"direction":"many_to_one"' in sql
     (grant,) = [c for c in p.changes if c.address.startswith("grants.")]
-    assert '"scope_path":[{"columns":["project_id"],"references":"public.projects","table":"public.issues"}]' in grant.sql()[0]
+    assert (
+        '"scope_path":[{"columns":["project_id"],"references":"public.projects","table":"public.issues"}]'
+        in grant.sql()[0]
+    )
 
 
 def test_applied_state_plans_nothing_and_drift_is_flagged() -> None:
@@ -159,7 +162,10 @@ def test_ambiguous_include_needs_foreign_key() -> None:
     """
     errs = errors(cfg, fakes.observed(USERS, PROJECTS, issues, fks=fks))
     assert "several foreign keys join public.issues to public.projects" in errs[0]
-    ok = plan(config(cfg.replace("{table: issues}", "{table: issues, foreign_key: [origin_id]}")), fakes.observed(USERS, PROJECTS, issues, fks=fks))
+    ok = plan(
+        config(cfg.replace("{table: issues}", "{table: issues, foreign_key: [origin_id]}")),
+        fakes.observed(USERS, PROJECTS, issues, fks=fks),
+    )
     assert any(c.address == "shapes.p" for c in ok.changes)
 
 
