@@ -531,20 +531,11 @@ def plan(config: ElectricConfig, observed: ObservedState, *, prune: bool = False
     for table in catalog_sql.RULE_TABLES:
         have = observed_rules.get(table, {})
         for name, definition in rules[table].items():
-            if name not in have:
+            if have.get(name) != definition:
                 changes.append(
                     Change(
                         f"{table}.{name}",
-                        Action.CREATE,
-                        _describe(table, name, definition),
-                        (render.upsert_rule(table, name, definition),),
-                    )
-                )
-            elif have[name] != definition:
-                changes.append(
-                    Change(
-                        f"{table}.{name}",
-                        Action.UPDATE,
+                        Action.CREATE if name not in have else Action.UPDATE,
                         _describe(table, name, definition),
                         (render.upsert_rule(table, name, definition),),
                     )
