@@ -55,6 +55,15 @@ def _load(file: str, database_url: str | None = None) -> ElectricConfig:
     return load_file(file, database_url=database_url)
 
 
+def _json_errors(exc: ElectricError) -> None:
+    """With ``-o json``, errors go to stdout as JSON too, so CI can parse every outcome."""
+    if isinstance(exc, DiagnosticsError):
+        render.print_json({"format_version": "1.0", "errors": [d.as_json() for d in exc.diagnostics]})
+    else:
+        render.print_json({"format_version": "1.0", "errors": [{"level": "error", "message": str(exc)}]})
+    raise SystemExit(exc.exit_code) from None
+
+
 def _url(config: ElectricConfig, override: str | None) -> str:
     url = override or config.database_url or os.environ.get("DATABASE_URL")
     if not url:
@@ -115,15 +124,14 @@ def plan(
     file: str, database_url: str | None, output: str, prune: bool, detailed_exitcode: bool, show_sql: bool
 ) -> None:
     """Compare the file with the live database and print the changes `apply` would make."""
-    config = _load(file, database_url)
-    url = _url(config, database_url)
     try:
-        the_plan, _ = applier.load_plan(config, url, prune=prune)
-    except DiagnosticsError as exc:
+        config = _load(file, database_url)
+        the_plan, _ = applier.load_plan(config, _url(config, database_url), prune=prune)
+    except ElectricError as exc:
         if output == "json":
-            render.print_json({"format_version": "1.0", "errors": [d.as_json() for d in exc.diagnostics]})
-            raise SystemExit(ExitCode.ERROR) from None
+            _json_errors(exc)
         raise
+    url = _url(config, database_url)
     if output == "json":
         render.print_json(the_plan.as_json())
     else:
@@ -158,11 +166,16 @@ def apply(
     show_sql: bool,
 ) -> None:
     """Make the database match the file, in one transaction under an advisory lock."""
-    config = _load(file, database_url)
-    url = _url(config, database_url)
-    result = applier.apply(
-        config, url, prune=prune, dry_run=dry_run, lock_timeout=lock_timeout, allow_empty=allow_empty
-    )
+    try:
+        config = _load(file, database_url)
+        url = _url(config, database_url)
+        result = applier.apply(
+            config, url, prune=prune, dry_run=dry_run, lock_timeout=lock_timeout, allow_empty=allow_empty
+        )
+    except ElectricError as exc:
+        if output == "json":
+            _json_errors(exc)
+        raise
     if output == "json":
         render.print_json({**result.plan.as_json(), "applied": result.applied, "dry_run": dry_run})
         return
@@ -189,9 +202,13 @@ def apply(
 )
 def status(file: str, database_url: str | None, output: str, detailed_exitcode: bool) -> None:
     """What is applied against what the file says: drift, pending changes, replication slots."""
-    config = _load(file, database_url)
-    url = _url(config, database_url)
-    st = applier.status(config, url)
+    try:
+        config = _load(file, database_url)
+        st = applier.status(config, _url(config, database_url))
+    except ElectricError as exc:
+        if output == "json":
+            _json_errors(exc)
+        raise
     if output == "json":
         render.print_json(render.status_json(st, file_hash=st.plan.config_hash))
     else:

@@ -217,3 +217,20 @@ def test_validate_command_json_and_exit_codes(run_cli, write_config) -> None:  #
     assert f"{bad}:5:" in human.err and "function now() is not allowed" in human.err
     missing = run_cli("validate", "-f", "/nonexistent/electric.yaml")
     assert missing.code == 1 and "cannot read file" in missing.err
+
+
+def test_json_schema_is_a_valid_draft_2020_12_schema() -> None:
+    import jsonschema
+
+    from electricctl._config.loader import json_schema
+
+    jsonschema.Draft202012Validator.check_schema(json_schema())
+    # the example file, as loaded YAML, is valid against it on its own
+    import re
+
+    import yaml
+
+    # plain PyYAML reads `on:` as the boolean true (YAML 1.1); electricctl's loader does not
+    text = re.sub(r"(?m)^(\s+)on:", r"\1'on':", resource("electric.yaml.example").read_text())
+    data = yaml.safe_load(text)
+    assert not list(jsonschema.Draft202012Validator(json_schema()).iter_errors(data))

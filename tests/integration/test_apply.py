@@ -356,3 +356,23 @@ def test_connection_errors_are_clear(run_cli, cfg) -> None:  # type: ignore[no-u
     assert "s3cret" not in result.err
     missing = run_cli("plan", "-f", str(cfg))
     assert missing.code == 64 and "no database" in missing.err
+
+
+def test_json_output_carries_errors_for_ci(run_cli, demo_db, cfg, write_config) -> None:  # type: ignore[no-untyped-def]
+    bad = write_config("version: 1\nauth: {mode: insecure}\ntables: [nowhere]\n", "bad.yaml")
+    for command in ("plan", "apply", "status"):
+        result = run_cli(command, "-f", str(bad), "--database-url", demo_db, "-o", "json")
+        assert result.code == 1, command
+        (error,) = json.loads(result.out)["errors"]
+        assert error["code"] == "db.table_missing" and error["line"] == 3
+    invalid = write_config("version: 1\nauth: {mode: insecure}\ntables: [1nvalid]\n", "invalid.yaml")
+    result = run_cli("plan", "-f", str(invalid), "--database-url", demo_db, "-o", "json")
+    assert result.code == 1 and json.loads(result.out)["errors"][0]["path"] == "tables[0]"
+
+
+def test_status_before_any_apply_lists_everything_as_pending(run_cli, demo_db, cfg) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("status", "-f", str(cfg), "--database-url", demo_db, "--detailed-exitcode")
+    assert result.code == 2
+    assert "last apply: never" in result.out and "Pending" in result.out
+    doc = json.loads(run_cli("status", "-f", str(cfg), "--database-url", demo_db, "-o", "json").out)
+    assert doc["last_applied"] is None and doc["drift"] == [] and len(doc["pending"]) > 20
