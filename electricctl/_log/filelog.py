@@ -1,0 +1,233 @@
+"""The embedded durable transaction log: append-only segment files under ``--data-dir``.
+
+Why it exists: the replication slot can be confirmed as soon as a transaction is here, so offline
+clients never pin WAL in Postgres; clients resume from their last LSN without a resync inside the
+retention window; and it survives restarts, ``kill -9`` included (a torn record at the tail is cut
+off on open: it was never confirmed to Postgres, so Postgres sends it again).
+
+Layout: ``<dir>/seg-<first lsn, 16 hex digits>.log``; each segment starts with the relation
+definitions in force, so it can be read on its own. Single writer (the replication task); any
+number of readers. Recent transactions are also kept in memory for live tailing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import os
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from electricctl._log import records
+from electricctl._replication.model import RelationDef, Transaction
+
+
+@dataclass(slots=True)
+class _Segment:
+    path: Path
+    first_lsn: int
+    last_lsn: int
+    last_ts_ms: int
+    size: int
+
+
+class FileLog:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        segment_bytes: int = 64 << 20,
+        retention_seconds: float = 7 * 86400,
+        cache_size: int = 20_000,
+        fsync: bool = True,
+    ) -> None:
+        self.directory = Path(directory)
+        self.segment_bytes = segment_bytes
+        self.retention_seconds = retention_seconds
+        self.fsync = fsync
+        self._segments: list[_Segment] = []
+        self._relations: dict[int, RelationDef] = {}
+        self._written_relations: dict[int, RelationDef] = {}
+        self._cache: deque[Transaction] = deque(maxlen=cache_size)
+        self._cache_lsns: deque[int] = deque(maxlen=cache_size)
+        self._fh: int | None = None
+        self._changed = asyncio.Event()
+        self.last_lsn = 0
+        self.truncated_bytes = 0
+        """Bytes of a torn tail cut off when the log was opened."""
+
+    # -- opening -----------------------------------------------------------------------------
+    def open(self) -> FileLog:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        paths = sorted(self.directory.glob("seg-*.log"))
+        for i, path in enumerate(paths):
+            data = path.read_bytes()
+            relations: dict[int, RelationDef] = {}
+            seg = _Segment(path, int(path.stem[4:], 16), 0, 0, 0)
+            end = 0
+            for _, next_offset, payload in records.iter_records(data):
+                item = records.decode(payload, relations)
+                end = next_offset
+                if isinstance(item, Transaction):
+                    seg.last_lsn = item.lsn
+                    seg.last_ts_ms = item.commit_ts_ms
+                    self._remember(item)
+            if end < len(data):
+                if i != len(paths) - 1:
+                    raise records.CorruptRecord(f"{path} is damaged at byte {end} (not at its end)")
+                self.truncated_bytes = len(data) - end
+                with open(path, "r+b") as fh:
+                    fh.truncate(end)
+            seg.size = end
+            self._segments.append(seg)
+            self._relations.update(relations)
+        if self._segments:
+            self.last_lsn = max(s.last_lsn for s in self._segments)
+            last = self._segments[-1]
+            self._fh = os.open(last.path, os.O_WRONLY | os.O_APPEND)
+            self._written_relations = self._relations_of(last)
+        return self
+
+    def _relations_of(self, seg: _Segment) -> dict[int, RelationDef]:
+        relations: dict[int, RelationDef] = {}
+        for _, _, payload in records.iter_records(seg.path.read_bytes()):
+            if payload[0] == records.KIND_RELATION:
+                records.decode(payload, relations)
+        return relations
+
+    def close(self) -> None:
+        if self._fh is not None:
+            os.close(self._fh)
+            self._fh = None
+
+    # -- positions ---------------------------------------------------------------------------
+    @property
+    def first_lsn(self) -> int | None:
+        """LSN of the oldest transaction still retained, or None if the log is empty."""
+        for seg in self._segments:
+            if seg.last_lsn:
+                return seg.first_lsn
+        return None
+
+    def covers(self, lsn: int) -> bool:
+        """Can a client that has everything up to ``lsn`` resume from here without a gap?"""
+        first = self.first_lsn
+        return lsn >= self.last_lsn or (first is not None and lsn >= first - 1)
+
+    # -- writing -----------------------------------------------------------------------------
+    def append(self, txns: Sequence[Transaction]) -> None:
+        """Write, fsync and publish ``txns``: :meth:`write` then :meth:`publish`."""
+        self.publish(self.write(txns))
+
+    def write(self, txns: Sequence[Transaction]) -> list[Transaction]:
+        """Write and (by default) fsync ``txns``; they are durable when this returns.
+
+        Safe to run in a worker thread. Returns what was written (transactions at or below the
+        log's end are skipped: Postgres resends from the last confirmed position after a restart).
+        """
+        written = self._segments[-1].last_lsn if self._segments else 0
+        txns = [t for t in txns if t.lsn > max(self.last_lsn, written)]
+        if not txns:
+            return []
+        buf = bytearray()
+        for tx in txns:
+            if self._fh is None or (self._segments and self._segments[-1].size + len(buf) > self.segment_bytes):
+                self._flush(buf)
+                buf.clear()
+                self._new_segment(tx.lsn)
+            for ch in tx.changes:
+                rel = ch.relation
+                if self._written_relations.get(rel.relid) != rel:
+                    buf += records.frame(records.encode_relation(rel))
+                    self._written_relations[rel.relid] = rel
+                    self._relations[rel.relid] = rel
+            buf += records.frame(records.encode_transaction(tx))
+            seg = self._segments[-1]
+            seg.last_lsn = tx.lsn
+            seg.last_ts_ms = tx.commit_ts_ms
+        self._flush(buf)
+        return txns
+
+    def publish(self, txns: Sequence[Transaction]) -> None:
+        """Make written transactions visible to readers (call from the event loop's thread)."""
+        if not txns:
+            return
+        for tx in txns:
+            self._remember(tx)
+        self.last_lsn = txns[-1].lsn
+        self._changed.set()
+
+    def _flush(self, buf: bytearray) -> None:
+        if not buf or self._fh is None:
+            return
+        os.write(self._fh, buf)
+        if self.fsync:
+            os.fsync(self._fh)
+        self._segments[-1].size += len(buf)
+
+    def _new_segment(self, first_lsn: int) -> None:
+        self.close()
+        path = self.directory / f"seg-{first_lsn:016x}.log"
+        self._fh = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._segments.append(_Segment(path, first_lsn, 0, 0, 0))
+        head = bytearray()
+        for rel in self._relations.values():
+            head += records.frame(records.encode_relation(rel))
+        self._written_relations = dict(self._relations)
+        self._flush(head)
+        if self.fsync:
+            dir_fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+
+    def _remember(self, tx: Transaction) -> None:
+        self._cache.append(tx)
+        self._cache_lsns.append(tx.lsn)
+
+    def prune(self, now: float | None = None) -> int:
+        """Drop whole segments older than the retention window; return how many were dropped."""
+        cutoff_ms = ((now or time.time()) - self.retention_seconds) * 1000
+        dropped = 0
+        while len(self._segments) > 1 and self._segments[0].last_ts_ms < cutoff_ms:
+            self._segments.pop(0).path.unlink(missing_ok=True)
+            dropped += 1
+        return dropped
+
+    # -- reading -----------------------------------------------------------------------------
+    def read_after(self, lsn: int, limit: int = 1000) -> list[Transaction]:
+        """Up to ``limit`` transactions with a commit LSN greater than ``lsn``, in order."""
+        if lsn >= self.last_lsn:
+            return []
+        if (self._cache_lsns and self._cache_lsns[0] <= lsn + 1) or (self._cache and not self._segments):
+            i = bisect.bisect_right(self._cache_lsns, lsn)
+            return [self._cache[j] for j in range(i, min(i + limit, len(self._cache)))]
+        return self._read_disk(lsn, limit)
+
+    def _read_disk(self, lsn: int, limit: int) -> list[Transaction]:
+        out: list[Transaction] = []
+        for seg in self._segments:
+            if seg.last_lsn <= lsn:
+                continue
+            relations: dict[int, RelationDef] = {}
+            for _, _, payload in records.iter_records(seg.path.read_bytes()):
+                item = records.decode(payload, relations)
+                if isinstance(item, Transaction) and item.lsn > lsn:
+                    out.append(item)
+                    if len(out) >= limit:
+                        return out
+        return out
+
+    async def wait_beyond(self, lsn: int, timeout: float | None = None) -> bool:
+        """Wait until the log holds a transaction after ``lsn``; False on timeout."""
+        while self.last_lsn <= lsn:
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout)
+            except TimeoutError:
+                return self.last_lsn > lsn
+        return True

@@ -1,0 +1,220 @@
+"""Streaming logical replication from Postgres: the only code that touches the replication socket.
+
+psycopg 3 has no replication API, but since 3.3 it lets ``START_REPLICATION`` enter COPY_BOTH, and
+its libpq wrapper (``pgconn.get_copy_data`` / ``put_copy_data``) drives the stream; measured-limits.md
+§2 found this as fast as psycopg2's replication support. The socket is watched by the asyncio loop.
+
+The flush position confirmed to Postgres only moves after the consumer says the transactions are
+durably handed off (:meth:`confirm`); keepalives that ask for a reply are answered at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from electricctl._replication import lsn as lsnmod
+from electricctl._replication import pgoutput as po
+from electricctl._replication.model import Column, RelationDef, Transaction
+from electricctl._replication.txbuilder import TxBuilder
+from electricctl._sql import names
+
+# Postgres' epoch for the clock fields of the streaming protocol
+_PG_EPOCH = 946_684_800
+_XLOG = struct.Struct("!QQq")
+_KEEPALIVE = struct.Struct("!QqB")
+_STATUS = struct.Struct("!cQQQqB")
+STATUS_INTERVAL = 10.0
+
+# Session settings for the walsender: values come out in the format clients expect
+# (electric-legacy.md §1.2: ISO dates, UTC, hex bytea, shortest exact floats).
+DISPLAY_OPTIONS = "-c DateStyle=ISO,DMY -c TimeZone=UTC -c bytea_output=hex -c extra_float_digits=1"
+
+Consumer = Callable[[Sequence[Transaction]], Awaitable[None]]
+
+
+class ReplicationError(Exception):
+    pass
+
+
+def _now_pg() -> int:
+    return int((time.time() - _PG_EPOCH) * 1_000_000)
+
+
+class CatalogResolver:
+    """Enriches pgoutput Relation messages with type names, primary keys and nullability."""
+
+    def __init__(self, url: str) -> None:
+        self._conn = psycopg.connect(url, autocommit=True, application_name="electricctl-catalog")
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __call__(self, rel: po.Relation) -> RelationDef:
+        rows = self._conn.execute(
+            """
+            SELECT a.attname, t.typname, a.attnotnull,
+                   coalesce(a.attnum = ANY(i.indkey), false) AS pk
+              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+              LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
+             WHERE a.attrelid = %s AND a.attnum > 0 AND NOT a.attisdropped
+            """,
+            [rel.relid],
+        ).fetchall()
+        info = {r[0]: r for r in rows}
+        cols = []
+        for c in rel.columns:
+            row = info.get(c.name)
+            cols.append(
+                Column(
+                    name=c.name,
+                    type_oid=c.type_oid,
+                    type_name=row[1] if row else str(c.type_oid),
+                    primary_key=bool(row[3]) if row else c.key,
+                    nullable=not row[2] if row else True,
+                )
+            )
+        return RelationDef(rel.relid, rel.schema, rel.name, tuple(cols))
+
+
+class ReplicationSource:
+    def __init__(self, url: str, slot: str, *, publication: str = names.PUBLICATION) -> None:
+        self.url = url
+        self.slot = slot
+        self.publication = publication
+        self._conn: psycopg.Connection[Any] | None = None
+        self._resolver: CatalogResolver | None = None
+        self.flushed_lsn = 0
+        self.received_lsn = 0
+        self.server_wal_end = 0
+        self._last_status = 0.0
+        self._in_transaction = False
+        self._handed_lsn = 0
+
+    # -- setup -------------------------------------------------------------------------------
+    def ensure_slot(self) -> bool:
+        """Create the slot if it is missing; True if it was created."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            found = conn.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", [self.slot]).fetchone()
+            if found:
+                if found[0] != "pgoutput":
+                    raise ReplicationError(f"slot {self.slot} exists but uses plugin {found[0]}, not pgoutput")
+                return False
+            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [self.slot])
+            return True
+
+    def start(self, start_lsn: int) -> None:
+        self._resolver = CatalogResolver(self.url)
+        conn = psycopg.connect(
+            self.url,
+            replication="database",
+            autocommit=True,
+            application_name="electricctl-replication",
+            options=DISPLAY_OPTIONS,
+        )
+        conn.execute(
+            sql.SQL(
+                "START_REPLICATION SLOT {} LOGICAL {} (proto_version '1', publication_names {}, messages 'true')"
+            ).format(
+                sql.Identifier(self.slot),
+                sql.SQL(lsnmod.format(start_lsn)),
+                sql.Literal(self.publication),
+            )
+        )
+        conn.pgconn.nonblocking = 1
+        self._conn = conn
+        self.flushed_lsn = start_lsn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if self._resolver is not None:
+            self._resolver.close()
+            self._resolver = None
+
+    # -- streaming ---------------------------------------------------------------------------
+    def confirm(self, flushed: int) -> None:
+        """Tell Postgres everything up to ``flushed`` is durably handed off (sent lazily)."""
+        self.flushed_lsn = max(self.flushed_lsn, flushed)
+
+    def _send_status(self, reply: bool = False) -> None:
+        assert self._conn is not None
+        pg = self._conn.pgconn
+        flushed = self.flushed_lsn
+        msg = _STATUS.pack(b"r", max(self.received_lsn, flushed), flushed, flushed, _now_pg(), 1 if reply else 0)
+        pg.put_copy_data(msg)
+        pg.flush()
+        self._last_status = time.monotonic()
+
+    async def run(self, consumer: Consumer, stop: asyncio.Event) -> None:
+        """Stream until ``stop`` is set; hand each burst of committed transactions to ``consumer``."""
+        assert self._conn is not None and self._resolver is not None
+        pg = self._conn.pgconn
+        builder = TxBuilder(self._resolver)
+        loop = asyncio.get_running_loop()
+        readable = asyncio.Event()
+        loop.add_reader(pg.socket, readable.set)
+        drained = False
+        try:
+            while not stop.is_set():
+                batch: list[Transaction] = []
+                received = 0
+                while len(batch) < 1000:
+                    nbytes, data = pg.get_copy_data(1)
+                    if nbytes == 0:
+                        break
+                    if nbytes < 0:
+                        raise ReplicationError(
+                            f"replication stream ended: {pg.get_error_message() or 'server closed the stream'}"
+                        )
+                    received += 1
+                    self._handle(bytes(data), builder, batch)
+                if batch:
+                    await consumer(batch)
+                if batch or time.monotonic() - self._last_status > STATUS_INTERVAL:
+                    self._send_status()
+                if received:
+                    drained = False
+                    continue
+                if drained:
+                    # libpq's buffer and the socket are both empty: sleep until the socket is readable
+                    try:
+                        await asyncio.wait_for(readable.wait(), timeout=1.0)
+                    except TimeoutError:
+                        pass
+                readable.clear()
+                pg.consume_input()
+                drained = True
+        finally:
+            loop.remove_reader(pg.socket)
+
+    def _handle(self, data: bytes, builder: TxBuilder, batch: list[Transaction]) -> None:
+        kind = data[0]
+        if kind == 0x77:  # 'w' XLogData
+            start, end, _clock = _XLOG.unpack_from(data, 1)
+            self.received_lsn = max(self.received_lsn, end)
+            msg = po.decode(data[_XLOG.size + 1 :])
+            if isinstance(msg, po.Begin):
+                self._in_transaction = True
+            tx = builder.feed(msg)
+            if tx is not None:
+                self._in_transaction = False
+                self._handed_lsn = tx.end_lsn
+                batch.append(tx)
+        elif kind == 0x6B:  # 'k' keepalive
+            wal_end, _clock, reply = _KEEPALIVE.unpack_from(data, 1)
+            self.server_wal_end = wal_end
+            # Nothing of ours is in flight and everything received is stored: let the slot move
+            # past WAL that had no published changes, so an idle publication never pins WAL.
+            if not self._in_transaction and not batch and self._handed_lsn <= self.flushed_lsn:
+                self.flushed_lsn = max(self.flushed_lsn, wal_end)
+            self.received_lsn = max(self.received_lsn, wal_end)
+            if reply:
+                self._send_status(reply=False)
