@@ -32,7 +32,7 @@ class Unchanged:
 
 
 UNCHANGED = Unchanged()
-TupleValue: TypeAlias = bytes | None | Unchanged
+TupleValue: TypeAlias = bytes | Unchanged | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -198,7 +198,7 @@ class ReplicationSource:
     def _handle(self, data: bytes, builder: TxBuilder, batch: list[Transaction]) -> None:
         kind = data[0]
         if kind == 0x77:  # 'w' XLogData
-            start, end, _clock = _XLOG.unpack_from(data, 1)
+            _start, end, _clock = _XLOG.unpack_from(data, 1)
             self.received_lsn = max(self.received_lsn, end)
             msg = po.decode(data[_XLOG.size + 1 :])
             if isinstance(msg, po.Begin):
