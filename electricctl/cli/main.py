@@ -7,8 +7,10 @@ Exit codes (see :class:`electricctl.errors.ExitCode`): 0 success / no changes, 1
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -215,6 +217,93 @@ def status(file: str, database_url: str | None, output: str, detailed_exitcode: 
         render.status_report(render.console(), st, file_hash=st.plan.config_hash)
     if detailed_exitcode and not st.in_sync:
         raise SystemExit(ExitCode.CHANGES)
+
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
+
+
+def _seconds(text: str) -> float:
+    m = _DURATION.match(text.strip())
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a duration like 90s, 30m, 12h or 7d")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+@cli.command()
+@file_option
+@database_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (loopback by default).")
+@click.option("--port", default=5133, show_default=True, type=int, help="Port to listen on (0: any free port).")
+@click.option(
+    "--data-dir",
+    default=".electricctl",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where the durable transaction log and client state live.",
+)
+@click.option("--slot", default="electricctl", show_default=True, help="Name of the replication slot to own.")
+@click.option("--log-retention", default="7d", show_default=True, help="How long clients can stay away and resume.")
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+def serve(
+    file: str,
+    database_url: str | None,
+    host: str,
+    port: int,
+    data_dir: str,
+    slot: str,
+    log_retention: str,
+    log_level: str,
+) -> None:
+    """Run the sync service: logical replication in, the Satellite protocol out on ws://HOST:PORT/ws."""
+    import asyncio
+    import logging
+    import signal
+
+    from electricctl._server.app import Server
+
+    config = _load(file, database_url)
+    url = _url(config, database_url)
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    server = Server(
+        config,
+        url,
+        host=host,
+        port=port,
+        data_dir=Path(data_dir),
+        slot=slot,
+        retention_seconds=_seconds(log_retention),
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await server.run(stop)
+
+    asyncio.run(main())
+
+
+@cli.command()
+@file_option
+@click.option("--sub", required=True, help="The user id (the token's sub claim).")
+@click.option("--claim", "claims", multiple=True, metavar="KEY=VALUE", help="An extra claim; repeatable.")
+@click.option("--ttl", default="1h", show_default=True, help="How long the token is valid.")
+def token(file: str, sub: str, claims: tuple[str, ...], ttl: str) -> None:
+    """Mint a development token signed with the configured key (HS* algorithms, or insecure mode)."""
+    from electricctl._auth.tokens import AuthError, mint
+
+    config = _load(file)
+    extra: dict[str, Any] = {}
+    for item in claims:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--claim")
+        extra[key] = value
+    try:
+        click.echo(mint(config.auth, sub, extra, int(_seconds(ttl))))
+    except AuthError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 @cli.command()

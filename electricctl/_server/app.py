@@ -1,0 +1,237 @@
+"""``electricctl serve``: one asyncio process that reads logical replication into the durable log
+and serves Satellite clients over WebSocket at ``/ws`` (with ``GET /health`` beside it).
+
+The network lives here and in :mod:`connection`; everything it calls below is pure or a thin
+adapter (replication source, log, snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+import logging
+import re
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from websockets.asyncio.server import Server as WsServer
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+from websockets.typing import Subprotocol
+
+from electricctl._config.model import ElectricConfig, TableRef
+from electricctl._log.filelog import FileLog
+from electricctl._replication.model import Transaction
+from electricctl._replication.source import ReplicationSource
+from electricctl._server.clients import ClientStore
+from electricctl._server.connection import Connection
+
+log = logging.getLogger("electricctl.server")
+
+SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
+_SUBPROTOCOL = re.compile(r"^electric\.(\d+)\.(\d+)$")
+
+
+def pick_subprotocol(offered: Sequence[str]) -> str | None:
+    """The first offered ``electric.<major>.<minor>`` within the supported range, or None."""
+    low, high = SUPPORTED_PROTOCOLS
+    for proto in offered:
+        m = _SUBPROTOCOL.match(proto.strip())
+        if m and low <= (int(m.group(1)), int(m.group(2))) <= high:
+            return proto.strip()
+    return None
+
+
+class Server:
+    def __init__(
+        self,
+        config: ElectricConfig,
+        url: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 5133,
+        data_dir: Path,
+        slot: str = "electricctl",
+        retention_seconds: float = 7 * 86400,
+        unacked_window: int = 30,
+        send_timeout: float = 30.0,
+        fsync: bool = True,
+    ) -> None:
+        self.config = config
+        self.url = url
+        self.host = host
+        self.port = port
+        self.data_dir = Path(data_dir)
+        self.slot = slot
+        self.unacked_window = unacked_window
+        self.send_timeout = send_timeout
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.server_id = self._server_id()
+        self.log = FileLog(self.data_dir / "log", retention_seconds=retention_seconds, fsync=fsync)
+        self.store = ClientStore(self.data_dir / "clients")
+        self.source = ReplicationSource(url, slot)
+        self.clients: dict[str, Connection] = {}
+        self.connections: set[Connection] = set()
+        self.replication_ok = False
+        self.replication_error: str | None = None
+        self._flushed = asyncio.Event()
+        self._ws: WsServer | None = None
+        self._catalog: psycopg.AsyncConnection[Any] | None = None
+        self.bound_port = port
+
+    def _server_id(self) -> str:
+        path = self.data_dir / "server_id"
+        if path.exists():
+            return path.read_text().strip()
+        sid = str(uuid.uuid4())
+        path.write_text(sid)
+        return sid
+
+    # -- replication -------------------------------------------------------------------------
+    async def _consume(self, batch: Sequence[Transaction]) -> None:
+        written = await asyncio.to_thread(self.log.write, batch)
+        self.log.publish(written)
+        self.source.confirm(batch[-1].end_lsn)
+        self._flushed.set()
+        for conn in self.connections:
+            conn.wake.set()
+
+    async def caught_up(self, lsn: int, timeout: float = 30.0) -> None:
+        """Wait until every transaction committed before ``lsn`` is in the log."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.source.flushed_lsn < lsn:
+            self._flushed.clear()
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise TimeoutError(f"replication has not reached {lsn} yet")
+            try:
+                await asyncio.wait_for(self._flushed.wait(), min(remaining, 0.2))
+            except TimeoutError:
+                pass
+
+    async def _replicate(self, stop: asyncio.Event) -> None:
+        self.source.ensure_slot()
+        self.source.start(0)
+        self.replication_ok = True
+        try:
+            await self.source.run(self._consume, stop)
+        except Exception as exc:
+            self.replication_ok = False
+            self.replication_error = str(exc)
+            raise
+        finally:
+            self.source.close()
+
+    async def electrified_tables(self) -> set[TableRef]:
+        if self._catalog is None or self._catalog.closed:
+            self._catalog = await psycopg.AsyncConnection.connect(
+                self.url, autocommit=True, application_name="electricctl-catalog"
+            )
+        cur = await self._catalog.execute("SELECT schema_name, table_name FROM electric.electrified")
+        return {TableRef(r[0], r[1]) for r in await cur.fetchall()}
+
+    # -- http and websockets -----------------------------------------------------------------
+    def health(self) -> tuple[int, dict[str, Any]]:
+        ready = self.replication_ok
+        body = {
+            "status": "ok" if ready else "starting" if self.replication_error is None else "error",
+            "ready": ready,
+            "replication": {
+                "slot": self.slot,
+                "flushed_lsn": self.source.flushed_lsn,
+                "log_last_lsn": self.log.last_lsn,
+                "error": self.replication_error,
+            },
+            "clients": len(self.connections),
+        }
+        return (200 if ready else 503), body
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.split("?", 1)[0]
+        if path == "/health":
+            status, body = self.health()
+            return _response(status, json.dumps(body))
+        if path != "/ws":
+            return _response(404, "not found: the Satellite endpoint is /ws\n")
+        offered = [p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")]
+        if not any(p.startswith("electric.") for p in offered):
+            return _response(400, "Missing satellite websocket subprotocol\n")
+        if pick_subprotocol(offered) is None:
+            return _response(
+                400, f"Cannot connect satellite version {', '.join(offered)}: this server speaks 0.10-0.12\n"
+            )
+        if not self.replication_ok:
+            return _response(503, "the server is not ready: replication is not running\n")
+        return None
+
+    def _select_subprotocol(
+        self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
+    ) -> Subprotocol | None:
+        picked = pick_subprotocol(subprotocols)
+        return Subprotocol(picked) if picked else None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        conn = Connection(self, ws)
+        self.connections.add(conn)
+        try:
+            await conn.run()
+        finally:
+            self.connections.discard(conn)
+
+    async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
+        self.log.open()
+        stop_replication = asyncio.Event()
+        replication = asyncio.create_task(self._replicate(stop_replication), name="replication")
+        async with serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            select_subprotocol=self._select_subprotocol,
+            compression=None,
+            ping_interval=20,
+            ping_timeout=20,
+            max_size=16 << 20,
+            max_queue=16,
+        ) as ws_server:
+            self._ws = ws_server
+            self.bound_port = next(iter(ws_server.sockets)).getsockname()[1]
+            if started is not None:
+                started.set()
+            log.info("serving Satellite on ws://%s:%d/ws", self.host, self.bound_port)
+            pruner = asyncio.create_task(self._prune_periodically(), name="prune")
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({replication, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            pruner.cancel()
+            ws_server.close()
+            for conn in list(self.connections):
+                await conn.shutdown()
+            stop_replication.set()
+            if replication in done and replication.exception() is not None:
+                stopper.cancel()
+                raise replication.exception()  # type: ignore[misc]
+            await replication
+        if self._catalog is not None:
+            await self._catalog.close()
+        self.log.close()
+
+    async def _prune_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(60)
+            dropped = self.log.prune()
+            if dropped:
+                log.info("dropped %d log segments past the retention window", dropped)
+
+
+def _response(status: int, body: str) -> Response:
+    headers = Headers()
+    ctype = "application/json" if body.startswith("{") else "text/plain; charset=utf-8"
+    headers["Content-Type"] = ctype
+    data = body.encode()
+    headers["Content-Length"] = str(len(data))
+    return Response(status, http.HTTPStatus(status).phrase, headers, data)

@@ -1,0 +1,571 @@
+"""One Satellite client connection: RPC handling, and the outbound stream with its subscriptions.
+
+Two tasks per connection: the reader answers RPCs and acks as frames arrive; the streamer reads
+the durable log from the client's position, filters each transaction to the client's tables, and
+delivers subscription data at a consistent point between two transactions. The streamer pulls
+from the log, so a slow client only slows itself: it never holds more than one frame in memory,
+and one that stops reading is dropped after ``send_timeout`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.message import DecodeError, Message
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from electricctl._auth.tokens import AuthError, Identity, verify
+from electricctl._config.model import TableRef
+from electricctl._protocol import codec
+from electricctl._protocol import satellite_pb2 as pb
+from electricctl._replication.model import Change, RelationDef, Row, Transaction
+from electricctl._server import outbound
+from electricctl._server.clients import ClientState, SubscriptionRecord
+from electricctl._server.outbound import Visibility
+from electricctl._server.snapshot import Snapshot
+
+if TYPE_CHECKING:
+    from electricctl._server.app import Server
+
+log = logging.getLogger("electricctl.server")
+
+ERR = pb.SatErrorResp
+START_ERR = pb.SatInStartReplicationResp.ReplicationError
+SUBS_ERR = pb.SatSubsResp.SatSubsError
+SHAPE_ERR = pb.SatSubsResp.SatSubsError.ShapeReqError
+
+CLOSE_PROTOCOL_ERROR = 1007
+CLOSE_POLICY = 1008
+CLOSE_JWT_EXPIRED = 4000
+
+
+class ProtocolViolation(Exception):
+    """The client broke the protocol: it gets an error frame and the connection is closed (1007)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass(slots=True)
+class _Subscribe:
+    subscription_id: str
+    requests: list[tuple[str, TableRef]]
+
+
+@dataclass(slots=True)
+class _Unsubscribe:
+    subscription_ids: list[str]
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return len(value) <= 128
+
+
+class Connection:
+    def __init__(self, server: Server, ws: ServerConnection) -> None:
+        self.server = server
+        self.ws = ws
+        self.client_id: str | None = None
+        self.identity: Identity | None = None
+        self.state: ClientState | None = None
+        self.replicating = False
+        self.cursor = 0
+        self.wake = asyncio.Event()
+        self.acked = asyncio.Event()
+        self.control: deque[_Subscribe | _Unsubscribe] = deque()
+        self.tables: dict[str, int] = {}
+        """Subscribed table (``schema.name``) -> how many subscriptions cover it."""
+        self.visibility: dict[str, list[Visibility]] = {}
+        self.sent_relations: dict[int, RelationDef] = {}
+        self.unacked: deque[int] = deque()
+        self._streamer: asyncio.Task[None] | None = None
+        self._expiry: asyncio.TimerHandle | None = None
+        self._converters: dict[RelationDef, Any] = {}
+        self.peer = f"{ws.remote_address}"
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> None:
+        try:
+            async for frame in self.ws:
+                if isinstance(frame, str):
+                    raise ProtocolViolation(ERR.INVALID_REQUEST, "text frames are not part of the protocol")
+                await self.on_frame(frame)
+        except ProtocolViolation as exc:
+            log.info("client %s broke the protocol: %s", self.client_id or self.peer, exc)
+            await self._fail(exc.code, str(exc))
+        except ConnectionClosed:
+            pass
+        finally:
+            await self.shutdown()
+
+    async def _fail(self, code: int, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        try:
+            await self.send(ERR(error_type=code, message=message))  # type: ignore[arg-type]
+            await self.ws.close(close_code, message[:120])
+        except ConnectionClosed:
+            pass
+
+    async def shutdown(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self._streamer is not None:
+            self._streamer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._streamer  # its failure was already reported by stream()
+        if self.client_id is not None and self.server.clients.get(self.client_id) is self:
+            del self.server.clients[self.client_id]
+            if self.state is not None:
+                self.server.store.save(self.state)
+
+    async def send(self, msg: Message) -> None:
+        frame = codec.encode(msg)
+        try:
+            await asyncio.wait_for(self.ws.send(frame), timeout=self.server.send_timeout)
+        except TimeoutError:
+            log.warning("dropping client %s: it stopped reading", self.client_id or self.peer)
+            self.ws.transport.abort()
+            raise ConnectionClosed(None, None) from None
+
+    # -- inbound -----------------------------------------------------------------------------
+    async def on_frame(self, frame: bytes) -> None:
+        try:
+            msg = codec.decode(frame)
+        except codec.FrameError as exc:
+            raise ProtocolViolation(ERR.INVALID_REQUEST, str(exc)) from exc
+        if isinstance(msg, pb.SatRpcRequest):
+            await self.on_rpc(msg)
+        elif isinstance(msg, pb.SatRpcResponse):
+            pass  # answers to the server's own calls; none are made yet
+        elif isinstance(msg, pb.SatOpLogAck):
+            self.on_ack(msg)
+        elif isinstance(msg, pb.SatOpLog | pb.SatRelation):
+            if self.identity is None:
+                raise ProtocolViolation(ERR.AUTH_REQUIRED, "authenticate first")
+            raise ProtocolViolation(
+                ERR.INVALID_REQUEST, "client writes are refused: the server has not started the client's stream"
+            )
+        else:
+            raise ProtocolViolation(ERR.INVALID_REQUEST, f"unexpected {type(msg).__name__} from a client")
+
+    async def on_rpc(self, req: pb.SatRpcRequest) -> None:
+        method = req.method
+        if method not in codec.RPC_METHODS:
+            await self.respond_error(req, ERR.INVALID_REQUEST, f"unknown method {method!r}")
+            return
+        if self.identity is None and method != "authenticate":
+            await self.respond_error(req, ERR.AUTH_REQUIRED, "authenticate first")
+            return
+        request_cls = codec.RPC_METHODS[method][0]
+        body = request_cls()
+        try:
+            body.ParseFromString(req.message)
+        except DecodeError:
+            await self.respond_error(req, ERR.INVALID_REQUEST, f"malformed {request_cls.__name__}")
+            return
+        handler = getattr(self, f"rpc_{method}")
+        response = await handler(body)
+        if isinstance(response, ERR):
+            await self.send(pb.SatRpcResponse(method=method, request_id=req.request_id, error=response))
+        else:
+            await self.send(
+                pb.SatRpcResponse(method=method, request_id=req.request_id, message=response.SerializeToString())
+            )
+
+    async def respond_error(self, req: pb.SatRpcRequest, code: int, message: str) -> None:
+        await self.send(
+            pb.SatRpcResponse(
+                method=req.method,
+                request_id=req.request_id,
+                error=ERR(error_type=code, message=message),  # type: ignore[arg-type]
+            )
+        )
+
+    async def rpc_authenticate(self, req: pb.SatAuthReq) -> Message:
+        if not req.id or not req.token:
+            return ERR(error_type=ERR.INVALID_REQUEST, message="both id and token are required")
+        try:
+            identity = verify(req.token, self.server.config.auth)
+        except AuthError as exc:
+            return ERR(error_type=ERR.AUTH_REQUIRED, message=str(exc))
+        if self.identity is not None:
+            # a renewal: same client, same user
+            if req.id != self.client_id or identity.user_id != self.identity.user_id:
+                return ERR(error_type=ERR.AUTH_FAILED, message="a renewed token must keep the client id and sub")
+        else:
+            other = self.server.clients.get(req.id)
+            if other is not None and other is not self:
+                return ERR(error_type=ERR.INVALID_REQUEST, message="another connection uses this client id")
+            self.client_id = req.id
+            self.server.clients[req.id] = self
+            self.state = self.server.store.load(req.id)
+        self.identity = identity
+        self._schedule_expiry(identity)
+        return pb.SatAuthResp(id=self.server.server_id)
+
+    def _schedule_expiry(self, identity: Identity) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if identity.expires_at is None:
+            return
+        delay = max(0.0, identity.expires_at - time.time())
+        loop = asyncio.get_running_loop()
+        self._expiry = loop.call_later(
+            delay, lambda: asyncio.ensure_future(self.ws.close(CLOSE_JWT_EXPIRED, "JWT-expired"))
+        )
+
+    async def rpc_startReplication(self, req: pb.SatInStartReplicationReq) -> Message:
+        if self.replicating:
+            return ERR(error_type=ERR.INVALID_REQUEST, message="replication is already started")
+        state = self.state
+        assert state is not None
+        window = self.server.unacked_window
+        if not req.lsn:
+            if req.subscription_ids:
+                return _start_error(START_ERR.INVALID_POSITION, "subscriptions can only resume from an LSN")
+            cursor = self.server.log.last_lsn
+        else:
+            try:
+                cursor = codec.decode_server_lsn(req.lsn)
+            except (ValueError, UnicodeDecodeError):
+                return _start_error(START_ERR.MALFORMED_LSN, f"malformed LSN {req.lsn[:40]!r}")
+            if cursor > self.server.log.last_lsn:
+                return _start_error(START_ERR.INVALID_POSITION, "that LSN is ahead of the server's log")
+            if not self.server.log.covers(cursor):
+                return _start_error(
+                    START_ERR.BEHIND_WINDOW, "that LSN is older than the server's retention window; resync"
+                )
+            missing = [s for s in req.subscription_ids if s not in state.subscriptions]
+            if missing:
+                return _start_error(START_ERR.SUBSCRIPTION_NOT_FOUND, f"unknown subscription {missing[0]}")
+        # resume exactly the subscriptions the client still has; forget the others
+        keep = set(req.subscription_ids)
+        for sub_id in list(state.subscriptions):
+            if sub_id not in keep:
+                del state.subscriptions[sub_id]
+        for sub in state.subscriptions.values():
+            vis = Visibility.from_json(sub.visibility) if sub.visibility else None
+            self._add_tables(sub.tables, vis)
+        self.server.store.save(state)
+        self.cursor = cursor
+        self.replicating = True
+        self._streamer = asyncio.create_task(self.stream(), name=f"stream {self.client_id}")
+        return pb.SatInStartReplicationResp(unacked_window_size=window)
+
+    async def rpc_stopReplication(self, req: pb.SatInStopReplicationReq) -> Message:
+        if self._streamer is not None:
+            self._streamer.cancel()
+            self._streamer = None
+        self.replicating = False
+        return pb.SatInStopReplicationResp()
+
+    async def rpc_subscribe(self, req: pb.SatSubsReq) -> Message:
+        sub_id = req.subscription_id
+        state = self.state
+        assert state is not None
+
+        def error(code: int, message: str, shape_errors: Sequence[Any] = ()) -> pb.SatSubsResp:
+            return pb.SatSubsResp(
+                subscription_id=sub_id,
+                err=SUBS_ERR(code=code, message=message, shape_request_error=list(shape_errors)),  # type: ignore[arg-type]
+            )
+
+        if not _is_uuid(sub_id):
+            return ERR(error_type=ERR.INVALID_REQUEST, message="subscription_id must be a UUID")
+        if not self.replicating:
+            return ERR(error_type=ERR.INVALID_REQUEST, message="start replication before subscribing")
+        if sub_id in state.subscriptions or any(
+            isinstance(c, _Subscribe) and c.subscription_id == sub_id for c in self.control
+        ):
+            return error(SUBS_ERR.SUBSCRIPTION_ID_ALREADY_EXISTS, f"subscription {sub_id} already exists")
+        if not req.shape_requests:
+            return ERR(error_type=ERR.INVALID_REQUEST, message="a subscription needs at least one shape request")
+        ids = [r.request_id for r in req.shape_requests]
+        if len(set(ids)) != len(ids) or not all(ids):
+            return ERR(error_type=ERR.INVALID_REQUEST, message="shape request ids must be unique and non-empty")
+        electrified = await self.server.electrified_tables()
+        problems = []
+        requests: list[tuple[str, TableRef]] = []
+        for r in req.shape_requests:
+            selects = r.shape_definition.selects
+            if not selects:
+                problems.append(
+                    SHAPE_ERR(code=SHAPE_ERR.EMPTY_SHAPE_DEFINITION, message="no select", request_id=r.request_id)
+                )
+                continue
+            if len(selects) > 1:
+                problems.append(
+                    SHAPE_ERR(
+                        code=SHAPE_ERR.DUPLICATE_TABLE_IN_SHAPE_DEFINITION,
+                        message="one select per shape request",
+                        request_id=r.request_id,
+                    )
+                )
+                continue
+            sel = selects[0]
+            table = TableRef.parse(sel.tablename)
+            if table not in electrified:
+                problems.append(
+                    SHAPE_ERR(
+                        code=SHAPE_ERR.TABLE_NOT_FOUND,
+                        message=f"table {sel.tablename!r} is not electrified",
+                        request_id=r.request_id,
+                    )
+                )
+                continue
+            if sel.where.strip():
+                problems.append(
+                    SHAPE_ERR(
+                        code=SHAPE_ERR.INVALID_WHERE_CLAUSE,
+                        message="where clauses are not supported yet: subscribe to the whole table",
+                        request_id=r.request_id,
+                    )
+                )
+                continue
+            if sel.include:
+                problems.append(
+                    SHAPE_ERR(
+                        code=SHAPE_ERR.INVALID_INCLUDE_TREE,
+                        message="include trees are not supported yet",
+                        request_id=r.request_id,
+                    )
+                )
+                continue
+            requests.append((r.request_id, table))
+        if problems:
+            return error(SUBS_ERR.SHAPE_REQUEST_ERROR, "some shape requests are invalid", problems)
+        self.control.append(_Subscribe(sub_id, requests))
+        self.wake.set()
+        return pb.SatSubsResp(subscription_id=sub_id)
+
+    async def rpc_unsubscribe(self, req: pb.SatUnsubsReq) -> Message:
+        state = self.state
+        assert state is not None
+        known = [s for s in req.subscription_ids if s in state.subscriptions]
+        if known:
+            self.control.append(_Unsubscribe(known))
+            self.wake.set()
+        return pb.SatUnsubsResp()
+
+    def on_ack(self, ack: pb.SatOpLogAck) -> None:
+        if self.identity is None:
+            raise ProtocolViolation(ERR.AUTH_REQUIRED, "authenticate first")
+        try:
+            lsn = codec.decode_server_lsn(ack.lsn) if ack.lsn else 0
+        except (ValueError, UnicodeDecodeError):
+            raise ProtocolViolation(ERR.INVALID_REQUEST, "malformed LSN in SatOpLogAck") from None
+        if lsn > self.cursor:
+            raise ProtocolViolation(ERR.INVALID_REQUEST, "Acknowledged unknown txn")
+        while self.unacked and self.unacked[0] <= lsn:
+            self.unacked.popleft()
+        if self.state is not None and lsn > self.state.acked_lsn:
+            self.state.acked_lsn = lsn
+        self.acked.set()
+
+    # -- outbound ----------------------------------------------------------------------------
+    def _add_tables(self, tables: set[str], vis: Visibility | None) -> None:
+        for t in tables:
+            self.tables[t] = self.tables.get(t, 0) + 1
+            if vis is not None and vis.bound_lsn > self.cursor:
+                self.visibility.setdefault(t, []).append(vis)
+
+    def _filter(self, tx: Transaction) -> list[Change]:
+        out = []
+        for ch in tx.changes:
+            table = ch.relation.qualified
+            if table not in self.tables or ch.op == "T":
+                continue
+            views = self.visibility.get(table)
+            if views and any(v.holds(tx) for v in views):
+                continue
+            out.append(ch)
+        return out
+
+    def _converter(self, rel: RelationDef) -> Any:
+        conv = self._converters.get(rel)
+        if conv is None:
+            conv = self._converters[rel] = outbound.row_transform(rel)
+        return conv
+
+    async def _send_relation(self, rel: RelationDef) -> None:
+        if self.sent_relations.get(rel.relid) != rel:
+            await self.send(outbound.relation_message(rel))
+            self.sent_relations[rel.relid] = rel
+
+    async def stream(self) -> None:
+        try:
+            await self._stream()
+        except ConnectionClosed:
+            pass
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("stream to client %s failed", self.client_id)
+            await self._fail(ERR.INTERNAL, "internal error in the server's stream", 1011)
+
+    async def _stream(self) -> None:
+        logf = self.server.log
+        while True:
+            while self.control:
+                item = self.control.popleft()
+                if isinstance(item, _Subscribe):
+                    await self._deliver(item)
+                else:
+                    await self._unsubscribe(item)
+            if len(self.unacked) >= self.server.unacked_window:
+                self.acked.clear()
+                await self.acked.wait()
+                continue
+            self.wake.clear()
+            txns = logf.read_after(self.cursor, 100)
+            if not txns:
+                await self.wake.wait()
+                continue
+            for tx in txns:
+                if self.control or len(self.unacked) >= self.server.unacked_window:
+                    break
+                changes = self._filter(tx)
+                self.cursor = tx.lsn
+                if changes:
+                    for ch in changes:
+                        await self._send_relation(ch.relation)
+                    await self.send(outbound.transaction_oplog(tx, changes, self._converter))
+                    self.unacked.append(tx.lsn)
+            for table, views in list(self.visibility.items()):
+                views[:] = [v for v in views if v.bound_lsn > self.cursor]
+                if not views:
+                    del self.visibility[table]
+
+    async def _deliver(self, sub: _Subscribe) -> None:
+        state = self.state
+        assert state is not None
+        snap = await Snapshot.take(self.server.url)
+        try:
+            rels: dict[TableRef, RelationDef] = {}
+            for _, table in sub.requests:
+                rel = await snap.describe(table)
+                if rel is None:
+                    await self.send(
+                        pb.SatSubsDataError(
+                            code=pb.SatSubsDataError.SHAPE_DELIVERY_ERROR,
+                            message=f"table {table} disappeared",
+                            subscription_id=sub.subscription_id,
+                        )
+                    )
+                    return
+                rels[table] = rel
+                await self._send_relation(rel)
+            lsn = codec.encode_server_lsn(self.cursor)
+            await self.send(pb.SatSubsDataBegin(subscription_id=sub.subscription_id, lsn=lsn))
+            for request_id, table in sub.requests:
+                rel = rels[table]
+                convert = self._converter(rel)
+                await self.send(pb.SatShapeDataBegin(request_id=request_id, uuid=str(uuid.uuid4())))
+                async for rows in snap.rows(rel):
+                    await self.send(_inserts(rel, rows, convert))
+                await self.send(pb.SatShapeDataEnd())
+            await self.send(pb.SatSubsDataEnd())
+            vis = snap.visibility
+        finally:
+            await snap.close()
+        tables = {str(t) for _, t in sub.requests}
+        self._add_tables(tables, vis)
+        state.subscriptions[sub.subscription_id] = SubscriptionRecord(
+            sub.subscription_id,
+            [{"request_id": r, "table": str(t)} for r, t in sub.requests],
+            self.cursor,
+            vis.as_json(),
+        )
+        self.server.store.save(state)
+
+    async def _unsubscribe(self, unsub: _Unsubscribe) -> None:
+        state = self.state
+        assert state is not None
+        leaving: set[str] = set()
+        for sub_id in unsub.subscription_ids:
+            record = state.subscriptions.pop(sub_id, None)
+            if record is None:
+                continue
+            for t in record.tables:
+                self.tables[t] -= 1
+                if self.tables[t] == 0:
+                    del self.tables[t]
+                    self.visibility.pop(t, None)
+                    leaving.add(t)
+        gone = await self._gone_rows(leaving)
+        await self.send(
+            pb.SatUnsubsDataBegin(subscription_ids=unsub.subscription_ids, lsn=codec.encode_server_lsn(self.cursor))
+        )
+        for rel, pks in gone:
+            for i in range(0, len(pks), 1000):
+                await self._send_relation(rel)
+                await self.send(pb.SatOpLog(ops=[outbound.gone_op(rel, pk) for pk in pks[i : i + 1000]]))
+        await self.send(pb.SatUnsubsDataEnd())
+        self.server.store.save(state)
+
+    async def _gone_rows(self, tables: set[str]) -> list[tuple[RelationDef, list[Row]]]:
+        """Primary keys of every row of ``tables`` the client may hold at its current position.
+
+        That is the rows of a fresh snapshot, plus rows deleted by logged transactions between the
+        client's position and that snapshot (waiting until the log has caught up with it).
+        """
+        if not tables:
+            return []
+        snap = await Snapshot.take(self.server.url)
+        out: list[tuple[RelationDef, list[Row]]] = []
+        try:
+            await self.server.caught_up(snap.visibility.bound_lsn)
+            for name in sorted(tables):
+                rel = await snap.describe(TableRef.parse(name))
+                if rel is None:
+                    continue
+                idx = rel.pk_indexes
+                pks: dict[Row, None] = {}
+                async for rows in snap.rows(rel):
+                    for row in rows:
+                        pks[tuple(row[i] for i in idx)] = None
+                cursor = self.cursor
+                while True:
+                    txns = self.server.log.read_after(cursor, 500)
+                    if not txns:
+                        break
+                    for tx in txns:
+                        cursor = tx.lsn
+                        if not snap.visibility.holds(tx):
+                            continue
+                        for ch in tx.changes:
+                            if ch.op == "D" and ch.relation.qualified == name and ch.old is not None:
+                                pks[tuple(ch.old[i] for i in ch.relation.pk_indexes)] = None
+                    if cursor >= snap.visibility.bound_lsn:
+                        break
+                out.append((rel, list(pks)))
+        finally:
+            await snap.close()
+        return out
+
+
+def _start_error(code: int, message: str) -> pb.SatInStartReplicationResp:
+    return pb.SatInStartReplicationResp(err=START_ERR(code=code, message=message))  # type: ignore[arg-type]
+
+
+def _inserts(rel: RelationDef, rows: Sequence[Row], convert: Any) -> pb.SatOpLog:
+    return pb.SatOpLog(
+        ops=[
+            pb.SatTransOp(insert=pb.SatOpInsert(relation_id=rel.relid, row_data=codec.encode_row(convert(row))))
+            for row in rows
+        ]
+    )

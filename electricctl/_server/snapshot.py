@@ -1,0 +1,133 @@
+"""Consistent initial data for subscriptions: a REPEATABLE READ snapshot, read with COPY.
+
+The snapshot's xmin, xmax and xip (``pg_current_snapshot()``) say which streamed transactions its
+data already holds (:class:`~electricctl._server.outbound.Visibility`), so the data joins the live
+stream with nothing lost and nothing applied twice. ``pg_current_wal_insert_lsn()`` read after the
+snapshot bounds the transactions that need that check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from electricctl._config.model import TableRef
+from electricctl._replication import lsn as lsnmod
+from electricctl._replication.model import Column, RelationDef, Row
+from electricctl._replication.source import DISPLAY_OPTIONS
+from electricctl._server.outbound import Visibility
+
+_DESCRIBE = """
+SELECT c.oid, a.attname, t.typname, a.atttypid, a.attnotnull,
+       coalesce(a.attnum = ANY(i.indkey), false) AS pk
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_type t ON t.oid = a.atttypid
+  LEFT JOIN pg_index i ON i.indrelid = c.oid AND i.indisprimary
+ WHERE n.nspname = %s AND c.relname = %s
+ ORDER BY a.attnum
+"""
+
+
+async def describe(conn: psycopg.AsyncConnection[Any], table: TableRef) -> RelationDef | None:
+    rows = await (await conn.execute(_DESCRIBE, [table.schema, table.name])).fetchall()
+    if not rows:
+        return None
+    cols = tuple(Column(r[1], r[3], r[2], bool(r[5]), not r[4]) for r in rows)
+    return RelationDef(rows[0][0], table.schema, table.name, cols)
+
+
+_UNESCAPE = {
+    ord("b"): b"\b",
+    ord("f"): b"\f",
+    ord("n"): b"\n",
+    ord("r"): b"\r",
+    ord("t"): b"\t",
+    ord("v"): b"\v",
+    ord("\\"): b"\\",
+}
+
+
+def _unescape(field: bytes) -> bytes:
+    out = bytearray()
+    i = 0
+    n = len(field)
+    while i < n:
+        ch = field[i]
+        if ch == 0x5C and i + 1 < n:  # backslash
+            nxt = field[i + 1]
+            if nxt in _UNESCAPE:
+                out += _UNESCAPE[nxt]
+                i += 2
+                continue
+            if 0x30 <= nxt <= 0x37:  # octal \ooo
+                j = i + 1
+                while j < n and j < i + 4 and 0x30 <= field[j] <= 0x37:
+                    j += 1
+                out.append(int(field[i + 1 : j], 8) & 0xFF)
+                i = j
+                continue
+            out.append(nxt)
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+    return bytes(out)
+
+
+def parse_copy_lines(buf: bytes) -> tuple[list[Row], bytes]:
+    """Parse complete lines of COPY text format; return the rows and the incomplete remainder."""
+    lines = buf.split(b"\n")
+    rest = lines.pop()
+    rows: list[Row] = []
+    for line in lines:
+        fields = line.split(b"\t")
+        rows.append(tuple(None if f == b"\\N" else (_unescape(f) if b"\\" in f else f) for f in fields))
+    return rows, rest
+
+
+class Snapshot:
+    """An open REPEATABLE READ transaction; read tables with :meth:`rows`, then :meth:`close`."""
+
+    def __init__(self, conn: psycopg.AsyncConnection[Any], visibility: Visibility) -> None:
+        self.conn = conn
+        self.visibility = visibility
+
+    @classmethod
+    async def take(cls, url: str) -> Snapshot:
+        conn = await psycopg.AsyncConnection.connect(
+            url, application_name="electricctl-snapshot", options=DISPLAY_OPTIONS
+        )
+        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        row = await (
+            await conn.execute("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text")
+        ).fetchone()
+        assert row is not None
+        return cls(conn, Visibility.parse(row[0], lsnmod.parse(row[1])))
+
+    async def describe(self, table: TableRef) -> RelationDef | None:
+        return await describe(self.conn, table)
+
+    async def rows(self, rel: RelationDef, batch: int = 1000) -> AsyncIterator[Sequence[Row]]:
+        cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in rel.columns)
+        query = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT").format(cols, sql.Identifier(rel.schema, rel.name))
+        pending: list[Row] = []
+        rest = b""
+        async with self.conn.cursor().copy(query) as copy:
+            async for block in copy:
+                rows, rest = parse_copy_lines(rest + bytes(block))
+                pending.extend(rows)
+                if len(pending) >= batch:
+                    yield pending
+                    pending = []
+        if rest:
+            rows, _ = parse_copy_lines(rest + b"\n")
+            pending.extend(rows)
+        if pending:
+            yield pending
+
+    async def close(self) -> None:
+        await self.conn.close()
