@@ -112,10 +112,21 @@ class FileLog:
                 return seg.first_lsn
         return None
 
+    @property
+    def horizon(self) -> int:
+        """Transactions at or below this LSN may be missing (pruned, or from before this log)."""
+        path = self.directory / "horizon"
+        return int(path.read_text()) if path.exists() else 0
+
+    def set_horizon(self, lsn: int) -> None:
+        path = self.directory / "horizon"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(str(lsn))
+        os.replace(tmp, path)
+
     def covers(self, lsn: int) -> bool:
         """Can a client that has everything up to ``lsn`` resume from here without a gap?"""
-        first = self.first_lsn
-        return lsn >= self.last_lsn or (first is not None and lsn >= first - 1)
+        return lsn >= self.horizon
 
     # -- writing -----------------------------------------------------------------------------
     def append(self, txns: Sequence[Transaction]) -> None:
@@ -194,7 +205,9 @@ class FileLog:
         cutoff_ms = ((now or time.time()) - self.retention_seconds) * 1000
         dropped = 0
         while len(self._segments) > 1 and self._segments[0].last_ts_ms < cutoff_ms:
-            self._segments.pop(0).path.unlink(missing_ok=True)
+            seg = self._segments.pop(0)
+            self.set_horizon(max(self.horizon, seg.last_lsn))
+            seg.path.unlink(missing_ok=True)
             dropped += 1
         return dropped
 

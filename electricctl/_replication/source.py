@@ -109,6 +109,14 @@ class ReplicationSource:
             conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [self.slot])
             return True
 
+    def confirmed_position(self) -> int:
+        """The slot's confirmed flush LSN (0 if unknown)."""
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", [self.slot]
+            ).fetchone()
+        return lsnmod.parse(row[0]) if row and row[0] else 0
+
     def start(self, start_lsn: int) -> None:
         self._resolver = CatalogResolver(self.url)
         conn = psycopg.connect(

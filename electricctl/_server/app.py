@@ -115,7 +115,10 @@ class Server:
                 pass
 
     async def _replicate(self, stop: asyncio.Event) -> None:
-        self.source.ensure_slot()
+        created = self.source.ensure_slot()
+        if not created and self.log.last_lsn == 0 and self.log.horizon == 0:
+            # a new log on an old slot: what the slot confirmed before is not in this log
+            self.log.set_horizon(self.source.confirmed_position())
         self.source.start(0)
         self.replication_ok = True
         try:

@@ -243,6 +243,9 @@ def _seconds(text: str) -> float:
 )
 @click.option("--slot", default="electricctl", show_default=True, help="Name of the replication slot to own.")
 @click.option("--log-retention", default="7d", show_default=True, help="How long clients can stay away and resume.")
+@click.option("--send-timeout", default="30s", show_default=True, help="Drop a client that has not read for this long.")
+@click.option("--unacked-window", default=30, show_default=True, help="Transactions a client may leave unacked.")
+@click.option("--no-fsync", is_flag=True, hidden=True, help="Testing only: do not fsync the log.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(
     file: str,
@@ -252,6 +255,9 @@ def serve(
     data_dir: str,
     slot: str,
     log_retention: str,
+    send_timeout: str,
+    unacked_window: int,
+    no_fsync: bool,
     log_level: str,
 ) -> None:
     """Run the sync service: logical replication in, the Satellite protocol out on ws://HOST:PORT/ws."""
@@ -272,6 +278,9 @@ def serve(
         data_dir=Path(data_dir),
         slot=slot,
         retention_seconds=_seconds(log_retention),
+        send_timeout=_seconds(send_timeout),
+        unacked_window=unacked_window,
+        fsync=not no_fsync,
     )
 
     async def main() -> None:

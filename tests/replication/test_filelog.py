@@ -1,0 +1,99 @@
+"""The durable log: append, reopen, torn tails, segments, retention and reads from disk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from electricctl._log import records
+from electricctl._log.filelog import FileLog
+from electricctl._replication.model import Change, Column, RelationDef, Transaction
+from electricctl._server.outbound import Visibility
+from electricctl._server.snapshot import parse_copy_lines
+
+REL = RelationDef(7, "public", "items", (Column("id", 25, "text", True, False), Column("n", 23, "int4", False, True)))
+REL2 = RelationDef(7, "public", "items", (*REL.columns, Column("m", 25, "text", False, True)))
+
+
+def tx(lsn: int, rel: RelationDef = REL, ts: int = 1000) -> Transaction:
+    values = (str(lsn).encode(), None) + ((b"m",) if len(rel.columns) == 3 else ())
+    return Transaction(lsn, lsn + 8, lsn // 10, ts, None if lsn % 2 else "client-1", (Change("I", rel, values, None),))
+
+
+def test_append_reopen_and_read(tmp_path: Path) -> None:
+    log = FileLog(tmp_path).open()
+    log.append([tx(10), tx(20)])
+    log.append([tx(20), tx(30, REL2)])  # 20 again: a resend after a restart is skipped
+    log.close()
+    again = FileLog(tmp_path, cache_size=1).open()
+    assert again.last_lsn == 30
+    got = again.read_after(0)
+    assert [t.lsn for t in got] == [10, 20, 30]
+    assert got[0] == tx(10) and got[2].changes[0].relation == REL2
+    assert [t.lsn for t in again.read_after(15)] == [20, 30]
+    assert again.read_after(30) == []
+
+
+def test_a_torn_tail_is_cut_off(tmp_path: Path) -> None:
+    log = FileLog(tmp_path).open()
+    log.append([tx(10), tx(20)])
+    log.close()
+    (seg,) = tmp_path.glob("seg-*.log")
+    size = seg.stat().st_size
+    with open(seg, "ab") as fh:
+        fh.write(records.frame(records.encode_transaction(tx(30)))[:-5])  # a kill -9 mid-write
+    again = FileLog(tmp_path).open()
+    assert again.last_lsn == 20 and again.truncated_bytes > 0
+    assert seg.stat().st_size == size
+    again.append([tx(30)])
+    assert [t.lsn for t in FileLog(tmp_path).open().read_after(0)] == [10, 20, 30]
+
+
+def test_corruption_in_the_middle_is_an_error(tmp_path: Path) -> None:
+    log = FileLog(tmp_path, segment_bytes=1).open()
+    log.append([tx(10), tx(20), tx(30)])
+    log.close()
+    first = sorted(tmp_path.glob("seg-*.log"))[0]
+    data = bytearray(first.read_bytes())
+    data[-3] ^= 0xFF
+    first.write_bytes(bytes(data))
+    with pytest.raises(records.CorruptRecord, match="damaged"):
+        FileLog(tmp_path).open()
+
+
+def test_segments_retention_and_coverage(tmp_path: Path) -> None:
+    log = FileLog(tmp_path, segment_bytes=1, retention_seconds=10, cache_size=1).open()
+    log.append([tx(10, ts=1_000), tx(20, ts=2_000), tx(30, ts=50_000)])
+    assert len(list(tmp_path.glob("seg-*.log"))) == 3
+    assert log.covers(5) and log.covers(30)
+    assert log.prune(now=45.0) == 2  # segments whose last commit is older than 35 s
+    assert log.first_lsn == 30
+    assert not log.covers(10) and not log.covers(19) and log.covers(20) and log.covers(30)
+    assert FileLog(tmp_path).open().horizon == 20  # remembered across restarts
+    assert [t.lsn for t in log.read_after(0)] == [30]
+
+
+def test_snapshot_visibility() -> None:
+    vis = Visibility.parse("100:105:101,103", bound_lsn=1000)
+    seen = {xid: vis.holds(Transaction(500, 0, xid, 0, None, ())) for xid in (99, 100, 101, 102, 103, 104, 105)}
+    assert seen == {99: True, 100: True, 101: False, 102: True, 103: False, 104: True, 105: False}
+    assert not vis.holds(Transaction(1000, 0, 99, 0, None, ()))  # at or after the bound: newer
+    wrapped = Visibility.parse(f"{2**32 + 5}:{2**32 + 9}:", bound_lsn=10)
+    assert wrapped.holds(Transaction(1, 0, 2**32 - 3 & 0xFFFFFFFF, 0, None, ()))  # before xmin, across wraparound
+    assert Visibility.from_json(vis.as_json()) == vis
+
+
+def test_copy_text_parsing() -> None:
+    rows, rest = parse_copy_lines(b"1\ta\\tb\t\\N\n2\t\\\\x\t\\101\\n\n3\tpart")
+    assert rows == [(b"1", b"a\tb", None), (b"2", b"\\x", b"A\n")]
+    assert rest == b"3\tpart"
+
+
+def test_log_files_are_fsynced_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    FileLog(tmp_path).open().append([tx(10)])
+    assert calls, "append returned before fsync"

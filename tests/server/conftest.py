@@ -1,0 +1,190 @@
+"""Fixtures for the sync service: a real Postgres database, electric.yaml applied, and a running
+server (in-process, or as an `electricctl serve` process for restart and kill -9 tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+import pytest_asyncio
+
+from electricctl._apply import applier
+from electricctl._auth.tokens import mint
+from electricctl._config.loader import load_text
+from electricctl._config.model import ElectricConfig
+from electricctl._embedded.postgres import free_port
+from electricctl._server.app import Server
+from electricctl.client.satellite import SatelliteClient
+
+SCHEMA = """
+CREATE TABLE items (id text PRIMARY KEY, n int4, flag bool, data bytea, at timestamptz, doc jsonb, price float8);
+CREATE TABLE other (id int8 PRIMARY KEY, label text);
+CREATE TABLE big (id int4 PRIMARY KEY, payload text);
+"""
+
+CONFIG = """
+version: 1
+auth:
+  mode: secure
+  jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
+tables: [items, other, big]
+"""
+
+
+@dataclass
+class Env:
+    url: str
+    config: ElectricConfig
+    config_path: Path
+    data_dir: Path
+    slot: str
+
+    def token(self, sub: str = "user-1", **kw: object) -> str:
+        return mint(self.config.auth, sub, dict(kw))
+
+    def sql(self, query: str, params: object = None) -> list[tuple[object, ...]]:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            cur = conn.execute(query, params)  # type: ignore[arg-type]
+            return cur.fetchall() if cur.description else []
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path) -> Env:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+        conn.execute(
+            "INSERT INTO items VALUES ('a', 1, true, '\\x00ff', '2024-01-02 03:04:05.5+00', '{\"k\": [1]}', 1.5),"
+            " ('b', NULL, false, NULL, NULL, NULL, NULL)"
+        )
+    path = tmp_path / "electric.yaml"
+    path.write_text(CONFIG)
+    config = load_text(CONFIG, str(path), env={})
+    applier.apply(config, db_url)
+    dbname = db_url.rsplit("/", 1)[1]
+    return Env(db_url, config, path, tmp_path / "data", f"electricctl_{dbname}")
+
+
+@pytest_asyncio.fixture
+async def server(env: Env) -> AsyncIterator[Server]:
+    srv = Server(env.config, env.url, port=0, data_dir=env.data_dir, slot=env.slot, send_timeout=2.0, fsync=False)
+    stop = asyncio.Event()
+    started = asyncio.Event()
+    task = asyncio.create_task(srv.run(stop, started))
+    await asyncio.wait_for(started.wait(), 20)
+    for _ in range(200):
+        if srv.replication_ok:
+            break
+        await asyncio.sleep(0.05)
+    yield srv
+    stop.set()
+    await asyncio.wait_for(task, 20)
+
+
+def ws_url(srv: Server) -> str:
+    return f"ws://127.0.0.1:{srv.bound_port}/ws"
+
+
+@pytest_asyncio.fixture
+async def client(server: Server, env: Env) -> AsyncIterator[SatelliteClient]:
+    cl = await SatelliteClient(ws_url(server)).connect()
+    await cl.authenticate(env.token())
+    await cl.start()
+    yield cl
+    await cl.close()
+
+
+def get_health(port: int) -> tuple[int, dict[str, object]]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+class ServeProcess:
+    """`electricctl serve` as a real process."""
+
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ServeProcess:
+        with open(self.env.data_dir.parent / f"serve-{self.port}.log", "ab") as log:
+            self.proc = self._spawn(log)
+        return self._wait_ready()
+
+    def _spawn(self, log: object) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "electricctl",
+                "serve",
+                "-f",
+                str(self.env.config_path),
+                "--database-url",
+                self.env.url,
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(self.env.data_dir),
+                "--slot",
+                self.env.slot,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,  # type: ignore[arg-type]
+        )
+
+    def _wait_ready(self) -> ServeProcess:
+        assert self.proc is not None
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                status, _ = get_health(self.port)
+                if status == 200:
+                    return self
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve exited with {self.proc.returncode}")
+            time.sleep(0.1)
+        raise RuntimeError("serve did not become ready")
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws"
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+    def rss_kb(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+
+@pytest.fixture
+def serve_process(env: Env) -> Iterator[ServeProcess]:
+    env.data_dir.mkdir(parents=True, exist_ok=True)
+    proc = ServeProcess(env)
+    yield proc
+    if proc.proc is not None and proc.proc.poll() is None:
+        os.kill(proc.proc.pid, signal.SIGKILL)
+        proc.proc.wait()
