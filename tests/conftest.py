@@ -23,6 +23,8 @@ from electricctl.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 
+pytest_plugins = ["tests.server_fixtures"]
+
 
 @dataclass
 class Server:

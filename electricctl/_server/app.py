@@ -83,6 +83,7 @@ class Server:
         self._ws: WsServer | None = None
         self._catalog: psycopg.AsyncConnection[Any] | None = None
         self.bound_port = port
+        self.stats: dict[str, int] = {"subscription_deliveries": 0, "transactions_sent": 0}
 
     def _server_id(self) -> str:
         path = self.data_dir / "server_id"

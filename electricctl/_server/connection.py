@@ -96,6 +96,7 @@ class Connection:
         self._expiry: asyncio.TimerHandle | None = None
         self._converters: dict[RelationDef, Any] = {}
         self.peer = f"{ws.remote_address}"
+        self._last_saved = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -374,6 +375,10 @@ class Connection:
             self.unacked.popleft()
         if self.state is not None and lsn > self.state.acked_lsn:
             self.state.acked_lsn = lsn
+            now = time.monotonic()
+            if now - self._last_saved > 1.0:  # persisted at most once a second, and on disconnect
+                self._last_saved = now
+                self.server.store.save(self.state)
         self.acked.set()
 
     # -- outbound ----------------------------------------------------------------------------
@@ -445,6 +450,7 @@ class Connection:
                         await self._send_relation(ch.relation)
                     await self.send(outbound.transaction_oplog(tx, changes, self._converter))
                     self.unacked.append(tx.lsn)
+                    self.server.stats["transactions_sent"] += 1
             for table, views in list(self.visibility.items()):
                 views[:] = [v for v in views if v.bound_lsn > self.cursor]
                 if not views:
@@ -479,6 +485,7 @@ class Connection:
                     await self.send(_inserts(rel, rows, convert))
                 await self.send(pb.SatShapeDataEnd())
             await self.send(pb.SatSubsDataEnd())
+            self.server.stats["subscription_deliveries"] += 1
             vis = snap.visibility
         finally:
             await snap.close()

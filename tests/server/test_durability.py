@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from electricctl.client.satellite import SatelliteClient
-from tests.server.conftest import Env, ServeProcess
+from tests.server_fixtures import Env, ServeProcess
 
 pytestmark = pytest.mark.asyncio
 

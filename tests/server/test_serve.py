@@ -16,7 +16,7 @@ from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from electricctl.client.satellite import RpcError, SatelliteClient
-from tests.server.conftest import Env, get_health, ws_url
+from tests.server_fixtures import Env, get_health, ws_url
 
 pytestmark = pytest.mark.asyncio
 

@@ -1,0 +1,105 @@
+"""The real electric-sql@0.12.1 npm client, installed from tests/compat/package-lock.json."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+
+
+def ensure_node_modules() -> None:
+    """scripts/bootstrap installs the npm client (`npm ci`); fail clearly if it has not."""
+    stamp = HERE / "node_modules" / ".electricctl-lock"
+    if not stamp.exists() or stamp.read_bytes() != (HERE / "package-lock.json").read_bytes():
+        raise RuntimeError(f"the npm client is not installed in {HERE}: run scripts/bootstrap (it runs npm ci)")
+
+
+@pytest.fixture(scope="session")
+def node_modules() -> Path:
+    ensure_node_modules()
+    return HERE / "node_modules"
+
+
+class Driver:
+    """tests/compat/electrify-driver.mjs as a subprocess speaking JSON lines."""
+
+    def __init__(self, url: str, token: str, sqlite_file: str = ":memory:") -> None:
+        self.proc = subprocess.Popen(
+            ["node", str(HERE / "electrify-driver.mjs")],
+            cwd=HERE,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "ELECTRIC_URL": url, "ELECTRIC_TOKEN": token, "SQLITE_FILE": sqlite_file},
+            text=True,
+        )
+        ready = self.read(timeout=60)
+        assert ready.get("ready"), ready
+
+    def read(self, timeout: float = 30) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.2)
+            if ready:
+                line = self.proc.stdout.readline()
+                if not line:
+                    break
+                return json.loads(line)
+            if self.proc.poll() is not None:
+                break
+        err = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
+        raise AssertionError(f"the npm client did not answer (exit {self.proc.poll()}): {err[-2000:]}")
+
+    def call(self, cmd: str, timeout: float = 30, **args: Any) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+        self.proc.stdin.flush()
+        answer = self.read(timeout)
+        assert answer.get("ok"), answer
+        return answer
+
+    def rows(self, table: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self.call("rows", table=table)["rows"]
+        return rows
+
+    def wait_rows(self, table: str, predicate: Any, timeout: float = 20) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        rows = self.rows(table)
+        while not predicate(rows):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"rows never matched: {rows}")
+            time.sleep(0.1)
+            rows = self.rows(table)
+        return rows
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call("exit", timeout=10)
+            except AssertionError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def drivers(node_modules: Path) -> Iterator[list[Driver]]:
+    started: list[Driver] = []
+    yield started
+    for d in started:
+        d.close()

@@ -1,0 +1,71 @@
+// Drives the real electric-sql@0.12.1 client stack (electrify() over better-sqlite3) against an
+// electricctl server, for tests/compat/test_npm_client.py. Environment: ELECTRIC_URL, ELECTRIC_TOKEN,
+// SQLITE_FILE (':memory:' or a path, so a restarted driver resumes from its stored position).
+// Reads one command per line on stdin and answers with one JSON line on stdout:
+//   {"cmd":"subscribe","table":"items"}  -> {"ok":true,"key":...} once the shape is synced
+//   {"cmd":"rows","table":"items"}       -> {"ok":true,"rows":[...]}
+//   {"cmd":"meta"}                       -> {"ok":true,"meta":{...}} (lsn, subscriptions)
+//   {"cmd":"exit"}
+import readline from 'node:readline'
+import Database from 'better-sqlite3'
+import * as z from 'zod'
+import * as Pb from './node_modules/electric-sql/dist/_generated/protocol/satellite.js'
+import { electrify } from 'electric-sql/node'
+import { DbSchema } from 'electric-sql/client/model'
+import { makeMigration, sqliteBuilder } from 'electric-sql/migrators/builder'
+
+const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
+
+// what `electric-sql generate` would produce for the test table `items`
+const COLUMNS = [
+  ['id', 'TEXT', 'text', 'TEXT'], ['n', 'INTEGER', 'int4', 'INT4'], ['flag', 'INTEGER', 'bool', 'BOOL'],
+  ['data', 'BLOB', 'bytea', 'BYTEA'], ['at', 'TEXT', 'timestamptz', 'TIMESTAMPTZ'],
+  ['doc', 'TEXT_JSON', 'jsonb', 'JSONB'], ['price', 'REAL', 'float8', 'FLOAT8'],
+]
+const createSql = 'CREATE TABLE "items" (\n' + COLUMNS.map(([n, s], i) => `  "${n}" ${s}${i === 0 ? ' NOT NULL' : ''},\n`).join('') +
+  '  CONSTRAINT "items_pkey" PRIMARY KEY ("id")\n) WITHOUT ROWID;\n'
+const migrate = Pb.SatOpMigrate.fromPartial({
+  version: '20240101000000',
+  stmts: [{ type: Pb.SatOpMigrate_Type.CREATE_TABLE, sql: createSql }],
+  table: { name: 'items', pks: ['id'], fks: [], columns: COLUMNS.map(([name, sqliteType, pg]) => ({ name, sqliteType, pgType: { name: pg, array: [], size: [] } })) },
+})
+const migration = makeMigration({ format: 'SatOpMigrate', ops: [migrate], protocolVersion: 'Electric.Satellite', version: '20240101000000' }, sqliteBuilder)
+const anyObj = z.object({ where: z.any().optional(), include: z.object({}).passthrough().optional(), select: z.object({}).passthrough().optional(), data: z.any().optional() })
+const tables = { items: {
+  fields: new Map(COLUMNS.map(([n, , , f]) => [n, f])), relations: [],
+  modelSchema: z.object({}).passthrough(),
+  createSchema: anyObj, createManySchema: anyObj, findUniqueSchema: anyObj, findSchema: anyObj, updateSchema: anyObj,
+  updateManySchema: anyObj, upsertSchema: anyObj, deleteSchema: anyObj, deleteManySchema: anyObj } }
+const schema = new DbSchema(tables, [migration], [])
+
+const conn = new Database(process.env.SQLITE_FILE || ':memory:')
+const electric = await electrify(conn, schema, { url: process.env.ELECTRIC_URL, debug: false })
+await electric.connect(process.env.ELECTRIC_TOKEN)
+out({ ok: true, ready: true })
+
+const rl = readline.createInterface({ input: process.stdin })
+for await (const line of rl) {
+  if (!line.trim()) continue
+  const cmd = JSON.parse(line)
+  try {
+    if (cmd.cmd === 'subscribe') {
+      const shape = await electric.satellite.subscribe([{ tablename: cmd.table }])
+      await shape.synced
+      out({ ok: true, key: shape.key })
+    } else if (cmd.cmd === 'rows') {
+      const rows = await electric.db.rawQuery({ sql: `SELECT * FROM "${cmd.table}" ORDER BY id` })
+      out({ ok: true, rows: rows.map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, v instanceof Uint8Array ? Array.from(v) : v]))) })
+    } else if (cmd.cmd === 'meta') {
+      const meta = await electric.db.rawQuery({ sql: "SELECT key, value FROM _electric_meta WHERE key IN ('lsn', 'subscriptions', 'clientId')" })
+      out({ ok: true, meta: Object.fromEntries(meta.map((m) => [m.key, m.value instanceof Uint8Array ? Buffer.from(m.value).toString() : m.value])) })
+    } else if (cmd.cmd === 'exit') {
+      await electric.close()
+      out({ ok: true })
+      process.exit(0)
+    } else {
+      out({ ok: false, error: `unknown command ${cmd.cmd}` })
+    }
+  } catch (e) {
+    out({ ok: false, error: String(e?.message ?? e) })
+  }
+}
