@@ -4,6 +4,7 @@ server (in-process, or as an `electricctl serve` process for restart and kill -9
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -76,9 +77,11 @@ def env(db_url: str, tmp_path: Path) -> Env:
     return Env(db_url, config, path, tmp_path / "data", f"electricctl_{dbname}")
 
 
-@pytest_asyncio.fixture
-async def server(env: Env) -> AsyncIterator[Server]:
-    srv = Server(env.config, env.url, port=0, data_dir=env.data_dir, slot=env.slot, send_timeout=2.0, fsync=False)
+@contextlib.asynccontextmanager
+async def running_server(env: Env, **kwargs: object) -> AsyncIterator[Server]:
+    """A Server on a free port, ready (replication running) when entered."""
+    options: dict[str, object] = {"send_timeout": 2.0, "fsync": False, **kwargs}
+    srv = Server(env.config, env.url, port=0, data_dir=env.data_dir, slot=env.slot, **options)  # type: ignore[arg-type]
     stop = asyncio.Event()
     started = asyncio.Event()
     task = asyncio.create_task(srv.run(stop, started))
@@ -87,9 +90,17 @@ async def server(env: Env) -> AsyncIterator[Server]:
         if srv.replication_ok:
             break
         await asyncio.sleep(0.05)
-    yield srv
-    stop.set()
-    await asyncio.wait_for(task, 20)
+    try:
+        yield srv
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 20)
+
+
+@pytest_asyncio.fixture
+async def server(env: Env) -> AsyncIterator[Server]:
+    async with running_server(env) as srv:
+        yield srv
 
 
 def ws_url(srv: Server) -> str:

@@ -8,6 +8,7 @@ adapter (replication source, log, snapshot).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import json
 import logging
@@ -25,6 +26,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from electricctl._config.model import ElectricConfig, TableRef
+from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog
 from electricctl._replication.model import Transaction
 from electricctl._replication.source import ReplicationSource
@@ -61,6 +63,7 @@ class Server:
         unacked_window: int = 30,
         send_timeout: float = 30.0,
         fsync: bool = True,
+        start_client_replication: bool = False,
     ) -> None:
         self.config = config
         self.url = url
@@ -70,9 +73,11 @@ class Server:
         self.slot = slot
         self.unacked_window = unacked_window
         self.send_timeout = send_timeout
+        self.start_client_replication = start_client_replication
+        """Call startReplication on clients so they stream their writes (the write path, issue 5)."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.server_id = self._server_id()
-        self.log = FileLog(self.data_dir / "log", retention_seconds=retention_seconds, fsync=fsync)
+        self.log: TransactionLog = FileLog(self.data_dir / "log", retention_seconds=retention_seconds, fsync=fsync)
         self.store = ClientStore(self.data_dir / "clients")
         self.source = ReplicationSource(url, slot)
         self.clients: dict[str, Connection] = {}
@@ -83,7 +88,7 @@ class Server:
         self._ws: WsServer | None = None
         self._catalog: psycopg.AsyncConnection[Any] | None = None
         self.bound_port = port
-        self.stats: dict[str, int] = {"subscription_deliveries": 0, "transactions_sent": 0}
+        self.stats: dict[str, int] = {"subscription_deliveries": 0, "transactions_sent": 0, "replication_restarts": 0}
 
     def _server_id(self) -> str:
         path = self.data_dir / "server_id"
@@ -116,20 +121,33 @@ class Server:
                 pass
 
     async def _replicate(self, stop: asyncio.Event) -> None:
+        """Stream from the slot until ``stop``; on failure, report not-ready and retry with backoff."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self._prepare_slot)
+                self.source.start(0)
+                self.replication_ok = True
+                self.replication_error = None
+                delay = 0.5
+                await self.source.run(self._consume, stop)
+            except Exception as exc:
+                self.replication_ok = False
+                self.replication_error = f"{type(exc).__name__}: {exc}"
+                self.stats["replication_restarts"] += 1
+                log.warning("replication stopped (%s); retrying in %.1fs", self.replication_error, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 30.0)
+            finally:
+                self.source.close()
+        self.replication_ok = False
+
+    def _prepare_slot(self) -> None:
         created = self.source.ensure_slot()
         if not created and self.log.last_lsn == 0 and self.log.horizon == 0:
             # a new log on an old slot: what the slot confirmed before is not in this log
             self.log.set_horizon(self.source.confirmed_position())
-        self.source.start(0)
-        self.replication_ok = True
-        try:
-            await self.source.run(self._consume, stop)
-        except Exception as exc:
-            self.replication_ok = False
-            self.replication_error = str(exc)
-            raise
-        finally:
-            self.source.close()
 
     async def electrified_tables(self) -> set[TableRef]:
         if self._catalog is None or self._catalog.closed:

@@ -97,6 +97,10 @@ class Connection:
         self._converters: dict[RelationDef, Any] = {}
         self.peer = f"{ws.remote_address}"
         self._last_saved = 0.0
+        self._next_request_id = 0  # the server numbers its own RPC calls from 0, the client from 1
+        self._calls: dict[int, asyncio.Future[pb.SatRpcResponse]] = {}
+        self.client_stream_started = False
+        self._client_stream: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -150,14 +154,21 @@ class Connection:
         if isinstance(msg, pb.SatRpcRequest):
             await self.on_rpc(msg)
         elif isinstance(msg, pb.SatRpcResponse):
-            pass  # answers to the server's own calls; none are made yet
+            fut = self._calls.pop(msg.request_id, None)
+            if fut is None:
+                raise ProtocolViolation(ERR.INVALID_REQUEST, f"response to unknown request {msg.request_id}")
+            if not fut.done():
+                fut.set_result(msg)
         elif isinstance(msg, pb.SatOpLogAck):
             self.on_ack(msg)
         elif isinstance(msg, pb.SatOpLog | pb.SatRelation):
             if self.identity is None:
                 raise ProtocolViolation(ERR.AUTH_REQUIRED, "authenticate first")
             raise ProtocolViolation(
-                ERR.INVALID_REQUEST, "client writes are refused: the server has not started the client's stream"
+                ERR.INVALID_REQUEST,
+                "client writes are not accepted yet"
+                if self.client_stream_started
+                else "client writes are refused: the server has not started the client's stream",
             )
         else:
             raise ProtocolViolation(ERR.INVALID_REQUEST, f"unexpected {type(msg).__name__} from a client")
@@ -185,6 +196,34 @@ class Connection:
             await self.send(
                 pb.SatRpcResponse(method=method, request_id=req.request_id, message=response.SerializeToString())
             )
+
+    async def call(self, method: str, body: Message, timeout: float = 30.0) -> Message:
+        """Make an RPC call to the client and return its decoded response."""
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        fut: asyncio.Future[pb.SatRpcResponse] = asyncio.get_running_loop().create_future()
+        self._calls[request_id] = fut
+        await self.send(pb.SatRpcRequest(method=method, request_id=request_id, message=body.SerializeToString()))
+        try:
+            resp = await asyncio.wait_for(fut, timeout)
+        finally:
+            self._calls.pop(request_id, None)
+        if resp.HasField("error"):
+            raise ProtocolViolation(resp.error.error_type, f"client refused {method}: {resp.error.message}")
+        out = codec.RPC_METHODS[method][1]()
+        try:
+            out.ParseFromString(resp.message)
+        except DecodeError:
+            raise ProtocolViolation(ERR.INVALID_REQUEST, f"malformed response to {method}") from None
+        return out
+
+    async def _start_client_stream(self) -> None:
+        # the client -> server direction: the server asks the client to start sending its writes
+        try:
+            await self.call("startReplication", pb.SatInStartReplicationReq(lsn=b""))
+            self.client_stream_started = True
+        except (ProtocolViolation, TimeoutError, ConnectionClosed) as exc:
+            log.info("client %s did not start its stream: %s", self.client_id, exc)
 
     async def respond_error(self, req: pb.SatRpcRequest, code: int, message: str) -> None:
         await self.send(
@@ -265,6 +304,8 @@ class Connection:
         self.cursor = cursor
         self.replicating = True
         self._streamer = asyncio.create_task(self.stream(), name=f"stream {self.client_id}")
+        if self.server.start_client_replication:
+            self._client_stream = asyncio.create_task(self._start_client_stream())
         return pb.SatInStartReplicationResp(unacked_window_size=window)
 
     async def rpc_stopReplication(self, req: pb.SatInStopReplicationReq) -> Message:

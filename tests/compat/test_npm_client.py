@@ -109,3 +109,22 @@ async def test_server_restart_and_kill_9_lose_nothing(
             d.wait_rows, "items", lambda rs, e=expected: {r["id"]: r["n"] for r in rs} == e, 60
         )
         assert len(rows) == len(expected)
+
+
+async def test_server_calls_rpcs_on_the_client(env: Env, drivers: list[Driver]) -> None:
+    """RPC in the other direction: the server asks the npm client to start its own stream."""
+    import asyncio
+
+    from tests.server_fixtures import running_server
+
+    async with running_server(env, start_client_replication=True) as srv:
+        d = await asyncio.to_thread(Driver, base_url(srv), env.token())
+        drivers.append(d)
+        for _ in range(100):
+            if any(c.client_stream_started for c in srv.connections):
+                break
+            await asyncio.sleep(0.05)
+        assert any(c.client_stream_started for c in srv.connections), "the client did not answer startReplication"
+        await asyncio.to_thread(d.call, "subscribe", table="items")  # and the connection carries on
+        assert len(await asyncio.to_thread(d.rows, "items")) == 2
+        await asyncio.to_thread(d.close)

@@ -341,3 +341,41 @@ async def test_a_client_that_stops_reading_is_dropped(server: Server, env: Env) 
     await good.wait_for(lambda: (b"1",) in good.table("other"))
     await good.close()
     stalled.transport.abort()
+
+
+async def test_expired_jwt_closes_the_connection_with_4000(server: Server, env: Env) -> None:
+    cl = await SatelliteClient(ws_url(server)).connect()
+    now = int(time.time())
+    token = jwt.encode(
+        {"sub": "u", "iat": now, "exp": now + 2}, "test-secret-test-secret-test-secret", algorithm="HS256"
+    )
+    await cl.authenticate(token)
+    await cl.start()
+    await cl.wait_for(lambda: cl.closed_with is not None, timeout=15)
+    assert cl.closed_with == (4000, "JWT-expired")
+
+
+async def test_replication_recovers_after_the_walsender_is_killed(
+    client: SatelliteClient, server: Server, env: Env
+) -> None:
+    await client.subscribe("other")
+    env.sql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = %s", [env.slot])
+    for _ in range(200):
+        if server.stats["replication_restarts"]:
+            break
+        await asyncio.sleep(0.05)
+    assert server.stats["replication_restarts"] == 1
+    env.sql("INSERT INTO other VALUES (5, 'after the outage')")
+    await client.wait_for(lambda: (b"5",) in client.table("other"), timeout=30)
+    status, body = await asyncio.to_thread(get_health, server.bound_port)
+    assert status == 200 and body["ready"] is True
+
+
+async def test_token_command_mints_a_verifiable_token(env: Env, run_cli) -> None:  # type: ignore[no-untyped-def]
+    from electricctl._auth.tokens import verify
+
+    result = run_cli("token", "-f", str(env.config_path), "--sub", "alice", "--claim", "role=editor", "--ttl", "5m")
+    assert result.code == 0, result.err
+    identity = verify(result.out.strip(), env.config.auth)
+    assert identity.user_id == "alice" and identity.claims["role"] == "editor"
+    assert identity.expires_at is not None and 250 < identity.expires_at - time.time() <= 300
