@@ -127,9 +127,10 @@ def get_health(port: int) -> tuple[int, dict[str, object]]:
 class ServeProcess:
     """`electricctl serve` as a real process."""
 
-    def __init__(self, env: Env) -> None:
+    def __init__(self, env: Env, *extra: str) -> None:
         self.env = env
         self.port = free_port()
+        self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> ServeProcess:
@@ -192,9 +193,10 @@ class ServeProcess:
 
 
 @pytest.fixture
-def serve_process(env: Env) -> Iterator[ServeProcess]:
+def serve_process(env: Env, request: pytest.FixtureRequest) -> Iterator[ServeProcess]:
     env.data_dir.mkdir(parents=True, exist_ok=True)
-    proc = ServeProcess(env)
+    marker = request.node.get_closest_marker("serve_args")
+    proc = ServeProcess(env, *(marker.args if marker else ()))
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:
         os.kill(proc.proc.pid, signal.SIGKILL)

@@ -52,4 +52,6 @@ def test_demo_runs_the_main_job_end_to_end() -> None:
     assert "Plan: 49 to create, 0 to update, 0 to delete." in out.stdout
     assert "No changes." in out.stdout
     assert "row tags [[" in out.stdout and "In sync" in out.stdout
+    assert "a client subscribed to users and received 1 row(s)" in out.stdout
+    assert "an INSERT made with SQL reached the client" in out.stdout and "['Ada', 'Grace']" in out.stdout
     assert "PostgreSQL stopped." in out.stdout

@@ -32,7 +32,6 @@ BASE_SETTINGS: Mapping[str, str] = {
 }
 FAST_SETTINGS: Mapping[str, str] = {
     "fsync": "off",
-    "synchronous_commit": "off",
     "full_page_writes": "off",
 }
 

@@ -73,3 +73,46 @@ async def test_nothing_lost_or_duplicated_across_server_restarts(
         await asyncio.sleep(0.1)
     assert lag <= 0, f"the slot is {lag} bytes behind the last write"
     serve_process.stop()
+
+
+@pytest.mark.serve_args("--send-timeout", "3s")
+async def test_a_stalled_client_costs_bounded_memory_and_is_dropped(serve_process: ServeProcess, env: Env) -> None:
+    import uuid
+
+    from websockets.asyncio.client import connect
+
+    from electricctl._protocol import codec
+    from electricctl._protocol import satellite_pb2 as pb
+
+    env.sql("INSERT INTO big SELECT i, repeat(md5(i::text), 60) FROM generate_series(1, 25000) i")  # ~50 MB
+    serve_process.start()
+    good = await SatelliteClient(serve_process.url).connect()
+    await good.authenticate(env.token())
+    await good.start()
+    await good.subscribe("other")
+    before = serve_process.rss_kb()
+
+    stalled = await connect(serve_process.url, subprotocols=["electric.0.12"], max_queue=1)  # type: ignore[list-item]
+    requests = [
+        ("authenticate", pb.SatAuthReq(id=str(uuid.uuid4()), token=env.token())),
+        ("startReplication", pb.SatInStartReplicationReq()),
+        ("subscribe", pb.SatSubsReq(
+            subscription_id=str(uuid.uuid4()),
+            shape_requests=[pb.SatShapeReq(request_id="r", shape_definition=pb.SatShapeDef(selects=[pb.SatShapeDef.Select(tablename="big")]))],
+        )),
+    ]
+    for i, (method, body) in enumerate(requests, 1):
+        await stalled.send(codec.encode(pb.SatRpcRequest(method=method, request_id=i, message=body.SerializeToString())))
+    stalled.transport.pause_reading()  # this client stops reading
+    peak = before
+    for _ in range(80):
+        peak = max(peak, serve_process.rss_kb())
+        await asyncio.sleep(0.1)
+    growth_mb = (peak - before) / 1024
+    assert growth_mb < 30, f"the server grew by {growth_mb:.0f} MB for one stalled client"
+    # dropped after the send timeout; everyone else is still served
+    env.sql("INSERT INTO other VALUES (1, 'served')")
+    await good.wait_for(lambda: (b"1",) in good.table("other"))
+    stalled.transport.resume_reading()
+    await asyncio.wait_for(stalled.wait_closed(), 20)
+    await good.close()
