@@ -96,13 +96,23 @@ async def test_a_stalled_client_costs_bounded_memory_and_is_dropped(serve_proces
     requests = [
         ("authenticate", pb.SatAuthReq(id=str(uuid.uuid4()), token=env.token())),
         ("startReplication", pb.SatInStartReplicationReq()),
-        ("subscribe", pb.SatSubsReq(
-            subscription_id=str(uuid.uuid4()),
-            shape_requests=[pb.SatShapeReq(request_id="r", shape_definition=pb.SatShapeDef(selects=[pb.SatShapeDef.Select(tablename="big")]))],
-        )),
+        (
+            "subscribe",
+            pb.SatSubsReq(
+                subscription_id=str(uuid.uuid4()),
+                shape_requests=[
+                    pb.SatShapeReq(
+                        request_id="r",
+                        shape_definition=pb.SatShapeDef(selects=[pb.SatShapeDef.Select(tablename="big")]),
+                    )
+                ],
+            ),
+        ),
     ]
     for i, (method, body) in enumerate(requests, 1):
-        await stalled.send(codec.encode(pb.SatRpcRequest(method=method, request_id=i, message=body.SerializeToString())))
+        await stalled.send(
+            codec.encode(pb.SatRpcRequest(method=method, request_id=i, message=body.SerializeToString()))
+        )
     stalled.transport.pause_reading()  # this client stops reading
     peak = before
     for _ in range(80):
