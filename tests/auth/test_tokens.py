@@ -86,7 +86,7 @@ def test_secure_mode_requires_exp_and_iat() -> None:
     auth = AuthConfig("secure", JwtConfig(key="k" * 32))
     with pytest.raises(AuthError, match="exp"):
         verify(jwt.encode({"sub": "u", "iat": NOW}, "k" * 32, algorithm="HS256"), auth)
-    with pytest.raises(AuthError, match="not yet valid|nbf|iat"):
+    with pytest.raises(AuthError, match=r"not yet valid|nbf|iat"):
         verify(jwt.encode(claims(nbf=NOW + 3600), "k" * 32, algorithm="HS256"), auth)
 
 
