@@ -56,7 +56,8 @@ from electricctl.client.satellite import SatelliteClient
 
 WIDE_COLUMNS = "id int8 PRIMARY KEY, name text NOT NULL, n int4, flag bool, at timestamptz, doc jsonb"
 WIDE_VALUES = (
-    "g, 'name ' || g, (g % 1000)::int4, g % 2 = 0, timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second',"
+    "g, 'name ' || g, mod(g, 1000)::int4, mod(g, 2) = 0,"
+    " timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second',"
     " jsonb_build_object('k', g, 'tags', jsonb_build_array('a', 'b'))"
 )
 
@@ -413,7 +414,8 @@ async def bench_latency(pg: EmbeddedPostgres, tmp: Path, rounds: int, rate: floa
     n = int(rate * seconds)
     print(
         f"1. latency: Postgres commit -> row committed in the client's SQLite; {rate:.0f} single-row "
-        f"transactions/s for {seconds:.0f} s ({n} per round, autocommit INSERTs from a writer thread in the client process)"
+        f"transactions/s for {seconds:.0f} s ({n} per round; autocommit INSERTs from a writer thread in the"
+        " client process)"
     )
     print(f"   writer rate achieved      {runs([r.rate for r in results], '{:.0f}')} tx/s")
     for label, series in (
@@ -448,29 +450,77 @@ class ThroughputRound:
     write_seconds: float
     deliver_seconds: float
     cpu: dict[str, float]
+    catchup_seconds: float
+    catchup_cpu: dict[str, float]
+
+
+def log_last_lsn(server: ServeProcess) -> int:
+    return int(server.health()[1]["replication"]["log_last_lsn"])
 
 
 async def throughput_round(server: ServeProcess, tmp: Path, table: str, rows: int, tx_rows: int) -> ThroughputRound:
-    cl = await open_client(server, tmp / f"{table}.sqlite", table)
+    """Live: ``rows`` written while the client streams. Catch-up: ``rows`` more written while it
+    is away, then it reconnects and resumes from its last LSN (served from the server's log)."""
+    path = tmp / f"{table}.sqlite"
+    cl = SqliteReplica(server.ws_url, path)
+    await cl.connect()
+    await cl.authenticate(server.db.token())
+    await cl.start()
+    sub_id = await cl.subscribe(table)
     insert = f"INSERT INTO {table} SELECT {WIDE_VALUES} FROM generate_series(%s::int8, %s::int8) g"
     with psycopg.connect(server.db.url, autocommit=True) as conn:
         backend = int(conn.execute("SELECT pg_backend_pid()").fetchall()[0][0])
         pids = {"serve": server.pid, "walsender": walsender_pid(server.db.url, server.slot), "pg writer": backend}
-        cpu0 = {k: cpu_seconds(p) for k, p in pids.items()} | {"client": time.process_time()}
 
-        def writer() -> float:
-            for lo in range(1, rows + 1, tx_rows):
-                conn.execute(insert, [lo, min(rows, lo + tx_rows - 1)], prepare=True)
-            return time.perf_counter()
+        def cpu_now() -> dict[str, float]:
+            return {k: cpu_seconds(p) for k, p in pids.items()} | {"client": time.process_time()}
 
+        def write(first: int) -> tuple[float, int]:
+            """Write rows first..first+rows-1; return when done and the WAL position before the last commit."""
+            before_last = 0
+            for lo in range(first, first + rows, tx_rows):
+                if lo + tx_rows >= first + rows:
+                    before_last = psycopg_lsn(conn)
+                conn.execute(insert, [lo, min(first + rows - 1, lo + tx_rows - 1)], prepare=True)
+            return time.perf_counter(), before_last
+
+        cpu0 = cpu_now()
         start = time.perf_counter()
-        written = await asyncio.to_thread(writer)
+        written, _ = await asyncio.to_thread(write, 1)
         await cl.wait_for(lambda: cl.rows_applied >= rows, 300)
-        cpu = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()} | {"client": time.process_time() - cpu0["client"]}
+        live_end = cl.last_commit
+        cpu1 = cpu_now()
+        cpu = {k: cpu1[k] - cpu0[k] for k in cpu0}
+
+        # catch-up: the client leaves, the server logs another `rows`, the client resumes
+        resume_lsn, client_id = cl.last_lsn, cl.client_id
+        await cl.close()
+        _, before_last = await asyncio.to_thread(write, rows + 1)
+        deadline = time.monotonic() + 300
+        while log_last_lsn(server) <= before_last:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the server did not log the catch-up rows in time")
+            await asyncio.sleep(0.05)
+        cl = SqliteReplica(server.ws_url, path)
+        cl.client_id = client_id
+        cpu0 = cpu_now()
+        start2 = time.perf_counter()
+        await cl.connect()
+        await cl.authenticate(server.db.token())
+        await cl.start(lsn=resume_lsn, subscription_ids=[sub_id])
+        await cl.wait_for(lambda: cl.rows_applied >= rows, 300)
+        cpu1 = cpu_now()
+        catchup_cpu = {k: cpu1[k] - cpu0[k] for k in ("serve", "client")}
     count = cl.db.execute(f'SELECT count(*) FROM "{table}"').fetchone()
-    assert count is not None and count[0] == rows, f"client SQLite has {count} rows, expected {rows}"
+    assert count is not None and count[0] == 2 * rows, f"client SQLite has {count} rows, expected {2 * rows}"
     await cl.close()
-    return ThroughputRound(rows, written - start, cl.last_commit - start, cpu)
+    return ThroughputRound(rows, written - start, live_end - start, cpu, cl.last_commit - start2, catchup_cpu)
+
+
+def psycopg_lsn(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'").fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def capture_payloads(url: str, slot: str) -> list[bytes]:
@@ -522,21 +572,27 @@ async def bench_throughput(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: i
             if r == 0:
                 payloads = capture_payloads(db.url, "bench_capture")
     print(
-        f"2. sustained changes into one client: {rows} inserted rows in transactions of {tx_rows} "
-        f"(INSERT ... SELECT generate_series, 6 columns), written as fast as Postgres takes them"
+        f"2. sustained changes into one client: {rows:,} inserted rows per phase in transactions of {tx_rows}"
+        " (INSERT ... SELECT generate_series, 6 columns), written by one connection as fast as Postgres takes them"
     )
     print(f"   Postgres write rate       {runs([r.rows / r.write_seconds for r in results], '{:,.0f}')} rows/s")
     print(
-        f"   delivered (SQLite commit) {runs([r.rows / r.deliver_seconds for r in results], '{:,.0f}')} rows/s"
+        f"   live, in SQLite           {runs([r.rows / r.deliver_seconds for r in results], '{:,.0f}')} rows/s"
         "  (first INSERT sent -> last row committed in SQLite; target >= 30,000 rows/s)"
     )
     lag = [r.deliver_seconds - r.write_seconds for r in results]
-    print(f"   delivery behind writer    {runs(lag, '{:.2f}')} s after the last COMMIT returned")
+    print(f"   live delivery behind      {runs(lag, '{:.2f}')} s after the writer's last COMMIT returned")
     print_cpu(results[0].cpu.keys(), [r.cpu for r in results], [r.deliver_seconds for r in results])
+    print(
+        f"   catch-up, in SQLite       {runs([r.rows / r.catchup_seconds for r in results], '{:,.0f}')} rows/s"
+        f"  (another {rows} rows written while the client was away, already in the server's log;"
+        " reconnect+resume -> last row in SQLite)"
+    )
+    print_cpu(["serve", "client"], [r.catchup_cpu for r in results], [r.catchup_seconds for r in results])
     inserts, decode_only, with_builder = decode_rates(payloads, max(3, rounds))
     print(
-        f"   raw pgoutput decode over round 0's captured stream ({len(payloads)} messages, {inserts} inserts;"
-        " this process, one core):"
+        f"   raw pgoutput decode of round 0's stream, captured by a second slot ({len(payloads):,} messages,"
+        f" {inserts:,} inserts; in this process):"
     )
     print(f"     pgoutput.decode         {runs(decode_only, '{:,.0f}')} rows/s")
     print(f"     decode + TxBuilder      {runs(with_builder, '{:,.0f}')} rows/s")
@@ -612,10 +668,12 @@ async def bench_initial_sync(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows:
             raw.append(time.perf_counter() - t0)
             assert n == rows
     print(
-        f"3. initial sync of a 6-column table ({rows:,} rows; populated in {populate:.1f} s) into a fresh client's SQLite"
+        f"3. initial sync of a 6-column table ({rows:,} rows; populated in {populate:.1f} s)"
+        " into a fresh client's SQLite"
     )
     print(
-        f"   connect+auth+start+subscribe  {runs(synced, '{:.2f}')} s  = {runs([rows / s for s in synced], '{:,.0f}')} rows/s"
+        f"   connect+auth+start+subscribe  {runs(synced, '{:.2f}')} s"
+        f"  = {runs([rows / s for s in synced], '{:,.0f}')} rows/s"
     )
     print(f"   subscribe alone               {runs(subscribe_only, '{:.2f}')} s")
     if rows != target_rows:
@@ -637,7 +695,31 @@ class IdleRound:
     before_kb: int
     after_kb: int
     closed_kb: int
+    second_kb: int
     connect_seconds: float
+
+
+async def idle_wave(server: ServeProcess, clients: int, concurrency: int) -> tuple[list[SatelliteClient], float]:
+    """Connect ``clients`` clients, each authenticated, replicating and subscribed to ``small``."""
+    sem = asyncio.Semaphore(concurrency)
+    token = server.db.token()
+
+    async def one() -> SatelliteClient:
+        async with sem:
+            cl = SatelliteClient(server.ws_url)
+            await cl.connect()
+            await cl.authenticate(token)
+            await cl.start()
+            await cl.subscribe("small")
+            return cl
+
+    start = time.perf_counter()
+    conns = await asyncio.gather(*(one() for _ in range(clients)))
+    seconds = time.perf_counter() - start
+    await asyncio.sleep(2.0)
+    _, health = server.health()
+    assert health["clients"] == clients, f"server reports {health['clients']} clients, expected {clients}"
+    return conns, seconds
 
 
 async def idle_round(db: Database, tmp: Path, slot: str, clients: int, concurrency: int) -> IdleRound:
@@ -646,29 +728,15 @@ async def idle_round(db: Database, tmp: Path, slot: str, clients: int, concurren
         await warm.close()
         await asyncio.sleep(1.0)
         before = rss_kb(server.pid)
-        sem = asyncio.Semaphore(concurrency)
-        token = db.token()
-
-        async def one() -> SatelliteClient:
-            async with sem:
-                cl = SatelliteClient(server.ws_url)
-                await cl.connect()
-                await cl.authenticate(token)
-                await cl.start()
-                await cl.subscribe("small")
-                return cl
-
-        start = time.perf_counter()
-        conns = await asyncio.gather(*(one() for _ in range(clients)))
-        connect_seconds = time.perf_counter() - start
-        await asyncio.sleep(2.0)
-        _, health = server.health()
-        assert health["clients"] == clients, f"server reports {health['clients']} clients, expected {clients}"
+        conns, connect_seconds = await idle_wave(server, clients, concurrency)
         after = rss_kb(server.pid)
         await asyncio.gather(*(c.close() for c in conns))
         await asyncio.sleep(1.0)
         closed = rss_kb(server.pid)
-    return IdleRound(clients, before, after, closed, connect_seconds)
+        conns, _ = await idle_wave(server, clients, concurrency)  # a second wave: does memory keep growing?
+        second = rss_kb(server.pid)
+        await asyncio.gather(*(c.close() for c in conns))
+    return IdleRound(clients, before, after, closed, second, connect_seconds)
 
 
 async def bench_idle(pg: EmbeddedPostgres, tmp: Path, rounds: int, clients: int) -> None:
@@ -676,20 +744,25 @@ async def bench_idle(pg: EmbeddedPostgres, tmp: Path, rounds: int, clients: int)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     clients = min(clients, hard - 200)
-    schema = "CREATE TABLE small (id int8 PRIMARY KEY, label text); INSERT INTO small SELECT g, 'row ' || g FROM generate_series(1, 10) g"
+    schema = (
+        "CREATE TABLE small (id int8 PRIMARY KEY, label text);"
+        " INSERT INTO small SELECT g, 'row ' || g FROM generate_series(1, 10) g"
+    )
     db = make_database(pg, tmp, "bench_idle", schema, ["small"])
     results = [await idle_round(db, tmp, f"bench_idle_{r}", clients, 50) for r in range(rounds)]
     print(
         f"4. idle clients: {clients} connections (each authenticated, replicating, subscribed to a 10-row table),"
-        f" a fresh `electricctl serve` each round; RSS from /proc (fd limit {resource.getrlimit(resource.RLIMIT_NOFILE)[0]})"
+        f" a fresh `electricctl serve` each round; VmRSS from /proc; fd limit {hard}"
     )
+    mb = "{:.1f}"
     print(
-        f"   serve RSS before          {runs([r.before_kb / 1024 for r in results], '{:.1f}')} MB (after one warm-up client)"
+        f"   serve RSS before          {runs([r.before_kb / 1024 for r in results], mb)} MB (after one warm-up client)"
     )
-    print(f"   serve RSS with clients    {runs([r.after_kb / 1024 for r in results], '{:.1f}')} MB")
+    print(f"   serve RSS with clients    {runs([r.after_kb / 1024 for r in results], mb)} MB")
     per = [(r.after_kb - r.before_kb) / r.clients for r in results]
     print(f"   per idle client           {runs(per, '{:.1f}')} KB  (target <= 50 KB)")
-    print(f"   serve RSS after they left {runs([r.closed_kb / 1024 for r in results], '{:.1f}')} MB")
+    print(f"   serve RSS after they left {runs([r.closed_kb / 1024 for r in results], mb)} MB")
+    print(f"   ... with a second wave    {runs([r.second_kb / 1024 for r in results], mb)} MB ({clients} new clients)")
     print(f"   time to connect all       {runs([r.connect_seconds for r in results], '{:.2f}')} s (50 at a time)")
 
 

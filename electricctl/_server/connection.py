@@ -27,6 +27,7 @@ from electricctl._auth.tokens import AuthError, Identity, verify
 from electricctl._config.model import TableRef
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
+from electricctl._protocol.rpc import RpcCalls, RpcError
 from electricctl._replication.model import Change, RelationDef, Row, Transaction
 from electricctl._server import outbound
 from electricctl._server.clients import ClientState, SubscriptionRecord
@@ -97,8 +98,7 @@ class Connection:
         self._converters: dict[RelationDef, Any] = {}
         self.peer = f"{ws.remote_address}"
         self._last_saved = 0.0
-        self._next_request_id = 0  # the server numbers its own RPC calls from 0, the client from 1
-        self._calls: dict[int, asyncio.Future[pb.SatRpcResponse]] = {}
+        self._rpc = RpcCalls(first_id=0)  # the server numbers its own calls from 0, the client from 1
         self.client_stream_started = False
         self._client_stream: asyncio.Task[None] | None = None
 
@@ -154,11 +154,8 @@ class Connection:
         if isinstance(msg, pb.SatRpcRequest):
             await self.on_rpc(msg)
         elif isinstance(msg, pb.SatRpcResponse):
-            fut = self._calls.pop(msg.request_id, None)
-            if fut is None:
+            if not self._rpc.resolve(msg):
                 raise ProtocolViolation(ERR.INVALID_REQUEST, f"response to unknown request {msg.request_id}")
-            if not fut.done():
-                fut.set_result(msg)
         elif isinstance(msg, pb.SatOpLogAck):
             self.on_ack(msg)
         elif isinstance(msg, pb.SatOpLog | pb.SatRelation):
@@ -199,30 +196,14 @@ class Connection:
 
     async def call(self, method: str, body: Message, timeout: float = 30.0) -> Message:
         """Make an RPC call to the client and return its decoded response."""
-        request_id = self._next_request_id
-        self._next_request_id += 1
-        fut: asyncio.Future[pb.SatRpcResponse] = asyncio.get_running_loop().create_future()
-        self._calls[request_id] = fut
-        await self.send(pb.SatRpcRequest(method=method, request_id=request_id, message=body.SerializeToString()))
-        try:
-            resp = await asyncio.wait_for(fut, timeout)
-        finally:
-            self._calls.pop(request_id, None)
-        if resp.HasField("error"):
-            raise ProtocolViolation(resp.error.error_type, f"client refused {method}: {resp.error.message}")
-        out = codec.RPC_METHODS[method][1]()
-        try:
-            out.ParseFromString(resp.message)
-        except DecodeError:
-            raise ProtocolViolation(ERR.INVALID_REQUEST, f"malformed response to {method}") from None
-        return out
+        return await self._rpc.call(self.send, method, body, timeout)
 
     async def _start_client_stream(self) -> None:
         # the client -> server direction: the server asks the client to start sending its writes
         try:
             await self.call("startReplication", pb.SatInStartReplicationReq(lsn=b""))
             self.client_stream_started = True
-        except (ProtocolViolation, TimeoutError, ConnectionClosed) as exc:
+        except (RpcError, TimeoutError, ConnectionClosed) as exc:
             log.info("client %s did not start its stream: %s", self.client_id, exc)
 
     async def respond_error(self, req: pb.SatRpcRequest, code: int, message: str) -> None:

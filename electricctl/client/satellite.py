@@ -20,12 +20,9 @@ from websockets.exceptions import ConnectionClosed
 
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
+from electricctl._protocol.rpc import RpcCalls, RpcError
 
-
-class RpcError(Exception):
-    def __init__(self, error: pb.SatErrorResp) -> None:
-        super().__init__(f"{pb.SatErrorResp.ErrorCode.Name(error.error_type)}: {error.message}")
-        self.error = error
+__all__ = ["ReceivedTx", "Relation", "RpcError", "SatelliteClient"]
 
 
 @dataclass
@@ -62,8 +59,7 @@ class SatelliteClient:
     subscriptions_done: dict[str, bytes] = field(default_factory=dict)
     window: int = 30
     auto_ack: bool = True
-    _next_id: int = 1
-    _pending: dict[int, asyncio.Future[pb.SatRpcResponse]] = field(default_factory=dict)
+    _rpc: RpcCalls = field(default_factory=lambda: RpcCalls(first_id=1))
     _reader: asyncio.Task[None] | None = None
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
     _in_subs: str | None = None
@@ -88,17 +84,7 @@ class SatelliteClient:
         await self.ws.send(codec.encode(msg))
 
     async def rpc(self, method: str, body: Message, timeout: float = 10) -> Message:
-        request_id = self._next_id
-        self._next_id += 1
-        fut: asyncio.Future[pb.SatRpcResponse] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = fut
-        await self.send(pb.SatRpcRequest(method=method, request_id=request_id, message=body.SerializeToString()))
-        resp = await asyncio.wait_for(fut, timeout)
-        if resp.HasField("error"):
-            raise RpcError(resp.error)
-        out = codec.RPC_METHODS[method][1]()
-        out.ParseFromString(resp.message)
-        return out
+        return await self._rpc.call(self.send, method, body, timeout)
 
     async def authenticate(self, token: str) -> pb.SatAuthResp:
         resp = await self.rpc("authenticate", pb.SatAuthReq(id=self.client_id, token=token))
@@ -193,9 +179,7 @@ class SatelliteClient:
 
     async def _on(self, msg: Message) -> None:
         if isinstance(msg, pb.SatRpcResponse):
-            fut = self._pending.pop(msg.request_id, None)
-            if fut is not None and not fut.done():
-                fut.set_result(msg)
+            self._rpc.resolve(msg)
         elif isinstance(msg, pb.SatRelation):
             self.relations[msg.relation_id] = Relation(
                 msg.relation_id, msg.schema_name, msg.table_name, [(c.name, c.type, c.primaryKey) for c in msg.columns]
