@@ -31,7 +31,8 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -458,7 +459,9 @@ def log_last_lsn(server: ServeProcess) -> int:
     return int(server.health()[1]["replication"]["log_last_lsn"])
 
 
-async def throughput_round(server: ServeProcess, tmp: Path, table: str, rows: int, tx_rows: int) -> ThroughputRound:
+async def throughput_round(
+    server: ServeProcess, tmp: Path, table: str, rows: int, tx_rows: int, writers: int
+) -> ThroughputRound:
     """Live: ``rows`` written while the client streams. Catch-up: ``rows`` more written while it
     is away, then it reconnects and resumes from its last LSN (served from the server's log)."""
     path = tmp / f"{table}.sqlite"
@@ -468,20 +471,30 @@ async def throughput_round(server: ServeProcess, tmp: Path, table: str, rows: in
     await cl.start()
     sub_id = await cl.subscribe(table)
     insert = f"INSERT INTO {table} SELECT {WIDE_VALUES} FROM generate_series(%s::int8, %s::int8) g"
-    with psycopg.connect(server.db.url, autocommit=True) as conn:
-        backend = int(conn.execute("SELECT pg_backend_pid()").fetchall()[0][0])
-        pids = {"serve": server.pid, "walsender": walsender_pid(server.db.url, server.slot), "pg writer": backend}
+    with ExitStack() as stack:
+        conns = [stack.enter_context(psycopg.connect(server.db.url, autocommit=True)) for _ in range(writers)]
+        backends = [int(c.execute("SELECT pg_backend_pid()").fetchall()[0][0]) for c in conns]
+        pids = {"serve": server.pid, "walsender": walsender_pid(server.db.url, server.slot)}
 
         def cpu_now() -> dict[str, float]:
-            return {k: cpu_seconds(p) for k, p in pids.items()} | {"client": time.process_time()}
+            return (
+                {k: cpu_seconds(p) for k, p in pids.items()}
+                | {"pg writers": sum(cpu_seconds(p) for p in backends)}
+                | {"client": time.process_time()}
+            )
+
+        def run(conn: psycopg.Connection[Any], chunks: Sequence[tuple[int, int]]) -> None:
+            for lo, hi in chunks:
+                conn.execute(insert, [lo, hi], prepare=True)
 
         def write(first: int) -> tuple[float, int]:
-            """Write rows first..first+rows-1; return when done and the WAL position before the last commit."""
-            before_last = 0
-            for lo in range(first, first + rows, tx_rows):
-                if lo + tx_rows >= first + rows:
-                    before_last = psycopg_lsn(conn)
-                conn.execute(insert, [lo, min(first + rows - 1, lo + tx_rows - 1)], prepare=True)
+            """Write rows first..first+rows-1 (the last transaction alone, after the others); return
+            when done and the WAL position just before that last transaction."""
+            *chunks, last = [(lo, min(first + rows, lo + tx_rows) - 1) for lo in range(first, first + rows, tx_rows)]
+            with ThreadPoolExecutor(writers) as pool:
+                list(pool.map(run, conns, [chunks[i::writers] for i in range(writers)]))
+            before_last = psycopg_lsn(conns[0])
+            run(conns[0], [last])
             return time.perf_counter(), before_last
 
         cpu0 = cpu_now()
@@ -558,7 +571,7 @@ def decode_rates(payloads: Sequence[bytes], rounds: int) -> tuple[int, list[floa
     return inserts, decode_only, with_builder
 
 
-async def bench_throughput(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: int, tx_rows: int) -> None:
+async def bench_throughput(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: int, tx_rows: int, writers: int) -> None:
     tables = [f"bulk_{r}" for r in range(rounds)]
     schema = ";".join(f"CREATE TABLE {t} ({WIDE_COLUMNS})" for t in tables)
     db = make_database(pg, tmp, "bench_throughput", schema, tables)
@@ -568,12 +581,12 @@ async def bench_throughput(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: i
         for r, t in enumerate(tables):
             if r == 0:  # a second slot records round 0's stream for the decode figures below
                 sql(db.url, "SELECT pg_create_logical_replication_slot('bench_capture', 'pgoutput')")
-            results.append(await throughput_round(server, tmp, t, rows, tx_rows))
+            results.append(await throughput_round(server, tmp, t, rows, tx_rows, writers))
             if r == 0:
                 payloads = capture_payloads(db.url, "bench_capture")
     print(
         f"2. sustained changes into one client: {rows:,} inserted rows per phase in transactions of {tx_rows}"
-        " (INSERT ... SELECT generate_series, 6 columns), written by one connection as fast as Postgres takes them"
+        f" (INSERT ... SELECT generate_series, 6 columns), written by {writers} connection(s) as fast as Postgres takes them"
     )
     print(f"   Postgres write rate       {runs([r.rows / r.write_seconds for r in results], '{:,.0f}')} rows/s")
     print(
@@ -781,7 +794,7 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None
             coro.close()
 
     await step("1", bench_latency(pg, tmp, args.rounds, args.rate, args.seconds))
-    await step("2", bench_throughput(pg, tmp, args.rounds, args.rows, args.tx_rows))
+    await step("2", bench_throughput(pg, tmp, args.rounds, args.rows, args.tx_rows, args.writers))
     await step("3", bench_initial_sync(pg, tmp, args.rounds, args.sync_rows, 1_000_000))
     await step("4", bench_idle(pg, tmp, args.rounds, args.clients))
     print(f"wall time per part: {', '.join(timings)}")
@@ -794,6 +807,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="1: seconds per round")
     parser.add_argument("--rows", type=int, default=200_000, help="2: rows per round")
     parser.add_argument("--tx-rows", type=int, default=1000, help="2: rows per transaction")
+    parser.add_argument("--writers", type=int, default=2, help="2: concurrent writer connections")
     parser.add_argument("--sync-rows", type=int, default=1_000_000, help="3: rows in the table")
     parser.add_argument("--clients", type=int, default=1000, help="4: idle clients")
     parser.add_argument("--only", help="run only these parts, e.g. 13")

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import mmap
 import os
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from electricctl._log import records
@@ -32,6 +33,11 @@ class _Segment:
     last_lsn: int
     last_ts_ms: int
     size: int
+    index: list[tuple[int, int, dict[int, RelationDef]]] = field(default_factory=list)
+    """Sparse index for reads from disk: (lsn of a transaction, offset after it, relations in force)."""
+
+
+_INDEX_EVERY = 64
 
 
 class FileLog:
@@ -223,16 +229,28 @@ class FileLog:
 
     def _read_disk(self, lsn: int, limit: int) -> list[Transaction]:
         out: list[Transaction] = []
-        for seg in self._segments:
+        for seg in list(self._segments):
             if seg.last_lsn <= lsn:
                 continue
-            relations: dict[int, RelationDef] = {}
-            for _, _, payload in records.iter_records(seg.path.read_bytes()):
-                item = records.decode(payload, relations)
-                if isinstance(item, Transaction) and item.lsn > lsn:
-                    out.append(item)
-                    if len(out) >= limit:
-                        return out
+            # start from the closest indexed point at or before lsn, not from the segment's head
+            start, relations = 0, {}
+            i = bisect.bisect_right(seg.index, lsn, key=lambda point: point[0]) - 1
+            if i >= 0:
+                _, start, known = seg.index[i]
+                relations = dict(known)
+            with open(seg.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+                count = 0
+                for _, next_offset, payload in records.iter_records(data, start):  # type: ignore[arg-type]
+                    item = records.decode(payload, relations)
+                    if not isinstance(item, Transaction):
+                        continue
+                    count += 1
+                    if count % _INDEX_EVERY == 0 and (not seg.index or seg.index[-1][0] < item.lsn):
+                        seg.index.append((item.lsn, next_offset, dict(relations)))
+                    if item.lsn > lsn:
+                        out.append(item)
+                        if len(out) >= limit:
+                            return out
         return out
 
     async def wait_beyond(self, lsn: int, timeout: float | None = None) -> bool:

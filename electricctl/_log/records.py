@@ -131,7 +131,7 @@ def decode(payload: bytes, relations: dict[int, RelationDef]) -> RelationDef | T
     raise CorruptRecord(f"unknown record kind {kind}")
 
 
-def iter_records(buf: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
+def iter_records(buf: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
     """Yield ``(offset, next_offset, payload)`` for each intact record; stop at the first torn one."""
     pos = start
     end = len(buf)
@@ -140,7 +140,7 @@ def iter_records(buf: bytes, start: int = 0) -> Iterator[tuple[int, int, bytes]]
         body_start = pos + HEADER.size
         if body_start + length > end:
             return
-        payload = buf[body_start : body_start + length]
+        payload = bytes(buf[body_start : body_start + length])
         if zlib.crc32(payload) != crc:
             return
         yield pos, body_start + length, payload

@@ -97,3 +97,20 @@ def test_log_files_are_fsynced_by_default(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
     FileLog(tmp_path).open().append([tx(10)])
     assert calls, "append returned before fsync"
+
+
+def test_reads_from_disk_use_the_sparse_index(tmp_path: Path) -> None:
+    log = FileLog(tmp_path).open()
+    log.append([tx(10 * i, REL if i < 150 else REL2) for i in range(1, 301)])
+    log.close()
+    disk = FileLog(tmp_path, cache_size=1).open()
+    assert [t.lsn for t in disk.read_after(0, limit=5)] == [10, 20, 30, 40, 50]
+    (seg,) = disk._segments
+    assert len(seg.index) == 0  # nothing scanned far enough yet
+    everything = disk.read_after(0, limit=1000)
+    assert [t.lsn for t in everything] == [10 * i for i in range(1, 301)]
+    assert len(seg.index) == 300 // 64
+    for start in (0, 635, 640, 1490, 1500, 2555, 2990):
+        got = disk.read_after(start, limit=7)
+        assert [t.lsn for t in got] == [lsn for lsn in range(10, 3001, 10) if lsn > start][:7]
+        assert all(t.changes[0].relation == (REL if t.lsn < 1500 else REL2) for t in got)
