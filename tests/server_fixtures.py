@@ -55,6 +55,15 @@ class Env:
     def token(self, sub: str = "user-1", **kw: object) -> str:
         return mint(self.config.auth, sub, dict(kw))
 
+    def psql(self, script: str) -> None:
+        """Run SQL through the psql command-line client, as a person at a terminal would."""
+        subprocess.run(
+            ["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", self.url, "-c", script],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+
     def sql(self, query: str, params: object = None) -> list[tuple[object, ...]]:
         with psycopg.connect(self.url, autocommit=True) as conn:
             cur = conn.execute(query, params)  # type: ignore[arg-type]

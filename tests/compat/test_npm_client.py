@@ -40,9 +40,10 @@ async def test_initial_sync_live_changes_and_acks(server: Server, env: Env, driv
     }
     assert rows["b"]["n"] is None and rows["b"]["flag"] == 0
 
-    env.sql("INSERT INTO items (id, n, flag) VALUES ('c', 3, true)")
-    env.sql("UPDATE items SET n = 7 WHERE id = 'a'")
-    env.sql("DELETE FROM items WHERE id = 'b'")
+    # changes made with psql while the client is connected
+    env.psql("INSERT INTO items (id, n, flag) VALUES ('c', 3, true)")
+    env.psql("UPDATE items SET n = 7 WHERE id = 'a'")
+    env.psql("DELETE FROM items WHERE id = 'b'")
     final = await asyncio.to_thread(d.wait_rows, "items", lambda rs: {r["id"]: r["n"] for r in rs} == {"a": 7, "c": 3})
     assert by_id(final)["c"]["flag"] == 1
 
