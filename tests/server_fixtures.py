@@ -41,6 +41,7 @@ auth:
   mode: secure
   jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
 tables: [items, other, big]
+adhoc_shapes: allow
 """
 
 

@@ -143,3 +143,38 @@ def columns(expr: Expr) -> Iterator[Column]:
     for node in walk(expr):
         if isinstance(node, Column):
             yield node
+
+
+def normalize(expr: Expr, table_names: frozenset[str] = frozenset()) -> Expr:
+    """``expr`` with positions dropped and ``this.``/table qualifiers removed, for comparing clauses."""
+    match expr:
+        case Column(qualifier=q, name=name):
+            keep = q if q is not None and q != "this" and q not in table_names else None
+            return Column(keep, name, 0)
+        case Const():
+            return expr
+        case Op(op=op, left=left, right=right):
+            return Op(op, None if left is None else normalize(left, table_names), normalize(right, table_names))
+        case BoolOp(op=op, args=args):
+            return BoolOp(op, tuple(normalize(a, table_names) for a in args))
+        case In(arg=arg, items=items, negated=negated):
+            return In(normalize(arg, table_names), tuple(normalize(i, table_names) for i in items), negated)
+        case Like(arg=arg, pattern=pattern, negated=negated, case_insensitive=ci):
+            return Like(normalize(arg, table_names), normalize(pattern, table_names), negated, ci)
+        case Between(arg=arg, low=low, high=high, negated=negated):
+            return Between(
+                normalize(arg, table_names), normalize(low, table_names), normalize(high, table_names), negated
+            )
+        case IsNull(arg=arg, negated=negated):
+            return IsNull(normalize(arg, table_names), negated)
+        case IsBool(arg=arg, value=value, negated=negated):
+            return IsBool(normalize(arg, table_names), value, negated)
+        case Distinct(left=left, right=right, negated=negated):
+            return Distinct(normalize(left, table_names), normalize(right, table_names), negated)
+        case Func(name=name, args=args):
+            return Func(name, tuple(normalize(a, table_names) for a in args))
+        case Cast(arg=arg, type_name=type_name):
+            return Cast(normalize(arg, table_names), type_name)
+        case Coalesce(args=args):
+            return Coalesce(tuple(normalize(a, table_names) for a in args))
+    raise TypeError(f"not an expression node: {expr!r}")  # pragma: no cover

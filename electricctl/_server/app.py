@@ -13,8 +13,10 @@ import http
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +28,46 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from electricctl._config.model import ElectricConfig, TableRef
+from electricctl._expr import ast
+from electricctl._expr.parse import ExprError, parse
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog
-from electricctl._replication.model import Transaction
-from electricctl._replication.source import ReplicationSource
+from electricctl._replication.model import RelationDef, Transaction
+from electricctl._replication.source import DISPLAY_OPTIONS, ReplicationSource
 from electricctl._server.clients import ClientStore
 from electricctl._server.connection import Connection
+from electricctl._server.snapshot import describe
 
 log = logging.getLogger("electricctl.server")
 
 SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
+RULES_TTL = 2.0
+"""Seconds the catalog (declared shapes, adhoc_shapes, table columns) is cached: an apply shows within it."""
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRules:
+    declared: dict[str, dict[str, Any]]
+    adhoc: str
+
+    def find(self, table: TableRef, where: str) -> str | None:
+        """The name of the declared shape a request (table, where) is, if any."""
+        wanted = _normal(where, table)
+        for name, d in self.declared.items():
+            if d.get("table") == str(table) and _normal(d.get("where") or "", table) == wanted:
+                return name
+        return None
+
+
+def _normal(where: str, table: TableRef) -> object:
+    if not where.strip():
+        return None
+    try:
+        return ast.normalize(parse(where).expr, frozenset({table.name, str(table)}))
+    except ExprError:
+        return ("unparsable", where)
+
+
 _SUBPROTOCOL = re.compile(r"^electric\.(\d+)\.(\d+)$")
 
 
@@ -87,6 +119,8 @@ class Server:
         self._flushed = asyncio.Event()
         self._ws: WsServer | None = None
         self._catalog: psycopg.AsyncConnection[Any] | None = None
+        self._relations: dict[TableRef, tuple[RelationDef | None, float]] = {}
+        self._rules: tuple[ShapeRules, float] | None = None
         self.bound_port = port
         self.stats: dict[str, int] = {"subscription_deliveries": 0, "transactions_sent": 0, "replication_restarts": 0}
 
@@ -149,13 +183,41 @@ class Server:
             # a new log on an old slot: what the slot confirmed before is not in this log
             self.log.set_horizon(self.source.confirmed_position())
 
-    async def electrified_tables(self) -> set[TableRef]:
+    async def _catalog_conn(self) -> psycopg.AsyncConnection[Any]:
         if self._catalog is None or self._catalog.closed:
             self._catalog = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, application_name="electricctl-catalog"
+                self.url, autocommit=True, application_name="electricctl-catalog", options=DISPLAY_OPTIONS
             )
-        cur = await self._catalog.execute("SELECT schema_name, table_name FROM electric.electrified")
+        return self._catalog
+
+    async def electrified_tables(self) -> set[TableRef]:
+        conn = await self._catalog_conn()
+        cur = await conn.execute("SELECT schema_name, table_name FROM electric.electrified")
         return {TableRef(r[0], r[1]) for r in await cur.fetchall()}
+
+    async def describe(self, table: TableRef) -> RelationDef | None:
+        """The table's columns as the stream sends them (cached for a few seconds)."""
+        now = time.monotonic()
+        hit = self._relations.get(table)
+        if hit is not None and now - hit[1] < RULES_TTL:
+            return hit[0]
+        rel = await describe(await self._catalog_conn(), table)
+        self._relations[table] = (rel, now)
+        return rel
+
+    async def shape_rules(self) -> ShapeRules:
+        """Declared shapes and the adhoc_shapes setting, as applied (read from the catalog)."""
+        now = time.monotonic()
+        if self._rules is not None and now - self._rules[1] < RULES_TTL:
+            return self._rules[0]
+        conn = await self._catalog_conn()
+        shapes = await (await conn.execute("SELECT name, definition FROM electric.shapes")).fetchall()
+        setting = await (
+            await conn.execute("SELECT definition FROM electric.settings WHERE name = 'adhoc_shapes'")
+        ).fetchone()
+        rules = ShapeRules({r[0]: r[1] for r in shapes}, (setting[0] or {}).get("value", "deny") if setting else "deny")
+        self._rules = (rules, now)
+        return rules
 
     # -- http and websockets -----------------------------------------------------------------
     def health(self) -> tuple[int, dict[str, Any]]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.message import DecodeError, Message
+from psycopg import sql
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -28,11 +29,13 @@ from electricctl._config.model import TableRef
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
-from electricctl._replication.model import Change, RelationDef, Row, Transaction
+from electricctl._replication.model import RelationDef, Row
 from electricctl._server import outbound
 from electricctl._server.clients import ClientState, SubscriptionRecord
 from electricctl._server.outbound import Visibility
+from electricctl._server.shapes import Shape, expire_visibility, route_transaction
 from electricctl._server.snapshot import Snapshot
+from electricctl._shapes.compile import CompiledWhere, ShapeError, compile_where
 
 if TYPE_CHECKING:
     from electricctl._server.app import Server
@@ -60,7 +63,7 @@ class ProtocolViolation(Exception):
 @dataclass(slots=True)
 class _Subscribe:
     subscription_id: str
-    requests: list[tuple[str, TableRef]]
+    shapes: list[Shape]
 
 
 @dataclass(slots=True)
@@ -88,9 +91,8 @@ class Connection:
         self.wake = asyncio.Event()
         self.acked = asyncio.Event()
         self.control: deque[_Subscribe | _Unsubscribe] = deque()
-        self.tables: dict[str, int] = {}
-        """Subscribed table (``schema.name``) -> how many subscriptions cover it."""
-        self.visibility: dict[str, list[Visibility]] = {}
+        self.shapes: dict[str, list[Shape]] = {}
+        """The client's shapes, by table (``schema.name``)."""
         self.sent_relations: dict[int, RelationDef] = {}
         self.unacked: deque[int] = deque()
         self._streamer: asyncio.Task[None] | None = None
@@ -280,7 +282,12 @@ class Connection:
                 del state.subscriptions[sub_id]
         for sub in state.subscriptions.values():
             vis = Visibility.from_json(sub.visibility) if sub.visibility else None
-            self._add_tables(sub.tables, vis)
+            for r in sub.requests:
+                shape = await self._shape(sub.id, r["request_id"], TableRef.parse(r["table"]), r.get("where", ""))
+                if isinstance(shape, str):
+                    return _start_error(START_ERR.SUBSCRIPTION_NOT_FOUND, f"cannot resume {sub.id}: {shape}")
+                shape.visibility = vis if vis is not None and vis.bound_lsn > cursor else None
+                self.shapes.setdefault(str(shape.table), []).append(shape)
         self.server.store.save(state)
         self.cursor = cursor
         self.replicating = True
@@ -320,9 +327,8 @@ class Connection:
         ids = [r.request_id for r in req.shape_requests]
         if len(set(ids)) != len(ids) or not all(ids):
             return ERR(error_type=ERR.INVALID_REQUEST, message="shape request ids must be unique and non-empty")
-        electrified = await self.server.electrified_tables()
         problems = []
-        requests: list[tuple[str, TableRef]] = []
+        shapes: list[Shape] = []
         for r in req.shape_requests:
             selects = r.shape_definition.selects
             if not selects:
@@ -340,25 +346,6 @@ class Connection:
                 )
                 continue
             sel = selects[0]
-            table = TableRef.parse(sel.tablename)
-            if table not in electrified:
-                problems.append(
-                    SHAPE_ERR(
-                        code=SHAPE_ERR.TABLE_NOT_FOUND,
-                        message=f"table {sel.tablename!r} is not electrified",
-                        request_id=r.request_id,
-                    )
-                )
-                continue
-            if sel.where.strip():
-                problems.append(
-                    SHAPE_ERR(
-                        code=SHAPE_ERR.INVALID_WHERE_CLAUSE,
-                        message="where clauses are not supported yet: subscribe to the whole table",
-                        request_id=r.request_id,
-                    )
-                )
-                continue
             if sel.include:
                 problems.append(
                     SHAPE_ERR(
@@ -368,12 +355,60 @@ class Connection:
                     )
                 )
                 continue
-            requests.append((r.request_id, table))
+            table, where = await self._resolve(sel.tablename, sel.where)
+            shape = (
+                await self._shape(sub_id, r.request_id, table, where)
+                if table
+                else f"{sel.tablename!r} is not electrified"
+            )
+            if isinstance(shape, str):
+                code = (
+                    SHAPE_ERR.TABLE_NOT_FOUND
+                    if table is None or "not electrified" in shape
+                    else SHAPE_ERR.INVALID_WHERE_CLAUSE
+                )
+                problems.append(SHAPE_ERR(code=code, message=shape, request_id=r.request_id))
+                continue
+            shapes.append(shape)
         if problems:
             return error(SUBS_ERR.SHAPE_REQUEST_ERROR, "some shape requests are invalid", problems)
-        self.control.append(_Subscribe(sub_id, requests))
+        self.control.append(_Subscribe(sub_id, shapes))
         self.wake.set()
         return pb.SatSubsResp(subscription_id=sub_id)
+
+    async def _resolve(self, tablename: str, where: str) -> tuple[TableRef | None, str]:
+        """A request names a table (with an optional where), or a shape declared in electric.yaml."""
+        table = TableRef.parse(tablename)
+        if table in await self.server.electrified_tables():
+            return table, where
+        rules = await self.server.shape_rules()
+        declared = rules.declared.get(tablename)
+        if declared is not None and not where.strip():
+            return TableRef.parse(declared["table"]), declared.get("where") or ""
+        return None, where
+
+    async def _shape(self, sub_id: str, request_id: str, table: TableRef, where: str) -> Shape | str:
+        """Compile one shape request, or say why it is refused."""
+        if table not in await self.server.electrified_tables():
+            return f"table {table} is not electrified"
+        rules = await self.server.shape_rules()
+        if rules.adhoc != "allow" and rules.find(table, where) is None:
+            return (
+                f"shape ({table}{' where ' + where if where.strip() else ''}) is not declared in electric.yaml, "
+                "and adhoc_shapes is deny"
+            )
+        rel = await self.server.describe(table)
+        if rel is None:
+            return f"table {table} does not exist"
+        compiled = None
+        if where.strip():
+            assert self.identity is not None
+            try:
+                compiled = compile_where(where, rel, self.identity.claims)
+            except ShapeError as exc:
+                at = f" at position {exc.offset + 1}" if exc.offset is not None else ""
+                return f"invalid where clause{at}: {exc.message}"
+        return Shape(sub_id, request_id, table, rel, compiled, where)
 
     async def rpc_unsubscribe(self, req: pb.SatUnsubsReq) -> Message:
         state = self.state
@@ -404,24 +439,6 @@ class Connection:
         self.acked.set()
 
     # -- outbound ----------------------------------------------------------------------------
-    def _add_tables(self, tables: set[str], vis: Visibility | None) -> None:
-        for t in tables:
-            self.tables[t] = self.tables.get(t, 0) + 1
-            if vis is not None and vis.bound_lsn > self.cursor:
-                self.visibility.setdefault(t, []).append(vis)
-
-    def _filter(self, tx: Transaction) -> list[Change]:
-        out = []
-        for ch in tx.changes:
-            table = ch.relation.qualified
-            if table not in self.tables or ch.op == "T":
-                continue
-            views = self.visibility.get(table)
-            if views and any(v.holds(tx) for v in views):
-                continue
-            out.append(ch)
-        return out
-
     def _converter(self, rel: RelationDef) -> Any:
         conv = self._converters.get(rel)
         if conv is None:
@@ -465,7 +482,7 @@ class Connection:
             for tx in txns:
                 if self.control or len(self.unacked) >= self.server.unacked_window:
                     break
-                changes = self._filter(tx)
+                changes = route_transaction(self.shapes, tx)
                 self.cursor = tx.lsn
                 if changes:
                     for ch in changes:
@@ -473,49 +490,40 @@ class Connection:
                     await self.send(outbound.transaction_oplog(tx, changes, self._converter))
                     self.unacked.append(tx.lsn)
                     self.server.stats["transactions_sent"] += 1
-            for table, views in list(self.visibility.items()):
-                views[:] = [v for v in views if v.bound_lsn > self.cursor]
-                if not views:
-                    del self.visibility[table]
+            for shapes in self.shapes.values():
+                expire_visibility(shapes, self.cursor)
 
     async def _deliver(self, sub: _Subscribe) -> None:
         state = self.state
         assert state is not None
         snap = await Snapshot.take(self.server.url)
         try:
-            rels: dict[TableRef, RelationDef] = {}
-            for _, table in sub.requests:
-                rel = await snap.describe(table)
-                if rel is None:
-                    await self.send(
-                        pb.SatSubsDataError(
-                            code=pb.SatSubsDataError.SHAPE_DELIVERY_ERROR,
-                            message=f"table {table} disappeared",
-                            subscription_id=sub.subscription_id,
-                        )
-                    )
-                    return
-                rels[table] = rel
-                await self._send_relation(rel)
+            for shape in sub.shapes:
+                await self._send_relation(shape.relation)
             lsn = codec.encode_server_lsn(self.cursor)
             await self.send(pb.SatSubsDataBegin(subscription_id=sub.subscription_id, lsn=lsn))
-            for request_id, table in sub.requests:
-                rel = rels[table]
+            delivered: list[Shape] = []
+            for shape in sub.shapes:
+                rel = shape.relation
                 convert = self._converter(rel)
-                await self.send(pb.SatShapeDataBegin(request_id=request_id, uuid=str(uuid.uuid4())))
-                async for rows in snap.rows(rel):
+                # rows the client already holds through another shape are not sent again
+                held = [s.where for s in (*self.shapes.get(str(shape.table), ()), *delivered) if s.table == shape.table]
+                await self.send(pb.SatShapeDataBegin(request_id=shape.request_id, uuid=str(uuid.uuid4())))
+                async for rows in snap.rows(rel, _snapshot_filter(shape.where, held)):
                     await self.send(_inserts(rel, rows, convert))
                 await self.send(pb.SatShapeDataEnd())
+                delivered.append(shape)
             await self.send(pb.SatSubsDataEnd())
             self.server.stats["subscription_deliveries"] += 1
             vis = snap.visibility
         finally:
             await snap.close()
-        tables = {str(t) for _, t in sub.requests}
-        self._add_tables(tables, vis)
+        for shape in sub.shapes:
+            shape.visibility = vis
+            self.shapes.setdefault(str(shape.table), []).append(shape)
         state.subscriptions[sub.subscription_id] = SubscriptionRecord(
             sub.subscription_id,
-            [{"request_id": r, "table": str(t)} for r, t in sub.requests],
+            [{"request_id": s.request_id, "table": str(s.table), "where": s.where_text} for s in sub.shapes],
             self.cursor,
             vis.as_json(),
         )
@@ -524,51 +532,56 @@ class Connection:
     async def _unsubscribe(self, unsub: _Unsubscribe) -> None:
         state = self.state
         assert state is not None
-        leaving: set[str] = set()
+        leaving: dict[str, list[Shape]] = {}
         for sub_id in unsub.subscription_ids:
-            record = state.subscriptions.pop(sub_id, None)
-            if record is None:
+            if state.subscriptions.pop(sub_id, None) is None:
                 continue
-            for t in record.tables:
-                self.tables[t] -= 1
-                if self.tables[t] == 0:
-                    del self.tables[t]
-                    self.visibility.pop(t, None)
-                    leaving.add(t)
-        gone = await self._gone_rows(leaving)
+            for table, shapes in list(self.shapes.items()):
+                gone = [s for s in shapes if s.subscription_id == sub_id]
+                if gone:
+                    leaving.setdefault(table, []).extend(gone)
+                    shapes[:] = [s for s in shapes if s.subscription_id != sub_id]
+                    if not shapes:
+                        del self.shapes[table]
+        gone_rows = await self._gone_rows(leaving)
         await self.send(
             pb.SatUnsubsDataBegin(subscription_ids=unsub.subscription_ids, lsn=codec.encode_server_lsn(self.cursor))
         )
-        for rel, pks in gone:
+        for rel, pks in gone_rows:
+            await self._send_relation(rel)
+            convert = self._converter(rel)
             for i in range(0, len(pks), 1000):
-                await self._send_relation(rel)
-                await self.send(pb.SatOpLog(ops=[outbound.gone_op(rel, pk) for pk in pks[i : i + 1000]]))
+                await self.send(pb.SatOpLog(ops=[outbound.gone_op(rel, pk, convert) for pk in pks[i : i + 1000]]))
         await self.send(pb.SatUnsubsDataEnd())
         self.server.store.save(state)
 
-    async def _gone_rows(self, tables: set[str]) -> list[tuple[RelationDef, list[Row]]]:
-        """Primary keys of every row of ``tables`` the client may hold at its current position.
+    async def _gone_rows(self, leaving: dict[str, list[Shape]]) -> list[tuple[RelationDef, list[Row]]]:
+        """Primary keys of the rows the client holds only through the shapes that are leaving.
 
-        That is the rows of a fresh snapshot, plus rows deleted by logged transactions between the
-        client's position and that snapshot (waiting until the log has caught up with it).
+        That is the rows of a fresh snapshot that a leaving shape matches and no remaining shape
+        does, plus rows a leaving shape matched before logged transactions between the client's
+        position and that snapshot changed or deleted them (waiting until the log has them).
         """
-        if not tables:
+        if not leaving:
             return []
         snap = await Snapshot.take(self.server.url)
         out: list[tuple[RelationDef, list[Row]]] = []
         try:
             await self.server.caught_up(snap.visibility.bound_lsn)
-            for name in sorted(tables):
-                rel = await snap.describe(TableRef.parse(name))
+            for table, shapes in sorted(leaving.items()):
+                rel = await snap.describe(TableRef.parse(table))
                 if rel is None:
                     continue
+                remaining = self.shapes.get(table, [])
                 idx = rel.pk_indexes
                 pks: dict[Row, None] = {}
-                async for rows in snap.rows(rel):
+                leaving_where = _any_of([s.where for s in shapes])
+                async for rows in snap.rows(rel, _snapshot_filter(leaving_where, [s.where for s in remaining])):
                     for row in rows:
                         pks[tuple(row[i] for i in idx)] = None
+                candidates: dict[Row, None] = {}
                 cursor = self.cursor
-                while True:
+                while cursor < snap.visibility.bound_lsn:
                     txns = self.server.log.read_after(cursor, 500)
                     if not txns:
                         break
@@ -577,14 +590,45 @@ class Connection:
                         if not snap.visibility.holds(tx):
                             continue
                         for ch in tx.changes:
-                            if ch.op == "D" and ch.relation.qualified == name and ch.old is not None:
-                                pks[tuple(ch.old[i] for i in ch.relation.pk_indexes)] = None
-                    if cursor >= snap.visibility.bound_lsn:
-                        break
+                            if (
+                                ch.relation.qualified == table
+                                and ch.old is not None
+                                and any(s.matches(ch.old) for s in shapes)
+                            ):
+                                candidates[tuple(ch.old[i] for i in ch.relation.pk_indexes)] = None
+                if candidates and remaining:
+                    still = await snap.held_keys(rel, list(candidates), [s.where for s in remaining])
+                    candidates = {pk: None for pk in candidates if pk not in still}
+                pks.update(candidates)
                 out.append((rel, list(pks)))
         finally:
             await snap.close()
         return out
+
+
+def _any_of(wheres: Sequence[CompiledWhere | None]) -> CompiledWhere | None:
+    """The union of shapes as one filter: None (the whole table) if any of them is the whole table."""
+    if any(w is None for w in wheres) or not wheres:
+        return None
+    if len(wheres) == 1:
+        return wheres[0]
+    union = sql.SQL("({})").format(sql.SQL(" OR ").join(w.sql for w in wheres if w is not None))
+    return CompiledWhere(
+        " OR ".join(w.text for w in wheres if w is not None), union, lambda row: False, frozenset(), None
+    )
+
+
+def _snapshot_filter(where: CompiledWhere | None, held: Sequence[CompiledWhere | None]) -> sql.Composable | None:
+    """``where`` minus the rows the ``held`` shapes already match."""
+    if any(h is None for h in held):
+        return sql.SQL("false")  # another shape already holds the whole table
+    parts: list[sql.Composable] = []
+    if where is not None:
+        parts.append(sql.SQL("coalesce({}, false)").format(where.sql))
+    parts.extend(sql.SQL("NOT coalesce({}, false)").format(h.sql) for h in held if h is not None)
+    if not parts:
+        return None
+    return sql.SQL(" AND ").join(parts)
 
 
 def _start_error(code: int, message: str) -> pb.SatInStartReplicationResp:

@@ -133,6 +133,9 @@ def change_op(ch: Change, tags: Sequence[str], convert: Callable[[Row], Row]) ->
                 tags=tags,
             )
         )
+    if ch.op == "G":
+        assert ch.old is not None
+        return gone_op(rel, tuple(ch.old[i] for i in rel.pk_indexes), convert)
     assert ch.op == "D" and ch.old is not None
     return pb.SatTransOp(
         delete=pb.SatOpDelete(relation_id=rel.relid, old_row_data=codec.encode_row(convert(ch.old)), tags=tags)
@@ -156,14 +159,15 @@ def transaction_oplog(
             )
         )
     ]
-    ops.extend(change_op(ch, [] if ch.op == "D" else tags, convert(ch.relation)) for ch in changes)
+    ops.extend(change_op(ch, [] if ch.op in ("D", "G") else tags, convert(ch.relation)) for ch in changes)
     ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=tx.commit_ts_ms, lsn=lsn, transaction_id=tx.xid)))
     return pb.SatOpLog(ops=ops)
 
 
-def gone_op(rel: RelationDef, pk: Row) -> pb.SatTransOp:
+def gone_op(rel: RelationDef, pk: Row, convert: Callable[[Row], Row] | None = None) -> pb.SatTransOp:
     """A GONE op carries the primary key values (other columns NULL)."""
     values: list[bytes | None] = [None] * len(rel.columns)
     for i, v in zip(rel.pk_indexes, pk, strict=True):
         values[i] = v
-    return pb.SatTransOp(gone=pb.SatOpGone(relation_id=rel.relid, pk_data=codec.encode_row(values)))
+    row = tuple(values) if convert is None else convert(tuple(values))
+    return pb.SatTransOp(gone=pb.SatOpGone(relation_id=rel.relid, pk_data=codec.encode_row(row)))

@@ -2,7 +2,7 @@
 // electricctl server, for tests/compat/test_npm_client.py. Environment: ELECTRIC_URL, ELECTRIC_TOKEN,
 // SQLITE_FILE (':memory:' or a path, so a restarted driver resumes from its stored position).
 // Reads one command per line on stdin and answers with one JSON line on stdout:
-//   {"cmd":"subscribe","table":"items"}  -> {"ok":true,"key":...} once the shape is synced
+//   {"cmd":"subscribe","table":"items","where":"this.n > 1"}  -> {"ok":true,"key":...} once synced
 //   {"cmd":"rows","table":"items"}       -> {"ok":true,"rows":[...]}
 //   {"cmd":"meta"}                       -> {"ok":true,"meta":{...}} (lsn, subscriptions)
 //   {"cmd":"exit"}
@@ -49,7 +49,7 @@ for await (const line of rl) {
   const cmd = JSON.parse(line)
   try {
     if (cmd.cmd === 'subscribe') {
-      const shape = await electric.satellite.subscribe([{ tablename: cmd.table }])
+      const shape = await electric.satellite.subscribe([{ tablename: cmd.table, ...(cmd.where ? { where: cmd.where } : {}) }])
       await shape.synced
       out({ ok: true, key: shape.key })
     } else if (cmd.cmd === 'rows') {

@@ -129,3 +129,18 @@ async def test_server_calls_rpcs_on_the_client(env: Env, drivers: list[Driver]) 
         await asyncio.to_thread(d.call, "subscribe", table="items")  # and the connection carries on
         assert len(await asyncio.to_thread(d.rows, "items")) == 2
         await asyncio.to_thread(d.close)
+
+
+async def test_where_clauses_with_move_in_and_move_out(server: Server, env: Env, drivers: list[Driver]) -> None:
+    import asyncio
+
+    env.psql("INSERT INTO items (id, n) VALUES ('c', 5), ('d', 0)")
+    d = await asyncio.to_thread(Driver, base_url(server), env.token())
+    drivers.append(d)
+    await asyncio.to_thread(d.call, "subscribe", table="items", where="this.n > 1")
+    assert {r["id"] for r in await asyncio.to_thread(d.rows, "items")} == {"c"}
+    env.psql("UPDATE items SET n = 9 WHERE id = 'd'")  # moves in
+    env.psql("UPDATE items SET n = 0 WHERE id = 'c'")  # moves out (GONE)
+    env.psql("INSERT INTO items (id, n) VALUES ('e', 7), ('f', -1)")
+    rows = await asyncio.to_thread(d.wait_rows, "items", lambda rs: {r["id"] for r in rs} == {"d", "e"})
+    assert {r["id"]: r["n"] for r in rows} == {"d": 9, "e": 7}

@@ -1,0 +1,202 @@
+"""Shapes with where clauses over the live server: filtered snapshots, move-in and move-out,
+auth claims, declared shapes and adhoc_shapes, overlapping shapes, and bad clauses."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from electricctl._apply import applier
+from electricctl._config.loader import load_text
+from electricctl._protocol import satellite_pb2 as pb
+from electricctl._server.app import Server
+from electricctl.client.satellite import RpcError, SatelliteClient
+from tests.server_fixtures import Env, running_server, ws_url
+
+pytestmark = pytest.mark.asyncio
+
+
+async def subscribe(cl: SatelliteClient, table: str, where: str = "", sub_id: str | None = None) -> str:
+    sub_id = sub_id or str(uuid.uuid4())
+    req = pb.SatSubsReq(
+        subscription_id=sub_id,
+        shape_requests=[
+            pb.SatShapeReq(
+                request_id="r",
+                shape_definition=pb.SatShapeDef(selects=[pb.SatShapeDef.Select(tablename=table, where=where)]),
+            )
+        ],
+    )
+    resp = await cl.rpc("subscribe", req)
+    assert isinstance(resp, pb.SatSubsResp)
+    if resp.HasField("err"):
+        errors = "; ".join(
+            f"{pb.SatSubsResp.SatSubsError.ShapeReqError.Code.Name(e.code)}: {e.message}"
+            for e in resp.err.shape_request_error
+        )
+        raise RpcError(pb.SatErrorResp(error_type=pb.SatErrorResp.INVALID_REQUEST, message=errors))
+    await cl.wait_for(lambda: sub_id in cl.subscriptions_done)
+    return sub_id
+
+
+def ids(cl: SatelliteClient, table: str = "other") -> set[int]:
+    return {int(k[0]) for k in cl.table(table)}
+
+
+def ops_for(cl: SatelliteClient, kind: str) -> list[pb.SatTransOp]:
+    return [op for t in cl.transactions for op in t.ops if op.WhichOneof("op") == kind]
+
+
+async def test_filtered_snapshot_then_move_in_and_move_out(client: SatelliteClient, env: Env) -> None:
+    env.sql("INSERT INTO other SELECT i, CASE WHEN i % 2 = 0 THEN 'even' ELSE 'odd' END FROM generate_series(1, 10) i")
+    await subscribe(client, "other", "this.label = 'even' AND id > 2")
+    assert ids(client) == {4, 6, 8, 10}
+
+    env.sql("UPDATE other SET label = 'even' WHERE id = 5")  # moves in: arrives as an insert
+    await client.wait_for(lambda: 5 in ids(client))
+    assert len(ops_for(client, "insert")) == 1 and not ops_for(client, "update")
+
+    env.sql("UPDATE other SET label = 'odd' WHERE id = 4")  # moves out: GONE (the row still exists)
+    await client.wait_for(lambda: 4 not in ids(client))
+    (gone,) = ops_for(client, "gone")
+    assert gone.gone.pk_data.values[0] == b"4"
+
+    env.sql("UPDATE other SET id = id WHERE id = 6")  # stays in, unchanged: nothing to send
+    env.sql("UPDATE other SET label = 'even' WHERE id = 6")
+    env.sql("DELETE FROM other WHERE id = 8")  # deleted while in the shape: a delete
+    await client.wait_for(lambda: 8 not in ids(client))
+    assert len(ops_for(client, "delete")) == 1
+
+    before = len(client.transactions)
+    env.sql("UPDATE other SET label = 'odd' WHERE id = 3")  # outside before and after
+    env.sql("INSERT INTO other VALUES (100, 'odd'), (1, 'x') ON CONFLICT (id) DO NOTHING")
+    env.sql("INSERT INTO other VALUES (12, 'even')")
+    await client.wait_for(lambda: 12 in ids(client))
+    assert len(client.transactions) == before + 1  # changes outside the shape never reached the client
+    expected = {r[0] for r in env.sql("SELECT id FROM other WHERE label = 'even' AND id > 2")}
+    assert ids(client) == expected
+
+
+async def test_auth_claims_in_clauses(server: Server, env: Env) -> None:
+    env.sql("INSERT INTO other VALUES (1, 'alice'), (2, 'bob'), (3, 'alice')")
+    alice = await SatelliteClient(ws_url(server)).connect()
+    await alice.authenticate(env.token("alice"))
+    await alice.start()
+    await subscribe(alice, "other", "label = auth.sub")
+    assert ids(alice) == {1, 3}
+    with pytest.raises(RpcError, match="the token has no 'team' claim"):
+        await subscribe(alice, "other", "label = auth.team")
+    env.sql("INSERT INTO other VALUES (4, 'bob'), (5, 'alice')")
+    await alice.wait_for(lambda: 5 in ids(alice))
+    assert ids(alice) == {1, 3, 5}
+    await alice.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "fragment"),
+    [
+        ("nope = 1", "INVALID_WHERE_CLAUSE: invalid where clause at position 1: column 'nope' does not exist"),
+        ("label = 'a' OR now() IS NULL", "position 16: function now() is not allowed"),
+        ("id + 1", "the clause must be a boolean condition"),
+        ("id = 1; DROP TABLE other", "position 7: must be a single expression"),
+        ("label = 5", "operator does not exist: text = int"),
+        ("id IN (SELECT 1)", "subqueries are not allowed"),
+    ],
+)
+async def test_bad_clauses_are_refused_and_the_connection_stays(
+    client: SatelliteClient, env: Env, where: str, fragment: str
+) -> None:
+    with pytest.raises(RpcError) as info:
+        await subscribe(client, "other", where)
+    assert fragment in str(info.value)
+    env.sql("INSERT INTO other VALUES (1, 'x')")
+    await subscribe(client, "other", "id = 1")
+    assert ids(client) == {1}
+
+
+async def test_overlapping_shapes_send_a_row_once_and_keep_it_while_held(client: SatelliteClient, env: Env) -> None:
+    env.sql("INSERT INTO other SELECT i, 'l' || i FROM generate_series(1, 6) i")
+    low = await subscribe(client, "other", "id <= 4")
+    high = await subscribe(client, "other", "id >= 3")
+    assert ids(client) == {1, 2, 3, 4, 5, 6}
+    sent = [
+        op.insert.row_data.values[0]
+        for m in client.messages
+        if isinstance(m, pb.SatOpLog)
+        for op in m.ops
+        if op.WhichOneof("op") == "insert"
+    ]
+    assert sorted(sent) == sorted({b"1", b"2", b"3", b"4", b"5", b"6"})  # 3 and 4 match both: sent once
+
+    env.sql("UPDATE other SET id = 40 WHERE id = 4")  # leaves 'low', still in 'high'
+    await client.wait_for(lambda: 40 in ids(client) and 4 not in ids(client))
+
+    await client.unsubscribe(low)
+    await client.wait_for(lambda: ids(client) == {3, 5, 6, 40})  # 1 and 2 are gone; 3 is still held
+    await client.unsubscribe(high)
+    await client.wait_for(lambda: ids(client) == set())
+
+
+async def test_filtered_snapshot_joins_the_stream_under_concurrent_writes(client: SatelliteClient, env: Env) -> None:
+    stop = threading.Event()
+
+    def writer() -> None:
+        with psycopg.connect(env.url, autocommit=True) as conn:
+            for i in range(2000):
+                if stop.is_set():
+                    break
+                conn.execute("INSERT INTO big VALUES (%s, %s)", [i, "keep" if i % 3 else "drop"])
+                if i % 5 == 0:
+                    conn.execute("UPDATE big SET payload = 'keep' WHERE id = %s", [i // 2])
+                if i % 7 == 0:
+                    conn.execute("UPDATE big SET payload = 'drop' WHERE id = %s", [i // 3])
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    await asyncio.sleep(0.3)
+    await subscribe(client, "big", "payload = 'keep'")
+    await asyncio.sleep(0.5)
+    stop.set()
+    thread.join()
+    expected = {r[0] for r in env.sql("SELECT id FROM big WHERE payload = 'keep'")}
+    await client.wait_for(lambda: ids(client, "big") == expected)
+
+
+async def test_declared_shapes_and_adhoc_deny(env: Env, tmp_path: Path) -> None:
+    config_text = """
+version: 1
+auth:
+  mode: secure
+  jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
+tables: [items, other, big]
+shapes:
+  - name: mine
+    table: other
+    where: "label = auth.sub"
+  - name: all_items
+    table: items
+adhoc_shapes: deny
+"""
+    config = load_text(config_text, str(tmp_path / "deny.yaml"), env={})
+    applier.apply(config, env.url)
+    env.sql("INSERT INTO other VALUES (1, 'alice'), (2, 'bob')")
+    deny_env = Env(env.url, config, tmp_path / "deny.yaml", env.data_dir, env.slot)
+    async with running_server(deny_env) as srv:
+        cl = await SatelliteClient(ws_url(srv)).connect()
+        await cl.authenticate(env.token("alice"))
+        await cl.start()
+        with pytest.raises(RpcError, match="not declared in electric.yaml, and adhoc_shapes is deny"):
+            await subscribe(cl, "other", "id = 2")
+        with pytest.raises(RpcError, match="not declared"):
+            await subscribe(cl, "other")
+        await subscribe(cl, "other", "this.label = auth.sub")  # the declared clause, in the client's dialect
+        assert ids(cl) == {1}
+        await subscribe(cl, "mine")  # or by the declared shape's name
+        await subscribe(cl, "items")
+        assert len(cl.table("items")) == 2
+        await cl.close()
