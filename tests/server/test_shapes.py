@@ -190,7 +190,7 @@ adhoc_shapes: deny
         cl = await SatelliteClient(ws_url(srv)).connect()
         await cl.authenticate(env.token("alice"))
         await cl.start()
-        with pytest.raises(RpcError, match="not declared in electric.yaml, and adhoc_shapes is deny"):
+        with pytest.raises(RpcError, match=r"not declared in electric\.yaml, and adhoc_shapes is deny"):
             await subscribe(cl, "other", "id = 2")
         with pytest.raises(RpcError, match="not declared"):
             await subscribe(cl, "other")
