@@ -38,6 +38,10 @@ DISPLAY_OPTIONS = "-c DateStyle=ISO,DMY -c TimeZone=UTC -c bytea_output=hex -c e
 
 Consumer = Callable[[Sequence[Transaction]], Awaitable[None]]
 
+MARKER_PREFIX = "electricctl.marker"
+"""Prefix of the non-transactional logical message the server emits to learn when the stream has
+passed a point: everything committed before the marker is in the log once the marker arrives."""
+
 
 class ReplicationError(Exception):
     pass
@@ -96,6 +100,9 @@ class ReplicationSource:
         self._last_status = 0.0
         self._in_transaction = False
         self._handed_lsn = 0
+        self.on_marker: Callable[[bytes], None] | None = None
+        """Called with each marker message (see MARKER_PREFIX) once everything before it was consumed."""
+        self._markers: list[bytes] = []
 
     # -- setup -------------------------------------------------------------------------------
     def ensure_slot(self) -> bool:
@@ -186,6 +193,11 @@ class ReplicationSource:
                     self._handle(bytes(data), builder, batch)
                 if batch:
                     await consumer(batch)
+                if self._markers:
+                    markers, self._markers = self._markers, []
+                    for marker in markers:
+                        if self.on_marker is not None:
+                            self.on_marker(marker)
                 if batch or time.monotonic() - self._last_status > STATUS_INTERVAL:
                     self._send_status()
                 if received:
@@ -209,6 +221,9 @@ class ReplicationSource:
             _start, end, _clock = _XLOG.unpack_from(data, 1)
             self.received_lsn = max(self.received_lsn, end)
             msg = po.decode(data[_XLOG.size + 1 :])
+            if isinstance(msg, po.LogicalMessage) and not msg.transactional and msg.prefix == MARKER_PREFIX:
+                self._markers.append(msg.content)
+                return
             if isinstance(msg, po.Begin):
                 self._in_transaction = True
             tx = builder.feed(msg)

@@ -33,9 +33,10 @@ from electricctl._expr.parse import ExprError, parse
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog
 from electricctl._replication.model import RelationDef, Transaction
-from electricctl._replication.source import DISPLAY_OPTIONS, ReplicationSource
+from electricctl._replication.source import DISPLAY_OPTIONS, MARKER_PREFIX, ReplicationSource
 from electricctl._server.clients import ClientStore
 from electricctl._server.connection import Connection
+from electricctl._server.router import Router
 from electricctl._server.snapshot import describe
 
 log = logging.getLogger("electricctl.server")
@@ -114,9 +115,14 @@ class Server:
         self.source = ReplicationSource(url, slot)
         self.clients: dict[str, Connection] = {}
         self.connections: set[Connection] = set()
+        self.router = Router()
+        self.scanning: set[Connection] = set()
+        """Connections catching up from the log (not live): woken on every new batch."""
+        self.live_head = 0
         self.replication_ok = False
         self.replication_error: str | None = None
-        self._flushed = asyncio.Event()
+        self._markers: dict[bytes, asyncio.Future[None]] = {}
+        self.source.on_marker = self._on_marker
         self._ws: WsServer | None = None
         self._catalog: psycopg.AsyncConnection[Any] | None = None
         self._relations: dict[TableRef, tuple[RelationDef | None, float]] = {}
@@ -135,24 +141,41 @@ class Server:
     # -- replication -------------------------------------------------------------------------
     async def _consume(self, batch: Sequence[Transaction]) -> None:
         written = await asyncio.to_thread(self.log.write, batch)
+        # publish and route with no await in between: a connection that is live has seen every
+        # transaction before live_head, and the router queues each later one that may concern it
         self.log.publish(written)
-        self.source.confirm(batch[-1].end_lsn)
-        self._flushed.set()
-        for conn in self.connections:
+        for tx in written:
+            for conn in self.router.candidates(tx.changes):
+                assert isinstance(conn, Connection)
+                if conn.live:
+                    conn.relevant.append(tx.lsn)
+                    conn.wake.set()
+        if written:
+            self.live_head = written[-1].lsn
+        for conn in self.scanning:
             conn.wake.set()
+        self.source.confirm(batch[-1].end_lsn)
 
-    async def caught_up(self, lsn: int, timeout: float = 30.0) -> None:
-        """Wait until every transaction committed before ``lsn`` is in the log."""
-        deadline = asyncio.get_running_loop().time() + timeout
-        while self.source.flushed_lsn < lsn:
-            self._flushed.clear()
-            remaining = deadline - asyncio.get_running_loop().time()
-            if remaining <= 0:
-                raise TimeoutError(f"replication has not reached {lsn} yet")
-            try:
-                await asyncio.wait_for(self._flushed.wait(), min(remaining, 0.2))
-            except TimeoutError:
-                pass
+    async def caught_up(self, timeout: float = 30.0) -> None:
+        """Wait until every transaction committed before now is in the log.
+
+        Emits a marker into the WAL and waits for the replication stream to deliver it: that is
+        exact and immediate, where waiting for the slot's position would depend on keepalives.
+        """
+        token = uuid.uuid4().bytes
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._markers[token] = fut
+        try:
+            conn = await self._catalog_conn()
+            await conn.execute("SELECT pg_logical_emit_message(false, %s, %s::bytea)", [MARKER_PREFIX, token])
+            await asyncio.wait_for(fut, timeout)
+        finally:
+            self._markers.pop(token, None)
+
+    def _on_marker(self, token: bytes) -> None:
+        fut = self._markers.get(token)
+        if fut is not None and not fut.done():
+            fut.set_result(None)
 
     async def _replicate(self, stop: asyncio.Event) -> None:
         """Stream from the slot until ``stop``; on failure, report not-ready and retry with backoff."""

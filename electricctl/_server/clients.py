@@ -11,7 +11,6 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 
 @dataclass(slots=True)
@@ -20,7 +19,6 @@ class SubscriptionRecord:
     requests: list[dict[str, str]]
     """``[{"request_id": ..., "table": "schema.name"}]``"""
     delivered_lsn: int
-    visibility: dict[str, Any] | None = None
 
     @property
     def tables(self) -> set[str]:
@@ -50,7 +48,7 @@ class ClientStore:
         except FileNotFoundError:
             return ClientState(client_id)
         subs = {
-            s["id"]: SubscriptionRecord(s["id"], s["requests"], s["delivered_lsn"], s.get("visibility"))
+            s["id"]: SubscriptionRecord(s["id"], s["requests"], s["delivered_lsn"])
             for s in raw.get("subscriptions", [])
         }
         return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)))
@@ -61,7 +59,7 @@ class ClientStore:
             "client_id": state.client_id,
             "acked_lsn": state.acked_lsn,
             "subscriptions": [
-                {"id": s.id, "requests": s.requests, "delivered_lsn": s.delivered_lsn, "visibility": s.visibility}
+                {"id": s.id, "requests": s.requests, "delivered_lsn": s.delivered_lsn}
                 for s in state.subscriptions.values()
             ],
         }

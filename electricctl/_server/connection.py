@@ -29,11 +29,10 @@ from electricctl._config.model import TableRef
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
-from electricctl._replication.model import RelationDef, Row
+from electricctl._replication.model import RelationDef, Row, Transaction
 from electricctl._server import outbound
 from electricctl._server.clients import ClientState, SubscriptionRecord
-from electricctl._server.outbound import Visibility
-from electricctl._server.shapes import Shape, expire_visibility, route_transaction
+from electricctl._server.shapes import Shape, TableShapes, route_transaction
 from electricctl._server.snapshot import Snapshot
 from electricctl._shapes.compile import CompiledWhere, ShapeError, compile_where
 
@@ -47,6 +46,7 @@ START_ERR = pb.SatInStartReplicationResp.ReplicationError
 SUBS_ERR = pb.SatSubsResp.SatSubsError
 SHAPE_ERR = pb.SatSubsResp.SatSubsError.ShapeReqError
 
+LIVE_QUEUE_LIMIT = 10_000
 CLOSE_PROTOCOL_ERROR = 1007
 CLOSE_POLICY = 1008
 CLOSE_JWT_EXPIRED = 4000
@@ -91,8 +91,11 @@ class Connection:
         self.wake = asyncio.Event()
         self.acked = asyncio.Event()
         self.control: deque[_Subscribe | _Unsubscribe] = deque()
-        self.shapes: dict[str, list[Shape]] = {}
+        self.shapes: dict[str, TableShapes] = {}
         """The client's shapes, by table (``schema.name``)."""
+        self.live = False
+        self.relevant: deque[int] = deque()
+        """Live mode: LSNs of logged transactions the router found may concern this client."""
         self.sent_relations: dict[int, RelationDef] = {}
         self.unacked: deque[int] = deque()
         self._streamer: asyncio.Task[None] | None = None
@@ -133,6 +136,8 @@ class Connection:
             self._streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._streamer  # its failure was already reported by stream()
+        self.server.router.remove_connection(self)
+        self.server.scanning.discard(self)
         if self.client_id is not None and self.server.clients.get(self.client_id) is self:
             del self.server.clients[self.client_id]
             if self.state is not None:
@@ -281,16 +286,15 @@ class Connection:
             if sub_id not in keep:
                 del state.subscriptions[sub_id]
         for sub in state.subscriptions.values():
-            vis = Visibility.from_json(sub.visibility) if sub.visibility else None
             for r in sub.requests:
                 shape = await self._shape(sub.id, r["request_id"], TableRef.parse(r["table"]), r.get("where", ""))
                 if isinstance(shape, str):
                     return _start_error(START_ERR.SUBSCRIPTION_NOT_FOUND, f"cannot resume {sub.id}: {shape}")
-                shape.visibility = vis if vis is not None and vis.bound_lsn > cursor else None
-                self.shapes.setdefault(str(shape.table), []).append(shape)
+                self._register(shape)
         self.server.store.save(state)
         self.cursor = cursor
         self.replicating = True
+        self.server.scanning.add(self)
         self._streamer = asyncio.create_task(self.stream(), name=f"stream {self.client_id}")
         if self.server.start_client_replication:
             self._client_stream = asyncio.create_task(self._start_client_stream())
@@ -462,10 +466,10 @@ class Connection:
             await self._fail(ERR.INTERNAL, "internal error in the server's stream", 1011)
 
     async def _stream(self) -> None:
-        logf = self.server.log
         while True:
             while self.control:
                 item = self.control.popleft()
+                self._leave_live()
                 if isinstance(item, _Subscribe):
                     await self._deliver(item)
                 else:
@@ -475,29 +479,90 @@ class Connection:
                 await self.acked.wait()
                 continue
             self.wake.clear()
-            txns = logf.read_after(self.cursor, 100)
+            txns = self._next_transactions()
             if not txns:
                 await self.wake.wait()
                 continue
             for tx in txns:
                 if self.control or len(self.unacked) >= self.server.unacked_window:
                     break
-                changes = route_transaction(self.shapes, tx)
+                if self.live:
+                    self.relevant.popleft()
+                self.cursor = max(self.cursor, tx.lsn)
+                await self._send_transaction(tx)
+
+    async def _send_transaction(self, tx: Transaction) -> None:
+        changes = route_transaction(self.shapes, tx)
+        if changes:
+            for ch in changes:
+                await self._send_relation(ch.relation)
+            await self.send(outbound.transaction_oplog(tx, changes, self._converter))
+            self.unacked.append(tx.lsn)
+            self.server.stats["transactions_sent"] += 1
+
+    async def _catch_up_to(self, snap: Snapshot) -> list[Transaction]:
+        """Stream every logged transaction the snapshot holds, so the client is at its point.
+
+        Transactions before the snapshot's bound that it does not hold (they committed while it was
+        being taken) are returned, to be sent after the subscription change.
+        """
+        vis = snap.visibility
+        await self.server.caught_up()
+        deferred: list[Transaction] = []
+        while True:
+            txns = [t for t in self.server.log.read_after(self.cursor, 500) if t.lsn < vis.bound_lsn]
+            if not txns:
+                return deferred
+            for tx in txns:
                 self.cursor = tx.lsn
-                if changes:
-                    for ch in changes:
-                        await self._send_relation(ch.relation)
-                    await self.send(outbound.transaction_oplog(tx, changes, self._converter))
-                    self.unacked.append(tx.lsn)
-                    self.server.stats["transactions_sent"] += 1
-            for shapes in self.shapes.values():
-                expire_visibility(shapes, self.cursor)
+                if vis.holds(tx):
+                    await self._send_transaction(tx)
+                else:
+                    deferred.append(tx)
+
+    def _next_transactions(self) -> list[Transaction]:
+        """The next transactions to look at.
+
+        Catching up, that is every logged transaction after the cursor. Once caught up the
+        connection goes live: the router then queues only the transactions that may concern it,
+        and everything in between is skipped without being read.
+        """
+        logf = self.server.log
+        if self.live:
+            if len(self.relevant) > LIVE_QUEUE_LIMIT:
+                self._leave_live()  # a slow client: read from the log instead of queueing
+            else:
+                out = []
+                for lsn in list(self.relevant)[:100]:
+                    found = logf.read_after(lsn - 1, 1)
+                    if not found or found[0].lsn != lsn:  # pragma: no cover - the log always has it
+                        self._leave_live()
+                        return []
+                    out.append(found[0])
+                if not out:
+                    self.cursor = max(self.cursor, self.server.live_head)
+                return out
+        txns = logf.read_after(self.cursor, 100)
+        if not txns and self.cursor >= logf.last_lsn:
+            self.live = True  # nothing may await between this check and the next published batch
+            self.server.scanning.discard(self)
+        return txns
+
+    def _leave_live(self) -> None:
+        self.live = False
+        self.relevant.clear()
+        self.server.scanning.add(self)
+
+    def _register(self, shape: Shape) -> None:
+        self.shapes.setdefault(str(shape.table), TableShapes()).add(shape)
+        self.server.router.add(self, str(shape.table), shape)
 
     async def _deliver(self, sub: _Subscribe) -> None:
         state = self.state
         assert state is not None
         snap = await Snapshot.take(self.server.url)
         try:
+            deferred = await self._catch_up_to(snap)
             for shape in sub.shapes:
                 await self._send_relation(shape.relation)
             lsn = codec.encode_server_lsn(self.cursor)
@@ -507,7 +572,8 @@ class Connection:
                 rel = shape.relation
                 convert = self._converter(rel)
                 # rows the client already holds through another shape are not sent again
-                held = [s.where for s in (*self.shapes.get(str(shape.table), ()), *delivered) if s.table == shape.table]
+                existing = self.shapes.get(str(shape.table))
+                held = [s.where for s in (*(existing.all if existing else ()), *delivered) if s.table == shape.table]
                 await self.send(pb.SatShapeDataBegin(request_id=shape.request_id, uuid=str(uuid.uuid4())))
                 async for rows in snap.rows(rel, _snapshot_filter(shape.where, held)):
                     await self.send(_inserts(rel, rows, convert))
@@ -515,95 +581,58 @@ class Connection:
                 delivered.append(shape)
             await self.send(pb.SatSubsDataEnd())
             self.server.stats["subscription_deliveries"] += 1
-            vis = snap.visibility
         finally:
             await snap.close()
         for shape in sub.shapes:
-            shape.visibility = vis
-            self.shapes.setdefault(str(shape.table), []).append(shape)
+            self._register(shape)
+        for tx in deferred:
+            await self._send_transaction(tx)
         state.subscriptions[sub.subscription_id] = SubscriptionRecord(
             sub.subscription_id,
             [{"request_id": s.request_id, "table": str(s.table), "where": s.where_text} for s in sub.shapes],
             self.cursor,
-            vis.as_json(),
         )
         self.server.store.save(state)
 
     async def _unsubscribe(self, unsub: _Unsubscribe) -> None:
         state = self.state
         assert state is not None
-        leaving: dict[str, list[Shape]] = {}
-        for sub_id in unsub.subscription_ids:
-            if state.subscriptions.pop(sub_id, None) is None:
-                continue
-            for table, shapes in list(self.shapes.items()):
-                gone = [s for s in shapes if s.subscription_id == sub_id]
-                if gone:
-                    leaving.setdefault(table, []).extend(gone)
-                    shapes[:] = [s for s in shapes if s.subscription_id != sub_id]
+        snap = await Snapshot.take(self.server.url)
+        try:
+            deferred = await self._catch_up_to(snap)
+            leaving: dict[str, list[Shape]] = {}
+            for sub_id in unsub.subscription_ids:
+                if state.subscriptions.pop(sub_id, None) is None:
+                    continue
+                for table, shapes in list(self.shapes.items()):
+                    gone = [s for s in shapes.all if s.subscription_id == sub_id]
+                    for shape in gone:
+                        self.server.router.remove(self, table, shape)
+                        shapes.remove(shape)
+                    if gone:
+                        leaving.setdefault(table, []).extend(gone)
                     if not shapes:
                         del self.shapes[table]
-        gone_rows = await self._gone_rows(leaving)
-        await self.send(
-            pb.SatUnsubsDataBegin(subscription_ids=unsub.subscription_ids, lsn=codec.encode_server_lsn(self.cursor))
-        )
-        for rel, pks in gone_rows:
-            await self._send_relation(rel)
-            convert = self._converter(rel)
-            for i in range(0, len(pks), 1000):
-                await self.send(pb.SatOpLog(ops=[outbound.gone_op(rel, pk, convert) for pk in pks[i : i + 1000]]))
-        await self.send(pb.SatUnsubsDataEnd())
-        self.server.store.save(state)
-
-    async def _gone_rows(self, leaving: dict[str, list[Shape]]) -> list[tuple[RelationDef, list[Row]]]:
-        """Primary keys of the rows the client holds only through the shapes that are leaving.
-
-        That is the rows of a fresh snapshot that a leaving shape matches and no remaining shape
-        does, plus rows a leaving shape matched before logged transactions between the client's
-        position and that snapshot changed or deleted them (waiting until the log has them).
-        """
-        if not leaving:
-            return []
-        snap = await Snapshot.take(self.server.url)
-        out: list[tuple[RelationDef, list[Row]]] = []
-        try:
-            await self.server.caught_up(snap.visibility.bound_lsn)
-            for table, shapes in sorted(leaving.items()):
-                rel = await snap.describe(TableRef.parse(table))
-                if rel is None:
-                    continue
-                remaining = self.shapes.get(table, [])
-                idx = rel.pk_indexes
-                pks: dict[Row, None] = {}
-                leaving_where = _any_of([s.where for s in shapes])
-                async for rows in snap.rows(rel, _snapshot_filter(leaving_where, [s.where for s in remaining])):
-                    for row in rows:
-                        pks[tuple(row[i] for i in idx)] = None
-                candidates: dict[Row, None] = {}
-                cursor = self.cursor
-                while cursor < snap.visibility.bound_lsn:
-                    txns = self.server.log.read_after(cursor, 500)
-                    if not txns:
-                        break
-                    for tx in txns:
-                        cursor = tx.lsn
-                        if not snap.visibility.holds(tx):
-                            continue
-                        for ch in tx.changes:
-                            if (
-                                ch.relation.qualified == table
-                                and ch.old is not None
-                                and any(s.matches(ch.old) for s in shapes)
-                            ):
-                                candidates[tuple(ch.old[i] for i in ch.relation.pk_indexes)] = None
-                if candidates and remaining:
-                    still = await snap.held_keys(rel, list(candidates), [s.where for s in remaining])
-                    candidates = {pk: None for pk in candidates if pk not in still}
-                pks.update(candidates)
-                out.append((rel, list(pks)))
+            await self.send(
+                pb.SatUnsubsDataBegin(subscription_ids=unsub.subscription_ids, lsn=codec.encode_server_lsn(self.cursor))
+            )
+            # the client is at the snapshot's point: it holds exactly the rows its shapes match there
+            for table, removed in sorted(leaving.items()):
+                rel = removed[0].relation
+                await self._send_relation(rel)
+                convert = self._converter(rel)
+                left = self.shapes.get(table)
+                remaining = [s.where for s in left.all] if left else []
+                where = _snapshot_filter(_any_of([s.where for s in removed]), remaining)
+                async for rows in snap.rows(rel, where):
+                    pks = [tuple(row[i] for i in rel.pk_indexes) for row in rows]
+                    await self.send(pb.SatOpLog(ops=[outbound.gone_op(rel, pk, convert) for pk in pks]))
+            await self.send(pb.SatUnsubsDataEnd())
         finally:
             await snap.close()
-        return out
+        for tx in deferred:
+            await self._send_transaction(tx)
+        self.server.store.save(state)
 
 
 def _any_of(wheres: Sequence[CompiledWhere | None]) -> CompiledWhere | None:
@@ -624,11 +653,20 @@ def _snapshot_filter(where: CompiledWhere | None, held: Sequence[CompiledWhere |
         return sql.SQL("false")  # another shape already holds the whole table
     parts: list[sql.Composable] = []
     if where is not None:
-        parts.append(sql.SQL("coalesce({}, false)").format(where.sql))
-    parts.extend(sql.SQL("NOT coalesce({}, false)").format(h.sql) for h in held if h is not None)
+        parts.append(sql.SQL("({})").format(where.sql))  # NULL excludes the row, as WHERE does
+    parts.extend(
+        sql.SQL("NOT coalesce({}, false)").format(h.sql) for h in held if h is not None and not _disjoint(where, h)
+    )
     if not parts:
         return None
     return sql.SQL(" AND ").join(parts)
+
+
+def _disjoint(a: CompiledWhere | None, b: CompiledWhere) -> bool:
+    """Certainly no common row: ``col = x`` and ``col = y`` with x != y."""
+    if a is None or a.equality is None or b.equality is None:
+        return False
+    return a.equality[0] == b.equality[0] and a.equality[1] != b.equality[1]
 
 
 def _start_error(code: int, message: str) -> pb.SatInStartReplicationResp:

@@ -3,18 +3,20 @@
 A client holds a row while any of its shapes matches it. For each change this module decides what
 the client sees, from the row before and after the change: an insert when the row moves into the
 client's shapes, an update while it stays, a delete when it is deleted, and GONE when an update
-moves it out (the row still exists, the client just no longer holds it). A shape whose snapshot
-already holds the transaction (its Visibility) counts the row's new state as already delivered.
+moves it out (the row still exists, the client just no longer holds it).
+
+Subscription data is always sent at a point where the client has every transaction its snapshot
+holds (see Connection._catch_up_to), so a shape never has to reason about its snapshot here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from electricctl._config.model import TableRef
 from electricctl._replication.model import Change, RelationDef, Row, Transaction
-from electricctl._server.outbound import Visibility
+from electricctl._server.router import Router
 from electricctl._shapes.compile import CompiledWhere
 
 
@@ -27,7 +29,6 @@ class Shape:
     where: CompiledWhere | None
     """None: the whole table."""
     where_text: str
-    visibility: Visibility | None = None
 
     def matches(self, row: Row) -> bool:
         return self.where is None or self.where.matches(row)
@@ -56,13 +57,8 @@ def _route_one(shapes: Sequence[Shape], tx: Transaction, ch: Change) -> Change |
     after_row = ch.new if ch.op in ("I", "U") else None
     held_before = held_after = False
     for shape in shapes:
-        after = after_row is not None and shape.matches(after_row)
-        if shape.visibility is not None and shape.visibility.holds(tx):
-            before = after  # this shape's snapshot already had the row in its new state
-        else:
-            before = before_row is not None and shape.matches(before_row)
-        held_before = held_before or before
-        held_after = held_after or after
+        held_before = held_before or (before_row is not None and shape.matches(before_row))
+        held_after = held_after or (after_row is not None and shape.matches(after_row))
     if held_after and not held_before:
         assert after_row is not None
         return Change("I", ch.relation, after_row, None)
@@ -76,17 +72,58 @@ def _route_one(shapes: Sequence[Shape], tx: Transaction, ch: Change) -> Change |
     return None
 
 
-def route_transaction(by_table: dict[str, list[Shape]], tx: Transaction) -> list[Change]:
+class TableShapes:
+    """One client's shapes on one table, indexed by their ``column = constant`` conjunct.
+
+    A shape whose key does not match a row cannot match it, so only the indexed shapes with the
+    row's values, plus the unindexed ones, need evaluating: O(1) per change for equality shapes.
+    """
+
+    def __init__(self) -> None:
+        self.all: list[Shape] = []
+        self._by_key: dict[tuple[str, bytes], list[Shape]] = {}
+        self._others: list[Shape] = []
+
+    def __bool__(self) -> bool:
+        return bool(self.all)
+
+    def add(self, shape: Shape) -> None:
+        self.all.append(shape)
+        key = Router.key_of(shape)
+        if key is None:
+            self._others.append(shape)
+        else:
+            self._by_key.setdefault(key, []).append(shape)
+
+    def remove(self, shape: Shape) -> None:
+        self.all.remove(shape)
+        key = Router.key_of(shape)
+        if key is None:
+            self._others.remove(shape)
+        else:
+            bucket = self._by_key[key]
+            bucket.remove(shape)
+            if not bucket:
+                del self._by_key[key]
+
+    def candidates(self, ch: Change) -> list[Shape]:
+        if not self._by_key:
+            return self._others
+        found: dict[int, Shape] = {id(s): s for s in self._others}
+        for i, col in enumerate(ch.relation.columns):
+            for row in (ch.new, ch.old):
+                if row is not None and row[i] is not None:
+                    value = row[i]
+                    assert value is not None
+                    for shape in self._by_key.get((col.name, value.lower() if col.type_name == "uuid" else value), ()):
+                        found[id(shape)] = shape
+        return list(found.values())
+
+
+def route_transaction(by_table: dict[str, TableShapes], tx: Transaction) -> list[Change]:
     out: list[Change] = []
     for ch in tx.changes:
         shapes = by_table.get(ch.relation.qualified)
         if shapes:
-            out.extend(route(shapes, tx, ch))
+            out.extend(route(shapes.candidates(ch), tx, ch))
     return out
-
-
-def expire_visibility(shapes: Iterable[Shape], cursor: int) -> None:
-    """Forget snapshot horizons the stream has passed."""
-    for shape in shapes:
-        if shape.visibility is not None and shape.visibility.bound_lsn <= cursor:
-            shape.visibility = None

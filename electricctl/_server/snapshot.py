@@ -137,37 +137,5 @@ class Snapshot:
         if pending:
             yield pending
 
-    async def held_keys(self, rel: RelationDef, keys: Sequence[Row], wheres: Sequence[Any]) -> set[Row]:
-        """Which of ``keys`` (primary key values, text) are rows that one of ``wheres`` matches."""
-        if any(w is None for w in wheres):
-            wanted: sql.Composable = sql.SQL("true")
-        else:
-            wanted = sql.SQL(" OR ").join(sql.SQL("coalesce({}, false)").format(w.sql) for w in wheres)
-        pk_cols = [rel.columns[i] for i in rel.pk_indexes]
-        found: set[Row] = set()
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            values = sql.SQL(", ").join(
-                sql.SQL("({})").format(
-                    sql.SQL(", ").join(
-                        sql.SQL("CAST({} AS {})").format(
-                            sql.Literal(None if v is None else v.decode()), sql.Identifier(c.type_name)
-                        )
-                        for v, c in zip(key, pk_cols, strict=True)
-                    )
-                )
-                for key in chunk
-            )
-            query = sql.SQL("SELECT {} FROM {} WHERE ({}) IN ({}) AND ({})").format(
-                sql.SQL(", ").join(sql.SQL("{}::text").format(sql.Identifier(c.name)) for c in pk_cols),
-                sql.Identifier(rel.schema, rel.name),
-                sql.SQL(", ").join(sql.Identifier(c.name) for c in pk_cols),
-                values,
-                wanted,
-            )
-            for row in await (await self.conn.execute(query)).fetchall():
-                found.add(tuple(None if v is None else str(v).encode() for v in row))
-        return found
-
     async def close(self) -> None:
         await self.conn.close()

@@ -200,3 +200,56 @@ adhoc_shapes: deny
         await subscribe(cl, "items")
         assert len(cl.table("items")) == 2
         await cl.close()
+
+
+async def test_ten_thousand_equality_shapes_each_client_gets_exactly_its_rows(server: Server, env: Env) -> None:
+    clients, per_client = 20, 500  # 10,000 shapes `id = n`
+    env.sql("INSERT INTO other SELECT i, 'before' FROM generate_series(0, 20000, 7) i")
+    conns: list[SatelliteClient] = []
+    for k in range(clients):
+        cl = await SatelliteClient(ws_url(server)).connect()
+        await cl.authenticate(env.token(f"user-{k}"))
+        await cl.start()
+        sub_id = str(uuid.uuid4())
+        req = pb.SatSubsReq(
+            subscription_id=sub_id,
+            shape_requests=[
+                pb.SatShapeReq(
+                    request_id=f"r{n}",
+                    shape_definition=pb.SatShapeDef(
+                        selects=[pb.SatShapeDef.Select(tablename="other", where=f"id = {n}")]
+                    ),
+                )
+                for n in range(k * per_client, (k + 1) * per_client)
+            ],
+        )
+        resp = await cl.rpc("subscribe", req, timeout=60)
+        assert isinstance(resp, pb.SatSubsResp) and not resp.HasField("err")
+        await cl.wait_for(lambda cl=cl, sub_id=sub_id: sub_id in cl.subscriptions_done, timeout=60)
+        conns.append(cl)
+    assert sum(len(server.router._tables["public.other"].by_value) for _ in [0]) == clients * per_client
+
+    env.sql(
+        "INSERT INTO other SELECT i, 'new' FROM generate_series(1, 10000, 3) i ON CONFLICT (id) DO UPDATE SET label = 'moved'"
+    )
+    env.sql("DELETE FROM other WHERE id % 10 = 0")
+    env.sql("UPDATE other SET label = 'last' WHERE id % 10 = 5")
+    expected_all = {r[0]: r[1] for r in env.sql("SELECT id, label FROM other WHERE id < %s", [clients * per_client])}
+    for k, cl in enumerate(conns):
+        mine = {i: label for i, label in expected_all.items() if k * per_client <= i < (k + 1) * per_client}
+        await cl.wait_for(
+            lambda cl=cl, mine=mine: {int(p[0]): r["label"].decode() for p, r in cl.table("other").items()} == mine
+        )
+    # nobody received a change to someone else's rows
+    for k, cl in enumerate(conns):
+        for tx in cl.transactions:
+            for op in tx.ops[1:-1]:
+                body = getattr(op, op.WhichOneof("op"))
+                row = (
+                    body.row_data
+                    if op.WhichOneof("op") in ("insert", "update")
+                    else (body.old_row_data if op.WhichOneof("op") == "delete" else body.pk_data)
+                )
+                assert k * per_client <= int(row.values[0]) < (k + 1) * per_client
+    for cl in conns:
+        await cl.close()
