@@ -127,6 +127,7 @@ class Server:
         self._catalog: psycopg.AsyncConnection[Any] | None = None
         self._relations: dict[TableRef, tuple[RelationDef | None, float]] = {}
         self._rules: tuple[ShapeRules, float] | None = None
+        self._electrified: tuple[set[TableRef], float] | None = None
         self.bound_port = port
         self.stats: dict[str, int] = {"subscription_deliveries": 0, "transactions_sent": 0, "replication_restarts": 0}
 
@@ -214,9 +215,15 @@ class Server:
         return self._catalog
 
     async def electrified_tables(self) -> set[TableRef]:
+        """Electrified tables, as applied (cached for RULES_TTL seconds)."""
+        now = time.monotonic()
+        if self._electrified is not None and now - self._electrified[1] < RULES_TTL:
+            return self._electrified[0]
         conn = await self._catalog_conn()
         cur = await conn.execute("SELECT schema_name, table_name FROM electric.electrified")
-        return {TableRef(r[0], r[1]) for r in await cur.fetchall()}
+        tables = {TableRef(r[0], r[1]) for r in await cur.fetchall()}
+        self._electrified = (tables, now)
+        return tables
 
     async def describe(self, table: TableRef) -> RelationDef | None:
         """The table's columns as the stream sends them (cached for a few seconds)."""
