@@ -103,6 +103,7 @@ class ReplicationSource:
         self.on_marker: Callable[[bytes], None] | None = None
         """Called with each marker message (see MARKER_PREFIX) once everything before it was consumed."""
         self._markers: list[bytes] = []
+        self._tx_markers: list[bytes] = []
 
     # -- setup -------------------------------------------------------------------------------
     def ensure_slot(self) -> bool:
@@ -221,14 +222,23 @@ class ReplicationSource:
             _start, end, _clock = _XLOG.unpack_from(data, 1)
             self.received_lsn = max(self.received_lsn, end)
             msg = po.decode(data[_XLOG.size + 1 :])
-            if isinstance(msg, po.LogicalMessage) and not msg.transactional and msg.prefix == MARKER_PREFIX:
-                self._markers.append(msg.content)
+            if isinstance(msg, po.LogicalMessage) and msg.prefix == MARKER_PREFIX:
+                if not msg.transactional:
+                    self._markers.append(msg.content)
+                else:
+                    self._tx_markers.append(msg.content)
                 return
             if isinstance(msg, po.Begin):
                 self._in_transaction = True
             tx = builder.feed(msg)
             if tx is not None:
                 self._in_transaction = False
+                if self._tx_markers:
+                    # a marker's own transaction: signal it after what came before, log nothing
+                    self._markers.extend(self._tx_markers)
+                    self._tx_markers.clear()
+                    if not tx.changes:
+                        return
                 self._handed_lsn = tx.end_lsn
                 batch.append(tx)
         elif kind == 0x6B:  # 'k' keepalive

@@ -37,7 +37,7 @@ from electricctl._replication.source import DISPLAY_OPTIONS, MARKER_PREFIX, Repl
 from electricctl._server.clients import ClientStore
 from electricctl._server.connection import Connection
 from electricctl._server.router import Router
-from electricctl._server.snapshot import describe
+from electricctl._server.snapshot import SnapshotPool, describe
 
 log = logging.getLogger("electricctl.server")
 
@@ -97,6 +97,7 @@ class Server:
         send_timeout: float = 30.0,
         fsync: bool = True,
         start_client_replication: bool = False,
+        snapshot_connections: int = 4,
     ) -> None:
         self.config = config
         self.url = url
@@ -112,6 +113,7 @@ class Server:
         self.server_id = self._server_id()
         self.log: TransactionLog = FileLog(self.data_dir / "log", retention_seconds=retention_seconds, fsync=fsync)
         self.store = ClientStore(self.data_dir / "clients")
+        self.snapshots = SnapshotPool(url, snapshot_connections)
         self.source = ReplicationSource(url, slot)
         self.clients: dict[str, Connection] = {}
         self.connections: set[Connection] = set()
@@ -168,7 +170,9 @@ class Server:
         self._markers[token] = fut
         try:
             conn = await self._catalog_conn()
-            await conn.execute("SELECT pg_logical_emit_message(false, %s, %s::bytea)", [MARKER_PREFIX, token])
+            # transactional: its commit flushes the WAL, so the walsender sends it at once (a
+            # non-transactional message waits for the WAL writer, up to wal_writer_delay)
+            await conn.execute("SELECT pg_logical_emit_message(true, %s, %s::bytea)", [MARKER_PREFIX, token])
             await asyncio.wait_for(fut, timeout)
         finally:
             self._markers.pop(token, None)
@@ -332,6 +336,7 @@ class Server:
             await replication
         if self._catalog is not None:
             await self._catalog.close()
+        await self.snapshots.close()
         self.log.close()
 
     async def _prune_periodically(self) -> None:

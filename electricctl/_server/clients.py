@@ -6,6 +6,7 @@ fsync, rename), so a reconnecting client resumes its subscriptions after a resta
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ class ClientStore:
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._locks: dict[str, asyncio.Lock] = {}
 
     def _path(self, client_id: str) -> Path:
         # client ids come from clients: never use them as file names directly
@@ -52,6 +54,23 @@ class ClientStore:
             for s in raw.get("subscriptions", [])
         }
         return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)))
+
+    async def save_async(self, state: ClientState) -> None:
+        """:meth:`save` in a worker thread (the fsync must not stall the event loop), one at a
+        time per client and in call order (asyncio locks are FIFO)."""
+        copy = self.snapshot(state)
+        lock = self._locks.setdefault(state.client_id, asyncio.Lock())
+        async with lock:
+            await asyncio.to_thread(self.save, copy)
+
+    @staticmethod
+    def snapshot(state: ClientState) -> ClientState:
+        """A copy that later changes to ``state`` do not affect while it is being written."""
+        return ClientState(
+            state.client_id,
+            {k: SubscriptionRecord(v.id, list(v.requests), v.delivered_lsn) for k, v in state.subscriptions.items()},
+            state.acked_lsn,
+        )
 
     def save(self, state: ClientState) -> None:
         path = self._path(state.client_id)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import psycopg
 from google.protobuf.message import DecodeError, Message
 from psycopg import sql
 from websockets.asyncio.server import ServerConnection
@@ -103,6 +104,7 @@ class Connection:
         self._converters: dict[RelationDef, Any] = {}
         self.peer = f"{ws.remote_address}"
         self._last_saved = 0.0
+        self._saving: asyncio.Future[None] | None = None
         self._rpc = RpcCalls(first_id=0)  # the server numbers its own calls from 0, the client from 1
         self.client_stream_started = False
         self._client_stream: asyncio.Task[None] | None = None
@@ -141,7 +143,7 @@ class Connection:
         if self.client_id is not None and self.server.clients.get(self.client_id) is self:
             del self.server.clients[self.client_id]
             if self.state is not None:
-                self.server.store.save(self.state)
+                await self.server.store.save_async(self.state)
 
     async def send(self, msg: Message) -> None:
         frame = codec.encode(msg)
@@ -291,7 +293,7 @@ class Connection:
                 if isinstance(shape, str):
                     return _start_error(START_ERR.SUBSCRIPTION_NOT_FOUND, f"cannot resume {sub.id}: {shape}")
                 self._register(shape)
-        self.server.store.save(state)
+        await self.server.store.save_async(state)
         self.cursor = cursor
         self.replicating = True
         self.server.scanning.add(self)
@@ -439,7 +441,7 @@ class Connection:
             now = time.monotonic()
             if now - self._last_saved > 1.0:  # persisted at most once a second, and on disconnect
                 self._last_saved = now
-                self.server.store.save(self.state)
+                self._saving = asyncio.ensure_future(self.server.store.save_async(self.state))
         self.acked.set()
 
     # -- outbound ----------------------------------------------------------------------------
@@ -471,7 +473,18 @@ class Connection:
                 item = self.control.popleft()
                 self._leave_live()
                 if isinstance(item, _Subscribe):
-                    await self._deliver(item)
+                    try:
+                        await self._deliver(item)
+                    except (psycopg.Error, TimeoutError) as exc:
+                        # the client learns this subscription failed; the connection carries on
+                        log.warning("could not deliver subscription %s: %s", item.subscription_id, exc)
+                        await self.send(
+                            pb.SatSubsDataError(
+                                code=pb.SatSubsDataError.SHAPE_DELIVERY_ERROR,
+                                message=f"the server could not read the data: {exc}",
+                                subscription_id=item.subscription_id,
+                            )
+                        )
                 else:
                     await self._unsubscribe(item)
             if len(self.unacked) >= self.server.unacked_window:
@@ -560,25 +573,27 @@ class Connection:
     async def _deliver(self, sub: _Subscribe) -> None:
         state = self.state
         assert state is not None
-        snap = await Snapshot.take(self.server.url)
+        snap = await self.server.snapshots.take()
         try:
             deferred = await self._catch_up_to(snap)
             for shape in sub.shapes:
                 await self._send_relation(shape.relation)
             lsn = codec.encode_server_lsn(self.cursor)
             await self.send(pb.SatSubsDataBegin(subscription_id=sub.subscription_id, lsn=lsn))
-            delivered: list[Shape] = []
+            delivered: dict[str, TableShapes] = {}
             for shape in sub.shapes:
                 rel = shape.relation
                 convert = self._converter(rel)
                 # rows the client already holds through another shape are not sent again
-                existing = self.shapes.get(str(shape.table))
-                held = [s.where for s in (*(existing.all if existing else ()), *delivered) if s.table == shape.table]
+                table = str(shape.table)
+                existing = self.shapes.get(table)
+                mine = delivered.setdefault(table, TableShapes())
+                held = [s.where for s in (*(existing.overlapping(shape) if existing else ()), *mine.overlapping(shape))]
                 await self.send(pb.SatShapeDataBegin(request_id=shape.request_id, uuid=str(uuid.uuid4())))
                 async for rows in snap.rows(rel, _snapshot_filter(shape.where, held)):
                     await self.send(_inserts(rel, rows, convert))
                 await self.send(pb.SatShapeDataEnd())
-                delivered.append(shape)
+                mine.add(shape)
             await self.send(pb.SatSubsDataEnd())
             self.server.stats["subscription_deliveries"] += 1
         finally:
@@ -592,12 +607,12 @@ class Connection:
             [{"request_id": s.request_id, "table": str(s.table), "where": s.where_text} for s in sub.shapes],
             self.cursor,
         )
-        self.server.store.save(state)
+        await self.server.store.save_async(state)
 
     async def _unsubscribe(self, unsub: _Unsubscribe) -> None:
         state = self.state
         assert state is not None
-        snap = await Snapshot.take(self.server.url)
+        snap = await self.server.snapshots.take()
         try:
             deferred = await self._catch_up_to(snap)
             leaving: dict[str, list[Shape]] = {}
@@ -632,7 +647,7 @@ class Connection:
             await snap.close()
         for tx in deferred:
             await self._send_transaction(tx)
-        self.server.store.save(state)
+        await self.server.store.save_async(state)
 
 
 def _any_of(wheres: Sequence[CompiledWhere | None]) -> CompiledWhere | None:

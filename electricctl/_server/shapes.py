@@ -82,6 +82,7 @@ class TableShapes:
     def __init__(self) -> None:
         self.all: list[Shape] = []
         self._by_key: dict[tuple[str, bytes], list[Shape]] = {}
+        self._keys_by_column: dict[str, set[tuple[str, bytes]]] = {}
         self._others: list[Shape] = []
 
     def __bool__(self) -> bool:
@@ -94,6 +95,7 @@ class TableShapes:
             self._others.append(shape)
         else:
             self._by_key.setdefault(key, []).append(shape)
+            self._keys_by_column.setdefault(key[0], set()).add(key)
 
     def remove(self, shape: Shape) -> None:
         self.all.remove(shape)
@@ -105,6 +107,23 @@ class TableShapes:
             bucket.remove(shape)
             if not bucket:
                 del self._by_key[key]
+                keys = self._keys_by_column[key[0]]
+                keys.discard(key)
+                if not keys:
+                    del self._keys_by_column[key[0]]
+
+    def overlapping(self, shape: Shape) -> list[Shape]:
+        """The shapes that may share rows with ``shape``: all but those keyed on the same column
+        with another value (``col = 1`` and ``col = 2`` never overlap)."""
+        key = Router.key_of(shape)
+        if key is None:
+            return list(self.all)
+        out = list(self._others) + list(self._by_key.get(key, ()))
+        for column, keys in self._keys_by_column.items():
+            if column != key[0]:
+                for other in keys:
+                    out.extend(self._by_key[other])
+        return out
 
     def candidates(self, ch: Change) -> list[Shape]:
         if not self._by_key:

@@ -8,6 +8,7 @@ snapshot bounds the transactions that need that check.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -89,24 +90,62 @@ def parse_copy_lines(buf: bytes) -> tuple[list[Row], bytes]:
     return rows, rest
 
 
+class SnapshotPool:
+    """A few reusable connections for snapshots; at most ``size`` snapshots are open at once.
+
+    Each subscription change needs a snapshot; opening a Postgres connection per snapshot costs
+    milliseconds of Postgres CPU and, with many clients at once, hits max_connections. Requests
+    beyond ``size`` wait their turn instead.
+    """
+
+    def __init__(self, url: str, size: int = 4) -> None:
+        self.url = url
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+
+    async def take(self) -> Snapshot:
+        await self._slots.acquire()
+        try:
+            conn = self._idle.pop() if self._idle else None
+            if conn is None or conn.closed:
+                conn = await psycopg.AsyncConnection.connect(
+                    self.url, application_name="electricctl-snapshot", options=DISPLAY_OPTIONS
+                )
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = await (
+                await conn.execute("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text")
+            ).fetchone()
+            assert row is not None
+        except BaseException:
+            self._slots.release()
+            raise
+        return Snapshot(conn, Visibility.parse(row[0], lsnmod.parse(row[1])), self)
+
+    async def release(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        try:
+            if not conn.closed:
+                await conn.rollback()
+                self._idle.append(conn)
+        except psycopg.Error:
+            await conn.close()
+        finally:
+            self._slots.release()
+
+    async def close(self) -> None:
+        for conn in self._idle:
+            await conn.close()
+        self._idle.clear()
+
+
 class Snapshot:
     """An open REPEATABLE READ transaction; read tables with :meth:`rows`, then :meth:`close`."""
 
-    def __init__(self, conn: psycopg.AsyncConnection[Any], visibility: Visibility) -> None:
+    def __init__(
+        self, conn: psycopg.AsyncConnection[Any], visibility: Visibility, pool: SnapshotPool | None = None
+    ) -> None:
         self.conn = conn
         self.visibility = visibility
-
-    @classmethod
-    async def take(cls, url: str) -> Snapshot:
-        conn = await psycopg.AsyncConnection.connect(
-            url, application_name="electricctl-snapshot", options=DISPLAY_OPTIONS
-        )
-        await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        row = await (
-            await conn.execute("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text")
-        ).fetchone()
-        assert row is not None
-        return cls(conn, Visibility.parse(row[0], lsnmod.parse(row[1])))
+        self._pool = pool
 
     async def describe(self, table: TableRef) -> RelationDef | None:
         return await describe(self.conn, table)
@@ -138,4 +177,7 @@ class Snapshot:
             yield pending
 
     async def close(self) -> None:
-        await self.conn.close()
+        if self._pool is not None:
+            await self._pool.release(self.conn)
+        else:
+            await self.conn.close()

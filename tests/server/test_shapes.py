@@ -227,7 +227,11 @@ async def test_ten_thousand_equality_shapes_each_client_gets_exactly_its_rows(se
         assert isinstance(resp, pb.SatSubsResp) and not resp.HasField("err")
         await cl.wait_for(lambda cl=cl, sub_id=sub_id: sub_id in cl.subscriptions_done, timeout=60)
         conns.append(cl)
-    assert sum(len(server.router._tables["public.other"].by_value) for _ in [0]) == clients * per_client
+    for _ in range(100):  # the server registers a subscription's shapes right after its data
+        if len(server.router._tables["public.other"].by_value) == clients * per_client:
+            break
+        await asyncio.sleep(0.05)
+    assert len(server.router._tables["public.other"].by_value) == clients * per_client
 
     env.sql(
         "INSERT INTO other SELECT i, 'new' FROM generate_series(1, 10000, 3) i ON CONFLICT (id) DO UPDATE SET label = 'moved'"
