@@ -689,9 +689,10 @@ def _start_error(code: int, message: str) -> pb.SatInStartReplicationResp:
 
 
 def _inserts(rel: RelationDef, rows: Sequence[Row], convert: Any) -> pb.SatOpLog:
-    return pb.SatOpLog(
-        ops=[
-            pb.SatTransOp(insert=pb.SatOpInsert(relation_id=rel.relid, row_data=codec.encode_row(convert(row))))
-            for row in rows
-        ]
-    )
+    log = pb.SatOpLog()
+    ops = log.ops
+    for row in rows:
+        insert = ops.add().insert
+        insert.relation_id = rel.relid
+        codec.fill_row(insert.row_data, convert(row))
+    return log

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
@@ -115,31 +116,30 @@ class Visibility:
         return cls(int(str(d["xmin"])), int(str(d["xmax"])), frozenset(int(x) for x in xip), int(str(d["bound_lsn"])))
 
 
-def change_op(ch: Change, tags: Sequence[str], convert: Callable[[Row], Row]) -> pb.SatTransOp:
+def add_change(ops: Any, ch: Change, tags: Sequence[str], convert: Callable[[Row], Row]) -> None:
+    """Append ``ch`` to a SatOpLog's ops, filling messages in place."""
     rel = ch.relation
     if ch.op == "I":
         assert ch.new is not None
-        return pb.SatTransOp(
-            insert=pb.SatOpInsert(relation_id=rel.relid, row_data=codec.encode_row(convert(ch.new)), tags=tags)
-        )
-    if ch.op == "U":
+        body = ops.add().insert
+        codec.fill_row(body.row_data, convert(ch.new))
+    elif ch.op == "U":
         assert ch.new is not None
-        old = ch.old if ch.old is not None else ch.new
-        return pb.SatTransOp(
-            update=pb.SatOpUpdate(
-                relation_id=rel.relid,
-                row_data=codec.encode_row(convert(ch.new)),
-                old_row_data=codec.encode_row(convert(old)),
-                tags=tags,
-            )
-        )
-    if ch.op == "G":
+        body = ops.add().update
+        codec.fill_row(body.row_data, convert(ch.new))
+        codec.fill_row(body.old_row_data, convert(ch.old if ch.old is not None else ch.new))
+    elif ch.op == "G":
         assert ch.old is not None
-        return gone_op(rel, tuple(ch.old[i] for i in rel.pk_indexes), convert)
-    assert ch.op == "D" and ch.old is not None
-    return pb.SatTransOp(
-        delete=pb.SatOpDelete(relation_id=rel.relid, old_row_data=codec.encode_row(convert(ch.old)), tags=tags)
-    )
+        gone = ops.add().gone
+        gone.relation_id = rel.relid
+        codec.fill_row(gone.pk_data, _pk_only(rel, ch.old, convert))
+        return
+    else:
+        assert ch.op == "D" and ch.old is not None
+        body = ops.add().delete
+        codec.fill_row(body.old_row_data, convert(ch.old))
+    body.relation_id = rel.relid
+    body.tags.extend(tags)
 
 
 def transaction_oplog(
@@ -148,20 +148,27 @@ def transaction_oplog(
     """One SatOpLog for one transaction: begin, its (already filtered) changes, commit."""
     lsn = codec.encode_server_lsn(tx.lsn)
     tags = [tag(tx.origin, tx.commit_ts_ms)]
-    ops = [
-        pb.SatTransOp(
-            begin=pb.SatOpBegin(
-                commit_timestamp=tx.commit_ts_ms,
-                lsn=lsn,
-                origin=tx.origin or "",
-                is_migration=False,
-                transaction_id=tx.xid,
-            )
-        )
-    ]
-    ops.extend(change_op(ch, [] if ch.op in ("D", "G") else tags, convert(ch.relation)) for ch in changes)
-    ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=tx.commit_ts_ms, lsn=lsn, transaction_id=tx.xid)))
-    return pb.SatOpLog(ops=ops)
+    log = pb.SatOpLog()
+    ops = log.ops
+    begin = ops.add().begin
+    begin.commit_timestamp = tx.commit_ts_ms
+    begin.lsn = lsn
+    begin.origin = tx.origin or ""
+    begin.transaction_id = tx.xid
+    for ch in changes:
+        add_change(ops, ch, () if ch.op in ("D", "G") else tags, convert(ch.relation))
+    commit = ops.add().commit
+    commit.commit_timestamp = tx.commit_ts_ms
+    commit.lsn = lsn
+    commit.transaction_id = tx.xid
+    return log
+
+
+def _pk_only(rel: RelationDef, row: Row, convert: Callable[[Row], Row]) -> Row:
+    values: list[bytes | None] = [None] * len(rel.columns)
+    for i in rel.pk_indexes:
+        values[i] = row[i]
+    return convert(tuple(values))
 
 
 def gone_op(rel: RelationDef, pk: Row, convert: Callable[[Row], Row] | None = None) -> pb.SatTransOp:
