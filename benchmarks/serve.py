@@ -115,7 +115,7 @@ def make_database(pg: EmbeddedPostgres, tmp: Path, name: str, schema: str, table
     sql(pg.url(), f"CREATE DATABASE {name}")
     url = pg.url(name)
     sql(url, schema)
-    text = f"version: 1\nauth: {{mode: insecure}}\ntables: [{', '.join(tables)}]\n"
+    text = f"version: 1\nauth: {{mode: insecure}}\ntables: [{', '.join(tables)}]\nadhoc_shapes: allow\n"
     path = tmp / f"{name}.yaml"
     path.write_text(text)
     config = load_text(text, str(path), env={})

@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,8 @@ class ClientStore:
         copy = self.snapshot(state)
         lock = self._locks.setdefault(state.client_id, asyncio.Lock())
         async with lock:
-            await asyncio.to_thread(self.save, copy)
+            # shielded: a cancelled caller must not release the lock while the thread still writes
+            await asyncio.shield(asyncio.to_thread(self.save, copy))
 
     @staticmethod
     def snapshot(state: ClientState) -> ClientState:
@@ -82,7 +84,7 @@ class ClientStore:
                 for s in state.subscriptions.values()
             ],
         }
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")  # concurrent writers never share a temp file
         with open(tmp, "w") as fh:
             json.dump(doc, fh)
             fh.flush()
