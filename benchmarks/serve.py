@@ -786,24 +786,34 @@ async def bench_idle(pg: EmbeddedPostgres, tmp: Path, rounds: int, clients: int)
 
 
 # -- main --------------------------------------------------------------------------------------
-async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None:
-    only = set(args.only or "1234")
-    timings: list[str] = []
+class Parts:
+    """Run the parts of a benchmark that ``--only`` selects, timing each (shared with benchmarks/shapes.py)."""
 
-    async def step(key: str, coro: Any) -> None:
-        if key in only:
-            start = time.perf_counter()
-            await coro
-            timings.append(f"{key}: {time.perf_counter() - start:.0f} s")
-            sys.stdout.flush()
-        else:
+    def __init__(self, only: str | None, every: str) -> None:
+        self.only = set(only or every)
+        self.timings: list[str] = []
+
+    async def step(self, key: str, coro: Any) -> None:
+        if key not in self.only:
             coro.close()
+            return
+        start = time.perf_counter()
+        await coro
+        self.timings.append(f"{key}: {time.perf_counter() - start:.0f} s")
+        sys.stdout.flush()
 
+    def summary(self) -> str:
+        return f"wall time per part: {', '.join(self.timings)}"
+
+
+async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None:
+    parts = Parts(args.only, "1234")
+    step = parts.step
     await step("1", bench_latency(pg, tmp, args.rounds, args.rate, args.seconds))
     await step("2", bench_throughput(pg, tmp, args.rounds, args.rows, args.tx_rows, args.writers))
     await step("3", bench_initial_sync(pg, tmp, args.rounds, args.sync_rows, 1_000_000))
     await step("4", bench_idle(pg, tmp, args.rounds, args.clients))
-    print(f"wall time per part: {', '.join(timings)}")
+    print(parts.summary())
 
 
 def main() -> None:

@@ -33,14 +33,13 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import psycopg
 
 from benchmarks.serve import (
     WIDE_COLUMNS,
     WIDE_VALUES,
-    Database,
+    Parts,
     ServeProcess,
     SqliteReplica,
     SqlRow,
@@ -55,8 +54,6 @@ from benchmarks.serve import (
     sql,
     walsender_pid,
 )
-from electricctl._apply import applier
-from electricctl._config.loader import load_text
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._replication.source import DISPLAY_OPTIONS
@@ -64,16 +61,6 @@ from electricctl.client.satellite import SatelliteClient
 
 
 # -- helpers -----------------------------------------------------------------------------------
-def make_shapes_database(pg: EmbeddedPostgres, tmp: Path, name: str, schema: str, tables: Sequence[str]) -> Database:
-    """benchmarks.serve.make_database, then the same config again with ``adhoc_shapes: allow``."""
-    db = make_database(pg, tmp, name, schema, tables)
-    text = db.config_path.read_text() + "adhoc_shapes: allow\n"
-    db.config_path.write_text(text)
-    config = load_text(text, str(db.config_path), env={})
-    applier.apply(config, db.url)
-    return Database(db.url, config, db.config_path)
-
-
 def shapes_request(table: str, wheres: Sequence[str]) -> pb.SatSubsReq:
     """One subscription holding one shape request per where clause."""
     return pb.SatSubsReq(
@@ -220,7 +207,7 @@ async def bench_latency(
         "CREATE TABLE lat (id int8 PRIMARY KEY, owner text NOT NULL, note text); CREATE INDEX ON lat (owner);"
         f" INSERT INTO lat SELECT g, 'k' || (g % {owners}), 'x' FROM generate_series(1, {2 * owners}) g"
     )
-    db = make_shapes_database(pg, tmp, "bench_shape_latency", schema, ["lat"])
+    db = make_database(pg, tmp, "bench_shape_latency", schema, ["lat"])
     ids = itertools.count(10 * owners)
     phases: dict[str, list[LatencyRound]] = {}
     with serving(db, tmp, "bench_shape_latency") as server:
@@ -358,7 +345,7 @@ async def clients_run(
         f" FROM generate_series(1, {rows}) g; CREATE INDEX ON owned (owner)"
     )
     start = time.perf_counter()
-    db = make_shapes_database(pg, tmp, name, schema, ["owned"])
+    db = make_database(pg, tmp, name, schema, ["owned"])
     sql(db.url, "VACUUM ANALYZE owned")
     populate = time.perf_counter() - start
     results: list[ClientsRound] = []
@@ -470,7 +457,7 @@ async def bench_filtered_sync(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows
         " CREATE INDEX big_bucket ON big (bucket)"
     )
     start = time.perf_counter()
-    db = make_shapes_database(pg, tmp, "bench_shape_sync", schema, ["big"])
+    db = make_database(pg, tmp, "bench_shape_sync", schema, ["big"])
     sql(db.url, "VACUUM ANALYZE big")
     populate = time.perf_counter() - start
     shapes = {"index": f"bucket = {target}", "no index": f"grp = {target}"}
@@ -512,17 +499,8 @@ async def bench_filtered_sync(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows
 
 # -- main --------------------------------------------------------------------------------------
 async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None:
-    only = set(args.only or "123")
-    timings: list[str] = []
-
-    async def step(key: str, coro: Any) -> None:
-        if key in only:
-            start = time.perf_counter()
-            await coro
-            timings.append(f"{key}: {time.perf_counter() - start:.0f} s")
-            sys.stdout.flush()
-        else:
-            coro.close()
+    parts = Parts(args.only, "123")
+    step = parts.step
 
     await step(
         "1", bench_latency(pg, tmp, args.rounds, args.rate, args.seconds, args.shape_clients, args.shapes_per_client)
@@ -531,7 +509,7 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None
         "2", bench_clients(pg, tmp, args.rounds, args.clients, args.rows_per_client, args.concurrency, not args.fast)
     )
     await step("3", bench_filtered_sync(pg, tmp, args.rounds, args.sync_rows, args.buckets))
-    print(f"wall time per part: {', '.join(timings)}")
+    print(parts.summary())
 
 
 def main() -> None:
