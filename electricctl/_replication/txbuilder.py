@@ -13,11 +13,24 @@ ORIGIN_PREFIX = "electric.origin"
 Resolver = Callable[[po.Relation], RelationDef]
 
 
+class _Streamed:
+    """A large transaction that pgoutput (proto 2) sends in blocks before it commits."""
+
+    __slots__ = ("changes", "origin")
+
+    def __init__(self) -> None:
+        self.changes: list[tuple[int, Change]] = []
+        """(sub)transaction xid of each change, so a subtransaction's abort can drop its changes."""
+        self.origin: str | None = None
+
+
 class TxBuilder:
     """Feed decoded messages in order; :meth:`feed` returns a Transaction at each Commit.
 
     ``resolve`` turns a pgoutput Relation into a :class:`RelationDef` (type names, primary key),
-    which needs the catalog; the builder itself does no I/O.
+    which needs the catalog; the builder itself does no I/O. With protocol 2 streaming, changes of
+    large in-progress transactions arrive in blocks (Stream Start ... Stream Stop, data messages
+    carrying their subtransaction's xid) and are kept until Stream Commit or dropped at Stream Abort.
     """
 
     def __init__(self, resolve: Resolver) -> None:
@@ -26,8 +39,52 @@ class TxBuilder:
         self._begin: po.Begin | None = None
         self._changes: list[Change] = []
         self._origin: str | None = None
+        self._streams: dict[int, _Streamed] = {}
+        self._stream: int | None = None
 
-    def feed(self, msg: po.Message) -> Transaction | None:
+    @property
+    def in_stream_block(self) -> bool:
+        """Between Stream Start and Stream Stop: data messages carry an xid (decode with streaming)."""
+        return self._stream is not None
+
+    @property
+    def open_transactions(self) -> bool:
+        """A transaction is partly received (the slot must not be confirmed past it)."""
+        return self._begin is not None or bool(self._streams)
+
+    def feed(self, msg: po.Message, xid: int | None = None) -> Transaction | None:
+        """Feed one message; ``xid`` is the (sub)transaction of a data message inside a stream block."""
+        if self._stream is not None and isinstance(
+            msg, po.Insert | po.Update | po.Delete | po.Truncate | po.LogicalMessage
+        ):
+            self._feed_streamed(msg, self._stream if xid is None else xid)
+            return None
+        match msg:
+            case po.StreamStart():
+                self._stream = msg.xid
+                self._streams.setdefault(msg.xid, _Streamed())
+                return None
+            case po.StreamStop():
+                self._stream = None
+                return None
+            case po.StreamAbort():
+                streamed = self._streams.get(msg.xid)
+                if streamed is not None:
+                    if msg.subxid == msg.xid:
+                        del self._streams[msg.xid]
+                    else:
+                        streamed.changes = [(x, c) for x, c in streamed.changes if x != msg.subxid]
+                return None
+            case po.StreamCommit():
+                done = self._streams.pop(msg.xid, None) or _Streamed()
+                return Transaction(
+                    lsn=msg.commit_lsn,
+                    end_lsn=msg.end_lsn,
+                    xid=msg.xid,
+                    commit_ts_ms=msg.commit_ts_us // 1000,
+                    origin=done.origin,
+                    changes=tuple(c for _, c in done.changes),
+                )
         match msg:
             case po.Begin():
                 self._begin = msg
@@ -35,19 +92,8 @@ class TxBuilder:
                 self._origin = None
             case po.Relation():
                 self.relations[msg.relid] = self._resolve(msg)
-            case po.Insert():
-                rel = self.relations[msg.relid]
-                self._changes.append(Change("I", rel, _plain(msg.new, None), None))
-            case po.Update():
-                rel = self.relations[msg.relid]
-                old = _plain(msg.old, None) if msg.old is not None else None
-                self._changes.append(Change("U", rel, _plain(msg.new, old), old))
-            case po.Delete():
-                rel = self.relations[msg.relid]
-                self._changes.append(Change("D", rel, None, _plain(msg.old, None)))
-            case po.Truncate():
-                for relid in msg.relids:
-                    self._changes.append(Change("T", self.relations[relid], None, None))
+            case po.Insert() | po.Update() | po.Delete() | po.Truncate():
+                self._changes.extend(self._changes_of(msg))
             case po.LogicalMessage():
                 if msg.prefix == ORIGIN_PREFIX:
                     self._origin = msg.content.decode()
@@ -65,6 +111,29 @@ class TxBuilder:
                     changes=tuple(self._changes),
                 )
         return None
+
+    def _feed_streamed(self, msg: po.Message, xid: int) -> None:
+        assert self._stream is not None
+        streamed = self._streams[self._stream]
+        if isinstance(msg, po.LogicalMessage):
+            if msg.prefix == ORIGIN_PREFIX:
+                streamed.origin = msg.content.decode()
+            return
+        for change in self._changes_of(msg):
+            streamed.changes.append((xid, change))
+
+    def _changes_of(self, msg: po.Message) -> list[Change]:
+        match msg:
+            case po.Insert():
+                return [Change("I", self.relations[msg.relid], _plain(msg.new, None), None)]
+            case po.Update():
+                old = _plain(msg.old, None) if msg.old is not None else None
+                return [Change("U", self.relations[msg.relid], _plain(msg.new, old), old)]
+            case po.Delete():
+                return [Change("D", self.relations[msg.relid], None, _plain(msg.old, None))]
+            case po.Truncate():
+                return [Change("T", self.relations[relid], None, None) for relid in msg.relids]
+        return []
 
 
 def _plain(values: tuple[po.TupleValue, ...], old: Row | None) -> Row:

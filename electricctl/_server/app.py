@@ -98,6 +98,7 @@ class Server:
         fsync: bool = True,
         start_client_replication: bool = False,
         snapshot_connections: int = 4,
+        replication_work_mem: str | None = None,
     ) -> None:
         self.config = config
         self.url = url
@@ -114,7 +115,7 @@ class Server:
         self.log: TransactionLog = FileLog(self.data_dir / "log", retention_seconds=retention_seconds, fsync=fsync)
         self.store = ClientStore(self.data_dir / "clients")
         self.snapshots = SnapshotPool(url, snapshot_connections)
-        self.source = ReplicationSource(url, slot)
+        self.source = ReplicationSource(url, slot, work_mem=replication_work_mem)
         self.clients: dict[str, Connection] = {}
         self.connections: set[Connection] = set()
         self.router = Router()

@@ -22,7 +22,9 @@ from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
 
-__all__ = ["ReceivedTx", "Relation", "RpcError", "SatelliteClient"]
+__all__ = ["MAX_FRAME", "ReceivedTx", "Relation", "RpcError", "SatelliteClient"]
+
+MAX_FRAME = 256 << 20
 
 
 @dataclass
@@ -69,7 +71,13 @@ class SatelliteClient:
     closed_with: tuple[int, str] | None = None
 
     async def connect(self) -> SatelliteClient:
-        self.ws = await connect(self.url, subprotocols=[self.subprotocol], compression=None)  # type: ignore[list-item]
+        # one transaction is one frame, however large (the npm client's ws accepts up to 100 MiB)
+        self.ws = await connect(
+            self.url,
+            subprotocols=[self.subprotocol],  # type: ignore[list-item]
+            compression=None,
+            max_size=MAX_FRAME,
+        )
         self._reader = asyncio.create_task(self._read())
         return self
 

@@ -87,3 +87,39 @@ def test_decoder_rejects_garbage_cleanly(buf: bytes) -> None:
         po.decode(buf)
     except po.DecodeError:
         pass
+
+
+def _resolve(rel: po.Relation) -> RelationDef:
+    return RelationDef(
+        rel.relid, rel.schema, rel.name, tuple(Column(c.name, c.type_oid, "text", c.key, True) for c in rel.columns)
+    )
+
+
+def _streamed(tag: bytes, xid: int, body: bytes) -> po.Message:
+    return po.decode(tag + struct.pack("!I", xid) + body, streaming=True)
+
+
+def test_streamed_transactions_and_subtransaction_aborts() -> None:
+    b = TxBuilder(_resolve)
+    ins = lambda key: b"N" + tup(key, None)  # noqa: E731
+    b.feed(po.decode(b"S" + struct.pack("!IB", 10, 1)))
+    assert b.in_stream_block and b.open_transactions
+    b.feed(_streamed(b"R", 10, REL[1:]), 10)
+    b.feed(_streamed(b"I", 10, struct.pack("!I", 7) + ins(b"kept")), 10)
+    b.feed(_streamed(b"I", 11, struct.pack("!I", 7) + ins(b"rolled-back")), 11)
+    b.feed(po.decode(b"E"))
+    assert not b.in_stream_block and b.open_transactions
+    b.feed(po.decode(b"S" + struct.pack("!IB", 10, 0)))
+    b.feed(_streamed(b"I", 12, struct.pack("!I", 7) + ins(b"savepoint-kept")), 12)
+    b.feed(po.decode(b"E"))
+    assert b.feed(po.decode(b"A" + struct.pack("!II", 10, 11))) is None  # ROLLBACK TO SAVEPOINT
+    tx = b.feed(po.decode(b"c" + struct.pack("!IBQQq", 10, 0, 500, 550, 7_000_000)))
+    assert tx is not None and tx.xid == 10 and tx.lsn == 500
+    assert [c.new[0] for c in tx.changes if c.new] == [b"kept", b"savepoint-kept"]
+    assert not b.open_transactions
+
+    b.feed(po.decode(b"S" + struct.pack("!IB", 20, 1)))
+    b.feed(_streamed(b"I", 20, struct.pack("!I", 7) + ins(b"gone")), 20)
+    b.feed(po.decode(b"E"))
+    b.feed(po.decode(b"A" + struct.pack("!II", 20, 20)))  # the whole transaction rolled back
+    assert not b.open_transactions

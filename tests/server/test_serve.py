@@ -379,3 +379,26 @@ async def test_token_command_mints_a_verifiable_token(env: Env, run_cli) -> None
     identity = verify(result.out.strip(), env.config.auth)
     assert identity.user_id == "alice" and identity.claims["role"] == "editor"
     assert identity.expires_at is not None and 250 < identity.expires_at - time.time() <= 300
+
+
+async def test_large_transactions_stream_before_commit_and_rollbacks_never_arrive(env: Env) -> None:
+    from tests.server_fixtures import running_server
+
+    async with running_server(env, replication_work_mem="64kB") as srv:
+        cl = await SatelliteClient(ws_url(srv)).connect()
+        await cl.authenticate(env.token())
+        await cl.start()
+        await cl.subscribe("big")
+        env.sql(  # ~1 MB: far over 64kB, so the walsender streams it while it runs
+            "BEGIN; INSERT INTO big SELECT i, repeat('p', 200) FROM generate_series(1, 5000) i;"
+            " SAVEPOINT s; INSERT INTO big SELECT i, 'undone' FROM generate_series(5001, 7000) i; ROLLBACK TO s;"
+            " INSERT INTO big VALUES (9999, 'after the savepoint'); COMMIT"
+        )
+        env.sql("BEGIN; INSERT INTO big SELECT i, repeat('p', 200) FROM generate_series(10001, 14000) i; ROLLBACK")
+        env.sql("INSERT INTO big VALUES (20000, 'small, committed after the rollback')")
+        await cl.wait_for(lambda: (b"20000",) in cl.table("big"), timeout=30)
+        rows = cl.table("big")
+        assert len(rows) == 5002 and (b"9999",) in rows and (b"5001",) not in rows and (b"10001",) not in rows
+        big_tx = next(t for t in cl.transactions if len(t.ops) > 100)
+        assert len(big_tx.ops) == 5003  # one SatOpLog: begin, 5,001 inserts, commit
+        await cl.close()
