@@ -12,7 +12,6 @@ number of readers. Recent transactions are also kept in memory for live tailing.
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import mmap
 import os
@@ -60,7 +59,6 @@ class FileLog:
         self._cache: deque[Transaction] = deque(maxlen=cache_size)
         self._cache_lsns: deque[int] = deque(maxlen=cache_size)
         self._fh: int | None = None
-        self._changed = asyncio.Event()
         self.last_lsn = 0
         self.truncated_bytes = 0
         """Bytes of a torn tail cut off when the log was opened."""
@@ -175,7 +173,6 @@ class FileLog:
         for tx in txns:
             self._remember(tx)
         self.last_lsn = txns[-1].lsn
-        self._changed.set()
 
     def _flush(self, buf: bytearray) -> None:
         if not buf or self._fh is None:
@@ -252,13 +249,3 @@ class FileLog:
                         if len(out) >= limit:
                             return out
         return out
-
-    async def wait_beyond(self, lsn: int, timeout: float | None = None) -> bool:
-        """Wait until the log holds a transaction after ``lsn``; False on timeout."""
-        while self.last_lsn <= lsn:
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), timeout)
-            except TimeoutError:
-                return self.last_lsn > lsn
-        return True

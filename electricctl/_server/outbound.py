@@ -106,15 +106,6 @@ class Visibility:
             return False
         return tx.xid not in self.xip
 
-    def as_json(self) -> dict[str, object]:
-        return {"xmin": self.xmin, "xmax": self.xmax, "xip": sorted(self.xip), "bound_lsn": self.bound_lsn}
-
-    @classmethod
-    def from_json(cls, d: dict[str, object]) -> Visibility:
-        xip = d["xip"]
-        assert isinstance(xip, list)
-        return cls(int(str(d["xmin"])), int(str(d["xmax"])), frozenset(int(x) for x in xip), int(str(d["bound_lsn"])))
-
 
 def add_change(ops: Any, ch: Change, tags: Sequence[str], convert: Callable[[Row], Row]) -> None:
     """Append ``ch`` to a SatOpLog's ops, filling messages in place."""
