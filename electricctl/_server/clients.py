@@ -22,10 +22,6 @@ class SubscriptionRecord:
     """``[{"request_id": ..., "table": "schema.name"}]``"""
     delivered_lsn: int
 
-    @property
-    def tables(self) -> set[str]:
-        return {r["table"] for r in self.requests}
-
 
 @dataclass(slots=True)
 class ClientState:
