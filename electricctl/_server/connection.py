@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from google.protobuf.message import DecodeError, Message
-from psycopg import sql
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -30,12 +29,12 @@ from electricctl._config.model import TableRef
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
-from electricctl._replication.model import RelationDef, Row, Transaction
+from electricctl._replication.model import RelationDef, Transaction
 from electricctl._server import outbound
 from electricctl._server.clients import ClientState, SubscriptionRecord
-from electricctl._server.shapes import Shape, TableShapes, route_transaction
+from electricctl._server.shapes import Shape, TableShapes, any_of, route_transaction, snapshot_filter
 from electricctl._server.snapshot import Snapshot
-from electricctl._shapes.compile import CompiledWhere, ShapeError, compile_where
+from electricctl._shapes.compile import ShapeError, compile_where
 
 if TYPE_CHECKING:
     from electricctl._server.app import Server
@@ -590,8 +589,8 @@ class Connection:
                 mine = delivered.setdefault(table, TableShapes())
                 held = [s.where for s in (*(existing.overlapping(shape) if existing else ()), *mine.overlapping(shape))]
                 await self.send(pb.SatShapeDataBegin(request_id=shape.request_id, uuid=str(uuid.uuid4())))
-                async for rows in snap.rows(rel, _snapshot_filter(shape.where, held)):
-                    await self.send(_inserts(rel, rows, convert))
+                async for rows in snap.rows(rel, snapshot_filter(shape.where, held)):
+                    await self.send(outbound.inserts(rel, rows, convert))
                 await self.send(pb.SatShapeDataEnd())
                 mine.add(shape)
             await self.send(pb.SatSubsDataEnd())
@@ -638,7 +637,7 @@ class Connection:
                 convert = self._converter(rel)
                 left = self.shapes.get(table)
                 remaining = [s.where for s in left.all] if left else []
-                where = _snapshot_filter(_any_of([s.where for s in removed]), remaining)
+                where = snapshot_filter(any_of([s.where for s in removed]), remaining)
                 async for rows in snap.rows(rel, where):
                     pks = [tuple(row[i] for i in rel.pk_indexes) for row in rows]
                     await self.send(pb.SatOpLog(ops=[outbound.gone_op(rel, pk, convert) for pk in pks]))
@@ -650,49 +649,5 @@ class Connection:
         await self.server.store.save_async(state)
 
 
-def _any_of(wheres: Sequence[CompiledWhere | None]) -> CompiledWhere | None:
-    """The union of shapes as one filter: None (the whole table) if any of them is the whole table."""
-    if any(w is None for w in wheres) or not wheres:
-        return None
-    if len(wheres) == 1:
-        return wheres[0]
-    union = sql.SQL("({})").format(sql.SQL(" OR ").join(w.sql for w in wheres if w is not None))
-    return CompiledWhere(
-        " OR ".join(w.text for w in wheres if w is not None), union, lambda row: False, frozenset(), None
-    )
-
-
-def _snapshot_filter(where: CompiledWhere | None, held: Sequence[CompiledWhere | None]) -> sql.Composable | None:
-    """``where`` minus the rows the ``held`` shapes already match."""
-    if any(h is None for h in held):
-        return sql.SQL("false")  # another shape already holds the whole table
-    parts: list[sql.Composable] = []
-    if where is not None:
-        parts.append(sql.SQL("({})").format(where.sql))  # NULL excludes the row, as WHERE does
-    parts.extend(
-        sql.SQL("NOT coalesce({}, false)").format(h.sql) for h in held if h is not None and not _disjoint(where, h)
-    )
-    if not parts:
-        return None
-    return sql.SQL(" AND ").join(parts)
-
-
-def _disjoint(a: CompiledWhere | None, b: CompiledWhere) -> bool:
-    """Certainly no common row: ``col = x`` and ``col = y`` with x != y."""
-    if a is None or a.equality is None or b.equality is None:
-        return False
-    return a.equality[0] == b.equality[0] and a.equality[1] != b.equality[1]
-
-
 def _start_error(code: int, message: str) -> pb.SatInStartReplicationResp:
     return pb.SatInStartReplicationResp(err=START_ERR(code=code, message=message))  # type: ignore[arg-type]
-
-
-def _inserts(rel: RelationDef, rows: Sequence[Row], convert: Any) -> pb.SatOpLog:
-    log = pb.SatOpLog()
-    ops = log.ops
-    for row in rows:
-        insert = ops.add().insert
-        insert.relation_id = rel.relid
-        codec.fill_row(insert.row_data, convert(row))
-    return log

@@ -169,3 +169,13 @@ def gone_op(rel: RelationDef, pk: Row, convert: Callable[[Row], Row] | None = No
         values[i] = v
     row = tuple(values) if convert is None else convert(tuple(values))
     return pb.SatTransOp(gone=pb.SatOpGone(relation_id=rel.relid, pk_data=codec.encode_row(row)))
+
+
+def inserts(rel: RelationDef, rows: Sequence[Row], convert: Any) -> pb.SatOpLog:
+    log = pb.SatOpLog()
+    ops = log.ops
+    for row in rows:
+        insert = ops.add().insert
+        insert.relation_id = rel.relid
+        codec.fill_row(insert.row_data, convert(row))
+    return log

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from psycopg import sql
+
 from electricctl._config.model import TableRef
 from electricctl._replication.model import Change, RelationDef, Row, Transaction
 from electricctl._server.router import Router
@@ -146,3 +148,37 @@ def route_transaction(by_table: dict[str, TableShapes], tx: Transaction) -> list
         if shapes:
             out.extend(route(shapes.candidates(ch), tx, ch))
     return out
+
+
+def any_of(wheres: Sequence[CompiledWhere | None]) -> CompiledWhere | None:
+    """The union of shapes as one filter: None (the whole table) if any of them is the whole table."""
+    if any(w is None for w in wheres) or not wheres:
+        return None
+    if len(wheres) == 1:
+        return wheres[0]
+    union = sql.SQL("({})").format(sql.SQL(" OR ").join(w.sql for w in wheres if w is not None))
+    return CompiledWhere(
+        " OR ".join(w.text for w in wheres if w is not None), union, lambda row: False, frozenset(), None
+    )
+
+
+def snapshot_filter(where: CompiledWhere | None, held: Sequence[CompiledWhere | None]) -> sql.Composable | None:
+    """``where`` minus the rows the ``held`` shapes already match."""
+    if any(h is None for h in held):
+        return sql.SQL("false")  # another shape already holds the whole table
+    parts: list[sql.Composable] = []
+    if where is not None:
+        parts.append(sql.SQL("({})").format(where.sql))  # NULL excludes the row, as WHERE does
+    parts.extend(
+        sql.SQL("NOT coalesce({}, false)").format(h.sql) for h in held if h is not None and not disjoint(where, h)
+    )
+    if not parts:
+        return None
+    return sql.SQL(" AND ").join(parts)
+
+
+def disjoint(a: CompiledWhere | None, b: CompiledWhere) -> bool:
+    """Certainly no common row: ``col = x`` and ``col = y`` with x != y."""
+    if a is None or a.equality is None or b.equality is None:
+        return False
+    return a.equality[0] == b.equality[0] and a.equality[1] != b.equality[1]
