@@ -102,6 +102,7 @@ class SnapshotPool:
         self.url = url
         self._slots = asyncio.Semaphore(size)
         self._idle: list[psycopg.AsyncConnection[Any]] = []
+        self._all: set[psycopg.AsyncConnection[Any]] = set()
 
     async def take(self) -> Snapshot:
         await self._slots.acquire()
@@ -111,6 +112,7 @@ class SnapshotPool:
                 conn = await psycopg.AsyncConnection.connect(
                     self.url, application_name="electricctl-snapshot", options=DISPLAY_OPTIONS
                 )
+                self._all.add(conn)
             await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             row = await (
                 await conn.execute("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text")
@@ -126,14 +128,24 @@ class SnapshotPool:
             if not conn.closed:
                 await conn.rollback()
                 self._idle.append(conn)
+                return
         except psycopg.Error:
+            self._all.discard(conn)  # the connection is broken: drop it
             await conn.close()
+        except BaseException:
+            # cancelled mid-rollback: its state is unknown, so close it, then let the cancel go on
+            self._all.discard(conn)
+            await asyncio.shield(conn.close())
+            raise
         finally:
             self._slots.release()
+        self._all.discard(conn)
 
     async def close(self) -> None:
-        for conn in self._idle:
+        """Close every connection, including any still held by a cancelled snapshot."""
+        for conn in list(self._all):
             await conn.close()
+        self._all.clear()
         self._idle.clear()
 
 
