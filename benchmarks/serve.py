@@ -805,6 +805,13 @@ class Parts:
     def summary(self) -> str:
         return f"wall time per part: {', '.join(self.timings)}"
 
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        """The options every sync-service benchmark takes."""
+        parser.add_argument("--rounds", type=int, default=3)
+        parser.add_argument("--only", help="run only these parts, e.g. 13")
+        parser.add_argument("--fast", action="store_true", help="fsync=off cluster (default: a durable cluster)")
+
 
 async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None:
     parts = Parts(args.only, "1234")
@@ -818,7 +825,7 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    Parts.add_arguments(parser)
     parser.add_argument("--rate", type=float, default=200.0, help="1: transactions/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="1: seconds per round")
     parser.add_argument("--rows", type=int, default=200_000, help="2: rows per round")
@@ -826,8 +833,6 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=2, help="2: concurrent writer connections")
     parser.add_argument("--sync-rows", type=int, default=1_000_000, help="3: rows in the table")
     parser.add_argument("--clients", type=int, default=1000, help="4: idle clients")
-    parser.add_argument("--only", help="run only these parts, e.g. 13")
-    parser.add_argument("--fast", action="store_true", help="fsync=off cluster (default: a durable cluster)")
     args = parser.parse_args()
     print(
         f"sync service: `electricctl serve` subprocess (log fsync on), "

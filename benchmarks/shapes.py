@@ -514,7 +514,7 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rounds", type=int, default=3)
+    Parts.add_arguments(parser)
     parser.add_argument("--rate", type=float, default=100.0, help="1: measured transactions/s")
     parser.add_argument("--seconds", type=float, default=5.0, help="1: seconds per round")
     parser.add_argument("--shape-clients", type=int, default=20, help="1: connections holding the many shapes")
@@ -524,8 +524,6 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=50, help="2: clients connecting at a time")
     parser.add_argument("--sync-rows", type=int, default=1_000_000, help="3: rows in the table")
     parser.add_argument("--buckets", type=int, default=10, help="3: the shape holds 1/buckets of the table")
-    parser.add_argument("--only", help="run only these parts, e.g. 13")
-    parser.add_argument("--fast", action="store_true", help="fsync=off cluster (default: a durable cluster)")
     args = parser.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:

@@ -16,7 +16,6 @@ import re
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,16 +45,22 @@ RULES_TTL = 2.0
 """Seconds the catalog (declared shapes, adhoc_shapes, table columns) is cached: an apply shows within it."""
 
 
-@dataclass(frozen=True, slots=True)
 class ShapeRules:
-    declared: dict[str, dict[str, Any]]
-    adhoc: str
+    """Declared shapes and the adhoc_shapes setting; each declared clause is parsed once, here."""
+
+    def __init__(self, declared: dict[str, dict[str, Any]], adhoc: str) -> None:
+        self.declared = declared
+        self.adhoc = adhoc
+        self._normal: dict[str, tuple[str, object]] = {
+            name: (str(d.get("table")), _normal(d.get("where") or "", TableRef.parse(str(d.get("table")))))
+            for name, d in declared.items()
+        }
 
     def find(self, table: TableRef, where: str) -> str | None:
         """The name of the declared shape a request (table, where) is, if any."""
-        wanted = _normal(where, table)
-        for name, d in self.declared.items():
-            if d.get("table") == str(table) and _normal(d.get("where") or "", table) == wanted:
+        wanted = (str(table), _normal(where, table))
+        for name, declared in self._normal.items():
+            if declared == wanted:
                 return name
         return None
 

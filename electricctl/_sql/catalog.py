@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-Statement = sql.SQL | sql.Composed
+from electricctl._sql.render import Statement
 
 RULE_TABLES = ("assignments", "grants", "shapes", "sqlite_statements", "settings")
 
