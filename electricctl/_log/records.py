@@ -11,11 +11,12 @@ import struct
 import zlib
 from collections.abc import Iterator
 
-from electricctl._replication.model import Change, Column, RelationDef, Row, Transaction
+from electricctl._replication.model import Change, ClientWrite, Column, RelationDef, Row, Transaction
 
 HEADER = struct.Struct("!II")
 KIND_RELATION = 0x52  # 'R'
 KIND_TRANSACTION = 0x54  # 'T'
+KIND_TAGGED_TRANSACTION = 0x55  # 'U': a client's transaction: followed by its ClientWrite (JSON)
 
 _TX = struct.Struct("!BQQqQI")
 _STR = struct.Struct("!H")
@@ -88,13 +89,18 @@ def encode_relation(rel: RelationDef) -> bytes:
 
 def encode_transaction(tx: Transaction) -> bytes:
     out = bytearray()
-    out += _TX.pack(KIND_TRANSACTION, tx.lsn, tx.end_lsn, tx.commit_ts_ms, tx.xid, len(tx.changes))
+    kind = KIND_TRANSACTION if tx.write is None else KIND_TAGGED_TRANSACTION
+    out += _TX.pack(kind, tx.lsn, tx.end_lsn, tx.commit_ts_ms, tx.xid, len(tx.changes))
     _put_str(out, tx.origin or "")
     for ch in tx.changes:
         out += ch.op.encode()
         out += _U32.pack(ch.relation.relid)
         _put_row(out, ch.new)
         _put_row(out, ch.old)
+    if tx.write is not None:
+        raw = tx.write.to_json().encode()
+        out += _U32.pack(len(raw))
+        out += raw
     return bytes(out)
 
 
@@ -117,7 +123,7 @@ def decode(payload: bytes, relations: dict[int, RelationDef]) -> RelationDef | T
         rel = RelationDef(relid, schema, name, tuple(cols))
         relations[relid] = rel
         return rel
-    if kind == KIND_TRANSACTION:
+    if kind in (KIND_TRANSACTION, KIND_TAGGED_TRANSACTION):
         _, lsn, end_lsn, ts, xid, n = _TX.unpack_from(payload, 0)
         origin, pos = _get_str(payload, _TX.size)
         changes = []
@@ -127,7 +133,11 @@ def decode(payload: bytes, relations: dict[int, RelationDef]) -> RelationDef | T
             new, pos = _get_row(payload, pos + 5)
             old, pos = _get_row(payload, pos)
             changes.append(Change(op, relations[relid], new, old))
-        return Transaction(lsn, end_lsn, xid, ts, origin or None, tuple(changes))
+        write = None
+        if kind == KIND_TAGGED_TRANSACTION:
+            (size,) = _U32.unpack_from(payload, pos)
+            write = ClientWrite.from_json(payload[pos + 4 : pos + 4 + size])
+        return Transaction(lsn, end_lsn, xid, ts, origin or None, tuple(changes), write)
     raise CorruptRecord(f"unknown record kind {kind}")
 
 

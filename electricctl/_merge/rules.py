@@ -77,13 +77,29 @@ class Write:
     """Columns this write modified; None means all of ``values``."""
 
 
+def remove_observed(tags: frozenset[Tag], observed: frozenset[Tag]) -> frozenset[Tag]:
+    """``tags`` without the ones a writer observed.
+
+    A write made in Postgres is tagged with the time its row was written, but clients learn it
+    with the transaction's commit time, which is never earlier. So an observed Postgres tag
+    ``@T`` also removes every Postgres tag up to ``T``: a later Postgres write to the same row
+    waited for that commit (row lock), so its own time is at least ``T``.
+    """
+    if not observed:
+        return tags
+    pg_seen = max((t.ts for t in observed if t.origin is None), default=None)
+    return frozenset(
+        t for t in tags if t not in observed and not (pg_seen is not None and t.origin is None and t.ts <= pg_seen)
+    )
+
+
 def merge(state: RowState, write: Write) -> RowState:
     """Apply ``write`` to a row in ``state``."""
     if write.kind == "delete":
-        return RowState(state.values, state.col_tags, state.tags - write.observed)
+        return RowState(state.values, state.col_tags, remove_observed(state.tags, write.observed))
     if write.kind == "compensation":
         return RowState(state.values, state.col_tags, state.tags | write.observed)
-    tags = (state.tags - write.observed) | {write.tag}
+    tags = remove_observed(state.tags, write.observed) | {write.tag}
     values = dict(state.values)
     col_tags = dict(state.col_tags)
     for col in frozenset(write.values) if write.changed is None else write.changed:

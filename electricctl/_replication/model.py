@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
@@ -56,3 +58,36 @@ class Transaction:
     origin: str | None
     """The client that wrote it (via the sync worker), or None for a write made in Postgres."""
     changes: tuple[Change, ...]
+    write: ClientWrite | None = None
+    """Set for transactions the sync worker wrote for a client (see ``_server.writer``)."""
+
+    @property
+    def timestamp_ms(self) -> int:
+        """The transaction's timestamp on the wire: the client's own for a client's transaction."""
+        return self.write.client_ts_ms if self.write is not None else self.commit_ts_ms
+
+
+def row_key(qualified: str, key: Sequence[str]) -> str:
+    """A row's name in :class:`ClientWrite`: its table and key values (text), NUL-separated."""
+    return "\0".join((qualified, *key))
+
+
+@dataclass(frozen=True, slots=True)
+class ClientWrite:
+    """What the sync worker says, in the WAL, about a client transaction it wrote."""
+
+    client_ts_ms: int
+    """The client's commit timestamp: its echo carries it, so the client can clear its oplog."""
+    row_tags: Mapping[str, tuple[str, ...]]
+    """Each written row's tag set after the merge, by :func:`row_key`."""
+    gone: tuple[str, ...] = ()
+    """Rows (same naming) the client wrote that Postgres does not have: the transaction was
+    refused, so its echo tells the client to drop them."""
+
+    def to_json(self) -> str:
+        return json.dumps({"ts": self.client_ts_ms, "rows": self.row_tags, "gone": self.gone}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> ClientWrite:
+        data = json.loads(raw)
+        return cls(int(data["ts"]), {k: tuple(v) for k, v in data["rows"].items()}, tuple(data.get("gone", ())))

@@ -5,10 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from electricctl._replication import pgoutput as po
-from electricctl._replication.model import Change, RelationDef, Row, Transaction
+from electricctl._replication.model import Change, ClientWrite, RelationDef, Row, Transaction
 
 ORIGIN_PREFIX = "electric.origin"
 """Prefix of the logical message the sync worker emits in transactions it writes for a client."""
+WRITE_PREFIX = "electric.write"
+"""Prefix of the logical message describing a client transaction the worker wrote (ClientWrite JSON)."""
+
+
+def _client_write(content: bytes) -> ClientWrite:
+    try:
+        return ClientWrite.from_json(content)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise po.DecodeError(f"malformed {WRITE_PREFIX} message: {exc}") from None
+
 
 Resolver = Callable[[po.Relation], RelationDef]
 
@@ -16,12 +26,13 @@ Resolver = Callable[[po.Relation], RelationDef]
 class _Streamed:
     """A large transaction that pgoutput (proto 2) sends in blocks before it commits."""
 
-    __slots__ = ("changes", "origin")
+    __slots__ = ("changes", "origin", "write")
 
     def __init__(self) -> None:
         self.changes: list[tuple[int, Change]] = []
         """(sub)transaction xid of each change, so a subtransaction's abort can drop its changes."""
         self.origin: str | None = None
+        self.write: ClientWrite | None = None
 
 
 class TxBuilder:
@@ -39,6 +50,7 @@ class TxBuilder:
         self._begin: po.Begin | None = None
         self._changes: list[Change] = []
         self._origin: str | None = None
+        self._write: ClientWrite | None = None
         self._streams: dict[int, _Streamed] = {}
         self._stream: int | None = None
 
@@ -84,12 +96,14 @@ class TxBuilder:
                     commit_ts_ms=msg.commit_ts_us // 1000,
                     origin=done.origin,
                     changes=tuple(c for _, c in done.changes),
+                    write=done.write,
                 )
         match msg:
             case po.Begin():
                 self._begin = msg
                 self._changes = []
                 self._origin = None
+                self._write = None
             case po.Relation():
                 self.relations[msg.relid] = self._resolve(msg)
             case po.Insert() | po.Update() | po.Delete() | po.Truncate():
@@ -97,6 +111,8 @@ class TxBuilder:
             case po.LogicalMessage():
                 if msg.prefix == ORIGIN_PREFIX:
                     self._origin = msg.content.decode()
+                elif msg.prefix == WRITE_PREFIX:
+                    self._write = _client_write(msg.content)
             case po.Commit():
                 begin = self._begin
                 if begin is None:
@@ -109,6 +125,7 @@ class TxBuilder:
                     commit_ts_ms=msg.commit_ts_us // 1000,
                     origin=self._origin,
                     changes=tuple(self._changes),
+                    write=self._write,
                 )
         return None
 
@@ -118,6 +135,8 @@ class TxBuilder:
         if isinstance(msg, po.LogicalMessage):
             if msg.prefix == ORIGIN_PREFIX:
                 streamed.origin = msg.content.decode()
+            elif msg.prefix == WRITE_PREFIX:
+                streamed.write = _client_write(msg.content)
             return
         for change in self._changes_of(msg):
             streamed.changes.append((xid, change))

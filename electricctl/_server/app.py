@@ -27,6 +27,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from electricctl._config.model import ElectricConfig, TableRef
+from electricctl.errors import ElectricError
 from electricctl._expr import ast
 from electricctl._expr.parse import ExprError, parse
 from electricctl._log.base import TransactionLog
@@ -37,10 +38,18 @@ from electricctl._server.clients import ClientStore
 from electricctl._server.connection import Connection
 from electricctl._server.router import Router
 from electricctl._server.snapshot import SnapshotPool, describe
+from electricctl._server.writer import Writer
+from electricctl._sql import catalog as catalog_sql
 
 log = logging.getLogger("electricctl.server")
 
 SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
+
+
+class ServeError(ElectricError):
+    """The server cannot start; the message says what to do."""
+
+
 RULES_TTL = 2.0
 """Seconds the catalog (declared shapes, adhoc_shapes, table columns) is cached: an apply shows within it."""
 
@@ -101,9 +110,11 @@ class Server:
         unacked_window: int = 30,
         send_timeout: float = 30.0,
         fsync: bool = True,
-        start_client_replication: bool = False,
+        start_client_replication: bool = True,
         snapshot_connections: int = 4,
         replication_work_mem: str | None = None,
+        max_transaction_ops: int = 100_000,
+        max_frame_bytes: int = 64 << 20,
     ) -> None:
         self.config = config
         self.url = url
@@ -114,7 +125,12 @@ class Server:
         self.unacked_window = unacked_window
         self.send_timeout = send_timeout
         self.start_client_replication = start_client_replication
-        """Call startReplication on clients so they stream their writes (the write path, issue 5)."""
+        """Call startReplication on clients so they stream their writes (off: a read-only server)."""
+        self.max_transaction_ops = max_transaction_ops
+        """Client transactions with more operations are refused (with a clear error)."""
+        self.max_frame_bytes = max_frame_bytes
+        """Largest WebSocket frame accepted; a larger one closes the connection (1009)."""
+        self.writer = Writer(url)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.server_id = self._server_id()
         self.log: TransactionLog = FileLog(self.data_dir / "log", retention_seconds=retention_seconds, fsync=fsync)
@@ -154,7 +170,13 @@ class Server:
         # transaction before live_head, and the router queues each later one that may concern it
         self.log.publish(written)
         for tx in written:
-            for conn in self.router.candidates(tx.changes):
+            woken = self.router.candidates(tx.changes)
+            if tx.origin is not None:
+                # a client's own transaction is echoed to it whatever its shapes
+                origin = self.clients.get(tx.origin)
+                if origin is not None and origin not in woken:
+                    woken = {*woken, origin}
+            for conn in woken:
                 assert isinstance(conn, Connection)
                 if conn.live:
                     conn.relevant.append(tx.lsn)
@@ -307,7 +329,23 @@ class Server:
         finally:
             self.connections.discard(conn)
 
+    async def check_catalog(self) -> None:
+        """Refuse to start against a database whose electricctl catalog is missing or older than this version."""
+        conn = await self._catalog_conn()
+        try:
+            cur = await conn.execute("SELECT max(version) FROM electric.catalog_migrations")
+            row = await cur.fetchone()
+        except psycopg.errors.UndefinedTable:
+            raise ServeError("the database has no electricctl catalog: run `electricctl apply` first") from None
+        version = int(row[0]) if row and row[0] is not None else 0
+        if version < catalog_sql.LATEST:
+            raise ServeError(
+                f"the database's electricctl catalog is version {version}, this server needs {catalog_sql.LATEST}:"
+                " run `electricctl apply` (it upgrades the catalog)"
+            )
+
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
+        await self.check_catalog()
         self.log.open()
         stop_replication = asyncio.Event()
         replication = asyncio.create_task(self._replicate(stop_replication), name="replication")
@@ -320,7 +358,7 @@ class Server:
             compression=None,
             ping_interval=20,
             ping_timeout=20,
-            max_size=16 << 20,
+            max_size=self.max_frame_bytes,
             max_queue=16,
         ) as ws_server:
             self._ws = ws_server
@@ -342,6 +380,7 @@ class Server:
             await replication
         if self._catalog is not None:
             await self._catalog.close()
+        await self.writer.close()
         await self.snapshots.close()
         self.log.close()
 

@@ -29,9 +29,18 @@ from electricctl._config.model import TableRef
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
-from electricctl._replication.model import RelationDef, Transaction
+from electricctl._replication.model import Change, RelationDef, Transaction
 from electricctl._server import outbound
 from electricctl._server.clients import ClientState, SubscriptionRecord
+from electricctl._server.inbound import (
+    ClientRelation,
+    ClientTransaction,
+    InvalidTransaction,
+    MalformedTransaction,
+    decode_transaction,
+    encode_client_lsn,
+    relation_from,
+)
 from electricctl._server.shapes import Shape, TableShapes, any_of, route_transaction, snapshot_filter
 from electricctl._server.snapshot import Snapshot
 from electricctl._shapes.compile import ShapeError, compile_where
@@ -47,6 +56,7 @@ SUBS_ERR = pb.SatSubsResp.SatSubsError
 SHAPE_ERR = pb.SatSubsResp.SatSubsError.ShapeReqError
 
 LIVE_QUEUE_LIMIT = 10_000
+NATIVE_HEADER = "X-Electricctl-Client"
 CLOSE_PROTOCOL_ERROR = 1007
 CLOSE_POLICY = 1008
 CLOSE_JWT_EXPIRED = 4000
@@ -58,6 +68,9 @@ class ProtocolViolation(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+_STOP: Any = object()
 
 
 @dataclass(slots=True)
@@ -107,6 +120,14 @@ class Connection:
         self._rpc = RpcCalls(first_id=0)  # the server numbers its own calls from 0, the client from 1
         self.client_stream_started = False
         self._client_stream: asyncio.Task[None] | None = None
+        self.client_relations: dict[int, ClientRelation] = {}
+        """Relations the client announced for its writes, by the client's relation id."""
+        self._writes: asyncio.Queue[ClientTransaction | InvalidTransaction] = asyncio.Queue()
+        self._write_task: asyncio.Task[None] | None = None
+        headers = ws.request.headers if ws.request is not None else None
+        self.native = headers is not None and NATIVE_HEADER in headers
+        """Our own client: it understands a refusal sent as a top-level error that keeps the
+        connection open. The npm client treats any top-level error as fatal, so it gets none."""
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -133,6 +154,13 @@ class Connection:
     async def shutdown(self) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
+        if self._write_task is not None:
+            # transactions already received are applied: the client was told nothing yet, and
+            # applying them now saves it a resend (they are idempotent either way)
+            self._writes.put_nowait(_STOP)
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._write_task), 10)
+            self._write_task.cancel()
         if self._streamer is not None:
             self._streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -169,12 +197,14 @@ class Connection:
         elif isinstance(msg, pb.SatOpLog | pb.SatRelation):
             if self.identity is None:
                 raise ProtocolViolation(ERR.AUTH_REQUIRED, "authenticate first")
-            raise ProtocolViolation(
-                ERR.INVALID_REQUEST,
-                "client writes are not accepted yet"
-                if self.client_stream_started
-                else "client writes are refused: the server has not started the client's stream",
-            )
+            if not self.client_stream_started:
+                raise ProtocolViolation(
+                    ERR.INVALID_REQUEST, "client writes are refused: the server has not started the client's stream"
+                )
+            if isinstance(msg, pb.SatRelation):
+                self.client_relations[msg.relation_id] = relation_from(msg)
+            else:
+                await self.on_client_transaction(msg)
         else:
             raise ProtocolViolation(ERR.INVALID_REQUEST, f"unexpected {type(msg).__name__} from a client")
 
@@ -207,12 +237,72 @@ class Connection:
         return await self._rpc.call(self.send, method, body, timeout)
 
     async def _start_client_stream(self) -> None:
-        # the client -> server direction: the server asks the client to start sending its writes
+        # the client -> server direction: the server asks the client to start sending its writes,
+        # after the last transaction of it that Postgres has
+        assert self.client_id is not None
         try:
-            await self.call("startReplication", pb.SatInStartReplicationReq(lsn=b""))
+            position = await self.server.writer.position(self.client_id)
             self.client_stream_started = True
-        except (RpcError, TimeoutError, ConnectionClosed) as exc:
+            await self.call(
+                "startReplication", pb.SatInStartReplicationReq(lsn=encode_client_lsn(position) if position else b"")
+            )
+        except (RpcError, TimeoutError, ConnectionClosed, psycopg.Error) as exc:
+            self.client_stream_started = False
             log.info("client %s did not start its stream: %s", self.client_id, exc)
+
+    # -- client writes -----------------------------------------------------------------------
+    async def on_client_transaction(self, msg: pb.SatOpLog) -> None:
+        assert self.client_id is not None
+        relations: dict[ClientRelation, RelationDef | None] = {}
+        for rel in self.client_relations.values():
+            table = TableRef(rel.schema, rel.table)
+            if table in await self.server.electrified_tables():
+                relations[rel] = await self.server.describe(table)
+        try:
+            tx: ClientTransaction | InvalidTransaction = decode_transaction(
+                self.client_id, msg, self.client_relations, relations.get, max_ops=self.server.max_transaction_ops
+            )
+        except MalformedTransaction as exc:
+            raise ProtocolViolation(ERR.INVALID_REQUEST, str(exc)) from exc
+        except InvalidTransaction as exc:
+            tx = exc
+        if self._write_task is None:
+            self._write_task = asyncio.create_task(self._apply_writes(), name=f"writes {self.client_id}")
+        self._writes.put_nowait(tx)
+
+    async def _apply_writes(self) -> None:
+        """Apply the client's transactions in order; refusals are per transaction."""
+        writer = self.server.writer
+        while True:
+            item = await self._writes.get()
+            if item is _STOP:
+                return
+            try:
+                if isinstance(item, InvalidTransaction):
+                    if item.transaction is None:
+                        continue
+                    tx, problem = item.transaction, str(item)
+                else:
+                    tx, problem = item, None
+                    try:
+                        await writer.apply(tx)
+                    except InvalidTransaction as exc:
+                        problem = str(exc)
+                if problem is not None:
+                    await writer.refuse(tx, problem)
+                    if self.native:
+                        await self.send(
+                            ERR(error_type=ERR.INVALID_REQUEST, lsn=encode_client_lsn(tx.lsn), message=problem)
+                        )
+                else:
+                    await self.send(pb.SatOpLogAck(ack_timestamp=tx.commit_ts_ms, lsn=encode_client_lsn(tx.lsn)))
+            except ConnectionClosed:
+                continue  # applied all the same; the client learns it from the echo
+            except Exception:
+                log.exception("could not apply a transaction of client %s", self.client_id)
+                # nothing was recorded: the client sends it again when it reconnects
+                await self._fail(ERR.INTERNAL, "the server could not apply a transaction; reconnect to retry", 1011)
+                return
 
     async def respond_error(self, req: pb.SatRpcRequest, code: int, message: str) -> None:
         await self.send(
@@ -297,7 +387,7 @@ class Connection:
         self.replicating = True
         self.server.scanning.add(self)
         self._streamer = asyncio.create_task(self.stream(), name=f"stream {self.client_id}")
-        if self.server.start_client_replication:
+        if self.server.start_client_replication and not self.client_stream_started:
             self._client_stream = asyncio.create_task(self._start_client_stream())
         return pb.SatInStartReplicationResp(unacked_window_size=window)
 
@@ -505,12 +595,40 @@ class Connection:
 
     async def _send_transaction(self, tx: Transaction) -> None:
         changes = route_transaction(self.shapes, tx)
-        if changes:
-            for ch in changes:
-                await self._send_relation(ch.relation)
-            await self.send(outbound.transaction_oplog(tx, changes, self._converter))
-            self.unacked.append(tx.lsn)
-            self.server.stats["transactions_sent"] += 1
+        if tx.origin is not None and tx.origin == self.client_id:
+            # the client's own transaction always goes back to it (it clears its oplog with it),
+            # with rows it wrote that none of its shapes hold as GONE: it must not keep them
+            changes = await self._own_echo(tx, changes)
+        elif not changes:
+            return
+        for ch in changes:
+            await self._send_relation(ch.relation)
+        await self.send(outbound.transaction_oplog(tx, changes, self._converter))
+        self.unacked.append(tx.lsn)
+        self.server.stats["transactions_sent"] += 1
+
+    async def _own_echo(self, tx: Transaction, routed: list[Change]) -> list[Change]:
+        held = {outbound.change_key(ch.relation, ch.new) for ch in routed if ch.new is not None}
+        extra: list[Change] = []
+        for ch in tx.changes:
+            if ch.op in ("I", "U") and ch.new is not None:
+                key = outbound.change_key(ch.relation, ch.new)
+                if key not in held:
+                    held.add(key)
+                    extra.append(Change("G", ch.relation, None, ch.new))
+        if tx.write is not None:
+            for name in tx.write.gone:
+                if name in held:
+                    continue
+                qualified, *pk_values = name.split("\0")
+                rel = await self.server.describe(TableRef.parse(qualified))
+                if rel is None or len(pk_values) != len(rel.pk_indexes):
+                    continue
+                row: list[bytes | None] = [None] * len(rel.columns)
+                for i, v in zip(rel.pk_indexes, pk_values, strict=True):
+                    row[i] = v.encode()
+                extra.append(Change("G", rel, None, tuple(row)))
+        return [*routed, *extra]
 
     async def _catch_up_to(self, snap: Snapshot) -> list[Transaction]:
         """Stream every logged transaction the snapshot holds, so the client is at its point.
@@ -589,7 +707,7 @@ class Connection:
                 mine = delivered.setdefault(table, TableShapes())
                 held = [s.where for s in (*(existing.overlapping(shape) if existing else ()), *mine.overlapping(shape))]
                 await self.send(pb.SatShapeDataBegin(request_id=shape.request_id, uuid=str(uuid.uuid4())))
-                async for rows in snap.rows(rel, snapshot_filter(shape.where, held)):
+                async for rows in snap.rows(rel, snapshot_filter(shape.where, held), tags=True):
                     await self.send(outbound.inserts(rel, rows, convert))
                 await self.send(pb.SatShapeDataEnd())
                 mine.add(shape)

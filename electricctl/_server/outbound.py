@@ -7,13 +7,14 @@ Values arrive in Postgres' text output (DateStyle ISO, TimeZone UTC, bytea hex) 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
-from electricctl._replication.model import Change, RelationDef, Row, Transaction
+from electricctl._replication.model import Change, RelationDef, Row, Transaction, row_key
 
 Transform = Callable[[bytes], bytes]
 
@@ -138,21 +139,44 @@ def transaction_oplog(
 ) -> pb.SatOpLog:
     """One SatOpLog for one transaction: begin, its (already filtered) changes, commit."""
     lsn = codec.encode_server_lsn(tx.lsn)
-    tags = [tag(tx.origin, tx.commit_ts_ms)]
+    ts = tx.timestamp_ms
+    tags = (tag(tx.origin, ts),)
+    row_tags = tx.write.row_tags if tx.write is not None else None
     log = pb.SatOpLog()
     ops = log.ops
     begin = ops.add().begin
-    begin.commit_timestamp = tx.commit_ts_ms
+    begin.commit_timestamp = ts
     begin.lsn = lsn
     begin.origin = tx.origin or ""
     begin.transaction_id = tx.xid
     for ch in changes:
-        add_change(ops, ch, () if ch.op in ("D", "G") else tags, convert(ch.relation))
+        if ch.op in ("D", "G"):
+            add_change(ops, ch, (), convert(ch.relation))
+        elif row_tags is not None:
+            assert ch.new is not None
+            add_change(ops, ch, row_tags.get(change_key(ch.relation, ch.new), tags), convert(ch.relation))
+        else:
+            add_change(ops, ch, tags, convert(ch.relation))
     commit = ops.add().commit
-    commit.commit_timestamp = tx.commit_ts_ms
+    commit.commit_timestamp = ts
     commit.lsn = lsn
     commit.transaction_id = tx.xid
     return log
+
+
+def change_key(rel: RelationDef, row: Row) -> str:
+    """A row's name in :attr:`ClientWrite.row_tags`: table and key values, NUL-separated."""
+    return row_key(rel.qualified, [(row[i] or b"").decode() for i in rel.pk_indexes])
+
+
+def snapshot_tags(raw: bytes | None) -> list[str]:
+    """A snapshot row's tags, from its shadow entry's ``row_tags`` (JSON ``[[ts, origin], ...]``).
+
+    A row with no shadow entry predates electrification: it carries the Postgres tag ``@0``.
+    """
+    if raw is None:
+        return ["@0"]
+    return [tag(origin, ts) for ts, origin in json.loads(raw)]
 
 
 def _pk_only(rel: RelationDef, row: Row, convert: Callable[[Row], Row]) -> Row:
@@ -172,10 +196,12 @@ def gone_op(rel: RelationDef, pk: Row, convert: Callable[[Row], Row] | None = No
 
 
 def inserts(rel: RelationDef, rows: Sequence[Row], convert: Any) -> pb.SatOpLog:
+    """Subscription data: inserts of snapshot rows, each row ending with its shadow ``row_tags``."""
     log = pb.SatOpLog()
     ops = log.ops
     for row in rows:
         insert = ops.add().insert
         insert.relation_id = rel.relid
-        codec.fill_row(insert.row_data, convert(row))
+        codec.fill_row(insert.row_data, convert(row[:-1]))
+        insert.tags.extend(snapshot_tags(row[-1]))
     return log

@@ -163,14 +163,30 @@ class Snapshot:
         return await describe(self.conn, table)
 
     async def rows(
-        self, rel: RelationDef, where: sql.Composable | None = None, batch: int = 1000
+        self, rel: RelationDef, where: sql.Composable | None = None, batch: int = 1000, *, tags: bool = False
     ) -> AsyncIterator[Sequence[Row]]:
-        """The table's rows (those ``where`` matches), in the text form the stream uses."""
-        cols = sql.SQL(", ").join(sql.Identifier(c.name) for c in rel.columns)
+        """The table's rows (those ``where`` matches), in the text form the stream uses.
+
+        With ``tags``, each row ends with one more value: its shadow entry's ``row_tags`` (JSON),
+        or None for a row from before the table was electrified.
+        """
+        alias = sql.Identifier("electric_row")
+        cols: sql.Composable = sql.SQL(", ").join(
+            sql.SQL("{}.{}").format(alias, sql.Identifier(c.name)) for c in rel.columns
+        )
+        if tags:
+            key = sql.SQL(", ").join(
+                sql.SQL("{}.{}::text").format(alias, sql.Identifier(rel.columns[i].name)) for i in rel.pk_indexes
+            )
+            cols = sql.SQL(
+                "{}, (SELECT s.row_tags FROM electric.shadow AS s"
+                " WHERE s.schema_name = {} AND s.table_name = {} AND s.pk = ARRAY[{}])"
+            ).format(cols, sql.Literal(rel.schema), sql.Literal(rel.name), key)
         # COPY takes no bind parameters: the clause's constants are psycopg.sql.Literals
-        query = sql.SQL("COPY (SELECT {} FROM {}{}) TO STDOUT").format(
+        query = sql.SQL("COPY (SELECT {} FROM {} AS {}{}) TO STDOUT").format(
             cols,
             sql.Identifier(rel.schema, rel.name),
+            alias,
             sql.SQL("") if where is None else sql.SQL(" WHERE {}").format(where),
         )
         pending: list[Row] = []

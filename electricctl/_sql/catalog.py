@@ -10,8 +10,9 @@ Tables:
 - ``assignments``, ``grants``, ``shapes``, ``sqlite_statements``, ``settings``: the declared rules,
   keyed by a stable name, each with its canonical definition as jsonb.
 - ``shadow``: per-row sync metadata for the conflict rules (electric-legacy.md §4): the add-wins
-  set of row tags and a last-writer-wins tag per column. A tag is ``[commit_ts_ms, origin]``;
-  origin is null for writes made directly in Postgres, which win ties.
+  set of row tags, a last-writer-wins tag per column, and a deleted row's last values. A tag is
+  ``[ts_ms, origin]``; origin is null for writes made directly in Postgres, which win ties.
+- ``client_positions``: per client, the last client transaction (client LSN) applied.
 """
 
 from __future__ import annotations
@@ -85,7 +86,22 @@ $body$"""
     ),
 ]
 
-MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = ((1, tuple(_V1)),)
+_V2: list[Statement] = [
+    # the values a deleted row had (column -> text), so a write that revives it (add-wins)
+    # merges column by column against them
+    sql.SQL("ALTER TABLE electric.shadow ADD COLUMN tombstone jsonb"),
+    # the last client transaction applied per client: duplicates are skipped, and a reconnecting
+    # client is asked to resume after it (the 0.12 server's acknowledged_client_lsns)
+    sql.SQL(
+        """CREATE TABLE electric.client_positions (
+    client_id text PRIMARY KEY,
+    lsn bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+)"""
+    ),
+]
+
+MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = ((1, tuple(_V1)), (2, tuple(_V2)))
 LATEST = MIGRATIONS[-1][0]
 
 

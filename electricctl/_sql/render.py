@@ -8,7 +8,7 @@ executes. Identifiers always go through :class:`~psycopg.sql.Identifier` and val
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 from psycopg import sql
@@ -75,14 +75,23 @@ def replica_identity(table: TableRef, mode: str, index: str | None = None) -> St
 _CHUNK = 40
 
 
-def _tag_map(columns: Sequence[str]) -> sql.Composable:
+def _json_map(columns: Sequence[str], value: Callable[[str], sql.Composable]) -> sql.Composable:
     if not columns:
         return sql.SQL("'{}'::jsonb")
     parts = []
     for i in range(0, len(columns), _CHUNK):
-        pairs = sql.SQL(", ").join(sql.SQL("{}, tag").format(sql.Literal(c)) for c in columns[i : i + _CHUNK])
+        pairs = sql.SQL(", ").join(sql.SQL("{}, {}").format(sql.Literal(c), value(c)) for c in columns[i : i + _CHUNK])
         parts.append(sql.SQL("jsonb_build_object({})").format(pairs))
     return sql.SQL(" || ").join(parts)
+
+
+def _tag_map(columns: Sequence[str]) -> sql.Composable:
+    return _json_map(columns, lambda c: sql.SQL("tag"))
+
+
+def _value_map(row: str, columns: Sequence[str]) -> sql.Composable:
+    """``{column: value as text}`` of ``row`` (OLD or NEW)."""
+    return _json_map(columns, lambda c: sql.SQL("{}.{}::text").format(sql.SQL(row), sql.Identifier(c)))
 
 
 def _key(row: str, pk: Sequence[str]) -> tuple[sql.Composable, sql.Composable]:
@@ -93,18 +102,24 @@ def _key(row: str, pk: Sequence[str]) -> tuple[sql.Composable, sql.Composable]:
     return as_row, as_text
 
 
-_UPSERT = """    INSERT INTO electric.shadow AS s (schema_name, table_name, pk, row_tags, col_tags, deleted)
-    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, {key}, {row_tags}, {col_tags}, {deleted})
+_UPSERT = """    INSERT INTO electric.shadow AS s (schema_name, table_name, pk, row_tags, col_tags, deleted, tombstone)
+    VALUES (TG_TABLE_SCHEMA, TG_TABLE_NAME, {key}, {row_tags}, {col_tags}, {deleted}, {tombstone})
     ON CONFLICT (schema_name, table_name, pk) DO UPDATE SET {set};"""
 
 
 def stamp_function_source(pk: Sequence[str], columns: Sequence[str]) -> str:
-    """Body of the per-table trigger function that tags writes made directly in Postgres.
+    """Body of the per-table trigger function that keeps ``electric.shadow`` in step with direct writes.
 
     A direct write has observed the row as it is, so it replaces the row's tag set with its own
     tag (add-wins: it saw every earlier tag). An insert tags every column; an update tags only the
-    columns whose value changed; a delete empties the tag set. Writes by the sync worker set
-    ``electric.writer`` and maintain their own tags, so they are skipped here.
+    columns whose value changed; a delete empties the tag set and keeps the row's last values as its
+    tombstone. The tag's time is the clock when the row is written (after its row lock is taken), so
+    a later write to the row never carries an earlier time than the commit it follows; clients know
+    a direct write by its commit time, which is never earlier (see ``_merge.rules``).
+
+    The sync worker sets ``electric.writer`` and tags the rows it writes itself, so inserts and
+    updates are skipped for it; deletes are recorded in all cases, because a delete the worker
+    makes can cascade to rows it does not track.
     """
     old_row, old_key = _key("OLD", pk)
     new_row, new_key = _key("NEW", pk)
@@ -121,17 +136,17 @@ DECLARE
     tag jsonb;
     changed jsonb := '{{}}'::jsonb;
 BEGIN
-    IF coalesce(current_setting({writer}, true), '') <> '' THEN
-        RETURN NULL;
-    END IF;
-    -- legacy Electric tags Postgres writes with the transaction time in ms and no origin
-    tag := jsonb_build_array((extract(epoch FROM transaction_timestamp()) * 1000)::bigint, NULL::text);
     IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND {old_row} IS DISTINCT FROM {new_row}) THEN
 {delete}
         IF TG_OP = 'DELETE' THEN
             RETURN NULL;
         END IF;
     END IF;
+    IF coalesce(current_setting({writer}, true), '') <> '' THEN
+        RETURN NULL;
+    END IF;
+    -- legacy Electric tags Postgres writes with a time in ms and no origin
+    tag := jsonb_build_array((extract(epoch FROM clock_timestamp()) * 1000)::bigint, NULL::text);
     IF TG_OP = 'INSERT' OR {old_row} IS DISTINCT FROM {new_row} THEN
 {insert}
     ELSE
@@ -150,14 +165,18 @@ END
             row_tags=sql.SQL("'[]'"),
             col_tags=sql.SQL("'{}'"),
             deleted=sql.SQL("true"),
-            set=sql.SQL("row_tags = '[]', deleted = true"),
+            tombstone=_value_map("OLD", non_key),
+            set=sql.SQL("row_tags = '[]', deleted = true, tombstone = EXCLUDED.tombstone"),
         ),
         insert=sql.SQL(_UPSERT).format(
             key=new_key,
             row_tags=sql.SQL("jsonb_build_array(tag)"),
             col_tags=_tag_map(non_key),
             deleted=sql.SQL("false"),
-            set=sql.SQL("row_tags = EXCLUDED.row_tags, col_tags = EXCLUDED.col_tags, deleted = false"),
+            tombstone=sql.SQL("NULL"),
+            set=sql.SQL(
+                "row_tags = EXCLUDED.row_tags, col_tags = EXCLUDED.col_tags, deleted = false, tombstone = NULL"
+            ),
         ),
         changed=sql.SQL("\n").join(changed) if changed else sql.SQL("    NULL;"),
         update=sql.SQL(_UPSERT).format(
@@ -165,7 +184,11 @@ END
             row_tags=sql.SQL("jsonb_build_array(tag)"),
             col_tags=sql.SQL("changed"),
             deleted=sql.SQL("false"),
-            set=sql.SQL("row_tags = EXCLUDED.row_tags, col_tags = s.col_tags || EXCLUDED.col_tags, deleted = false"),
+            tombstone=sql.SQL("NULL"),
+            set=sql.SQL(
+                "row_tags = EXCLUDED.row_tags, col_tags = s.col_tags || EXCLUDED.col_tags, deleted = false,"
+                " tombstone = NULL"
+            ),
         ),
     )
     return text(body)

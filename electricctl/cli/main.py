@@ -245,6 +245,13 @@ def _seconds(text: str) -> float:
 @click.option("--log-retention", default="7d", show_default=True, help="How long clients can stay away and resume.")
 @click.option("--send-timeout", default="30s", show_default=True, help="Drop a client that has not read for this long.")
 @click.option("--unacked-window", default=30, show_default=True, help="Transactions a client may leave unacked.")
+@click.option(
+    "--max-transaction-ops",
+    default=100_000,
+    show_default=True,
+    help="Refuse client transactions with more operations than this (the client gets a clear error).",
+)
+@click.option("--read-only", is_flag=True, help="Do not ask clients for their writes (they stay queued on the clients).")
 @click.option("--no-fsync", is_flag=True, hidden=True, help="Testing only: do not fsync the log.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(
@@ -257,6 +264,8 @@ def serve(
     log_retention: str,
     send_timeout: str,
     unacked_window: int,
+    max_transaction_ops: int,
+    read_only: bool,
     no_fsync: bool,
     log_level: str,
 ) -> None:
@@ -281,6 +290,8 @@ def serve(
         send_timeout=_seconds(send_timeout),
         unacked_window=unacked_window,
         fsync=not no_fsync,
+        max_transaction_ops=max_transaction_ops,
+        start_client_replication=not read_only,
     )
 
     async def main() -> None:

@@ -69,6 +69,12 @@ class SatelliteClient:
     _unacked: int = 0
     _last_xid: int = 0
     closed_with: tuple[int, str] | None = None
+    outbound_lsn: bytes | None = None
+    """Set when the server has asked this client to stream its writes (from this client LSN)."""
+    errors: list[pb.SatErrorResp] = field(default_factory=list)
+    """Top-level errors the server sent (refused transactions, for a native client)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    _sent_relations: set[int] = field(default_factory=set)
 
     async def connect(self) -> SatelliteClient:
         # one transaction is one frame, however large (the npm client's ws accepts up to 100 MiB)
@@ -77,6 +83,7 @@ class SatelliteClient:
             subprotocols=[self.subprotocol],  # type: ignore[list-item]
             compression=None,
             max_size=MAX_FRAME,
+            additional_headers=self.headers or None,
         )
         self._reader = asyncio.create_task(self._read())
         return self
@@ -149,6 +156,36 @@ class SatelliteClient:
         )
         self._unacked = 0
 
+    async def send_transaction(
+        self, relation: pb.SatRelation, ops: Sequence[pb.SatTransOp], lsn: int, commit_ts: int | None = None
+    ) -> int:
+        """Send one client transaction (announcing ``relation`` first, once); returns its timestamp."""
+        if relation.relation_id not in self._sent_relations:
+            await self.send(relation)
+            self._sent_relations.add(relation.relation_id)
+        ts = commit_ts if commit_ts is not None else int(time.time() * 1000)
+        begin = pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=ts, lsn=lsn.to_bytes(4, "big")))
+        commit = pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=ts))
+        await self.send(pb.SatOpLog(ops=[begin, *ops, commit]))
+        return ts
+
+    async def _answer(self, req: pb.SatRpcRequest) -> None:
+        if req.method == "startReplication":
+            body = pb.SatInStartReplicationReq()
+            body.ParseFromString(req.message)
+            self.outbound_lsn = body.lsn
+            reply: Message = pb.SatInStartReplicationResp()
+        elif req.method == "stopReplication":
+            self.outbound_lsn = None
+            reply = pb.SatInStopReplicationResp()
+        else:
+            err = pb.SatErrorResp(error_type=pb.SatErrorResp.INVALID_REQUEST)
+            await self.send(pb.SatRpcResponse(method=req.method, request_id=req.request_id, error=err))
+            return
+        await self.send(
+            pb.SatRpcResponse(method=req.method, request_id=req.request_id, message=reply.SerializeToString())
+        )
+
     def table(self, name: str) -> dict[tuple[bytes | None, ...], dict[str, bytes | None]]:
         return self.rows.setdefault(name, {})
 
@@ -188,6 +225,10 @@ class SatelliteClient:
     async def _on(self, msg: Message) -> None:
         if isinstance(msg, pb.SatRpcResponse):
             self._rpc.resolve(msg)
+        elif isinstance(msg, pb.SatRpcRequest):
+            await self._answer(msg)
+        elif isinstance(msg, pb.SatErrorResp):
+            self.errors.append(msg)
         elif isinstance(msg, pb.SatRelation):
             self.relations[msg.relation_id] = Relation(
                 msg.relation_id, msg.schema_name, msg.table_name, [(c.name, c.type, c.primaryKey) for c in msg.columns]

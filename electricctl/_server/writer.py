@@ -1,0 +1,410 @@
+"""The one writer of client transactions into Postgres.
+
+Each client transaction becomes one Postgres transaction (REPEATABLE READ, retried on a
+serialization failure or deadlock, so a concurrent direct write is never overwritten by a merge
+computed from an older state):
+
+1. skip it if ``electric.client_positions`` shows it was applied before (idempotent by client
+   id and client LSN);
+2. read the current state of every row it touches: the row itself, and its shadow entry (row
+   tags, column tags, the last values of a deleted row);
+3. merge each operation into that state with :mod:`electricctl._merge.rules`, the code the
+   Python client uses too;
+4. write the result: upserts with the merged values (always for an insert or update, even if it
+   lost every column, so the transaction echoed to the client carries the row as resolved),
+   deletes of rows that lost their last tag, then the shadow entries;
+5. emit the transaction's origin and each written row's tag set as logical messages, which the
+   replication stream attaches to the transaction; and record the client's position.
+
+``SET LOCAL electric.writer`` makes the tagging triggers skip these rows (the writer tags them).
+Values go through ``jsonb_populate_recordset`` on the table's own row type: Postgres parses each
+value with the column's input function, so no type name or value is ever pasted into SQL.
+A data or constraint error refuses the transaction alone (:class:`InvalidTransaction`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg import errors, sql
+
+from electricctl._merge.rules import ABSENT, RowState, Tag, Write, merge
+from electricctl._replication.model import ClientWrite, RelationDef, row_key
+from electricctl._replication.source import DISPLAY_OPTIONS
+from electricctl._replication.txbuilder import ORIGIN_PREFIX, WRITE_PREFIX
+from electricctl._server.inbound import ClientOp, ClientTransaction, InvalidTransaction
+from electricctl._sql import names
+
+log = logging.getLogger("electricctl.server")
+
+Key = tuple[str, ...]
+_RETRIES = 8
+_JSON_TYPES = frozenset({"json", "jsonb"})
+
+
+def parse_tag_json(raw: Any) -> Tag:
+    return Tag(int(raw[0]), raw[1])
+
+
+def _tags_json(tags: frozenset[Tag]) -> list[list[Any]]:
+    return [[t.ts, t.origin] for t in sorted(tags, key=_tag_order)]
+
+
+@dataclass(slots=True)
+class _Row:
+    rel: RelationDef
+    key: Key
+    """The canonical key: Postgres' text of the key values."""
+    state: RowState
+    present: bool
+    """The row is in the table now (as far as this transaction has written)."""
+
+
+@dataclass(slots=True)
+class _Action:
+    kind: Literal["upsert", "delete"]
+    rel: RelationDef
+    key: Key
+    values: dict[str, Any]
+
+
+class Writer:
+    """Applies client transactions, one at a time, on its own connection."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+        self.stats = {"client_transactions": 0, "client_operations": 0, "duplicates": 0, "refused": 0, "retries": 0}
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.url, application_name="electricctl-writer", options=DISPLAY_OPTIONS
+            )
+            self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+
+    async def position(self, client_id: str) -> int:
+        """The client LSN of the last transaction applied for ``client_id`` (0: none)."""
+        async with self._lock:
+            conn = await self._connection()
+            async with conn.transaction():
+                cur = await conn.execute("SELECT lsn FROM electric.client_positions WHERE client_id = %s", [client_id])
+                row = await cur.fetchone()
+            return int(row[0]) if row else 0
+
+    async def apply(self, tx: ClientTransaction) -> bool:
+        """Apply ``tx``; False if it was applied before. Raises InvalidTransaction for bad data."""
+        async with self._lock:
+            delay = 0.005
+            for attempt in range(_RETRIES):
+                conn = await self._connection()
+                try:
+                    async with conn.transaction():
+                        applied = await self._apply(conn, tx)
+                except (errors.SerializationFailure, errors.DeadlockDetected):
+                    self.stats["retries"] += 1
+                    if attempt == _RETRIES - 1:
+                        raise
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.5)
+                    continue
+                except (psycopg.errors.DataException, psycopg.errors.IntegrityConstraintViolation) as exc:
+                    self.stats["refused"] += 1
+                    diag = exc.diag
+                    where = f" (table {diag.table_name}" + (f", column {diag.column_name}" if diag.column_name else "")
+                    raise InvalidTransaction(
+                        f"{tx.describe()}: Postgres refused the data: {diag.message_primary or exc}"
+                        + (where + ")" if diag.table_name else "")
+                        + (f"; {diag.message_detail}" if diag.message_detail else "")
+                    ) from None
+                if applied:
+                    self.stats["client_transactions"] += 1
+                    self.stats["client_operations"] += len(tx.ops)
+                else:
+                    self.stats["duplicates"] += 1
+                return applied
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _apply(self, conn: psycopg.AsyncConnection[Any], tx: ClientTransaction) -> bool:
+        cur = await conn.execute(
+            "SELECT lsn FROM electric.client_positions WHERE client_id = %s FOR UPDATE", [tx.client_id]
+        )
+        row = await cur.fetchone()
+        if row is not None and tx.lsn <= int(row[0]):
+            return False
+        await conn.execute("SELECT set_config(%s, %s, true)", [names.WRITER_SETTING, tx.client_id])
+        rows = await self._load(conn, tx.ops)
+        actions: list[_Action] = []
+        tag = Tag(tx.commit_ts_ms, tx.client_id)
+        for op in tx.ops:
+            current = rows[(op.relation.qualified, op.key)]
+            state = merge(current.state, _write(op, tag))
+            current.state = state
+            if state.exists and (op.kind != "compensation" or not current.present):
+                if op.kind == "compensation" and not _complete(op.relation, state):
+                    continue  # nothing to revive the row from (it was never seen whole)
+                actions.append(_Action("upsert", op.relation, current.key, dict(state.values)))
+                current.present = True
+            elif not state.exists and current.present:
+                actions.append(_Action("delete", op.relation, current.key, dict(state.values)))
+                current.present = False
+        for batch in _batches(actions):
+            await _execute(conn, batch)
+        await self._write_shadow(conn, rows)
+        written = {
+            row_key(r.rel.qualified, r.key): tuple(str(t) for t in sorted(r.state.tags, key=_tag_order))
+            for r in _unique(rows)
+            if r.present
+        }
+        await _finish(conn, tx, ClientWrite(tx.commit_ts_ms, written))
+        return True
+
+    async def refuse(self, tx: ClientTransaction, reason: str) -> None:
+        """Record a refused transaction as handled, and echo what Postgres has for its rows.
+
+        The echo (an otherwise empty transaction from the client, with its timestamp) carries
+        the current version of each row it touched that exists, and a GONE for each that does
+        not: a client that cannot roll back by itself (the npm client) returns to the server's
+        state, clears the transaction from its oplog, and does not send it again.
+        """
+        log.warning("refused %s: %s", tx.describe(), reason)
+        async with self._lock:
+            conn = await self._connection()
+            for attempt in range(_RETRIES):
+                try:
+                    async with conn.transaction():
+                        await self._refuse(conn, tx)
+                    return
+                except (errors.SerializationFailure, errors.DeadlockDetected):
+                    if attempt == _RETRIES - 1:
+                        raise
+                    await asyncio.sleep(0.01)
+
+    async def _refuse(self, conn: psycopg.AsyncConnection[Any], tx: ClientTransaction) -> None:
+        await conn.execute("SELECT set_config(%s, %s, true)", [names.WRITER_SETTING, tx.client_id])
+        try:
+            async with conn.transaction():  # a savepoint: keys that do not parse are left out
+                rows = await self._load(conn, tx.ops)
+        except (psycopg.errors.DataException, psycopg.errors.IntegrityConstraintViolation):
+            rows = {}
+        present = [r for r in _unique(rows) if r.present]
+        for r in present:
+            # rewrite the row as it is, so the echo carries it
+            await _execute(conn, [_Action("upsert", r.rel, r.key, dict(r.state.values))])
+        gone: dict[str, None] = {}
+        for op in tx.ops:
+            found = rows.get((op.relation.qualified, op.key))
+            if found is None or not found.present:
+                gone[row_key(op.relation.qualified, found.key if found is not None else op.key)] = None
+        written = {
+            row_key(r.rel.qualified, r.key): tuple(str(t) for t in sorted(r.state.tags, key=_tag_order))
+            for r in present
+        }
+        await _finish(conn, tx, ClientWrite(tx.commit_ts_ms, written, tuple(gone)))
+
+    async def _load(self, conn: psycopg.AsyncConnection[Any], ops: Sequence[ClientOp]) -> dict[tuple[str, Key], _Row]:
+        """Read the rows ``ops`` touch and their shadow entries, keyed by (table, canonical key)."""
+        by_table: dict[str, tuple[RelationDef, dict[Key, None]]] = {}
+        for op in ops:
+            by_table.setdefault(op.relation.qualified, (op.relation, {}))[1][op.key] = None
+        out: dict[tuple[str, Key], _Row] = {}
+        for qualified, (rel, keys) in by_table.items():
+            pk = [rel.columns[i].name for i in rel.pk_indexes]
+            table = sql.Identifier(rel.schema, rel.name)
+            query = sql.SQL(
+                """SELECT e.i, {r_key}, t.{first} IS NOT NULL, {t_cols}, s.row_tags, s.col_tags, s.tombstone
+  FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(j, i)
+ CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.j) AS r
+  LEFT JOIN {table} AS t ON {join}
+  LEFT JOIN electric.shadow AS s
+    ON s.schema_name = %s AND s.table_name = %s AND s.pk = ARRAY[{r_key}]"""
+            ).format(
+                r_key=sql.SQL(", ").join(sql.SQL("r.{}::text").format(sql.Identifier(c)) for c in pk),
+                first=sql.Identifier(pk[0]),
+                t_cols=sql.SQL(", ").join(sql.SQL("t.{}::text").format(sql.Identifier(c.name)) for c in rel.columns),
+                table=table,
+                join=sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in pk),
+            )
+            requested = list(keys)
+            payload = json.dumps([dict(zip(pk, k, strict=True)) for k in requested])
+            cur = await conn.execute(query, [payload, rel.schema, rel.name])
+            npk = len(pk)
+            # the client's text of a key can differ from Postgres' (e.g. a uuid's case): requests
+            # that name the same row share one state, under the canonical key
+            canonical_rows: dict[Key, _Row] = {}
+            for rec in await cur.fetchall():
+                ordinal = int(rec[0])
+                canonical: Key = tuple(rec[1 : 1 + npk])
+                shared = canonical_rows.get(canonical)
+                if shared is None:
+                    shared = canonical_rows[canonical] = _state_row(rel, pk, canonical, rec[1 + npk :])
+                out[(qualified, requested[ordinal - 1])] = shared
+        return out
+
+    async def _write_shadow(self, conn: psycopg.AsyncConnection[Any], rows: dict[tuple[str, Key], _Row]) -> None:
+        by_table: dict[str, list[dict[str, Any]]] = {}
+        for r in _unique(rows):
+            by_table.setdefault(r.rel.qualified, []).append(
+                {
+                    "pk": list(r.key),
+                    "row_tags": _tags_json(r.state.tags),
+                    "col_tags": {c: [t.ts, t.origin] for c, t in r.state.col_tags.items()},
+                    "deleted": not r.state.exists,
+                }
+            )
+        for qualified, entries in by_table.items():
+            schema, _, name = qualified.partition(".")
+            await conn.execute(
+                """INSERT INTO electric.shadow AS s (schema_name, table_name, pk, row_tags, col_tags, deleted)
+SELECT %s, %s, x.pk, x.row_tags, x.col_tags, x.deleted
+  FROM jsonb_to_recordset(%s::jsonb) AS x(pk text[], row_tags jsonb, col_tags jsonb, deleted boolean)
+    ON CONFLICT (schema_name, table_name, pk) DO UPDATE
+   SET row_tags = EXCLUDED.row_tags, col_tags = EXCLUDED.col_tags, deleted = EXCLUDED.deleted,
+       tombstone = CASE WHEN EXCLUDED.deleted THEN s.tombstone END""",
+                [schema, name, json.dumps(entries)],
+            )
+
+
+async def _finish(conn: psycopg.AsyncConnection[Any], tx: ClientTransaction, write: ClientWrite) -> None:
+    """Describe the transaction in the WAL (origin, timestamp, tags) and record the client's position."""
+    await conn.execute(
+        "SELECT pg_logical_emit_message(true, %s, %s), pg_logical_emit_message(true, %s, %s)",
+        [WRITE_PREFIX, write.to_json(), ORIGIN_PREFIX, tx.client_id],
+    )
+    await conn.execute(
+        "INSERT INTO electric.client_positions (client_id, lsn) VALUES (%s, %s)"
+        " ON CONFLICT (client_id) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()",
+        [tx.client_id, tx.lsn],
+    )
+
+
+def _tag_order(t: Tag) -> tuple[int, str]:
+    return (t.ts, t.origin or "")
+
+
+def _unique(rows: dict[tuple[str, Key], _Row]) -> list[_Row]:
+    seen: dict[int, _Row] = {}
+    for r in rows.values():
+        seen.setdefault(id(r), r)
+    return list(seen.values())
+
+
+def _state_row(rel: RelationDef, pk: list[str], key: Key, rec: Sequence[Any]) -> _Row:
+    """A row's merge state from its table row (``present``, values) and its shadow entry."""
+    ncols = len(rel.columns)
+    present = bool(rec[0])
+    values = rec[1 : 1 + ncols]
+    row_tags, col_tags, tombstone = rec[1 + ncols :]
+    if present:
+        vals = {c.name: v for c, v in zip(rel.columns, values, strict=True)}
+    elif tombstone is not None:
+        vals = dict(tombstone)
+        vals.update(zip(pk, key, strict=True))
+    else:
+        vals = {}
+    if row_tags is None:
+        # no shadow entry: a row from before the table was electrified (or no row at all)
+        state = RowState(vals, {}, frozenset({Tag(0, None)})) if present else ABSENT
+    else:
+        state = RowState(
+            vals,
+            {c: parse_tag_json(t) for c, t in (col_tags or {}).items()},
+            frozenset(parse_tag_json(t) for t in row_tags),
+        )
+    return _Row(rel, key, state, present)
+
+
+def _write(op: ClientOp, tag: Tag) -> Write:
+    observed = frozenset(Tag.parse(t) for t in op.tags)
+    if op.kind in ("delete", "compensation"):
+        return Write(op.kind, tag, observed)
+    pk = {op.relation.columns[i].name for i in op.relation.pk_indexes}
+    if op.kind == "insert" or op.old is None:
+        changed = frozenset(c for c in op.values if c not in pk)
+    else:
+        old = op.old
+        changed = frozenset(c for c, v in op.values.items() if c not in pk and old.get(c) != v)
+    return Write(op.kind, tag, observed, op.values, changed)
+
+
+def _complete(rel: RelationDef, state: RowState) -> bool:
+    return all(c.nullable or state.values.get(c.name) is not None for c in rel.columns)
+
+
+def _batches(actions: list[_Action]) -> list[list[_Action]]:
+    """Consecutive actions of one kind on one table, each key at most once per batch."""
+    out: list[list[_Action]] = []
+    for a in actions:
+        last = out[-1] if out else None
+        if last is not None and last[0].kind == a.kind and last[0].rel is a.rel and all(b.key != a.key for b in last):
+            last.append(a)
+        else:
+            out.append([a])
+    return out
+
+
+def _json_value(rel: RelationDef, column: str, value: Any) -> Any:
+    if value is None:
+        return None
+    col = next(c for c in rel.columns if c.name == column)
+    if col.type_name in _JSON_TYPES:
+        return json.loads(value)
+    return value
+
+
+async def _execute(conn: psycopg.AsyncConnection[Any], batch: list[_Action]) -> None:
+    rel = batch[0].rel
+    table = sql.Identifier(rel.schema, rel.name)
+    pk = [rel.columns[i].name for i in rel.pk_indexes]
+    if batch[0].kind == "delete":
+        payload = json.dumps([dict(zip(pk, a.key, strict=True)) for a in batch])
+        await conn.execute(
+            sql.SQL(
+                "DELETE FROM {table} AS t USING jsonb_populate_recordset(NULL::{table}, %s::jsonb) AS r WHERE {join}"
+            ).format(
+                table=table,
+                join=sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in pk),
+            ),
+            [payload],
+        )
+        return
+    # one statement per set of known columns (a client may know fewer columns than the table has)
+    groups: dict[tuple[str, ...], list[_Action]] = {}
+    order = [c.name for c in rel.columns]
+    for a in batch:
+        cols = tuple(c for c in order if c in a.values)
+        groups.setdefault(cols, []).append(a)
+    for cols, group in groups.items():
+        payload = json.dumps([{c: _json_value(rel, c, a.values[c]) for c in cols} for a in group])
+        non_key = [c for c in cols if c not in pk]
+        conflict = (
+            sql.SQL("DO UPDATE SET {}").format(
+                sql.SQL(", ").join(sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in non_key)
+            )
+            if non_key
+            else sql.SQL("DO UPDATE SET {c} = EXCLUDED.{c}").format(c=sql.Identifier(pk[0]))
+        )
+        await conn.execute(
+            sql.SQL(
+                "INSERT INTO {table} ({cols}) SELECT {cols} FROM jsonb_populate_recordset(NULL::{table}, %s::jsonb)"
+                " ON CONFLICT ({pk}) {conflict}"
+            ).format(
+                table=table,
+                cols=sql.SQL(", ").join(sql.Identifier(c) for c in cols),
+                pk=sql.SQL(", ").join(sql.Identifier(c) for c in pk),
+                conflict=conflict,
+            ),
+            [payload],
+        )
