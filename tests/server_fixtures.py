@@ -33,6 +33,8 @@ SCHEMA = """
 CREATE TABLE items (id text PRIMARY KEY, n int4, flag bool, data bytea, at timestamptz, doc jsonb, price float8);
 CREATE TABLE other (id int8 PRIMARY KEY, label text);
 CREATE TABLE big (id int4 PRIMARY KEY, payload text);
+CREATE TABLE parents (id text PRIMARY KEY, name text NOT NULL);
+CREATE TABLE children (id text PRIMARY KEY, parent_id text NOT NULL REFERENCES parents (id), v int4);
 """
 
 CONFIG = """
@@ -40,7 +42,7 @@ version: 1
 auth:
   mode: secure
   jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
-tables: [items, other, big]
+tables: [items, other, big, parents, children]
 adhoc_shapes: allow
 """
 

@@ -614,8 +614,13 @@ class Connection:
             if ch.op in ("I", "U") and ch.new is not None:
                 key = outbound.change_key(ch.relation, ch.new)
                 if key not in held:
+                    # unchanged by the merge (the client's write lost), or outside its shapes
                     held.add(key)
-                    extra.append(Change("G", ch.relation, None, ch.new))
+                    shapes = self.shapes.get(ch.relation.qualified)
+                    if shapes and any(s.matches(ch.new) for s in shapes.candidates(ch)):
+                        extra.append(Change("U", ch.relation, ch.new, ch.new))
+                    else:
+                        extra.append(Change("G", ch.relation, None, ch.new))
         if tx.write is not None:
             for name in tx.write.gone:
                 if name in held:

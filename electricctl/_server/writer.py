@@ -34,7 +34,7 @@ from typing import Any, Literal
 import psycopg
 from psycopg import errors, sql
 
-from electricctl._merge.rules import ABSENT, RowState, Tag, Write, merge
+from electricctl._merge.rules import RowState, Tag, Write, merge
 from electricctl._replication.model import ClientWrite, RelationDef, row_key
 from electricctl._replication.source import DISPLAY_OPTIONS
 from electricctl._replication.txbuilder import ORIGIN_PREFIX, WRITE_PREFIX
@@ -88,7 +88,7 @@ class Writer:
             self._conn = await psycopg.AsyncConnection.connect(
                 self.url, application_name="electricctl-writer", options=DISPLAY_OPTIONS
             )
-            self._conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+            await self._conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
         return self._conn
 
     async def close(self) -> None:
@@ -120,7 +120,7 @@ class Writer:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
                     continue
-                except (psycopg.errors.DataException, psycopg.errors.IntegrityConstraintViolation) as exc:
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
                     self.stats["refused"] += 1
                     diag = exc.diag
                     where = f" (table {diag.table_name}" + (f", column {diag.column_name}" if diag.column_name else "")
@@ -179,7 +179,7 @@ class Writer:
         not: a client that cannot roll back by itself (the npm client) returns to the server's
         state, clears the transaction from its oplog, and does not send it again.
         """
-        log.warning("refused %s: %s", tx.describe(), reason)
+        log.warning("refused: %s", reason)
         async with self._lock:
             conn = await self._connection()
             for attempt in range(_RETRIES):
@@ -197,7 +197,7 @@ class Writer:
         try:
             async with conn.transaction():  # a savepoint: keys that do not parse are left out
                 rows = await self._load(conn, tx.ops)
-        except (psycopg.errors.DataException, psycopg.errors.IntegrityConstraintViolation):
+        except (psycopg.DataError, psycopg.IntegrityError):
             rows = {}
         present = [r for r in _unique(rows) if r.present]
         for r in present:
@@ -311,12 +311,12 @@ def _state_row(rel: RelationDef, pk: list[str], key: Key, rec: Sequence[Any]) ->
         vals = {c.name: v for c, v in zip(rel.columns, values, strict=True)}
     elif tombstone is not None:
         vals = dict(tombstone)
-        vals.update(zip(pk, key, strict=True))
     else:
         vals = {}
+    vals.update(zip(pk, key, strict=True))
     if row_tags is None:
         # no shadow entry: a row from before the table was electrified (or no row at all)
-        state = RowState(vals, {}, frozenset({Tag(0, None)})) if present else ABSENT
+        state = RowState(vals, {}, frozenset({Tag(0, None)}) if present else frozenset())
     else:
         state = RowState(
             vals,

@@ -251,7 +251,9 @@ def _seconds(text: str) -> float:
     show_default=True,
     help="Refuse client transactions with more operations than this (the client gets a clear error).",
 )
-@click.option("--read-only", is_flag=True, help="Do not ask clients for their writes (they stay queued on the clients).")
+@click.option(
+    "--read-only", is_flag=True, help="Do not ask clients for their writes (they stay queued on the clients)."
+)
 @click.option("--no-fsync", is_flag=True, hidden=True, help="Testing only: do not fsync the log.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(
