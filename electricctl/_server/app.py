@@ -27,7 +27,6 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from electricctl._config.model import ElectricConfig, TableRef
-from electricctl.errors import ElectricError
 from electricctl._expr import ast
 from electricctl._expr.parse import ExprError, parse
 from electricctl._log.base import TransactionLog
@@ -40,6 +39,7 @@ from electricctl._server.router import Router
 from electricctl._server.snapshot import SnapshotPool, describe
 from electricctl._server.writer import Writer
 from electricctl._sql import catalog as catalog_sql
+from electricctl.errors import ElectricError
 
 log = logging.getLogger("electricctl.server")
 
