@@ -106,7 +106,8 @@ def merge(state: RowState, write: Write) -> RowState:
         if col not in write.values:
             continue
         previous = col_tags.get(col)
-        if previous is None or write.tag.beats(previous):
+        # an equal tag is a later operation of the same transaction: it overrides
+        if previous is None or previous == write.tag or write.tag.beats(previous):
             values[col] = write.values[col]
             col_tags[col] = write.tag
     return RowState(values, col_tags, tags)

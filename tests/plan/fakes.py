@@ -6,6 +6,7 @@ from dataclasses import replace
 
 from electricctl._catalog.observed import CatalogState, ColumnInfo, ForeignKey, ObservedState, TableInfo, TriggerInfo
 from electricctl._config.model import TableRef
+from electricctl._sql import catalog as catalog_sql
 from electricctl._sql import names, render
 
 _TYPES = {
@@ -74,5 +75,5 @@ def applied(state: ObservedState, rules: dict[str, dict[str, object]] | None = N
         publication=frozenset(state.tables),
         publication_ok=True,
         electric_schema_objects=10,
-        catalog=CatalogState(version=1, electrified=electrified, rules=dict(rules or {})),
+        catalog=CatalogState(version=catalog_sql.LATEST, electrified=electrified, rules=dict(rules or {})),
     )

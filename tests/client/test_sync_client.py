@@ -1,0 +1,131 @@
+"""The Python client library end to end: real server, real Postgres, real SQLite files.
+
+Apps write with plain SQL (from another connection, or the sqlite3 shell); writes reach Postgres
+and the other clients; Postgres writes reach the clients; offline writes are sent exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest_asyncio
+
+from electricctl._server.app import Server
+from electricctl.client import SyncClient
+from tests.server_fixtures import Env, ws_url
+
+
+def local(path: Path, query: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """What an app does: its own connection, plain SQL, autocommit."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        return conn.execute(query, params).fetchall()
+    finally:
+        conn.close()
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met in {timeout}s")
+        await asyncio.sleep(0.02)
+
+
+@pytest_asyncio.fixture
+async def clients(server: Server, env: Env, tmp_path: Path) -> AsyncIterator[Callable[[str], SyncClient]]:
+    made: list[SyncClient] = []
+
+    def make(name: str) -> SyncClient:
+        cl = SyncClient(str(tmp_path / f"{name}.db"), ws_url(server), env.token())
+        made.append(cl)
+        return cl
+
+    yield make
+    for cl in made:
+        await cl.stop()
+
+
+async def test_writes_flow_both_ways(
+    server: Server, env: Env, clients: Callable[[str], SyncClient], tmp_path: Path
+) -> None:
+    a, b = clients("a"), clients("b")
+    for cl in (a, b):
+        await cl.start()
+        await cl.synced(await cl.subscribe("items"))
+    a_db, b_db = tmp_path / "a.db", tmp_path / "b.db"
+    assert sorted(r[0] for r in local(a_db, "SELECT id FROM items")) == ["a", "b"]
+    # the initial data kept the npm client's value forms: bool 0/1, bytea as a blob, float REAL
+    assert local(a_db, "SELECT n, flag, data, price FROM items WHERE id = 'a'") == [(1, 1, b"\x00\xff", 1.5)]
+
+    # an app writes with plain SQL on A's file
+    local(a_db, "INSERT INTO items (id, n, flag, data, price) VALUES ('x', 5, 1, x'0102', 2.25)")
+    await a.flush()
+    assert env.sql("SELECT n, flag, data, price FROM items WHERE id = 'x'") == [(5, True, b"\x01\x02", 2.25)]
+    await until(lambda: local(b_db, "SELECT n FROM items WHERE id = 'x'") == [(5,)], what="B sees A's insert")
+
+    # the sqlite3 shell writes on B's file
+    subprocess.run(
+        ["sqlite3", str(b_db), "UPDATE items SET n = 6 WHERE id = 'x'; DELETE FROM items WHERE id = 'b';"], check=True
+    )
+    await b.flush()
+    assert env.sql("SELECT n FROM items WHERE id = 'x'") == [(6,)]
+    assert env.sql("SELECT count(*) FROM items WHERE id = 'b'") == [(0,)]
+    await until(lambda: local(a_db, "SELECT n FROM items WHERE id = 'x'") == [(6,)], what="A sees B's update")
+    await until(lambda: local(a_db, "SELECT count(*) FROM items WHERE id = 'b'") == [(0,)], what="A sees B's delete")
+
+    # a write made in Postgres reaches both
+    env.sql("UPDATE items SET n = 7, doc = '{\"z\": 1}' WHERE id = 'x'")
+    for path in (a_db, b_db):
+        await until(lambda p=path: local(p, "SELECT n, doc FROM items WHERE id = 'x'") == [(7, '{"z": 1}')])
+    assert a.status().pending == 0 and a.status().connected
+
+
+async def test_offline_writes_are_sent_once_after_reconnecting(
+    server: Server, env: Env, clients: Callable[[str], SyncClient], tmp_path: Path
+) -> None:
+    path = tmp_path / "off.db"
+    a = clients("off")
+    await a.start()
+    await a.synced(await a.subscribe("other"))
+    await a.stop()
+    # offline: the app keeps writing, in many small transactions
+    for i in range(50):
+        local(path, "INSERT INTO other (id, label) VALUES (?, ?)", (i, f"offline {i}"))
+    local(path, "UPDATE other SET label = 'edited' WHERE id = 7")
+    before = server.writer.stats["client_operations"]
+    again = clients("off")  # same file: same client id, same position
+    await again.start()
+    await again.flush()
+    assert env.sql("SELECT count(*), count(*) FILTER (WHERE label = 'edited') FROM other") == [(50, 1)]
+    assert server.writer.stats["client_operations"] - before == 51  # each write exactly once
+    assert server.writer.stats["duplicates"] == 0
+    assert again.client_id == a.client_id
+
+
+async def test_concurrent_writes_converge(
+    server: Server, env: Env, clients: Callable[[str], SyncClient], tmp_path: Path
+) -> None:
+    a, b = clients("ca"), clients("cb")
+    for cl in (a, b):
+        await cl.start()
+        await cl.synced(await cl.subscribe("items"))
+    # A deletes 'a' while B (not having seen the delete) updates it: add-wins keeps the row
+    await a.stop()
+    local(tmp_path / "ca.db", "DELETE FROM items WHERE id = 'a'")
+    local(tmp_path / "cb.db", "UPDATE items SET n = 42 WHERE id = 'a'")
+    await b.flush()
+    a2 = clients("ca")
+    await a2.start()
+    await a2.flush()
+    want = env.sql("SELECT id, n FROM items ORDER BY id")
+    assert ("a", 42) in want
+    for name in ("ca", "cb"):
+        await until(
+            lambda n=name: local(tmp_path / f"{n}.db", "SELECT id, n FROM items ORDER BY id") == want, what=name
+        )
