@@ -329,6 +329,36 @@ def token(file: str, sub: str, claims: tuple[str, ...], ttl: str) -> None:
 
 
 @cli.command()
+@click.argument("url")
+@click.option("--db", "db", required=True, type=click.Path(dir_okay=False), help="The local SQLite file.")
+@click.option(
+    "--shape",
+    "shapes",
+    multiple=True,
+    required=True,
+    metavar="NAME[:WHERE]",
+    help="A shape declared in electric.yaml, or a table with an optional where clause; repeatable.",
+)
+@click.option("--token", envvar="ELECTRIC_TOKEN", help="The JWT to authenticate with (default: $ELECTRIC_TOKEN).")
+@click.option("--once", is_flag=True, help="Exit once the shapes are synced and local writes are in Postgres.")
+def sync(url: str, db: str, shapes: tuple[str, ...], token: str | None, once: bool) -> None:
+    """Keep the SQLite file DB in sync with the server at URL (ws://HOST:PORT/ws), both ways."""
+    import asyncio
+
+    from electricctl.client import cli as sync_cli
+
+    if not token:
+        raise click.UsageError("a token is required: pass --token or set ELECTRIC_TOKEN (see `electricctl token`)")
+    if not url.startswith(("ws://", "wss://")):
+        raise click.BadParameter(f"{url!r} is not a ws:// or wss:// URL", param_hint="URL")
+    parsed = []
+    for item in shapes:
+        name, sep, where = item.partition(":")
+        parsed.append((name, where if sep and where.strip() else None))
+    asyncio.run(sync_cli.run(render.console(), url, db, parsed, token, once=once))
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Keep Postgres running afterwards (until Ctrl-C).")
 @click.option(
     "--data-dir", type=click.Path(file_okay=False), default=None, help="Keep the cluster here (default: a temp dir)."

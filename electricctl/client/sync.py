@@ -88,6 +88,7 @@ class SyncClient:
         client_id: str | None = None,
         poll_interval: float = 0.02,
         on_refused: Callable[[str], None] | None = None,
+        on_progress: Callable[[str, int], None] | None = None,
     ) -> None:
         self.store = Store(path)
         self.url = url
@@ -98,6 +99,8 @@ class SyncClient:
             self.store.set_meta(CLIENT_ID_KEY, self.client_id)
         self.poll_interval = poll_interval
         self.on_refused = on_refused
+        self.on_progress = on_progress
+        """Called with (subscription id, rows received so far) while initial data arrives."""
         self.refused: list[str] = []
         self.subscriptions: dict[str, Subscription] = {}
         raw = self.store.meta(SUBSCRIPTIONS_KEY)
@@ -477,6 +480,8 @@ class SyncClient:
     async def _on_oplog(self, msg: pb.SatOpLog) -> None:
         if self._incoming is not None:
             self._incoming.changes.extend(c for op in msg.ops if (c := self._change(op)) is not None)
+            if self.on_progress is not None and self._incoming.subscription is not None:
+                self.on_progress(self._incoming.subscription, len(self._incoming.changes))
             return
         if self._unsubs is not None:
             self._unsubs.extend(c for op in msg.ops if (c := self._change(op)) is not None)

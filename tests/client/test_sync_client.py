@@ -129,3 +129,62 @@ async def test_concurrent_writes_converge(
         await until(
             lambda n=name: local(tmp_path / f"{n}.db", "SELECT id, n FROM items ORDER BY id") == want, what=name
         )
+
+
+async def _cli(*args: str, timeout: float = 60) -> tuple[int, str]:
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "electricctl", *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    out, _ = await asyncio.wait_for(proc.communicate(), timeout)
+    return proc.returncode or 0, out.decode()
+
+
+async def test_sync_command(server: Server, env: Env, tmp_path: Path) -> None:
+    path = tmp_path / "cli.db"
+    url = ws_url(server)
+    code, out = await _cli(
+        "sync", url, "--db", str(path), "--shape", "items:this.n > 0", "--token", env.token(), "--once"
+    )
+    assert code == 0, out
+    assert "items where this.n > 0" in out and "1 rows" in out and "connected" in out
+    assert local(path, "SELECT id FROM items") == [("a",)]
+    # a local write, then sync again: it reaches Postgres
+    local(path, "UPDATE items SET n = 11 WHERE id = 'a'")
+    code, out = await _cli(
+        "sync", url, "--db", str(path), "--shape", "items:this.n > 0", "--token", env.token(), "--once"
+    )
+    assert code == 0, out
+    assert env.sql("SELECT n FROM items WHERE id = 'a'") == [(11,)]
+    # errors say what is wrong
+    code, out = await _cli("sync", url, "--db", str(path), "--shape", "nope", "--token", env.token(), "--once")
+    assert code == 1 and "shape 'nope'" in out and "not electrified" in out, out
+    code, out = await _cli("sync", url, "--db", str(path), "--shape", "items")
+    assert code == 64 and "a token is required" in out, out
+
+
+async def test_sync_command_runs_until_interrupted(server: Server, env: Env, tmp_path: Path) -> None:
+    import signal
+    import sys
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "electricctl", "sync", ws_url(server), "--db", str(tmp_path / "live.db"),
+        "--shape", "other", "--token", env.token(),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        await until(
+            lambda: (
+                (tmp_path / "live.db").exists()
+                and bool(local(tmp_path / "live.db", "SELECT name FROM sqlite_master WHERE name = 'other'"))
+            ),
+            what="table created",
+        )
+        env.sql("INSERT INTO other VALUES (1, 'live')")
+        await until(lambda: local(tmp_path / "live.db", "SELECT label FROM other") == [("live",)], what="live row")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, out
+    assert b"pending local writes 0" in out
