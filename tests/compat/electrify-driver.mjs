@@ -5,6 +5,8 @@
 //   {"cmd":"subscribe","table":"items","where":"this.n > 1"}  -> {"ok":true,"key":...} once synced
 //   {"cmd":"rows","table":"items"}       -> {"ok":true,"rows":[...]}
 //   {"cmd":"meta"}                       -> {"ok":true,"meta":{...}} (lsn, subscriptions)
+//   {"cmd":"exec","sql":"...","args":[]} -> {"ok":true} a local write, as an app makes it
+//   {"cmd":"oplog"}                      -> {"ok":true,"n":<rows in _electric_oplog>} (0: all echoed)
 //   {"cmd":"exit"}
 import readline from 'node:readline'
 import Database from 'better-sqlite3'
@@ -58,6 +60,13 @@ for await (const line of rl) {
     } else if (cmd.cmd === 'meta') {
       const meta = await electric.db.rawQuery({ sql: "SELECT key, value FROM _electric_meta WHERE key IN ('lsn', 'subscriptions', 'clientId')" })
       out({ ok: true, meta: Object.fromEntries(meta.map((m) => [m.key, m.value instanceof Uint8Array ? Buffer.from(m.value).toString() : m.value])) })
+    } else if (cmd.cmd === 'exec') {
+      await electric.adapter.run({ sql: cmd.sql, args: cmd.args ?? [] })
+      electric.notifier.potentiallyChanged()
+      out({ ok: true })
+    } else if (cmd.cmd === 'oplog') {
+      const rows = await electric.db.rawQuery({ sql: 'SELECT count(*) AS n FROM _electric_oplog' })
+      out({ ok: true, n: rows[0].n })
     } else if (cmd.cmd === 'exit') {
       await electric.close()
       out({ ok: true })

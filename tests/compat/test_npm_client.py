@@ -144,3 +144,86 @@ async def test_where_clauses_with_move_in_and_move_out(server: Server, env: Env,
     env.psql("INSERT INTO items (id, n) VALUES ('e', 7), ('f', -1)")
     rows = await asyncio.to_thread(d.wait_rows, "items", lambda rs: {r["id"] for r in rs} == {"d", "e"})
     assert {r["id"]: r["n"] for r in rows} == {"d": 9, "e": 7}
+
+
+def wait_oplog_empty(d: Driver, timeout: float = 20) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while d.call("oplog")["n"]:
+        if time.monotonic() > deadline:
+            raise AssertionError("the npm client's oplog never cleared (no echo?)")
+        time.sleep(0.05)
+
+
+async def test_npm_client_writes_reach_postgres_and_our_client(
+    server: Server, env: Env, drivers: list[Driver], tmp_path: Path
+) -> None:
+    """Writes from electrify() land in Postgres, are echoed (the oplog clears) and reach other clients;
+    data written by either client reads the same in Postgres."""
+    import asyncio
+
+    from electricctl.client import SyncClient
+
+    d = await asyncio.to_thread(Driver, base_url(server), env.token())
+    drivers.append(d)
+    await asyncio.to_thread(d.call, "subscribe", table="items")
+    ours = SyncClient(str(tmp_path / "ours.db"), ws_url(server), env.token())
+    await ours.start()
+    try:
+        await ours.synced(await ours.subscribe("items"))
+        sql = "INSERT INTO items (id, n, flag, data, at, doc, price) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        row = [5, 1, None, "2024-05-06 07:08:09.25Z", '{"a": [1, 2]}', 0.25]
+        await asyncio.to_thread(d.call, "exec", sql=sql, args=["npm", *row])
+        await asyncio.to_thread(wait_oplog_empty, d)
+        import sqlite3
+
+        conn = sqlite3.connect(tmp_path / "ours.db", isolation_level=None)
+        conn.execute(sql, ["py", *row])
+        conn.close()
+        await ours.flush()
+        got = env.sql(
+            "SELECT id, n, flag, data, at::text, doc::text, price FROM items WHERE id IN ('npm', 'py') ORDER BY id"
+        )
+        assert len(got) == 2 and got[0][1:] == got[1][1:], got  # the same values from both clients
+        assert got[0][1:] == (5, True, None, "2024-05-06 07:08:09.25+00", '{"a": [1, 2]}', 0.25)
+        # each client sees the other's row
+        await asyncio.to_thread(d.wait_rows, "items", lambda rs: "py" in {r["id"] for r in rs})
+        for _ in range(200):
+            import sqlite3 as s3
+
+            c = s3.connect(tmp_path / "ours.db")
+            seen = c.execute("SELECT count(*) FROM items WHERE id = 'npm'").fetchone()[0]
+            c.close()
+            if seen:
+                break
+            await asyncio.sleep(0.05)
+        assert seen == 1
+        # updates and deletes from the npm client
+        await asyncio.to_thread(d.call, "exec", sql="UPDATE items SET n = 6 WHERE id = 'npm'")
+        await asyncio.to_thread(d.call, "exec", sql="DELETE FROM items WHERE id = 'py'")
+        await asyncio.to_thread(wait_oplog_empty, d)
+        assert env.sql("SELECT id, n FROM items WHERE id IN ('npm', 'py')") == [("npm", 6)]
+    finally:
+        await ours.stop()
+
+
+async def test_npm_client_refused_transaction_is_reverted_without_an_error(
+    server: Server, env: Env, drivers: list[Driver]
+) -> None:
+    """Postgres refuses the transaction (a check constraint); the npm client gets no error frame (it would
+    treat it as fatal), its oplog clears, and its rows return to the server's state."""
+    import asyncio
+
+    env.sql("ALTER TABLE items ADD CONSTRAINT n_small CHECK (n < 1000)")
+    d = await asyncio.to_thread(Driver, base_url(server), env.token())
+    drivers.append(d)
+    await asyncio.to_thread(d.call, "subscribe", table="items")
+    await asyncio.to_thread(d.call, "exec", sql="UPDATE items SET n = 5000 WHERE id = 'a'")
+    await asyncio.to_thread(wait_oplog_empty, d)
+    rows = await asyncio.to_thread(d.wait_rows, "items", lambda rs: by_id(rs)["a"]["n"] == 1)
+    assert by_id(rows)["a"]["n"] == 1 and env.sql("SELECT n FROM items WHERE id = 'a'") == [(1,)]
+    # the connection is still usable: a valid write goes through
+    await asyncio.to_thread(d.call, "exec", sql="UPDATE items SET n = 9 WHERE id = 'a'")
+    await asyncio.to_thread(wait_oplog_empty, d)
+    assert env.sql("SELECT n FROM items WHERE id = 'a'") == [(9,)]
