@@ -7,6 +7,7 @@ server with wal_level=logical instead; each test still gets its own database.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import textwrap
 import uuid
@@ -49,8 +50,9 @@ def pg_server() -> Iterator[Server]:
         pg.stop()
 
 
-@pytest.fixture
-def db_url(pg_server: Server) -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_database(pg_server: Server) -> Iterator[str]:
+    """A new, empty database on the test cluster; dropped (with its replication slots) afterwards."""
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg_server.admin_url, autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
@@ -63,6 +65,12 @@ def db_url(pg_server: Server) -> Iterator[str]:
             ).fetchall():
                 conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def db_url(pg_server: Server) -> Iterator[str]:
+    with fresh_database(pg_server) as url:
+        yield url
 
 
 @pytest.fixture

@@ -75,6 +75,11 @@ class Env:
 
 @pytest.fixture
 def env(db_url: str, tmp_path: Path) -> Env:
+    return build_env(db_url, tmp_path)
+
+
+def build_env(db_url: str, tmp_path: Path) -> Env:
+    """The test schema and rows, electric.yaml written to ``tmp_path`` and applied."""
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(SCHEMA)
         conn.execute(

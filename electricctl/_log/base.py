@@ -39,4 +39,9 @@ class TransactionLog(Protocol):
 
     def set_horizon(self, lsn: int) -> None: ...
 
+    @property
+    def has_horizon(self) -> bool:
+        """A horizon is on record: the log was started with its slot (even if it holds nothing yet)."""
+        ...
+
     def prune(self, now: float | None = None) -> int: ...

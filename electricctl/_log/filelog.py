@@ -122,6 +122,10 @@ class FileLog:
         path = self.directory / "horizon"
         return int(path.read_text()) if path.exists() else 0
 
+    @property
+    def has_horizon(self) -> bool:
+        return (self.directory / "horizon").exists()
+
     def set_horizon(self, lsn: int) -> None:
         path = self.directory / "horizon"
         tmp = path.with_suffix(".tmp")

@@ -235,7 +235,10 @@ class Server:
 
     def _prepare_slot(self) -> None:
         created = self.source.ensure_slot()
-        if not created and self.log.last_lsn == 0 and self.log.horizon == 0:
+        if created:
+            if not self.log.has_horizon:
+                self.log.set_horizon(self.log.horizon)  # the log starts with the slot: nothing is missing
+        elif not self.log.has_horizon and self.log.last_lsn == 0:
             # a new log on an old slot: what the slot confirmed before is not in this log
             self.log.set_horizon(self.source.confirmed_position())
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from google.protobuf.message import Message
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
@@ -210,7 +210,7 @@ class SyncClient:
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
-            except (OSError, ConnectionClosed, InvalidStatus, RpcError, TimeoutError, SyncError) as exc:
+            except (OSError, ConnectionClosed, InvalidHandshake, RpcError, TimeoutError, SyncError) as exc:
                 log.info("sync connection lost (%s); reconnecting in %.1fs", exc, delay)
             except Exception:
                 log.exception("sync session failed; reconnecting")
