@@ -29,6 +29,8 @@ SHADOW = "_electric_shadow"
 META = "_electric_meta"
 TRIGGERS = "_electric_trigger_settings"
 RELATIONS_KEY = "electricctl.relations"
+LSN_KEY = "electricctl.lsn"
+"""The server position this file holds everything up to (our own key: the npm client's ``lsn`` differs)."""
 NAMESPACE = "main"
 
 LocalValue = int | float | str | bytes | None
@@ -362,7 +364,7 @@ class Store:
             for name in touched:
                 self._set_trigger(name, 1)
             if lsn is not None:
-                self.set_meta("lsn", lsn)
+                self.set_meta(LSN_KEY, lsn)
 
     def _apply_change(
         self, table: Table, ch: RemoteChange, client_id: str, timestamp: int | None, origin: str | None
@@ -436,7 +438,7 @@ class Store:
                     self.db.execute(f"DELETE FROM {_q(name)}")
                     self.db.execute(f"DELETE FROM {SHADOW} WHERE tablename = ?", [name])
                     self._set_trigger(name, 1)
-            self.set_meta("lsn", "")
+            self.set_meta(LSN_KEY, "")
 
 
 def _entry_write(entry: OplogEntry, client_id: str) -> Write:

@@ -32,13 +32,12 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
-from electricctl.client.store import Column, LocalTransaction, RemoteChange, Store, Table, to_local, to_wire
+from electricctl.client.store import LSN_KEY, Column, LocalTransaction, RemoteChange, Store, Table, to_local, to_wire
 
 log = logging.getLogger("electricctl.client")
 
 NATIVE_HEADER = "X-Electricctl-Client"
 SUBSCRIPTIONS_KEY = "electricctl.subscriptions"
-LSN_KEY = "electricctl.lsn"
 CLIENT_ID_KEY = "clientId"
 MAX_FRAME = 256 << 20
 _RESET_CODES = {
@@ -89,6 +88,7 @@ class SyncClient:
         poll_interval: float = 0.02,
         on_refused: Callable[[str], None] | None = None,
         on_progress: Callable[[str, int], None] | None = None,
+        on_change: Callable[[list[RemoteChange], str | None], None] | None = None,
     ) -> None:
         self.store = Store(path)
         self.url = url
@@ -100,6 +100,8 @@ class SyncClient:
         self.poll_interval = poll_interval
         self.on_refused = on_refused
         self.on_progress = on_progress
+        self.on_change = on_change
+        """Called after each server transaction is applied, with its changes and origin (for live queries)."""
         """Called with (subscription id, rows received so far) while initial data arrives."""
         self.refused: list[str] = []
         self.subscriptions: dict[str, Subscription] = {}
@@ -191,6 +193,10 @@ class SyncClient:
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), 0.05)
+
+    def notify(self) -> None:
+        """Local writes were just made: send them now instead of at the next poll."""
+        self._wake_sender.set()
 
     def status(self) -> Status:
         return Status(
@@ -494,9 +500,10 @@ class SyncClient:
             client_id=self.client_id,
             origin=begin.origin or None,
             timestamp=begin.commit_timestamp,
-            lsn=None,
+            lsn=begin.lsn.decode(),
         )
-        self.store.set_meta(LSN_KEY, begin.lsn.decode())
+        if self.on_change is not None:
+            self.on_change(changes, begin.origin or None)
         self._lag_ms = max(0.0, time.time() * 1000 - begin.commit_timestamp)
         self._last_lsn = begin.lsn
         self._last_xid = begin.transaction_id
@@ -527,9 +534,10 @@ class SyncClient:
         if incoming is None or incoming.subscription is None:
             return
         self._stamp()
-        self.store.apply_remote(incoming.changes, client_id=self.client_id, origin=None, timestamp=None, lsn=None)
+        self.store.apply_remote(
+            incoming.changes, client_id=self.client_id, origin=None, timestamp=None, lsn=incoming.lsn or None
+        )
         if incoming.lsn:
-            self.store.set_meta(LSN_KEY, incoming.lsn)
             self._last_lsn = incoming.lsn.encode()
         sub = self.subscriptions.get(incoming.subscription)
         if sub is not None:

@@ -1,0 +1,174 @@
+"""Write-path benchmark: client writes merged into Postgres, client-to-client latency, offline catch-up.
+
+Targets (the bidirectional-sync issue): >= 2,000 row operations/s merged into Postgres from one
+client; client A writes, client B sees it with p50 <= 20 ms; after 10,000 offline writes a client
+is fully synced <= 10 s after it reconnects.
+
+`electricctl serve` runs as a subprocess against an embedded cluster (durable unless --fast); the
+clients are electricctl's own `SyncClient`s in this process, each on its own SQLite file (WAL);
+the "app" writes with plain SQL on its own SQLite connection, as an app would. Figures are medians
+of several rounds (runs in brackets).
+
+1. throughput: the app inserts N rows in transactions of T rows, as fast as SQLite takes them;
+   timed from the first write until Postgres holds every row and the client's oplog is empty
+   (every transaction echoed back). Also with one row per transaction.
+2. latency: A's app inserts one row and calls ``notify()``; timed until B has applied it (B's
+   ``on_change``). Also without ``notify()``, when A's sender finds the write by polling (20 ms).
+3. offline: the app makes 10,000 single-row writes while the client is stopped; timed from
+   ``start()`` until Postgres holds them all and the oplog is empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.serve import Parts, make_database, pct, runs, serving, sql
+from electricctl._embedded.postgres import EmbeddedPostgres
+from electricctl.client import SyncClient
+
+
+def app_db(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+async def started(path: Path, url: str, token: str, table: str, **kw: object) -> SyncClient:
+    cl = SyncClient(str(path), url, token, **kw)  # type: ignore[arg-type]
+    await cl.start()
+    await cl.synced(await cl.subscribe(table))
+    return cl
+
+
+async def bench_throughput(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: int, tx_rows: int) -> None:
+    print(f"1. client writes merged into Postgres ({rows:,} inserts per round)")
+    for per_tx in (tx_rows, 1):
+        n = rows if per_tx > 1 else max(1, rows // 10)
+        rates: list[float] = []
+        for r in range(rounds):
+            name = f"wt_{per_tx}_{r}"
+            db = make_database(pg, tmp, name, f"CREATE TABLE {name} (id int8 PRIMARY KEY, note text, n int4)", [name])
+            with serving(db, tmp, f"slot_{name}") as server:
+                path = tmp / f"{name}.db"
+                cl = await started(path, server.ws_url, db.token(), name)
+                conn = app_db(path)
+                start = time.perf_counter()
+                for i in range(0, n, per_tx):
+                    conn.execute("BEGIN")
+                    conn.executemany(
+                        f"INSERT INTO {name} (id, note, n) VALUES (?, ?, ?)",
+                        [(j, f"note {j}", j % 1000) for j in range(i, min(n, i + per_tx))],
+                    )
+                    conn.execute("COMMIT")
+                    cl.notify()
+                    await asyncio.sleep(0)
+                await cl.flush(timeout=600)
+                elapsed = time.perf_counter() - start
+                count = sql(db.url, f"SELECT count(*) FROM {name}")[0][0]
+                assert count == n, f"Postgres has {count} of {n} rows"
+                rates.append(n / elapsed)
+                conn.close()
+                await cl.stop()
+        print(f"   {per_tx:>5} rows/transaction: {runs(rates, '{:,.0f}')} row operations/s (goal >= 2,000)")
+
+
+async def bench_latency(pg: EmbeddedPostgres, tmp: Path, rounds: int, samples: int) -> None:
+    print(f"2. client A writes, client B sees it ({samples} single-row transactions per round, 20/s)")
+    for notify in (True, False):
+        p50s: list[float] = []
+        p99s: list[float] = []
+        for r in range(rounds):
+            name = f"lat_{int(notify)}_{r}"
+            db = make_database(pg, tmp, name, f"CREATE TABLE {name} (id int8 PRIMARY KEY, note text)", [name])
+            with serving(db, tmp, f"slot_{name}") as server:
+                seen: dict[int, float] = {}
+
+                def on_change(changes: list, origin: str | None, seen: dict[int, float] = seen) -> None:  # type: ignore[type-arg]
+                    now = time.perf_counter()
+                    for ch in changes:
+                        seen.setdefault(int(ch.values["id"]), now)
+
+                a = await started(tmp / f"{name}-a.db", server.ws_url, db.token(), name)
+                b = await started(tmp / f"{name}-b.db", server.ws_url, db.token(), name, on_change=on_change)
+                conn = app_db(tmp / f"{name}-a.db")
+                sent: dict[int, float] = {}
+                for i in range(samples):
+                    sent[i] = time.perf_counter()
+                    conn.execute(f"INSERT INTO {name} (id, note) VALUES (?, ?)", (i, "x"))
+                    if notify:
+                        a.notify()
+                    await asyncio.sleep(0.05)
+                deadline = time.monotonic() + 30
+                while len(seen) < samples and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)
+                lat = [(seen[i] - sent[i]) * 1000 for i in sent if i in seen]
+                assert len(lat) == samples, f"B saw {len(lat)} of {samples}"
+                p50s.append(pct(lat, 50))
+                p99s.append(pct(lat, 99))
+                conn.close()
+                await a.stop()
+                await b.stop()
+        how = "with notify()" if notify else "polling (20 ms)"
+        print(f"   {how:>16}: p50 {runs(p50s, '{:.1f}')} ms, p99 {runs(p99s, '{:.1f}')} ms (goal p50 <= 20 ms)")
+
+
+async def bench_offline(pg: EmbeddedPostgres, tmp: Path, rounds: int, writes: int) -> None:
+    print(f"3. reconnect after {writes:,} offline writes (single-row transactions)")
+    times: list[float] = []
+    for r in range(rounds):
+        name = f"off_{r}"
+        db = make_database(pg, tmp, name, f"CREATE TABLE {name} (id int8 PRIMARY KEY, note text)", [name])
+        with serving(db, tmp, f"slot_{name}") as server:
+            path = tmp / f"{name}.db"
+            cl = await started(path, server.ws_url, db.token(), name)
+            await cl.stop()
+            conn = app_db(path)
+            for i in range(writes):
+                conn.execute(f"INSERT INTO {name} (id, note) VALUES (?, ?)", (i, f"offline {i}"))
+            conn.close()
+            again = SyncClient(str(path), server.ws_url, db.token())
+            start = time.perf_counter()
+            await again.start()
+            await again.flush(timeout=600)
+            times.append(time.perf_counter() - start)
+            count = sql(db.url, f"SELECT count(*) FROM {name}")[0][0]
+            assert count == writes, f"Postgres has {count} of {writes}"
+            await again.stop()
+    print(f"   fully synced after reconnecting: {runs(times, '{:.2f}')} s (goal <= 10 s)")
+
+
+async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None:
+    parts = Parts(args.only, "123")
+    await parts.step("1", bench_throughput(pg, tmp, args.rounds, args.rows, args.tx_rows))
+    await parts.step("2", bench_latency(pg, tmp, args.rounds, args.samples))
+    await parts.step("3", bench_offline(pg, tmp, args.rounds, args.offline))
+    print(parts.summary())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    Parts.add_arguments(parser)
+    parser.add_argument("--rows", type=int, default=20_000, help="1: rows per round")
+    parser.add_argument("--tx-rows", type=int, default=100, help="1: rows per transaction")
+    parser.add_argument("--samples", type=int, default=200, help="2: writes per round")
+    parser.add_argument("--offline", type=int, default=10_000, help="3: offline writes")
+    args = parser.parse_args()
+    print(
+        f"write path: `electricctl serve` subprocess, {'fsync-off' if args.fast else 'durable'} embedded cluster, "
+        f"SyncClients in this process, {args.rounds} rounds, {os.cpu_count()} cores"
+    )
+    sys.stdout.flush()
+    with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
+        asyncio.run(run(args, pg, Path(tmp)))
+
+
+if __name__ == "__main__":
+    main()
