@@ -44,6 +44,10 @@ auth:
   jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
 tables: [items, other, big, parents, children]
 adhoc_shapes: allow
+shapes:
+  - name: positive_items
+    table: items
+    where: "n > 0"
 """
 
 

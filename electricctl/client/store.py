@@ -237,6 +237,8 @@ class Store:
             )
             for stmt in _trigger_statements(table):
                 self.db.execute(stmt)
+            for stmt in self._compensation_statements(table):
+                self.db.execute(stmt)
             self.tables[table.name] = table
             self.set_meta(
                 RELATIONS_KEY,
@@ -247,6 +249,41 @@ class Store:
                     }
                 ),
             )
+
+    def _compensation_statements(self, table: Table) -> list[str]:
+        """The npm client's compensation triggers, for each foreign key the local table declares.
+
+        Writing a child records a COMPENSATION for its parent (if the parent is here): should the
+        parent be deleted concurrently, the server revives it (add-wins) instead of refusing the
+        child. Foreign keys come from the local schema (``PRAGMA foreign_key_list``): the Satellite
+        relation does not carry them, so an app that wants compensations declares them locally.
+        """
+        out: list[str] = []
+        for fk in self.db.execute(f"PRAGMA foreign_key_list({_q(table.name)})").fetchall():
+            parent, child_col, parent_col = fk[2], fk[3], fk[4]
+            if parent_col is None:
+                continue
+            parent_table = self.tables.get(parent)
+            col_type = table.column(child_col).pg_type if any(c.name == child_col for c in table.columns) else "text"
+            pk_json = _json_cols(table, "", [Column(parent_col, col_type, True, False)]).replace(
+                "?", f"new.{_q(child_col)}"
+            )
+            if parent_table is None and parent != table.name:
+                pass  # the parent's key type is assumed to match the child column's
+            when = (
+                f"WHEN 1 = (SELECT flag from {TRIGGERS} WHERE namespace = {_lit(NAMESPACE)} AND tablename = {_lit(table.name)})"
+                f" AND 1 = (SELECT value from {META} WHERE key = 'compensations')"
+            )
+            for op in ("INSERT", "UPDATE"):
+                trig = _q(f"compensation_{op.lower()}_{NAMESPACE}_{table.name}_{child_col}_into_oplog")
+                out.append(f"DROP TRIGGER IF EXISTS {trig}")
+                out.append(
+                    f"CREATE TRIGGER {trig} AFTER {op} ON {_q(NAMESPACE)}.{_q(table.name)} {when} BEGIN "
+                    f"INSERT INTO {OPLOG} (namespace, tablename, optype, primaryKey, newRow, oldRow, timestamp) "
+                    f"SELECT {_lit(NAMESPACE)}, {_lit(parent)}, 'COMPENSATION', {pk_json}, {pk_json}, NULL, NULL "
+                    f"FROM {_q(NAMESPACE)}.{_q(parent)} WHERE {_q(parent_col)} = new.{_q(child_col)}; END"
+                )
+        return out
 
     def transaction(self) -> _Txn:
         return _Txn(self.db)
@@ -282,7 +319,7 @@ class Store:
                         f"DELETE FROM {SHADOW} WHERE namespace = ? AND tablename = ? AND primaryKey = ?",
                         [NAMESPACE, table, pk],
                     )
-                else:
+                elif optype != "COMPENSATION":  # a compensation re-asserts the tags seen; it adds none
                     self._set_shadow(table, pk, tag)
             self.set_meta("electricctl.last_timestamp", str(ts))
             return ts
@@ -475,15 +512,21 @@ class _Txn:
             self.db.execute("ROLLBACK")
 
 
+def _json_value(pg_type: str, ref: str) -> str:
+    """A value as the oplog's JSON holds it (the npm client's forms: int8 and floats as text, bytea as hex)."""
+    if pg_type in ("int8", "float4", "float8"):
+        return f"cast({ref} as TEXT)"
+    if pg_type == "bytea":
+        return f"CASE WHEN {ref} IS NOT NULL THEN hex({ref}) ELSE NULL END"
+    return ref
+
+
 def _json_cols(table: Table, target: str, cols: Sequence[Column]) -> str:
-    parts = []
-    for c in sorted(cols, key=lambda c: c.name):
-        ref = f"{target}.{_q(c.name)}" if target else "?"
-        if c.pg_type in ("int8", "float4", "float8"):
-            ref = f"cast({ref} as TEXT)"
-        elif c.pg_type == "bytea":
-            ref = f"CASE WHEN {ref} IS NOT NULL THEN hex({ref}) ELSE NULL END"
-        parts.append(f"{_lit(c.name)}, {ref}")
+    """``json_object`` of ``cols`` of ``target`` (``new``/``old``), or of ``?`` parameters if no target."""
+    parts = [
+        f"{_lit(c.name)}, {_json_value(c.pg_type, f'{target}.{_q(c.name)}' if target else '?')}"
+        for c in sorted(cols, key=lambda c: c.name)
+    ]
     return f"json_object({', '.join(parts)})"
 
 

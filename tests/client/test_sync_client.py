@@ -188,3 +188,59 @@ async def test_sync_command_runs_until_interrupted(server: Server, env: Env, tmp
         out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, out
     assert b"pending local writes 0" in out
+
+
+async def test_shape_names_and_unsubscribe(
+    server: Server, env: Env, clients: Callable[[str], SyncClient], tmp_path: Path
+) -> None:
+    a = clients("names")
+    await a.start()
+    positive = await a.subscribe("positive_items")  # declared in electric.yaml as items where n > 0
+    await a.synced(positive)
+    other = await a.subscribe("other")
+    await a.synced(other)
+    env.sql("INSERT INTO other VALUES (1, 'one')")
+    await until(lambda: local(tmp_path / "names.db", "SELECT id FROM other") == [(1,)])
+    assert local(tmp_path / "names.db", "SELECT id FROM items") == [("a",)]
+    await a.unsubscribe(other)
+    # the server sends the rows it no longer covers as GONE: the client drops them
+    await until(lambda: local(tmp_path / "names.db", "SELECT id FROM other") == [], what="rows gone")
+    env.sql("INSERT INTO other VALUES (2, 'two')")
+    env.sql("UPDATE items SET n = 5 WHERE id = 'a'")
+    await until(lambda: local(tmp_path / "names.db", "SELECT n FROM items") == [(5,)])
+    assert local(tmp_path / "names.db", "SELECT id FROM other") == []
+    # subscriptions are remembered: a restarted client resumes without subscribing again
+    await a.stop()
+    again = clients("names")
+    await again.start()
+    env.sql("UPDATE items SET n = 6 WHERE id = 'a'")
+    await until(lambda: local(tmp_path / "names.db", "SELECT n FROM items") == [(6,)], what="resumed")
+
+
+async def test_compensation_revives_a_parent_deleted_while_offline(
+    server: Server, env: Env, clients: Callable[[str], SyncClient], tmp_path: Path
+) -> None:
+    path = tmp_path / "comp.db"
+    # the app declares its local schema with the foreign key (the Satellite relation carries none)
+    local(path, "CREATE TABLE parents (id TEXT PRIMARY KEY, name TEXT NOT NULL)")
+    local(
+        path, "CREATE TABLE children (id TEXT PRIMARY KEY, parent_id TEXT NOT NULL REFERENCES parents (id), v INTEGER)"
+    )
+    env.sql("INSERT INTO parents VALUES ('p', 'the parent')")
+    a = clients("comp")
+    await a.start()
+    for table in ("parents", "children"):
+        await a.synced(await a.subscribe(table))
+    assert local(path, "SELECT * FROM parents") == [("p", "the parent")]
+    await a.stop()
+    env.sql("DELETE FROM parents WHERE id = 'p'")  # concurrently, while the client is offline
+    local(path, "INSERT INTO children (id, parent_id, v) VALUES ('c', 'p', 1)")
+    # the compensation comes first, so the server re-asserts the parent before it inserts the child
+    ops = [r[0] for r in local(path, "SELECT optype FROM _electric_oplog ORDER BY rowid")]
+    assert ops == ["COMPENSATION", "INSERT"]
+    again = clients("comp")
+    await again.start()
+    await again.flush()
+    assert env.sql("SELECT id, name FROM parents") == [("p", "the parent")]  # revived, not refused
+    assert env.sql("SELECT id, parent_id, v FROM children") == [("c", "p", 1)]
+    assert again.refused == []
