@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import os
 import textwrap
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -50,6 +52,19 @@ def pg_server() -> Iterator[Server]:
         pg.stop()
 
 
+def _drop_slot(conn: psycopg.Connection[Any], slot: str) -> None:
+    """Drop a slot; a walsender may still be exiting after its server stopped (on a busy machine)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+            return
+        except psycopg.errors.ObjectInUse:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
 @contextlib.contextmanager
 def fresh_database(pg_server: Server) -> Iterator[str]:
     """A new, empty database on the test cluster; dropped (with its replication slots) afterwards."""
@@ -63,7 +78,7 @@ def fresh_database(pg_server: Server) -> Iterator[str]:
             for (slot,) in conn.execute(
                 "SELECT slot_name FROM pg_replication_slots WHERE database = %s", [name]
             ).fetchall():
-                conn.execute("SELECT pg_drop_replication_slot(%s)", [slot])
+                _drop_slot(conn, slot)
             conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 

@@ -111,7 +111,8 @@ class Writer:
             for attempt in range(_RETRIES):
                 conn = await self._connection()
                 try:
-                    async with conn.transaction():
+                    # pipelined: the reads go in one round trip, the writes and the commit in another
+                    async with conn.pipeline(), conn.transaction():
                         applied = await self._apply(conn, tx)
                 except (errors.SerializationFailure, errors.DeadlockDetected):
                     self.stats["retries"] += 1
@@ -141,11 +142,12 @@ class Writer:
         cur = await conn.execute(
             "SELECT lsn FROM electric.client_positions WHERE client_id = %s FOR UPDATE", [tx.client_id]
         )
+        await conn.execute("SELECT set_config(%s, %s, true)", [names.WRITER_SETTING, tx.client_id])
+        reads = await self._read(conn, tx.ops)
         row = await cur.fetchone()
         if row is not None and tx.lsn <= int(row[0]):
             return False
-        await conn.execute("SELECT set_config(%s, %s, true)", [names.WRITER_SETTING, tx.client_id])
-        rows = await self._load(conn, tx.ops)
+        rows = await _states(reads)
         actions: list[_Action] = []
         tag = Tag(tx.commit_ts_ms, tx.client_id)
         for op in tx.ops:
@@ -215,11 +217,15 @@ class Writer:
         await _finish(conn, tx, ClientWrite(tx.commit_ts_ms, written, tuple(gone)))
 
     async def _load(self, conn: psycopg.AsyncConnection[Any], ops: Sequence[ClientOp]) -> dict[tuple[str, Key], _Row]:
-        """Read the rows ``ops`` touch and their shadow entries, keyed by (table, canonical key)."""
+        """Read the rows ``ops`` touch and their shadow entries, keyed by (table, requested key)."""
+        return await _states(await self._read(conn, ops))
+
+    async def _read(self, conn: psycopg.AsyncConnection[Any], ops: Sequence[ClientOp]) -> list[_Read]:
+        """Send the queries that read the rows ``ops`` touch (results are fetched by :func:`_states`)."""
         by_table: dict[str, tuple[RelationDef, dict[Key, None]]] = {}
         for op in ops:
             by_table.setdefault(op.relation.qualified, (op.relation, {}))[1][op.key] = None
-        out: dict[tuple[str, Key], _Row] = {}
+        reads: list[_Read] = []
         for qualified, (rel, keys) in by_table.items():
             pk = [rel.columns[i].name for i in rel.pk_indexes]
             table = sql.Identifier(rel.schema, rel.name)
@@ -240,18 +246,8 @@ class Writer:
             requested = list(keys)
             payload = json.dumps([dict(zip(pk, k, strict=True)) for k in requested])
             cur = await conn.execute(query, [payload, rel.schema, rel.name])
-            npk = len(pk)
-            # the client's text of a key can differ from Postgres' (e.g. a uuid's case): requests
-            # that name the same row share one state, under the canonical key
-            canonical_rows: dict[Key, _Row] = {}
-            for rec in await cur.fetchall():
-                ordinal = int(rec[0])
-                canonical: Key = tuple(rec[1 : 1 + npk])
-                shared = canonical_rows.get(canonical)
-                if shared is None:
-                    shared = canonical_rows[canonical] = _state_row(rel, pk, canonical, rec[1 + npk :])
-                out[(qualified, requested[ordinal - 1])] = shared
-        return out
+            reads.append(_Read(qualified, rel, pk, requested, cur))
+        return reads
 
     async def _write_shadow(self, conn: psycopg.AsyncConnection[Any], rows: dict[tuple[str, Key], _Row]) -> None:
         by_table: dict[str, list[dict[str, Any]]] = {}
@@ -292,6 +288,34 @@ async def _finish(conn: psycopg.AsyncConnection[Any], tx: ClientTransaction, wri
 
 def _tag_order(t: Tag) -> tuple[int, str]:
     return (t.ts, t.origin or "")
+
+
+@dataclass(slots=True)
+class _Read:
+    qualified: str
+    rel: RelationDef
+    pk: list[str]
+    requested: list[Key]
+    cursor: psycopg.AsyncCursor[Any]
+
+
+async def _states(reads: list[_Read]) -> dict[tuple[str, Key], _Row]:
+    """The merge state of each requested row, keyed by (table, requested key).
+
+    The client's text of a key can differ from Postgres' (e.g. a uuid's case): requests that
+    name the same row share one state, under the canonical key (Postgres' text of it).
+    """
+    out: dict[tuple[str, Key], _Row] = {}
+    for read in reads:
+        npk = len(read.pk)
+        canonical_rows: dict[Key, _Row] = {}
+        for rec in await read.cursor.fetchall():
+            canonical: Key = tuple(rec[1 : 1 + npk])
+            shared = canonical_rows.get(canonical)
+            if shared is None:
+                shared = canonical_rows[canonical] = _state_row(read.rel, read.pk, canonical, rec[1 + npk :])
+            out[(read.qualified, read.requested[int(rec[0]) - 1])] = shared
+    return out
 
 
 def _unique(rows: dict[tuple[str, Key], _Row]) -> list[_Row]:
