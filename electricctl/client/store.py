@@ -304,9 +304,9 @@ class Store:
             ).fetchall()
             if not rows:
                 return None
-            last = self.db.execute(f"SELECT max(CAST(timestamp AS INTEGER)) FROM {OPLOG}").fetchone()[0]
+            # strictly increasing, even if the clock steps back: a timestamp names one transaction
             previous = int(self.meta("electricctl.last_timestamp") or 0)
-            ts = max(int(time.time() * 1000), (last or 0) + 1, previous + 1)
+            ts = max(int(time.time() * 1000), previous + 1)
             tag = json.dumps([str(Tag(ts, client_id))])
             for rowid, table, optype, pk in rows:
                 shadow = self._shadow_tags(table, pk)
