@@ -3,7 +3,8 @@
 Starts a throwaway PostgreSQL with wal_level=logical, creates the demo schema from
 ``recipes/demo/schema.sql``, then validates, plans and applies ``electric.yaml.example`` against it,
 shows that a second plan is empty and that a write made directly in Postgres is tagged, then runs
-the sync service and a client that receives the initial data and a live change.
+the sync service with two clients on SQLite files: changes flow from Postgres to them, from one to
+the other through Postgres, and concurrent offline edits merge.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
+import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -26,7 +29,7 @@ from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._resources import resource
 from electricctl._server.app import Server
 from electricctl.cli import render
-from electricctl.client.satellite import SatelliteClient
+from electricctl.client import SyncClient
 
 DEMO_DB = "electric_demo"
 
@@ -41,21 +44,41 @@ async def _serve(con: Console, config: ElectricConfig, url: str, data_dir: Path,
         await asyncio.sleep(0.05)
     ws = f"ws://127.0.0.1:{server.bound_port}/ws"
     con.print(f"sync service on [bold]{ws}[/bold] (health: http://127.0.0.1:{server.bound_port}/health)")
-    client = await SatelliteClient(ws).connect()
     token = mint(config.auth, "demo-user")
-    await client.authenticate(token)
-    await client.start()
-    await client.subscribe("users")
-    con.print(f"a client subscribed to users and received {len(client.table('users'))} row(s)")
+    files = [data_dir / "laptop.db", data_dir / "phone.db"]
+    laptop, phone = (SyncClient(str(f), ws, token) for f in files)
+    for cl in (laptop, phone):
+        await cl.start()
+        await cl.synced(await cl.subscribe("team"))  # a shape declared in electric.yaml
+    con.print(f"two clients (laptop.db, phone.db) subscribed to the shape 'team': {_names(files[0])}")
+
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO users (id, name) VALUES (%s, 'Grace')", [uuid.uuid4()])
-    started_at = time.monotonic()
-    await client.wait_for(lambda: len(client.table("users")) == 2)
-    con.print(
-        f"an INSERT made with SQL reached the client {1000 * (time.monotonic() - started_at):.1f} ms later: "
-        f"{sorted(str(r['name'], 'utf-8') for r in client.table('users').values() if r['name'])}"
+    ms = await _until(lambda: "Grace" in _names(files[1]))
+    con.print(f"an INSERT made with SQL in Postgres reached the phone {ms:.1f} ms later: {_names(files[1])}")
+
+    _local(files[0], "INSERT INTO users (id, name) VALUES (?, 'Linus')", str(uuid.uuid4()))
+    laptop.notify()
+    ms = await _until(lambda: "Linus" in _names(files[1]))
+    con.print(f"an INSERT made with SQL in laptop.db reached Postgres and the phone {ms:.1f} ms later")
+
+    # concurrent edits while the laptop is offline: each column keeps its last writer
+    await laptop.stop()
+    _local(files[0], "UPDATE users SET name = 'Ada Lovelace' WHERE name = 'Ada'")
+    _local(files[1], "UPDATE users SET email = 'ada@lovelace.org' WHERE name = 'Ada'")
+    phone.notify()
+    laptop = SyncClient(str(files[0]), ws, token)
+    await laptop.start()
+    await laptop.flush()
+    await phone.flush()
+    await _until(
+        lambda: _local(files[1], "SELECT name FROM users WHERE email = 'ada@lovelace.org'") == [("Ada Lovelace",)]
     )
-    await client.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT name, email FROM users WHERE email = 'ada@lovelace.org'").fetchone()
+    con.print(f"the laptop renamed Ada offline while the phone set her email; both edits merged: {row}")
+    for cl in (laptop, phone):
+        await cl.stop()
     if keep:
         con.print(f"\nServing until Ctrl-C. Postgres: [bold]{url}[/bold]\nA client token: {token}")
         loop = asyncio.get_running_loop()
@@ -64,6 +87,29 @@ async def _serve(con: Console, config: ElectricConfig, url: str, data_dir: Path,
     else:
         stop.set()
     await task
+
+
+def _local(path: Path, query: str, *params: object) -> list[tuple[object, ...]]:
+    """What an app does: plain SQL on its own SQLite connection."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
+    try:
+        return conn.execute(query, params).fetchall()
+    finally:
+        conn.close()
+
+
+def _names(path: Path) -> list[str]:
+    return sorted(str(r[0]) for r in _local(path, "SELECT name FROM users"))
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 20) -> float:
+    """Wait for ``predicate``; return the milliseconds it took."""
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError("the demo's clients did not sync in time")
+        await asyncio.sleep(0.002)
+    return 1000 * (time.monotonic() - start)
 
 
 def run(con: Console, *, keep: bool = False, data_dir: str | None = None) -> None:
