@@ -292,15 +292,19 @@ class Store:
     def has_unstamped(self) -> bool:
         return self.db.execute(f"SELECT 1 FROM {OPLOG} WHERE timestamp IS NULL LIMIT 1").fetchone() is not None
 
-    def stamp(self, client_id: str) -> int | None:
-        """Take every local write not yet in a transaction into a new one; return its timestamp.
+    def stamp(self, client_id: str, limit: int = 10_000) -> int | None:
+        """Take the local writes not yet in a transaction (at most ``limit``) into a new one; return its timestamp.
+
+        The bound keeps a long offline session from becoming one transaction larger than the
+        server accepts; the writes beyond it go into the next transactions, in order.
 
         Each write records the tags it observed (the row's shadow tags) as the ones it clears, and
         the row's shadow tags become the write's own tag (removed for a delete).
         """
         with self.transaction():
             rows = self.db.execute(
-                f"SELECT rowid, tablename, optype, primaryKey FROM {OPLOG} WHERE timestamp IS NULL ORDER BY rowid"
+                f"SELECT rowid, tablename, optype, primaryKey FROM {OPLOG} WHERE timestamp IS NULL ORDER BY rowid LIMIT ?",
+                [limit],
             ).fetchall()
             if not rows:
                 return None

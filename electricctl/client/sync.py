@@ -156,19 +156,24 @@ class SyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def subscribe(self, shape: str, where: str | None = None, *, timeout: float = 30) -> Subscription:
-        """Subscribe to a table (with an optional where clause) or to a shape declared in electric.yaml."""
+    async def subscribe(self, shape: str, where: str | None = None) -> Subscription:
+        """Subscribe to a table (with an optional where clause) or to a shape declared in electric.yaml.
+
+        Connected, a refused request raises :class:`SyncError` at once. Offline, the subscription
+        is requested when the connection comes up; :meth:`synced` then reports the outcome.
+        """
         spec = {"table": shape, **({"where": where} if where else {})}
         for sub in self.subscriptions.values():
             if sub.shapes == [spec]:
                 return sub
-        await asyncio.wait_for(self.connected.wait(), timeout)
         sub = Subscription(str(uuid.uuid4()), [spec])
         self.subscriptions[sub.id] = sub
+        if not self.connected.is_set():
+            return sub
         try:
             await self._request_subscription(sub)
         except BaseException:
-            del self.subscriptions[sub.id]
+            self.subscriptions.pop(sub.id, None)
             raise
         return sub
 
@@ -250,7 +255,13 @@ class SyncClient:
                 self.connected.set()
                 for sub in list(self.subscriptions.values()):
                     if not sub.synced.is_set() and sub.error is None:
-                        await self._request_subscription(sub)
+                        try:
+                            await self._request_subscription(sub)
+                        except SyncError as exc:
+                            # refused (say, the shape is no longer declared): the others carry on
+                            log.warning("%s", exc)
+                            self.subscriptions.pop(sub.id, None)
+                            self._save_subscriptions()
                 done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     task.result()
@@ -323,7 +334,7 @@ class SyncClient:
     # -- outbound: local writes ----------------------------------------------------------------
     async def _send_loop(self) -> None:
         while True:
-            if self.store.has_unstamped():
+            while self.store.has_unstamped():
                 self.store.stamp(self.client_id)
             if self._outbound is not None:
                 for tx in self.store.transactions_after(self._outbound):
@@ -546,8 +557,8 @@ class SyncClient:
         await self._send(pb.SatOpLogAck(lsn=self._last_lsn, subscription_ids=[incoming.subscription]))
 
     def _stamp(self) -> None:
-        # local writes made so far become a transaction before remote changes are merged with them
-        if self.store.has_unstamped():
+        # local writes made so far become transactions before remote changes are merged with them
+        while self.store.has_unstamped():
             self.store.stamp(self.client_id)
             self._wake_sender.set()
 

@@ -244,3 +244,28 @@ async def test_compensation_revives_a_parent_deleted_while_offline(
     assert env.sql("SELECT id, name FROM parents") == [("p", "the parent")]  # revived, not refused
     assert env.sql("SELECT id, parent_id, v FROM children") == [("c", "p", 1)]
     assert again.refused == []
+
+
+async def test_subscribing_offline_and_many_offline_writes(
+    server: Server, env: Env, clients: Callable[[str], SyncClient], tmp_path: Path
+) -> None:
+    """A subscription made before the first connection is requested when it comes up; a long offline
+    session is sent as several transactions, none over the server's bound."""
+    path = tmp_path / "first.db"
+    cl = clients("first")
+    sub = await cl.subscribe("other")  # not started: nothing to talk to yet
+    assert not sub.synced.is_set()
+    await cl.start()
+    await cl.synced(sub)
+    await cl.stop()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO other (id, label) VALUES (?, 'x')", [(i,) for i in range(25_000)])
+    conn.execute("COMMIT")
+    conn.close()
+    before = server.writer.stats["client_transactions"]
+    again = clients("first")
+    await again.start()
+    await again.flush(timeout=120)
+    assert env.sql("SELECT count(*) FROM other") == [(25_000,)]
+    assert server.writer.stats["client_transactions"] - before == 3  # 10,000 + 10,000 + 5,000

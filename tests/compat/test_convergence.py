@@ -88,7 +88,7 @@ class Scenario:
         await cl.start()
         self.ours[i] = cl
         if first:
-            sub = await cl.subscribe("items", SHAPES[i], timeout=60)
+            sub = await cl.subscribe("items", SHAPES[i])
             await cl.synced(sub)
 
     async def setup(self) -> None:
