@@ -234,8 +234,13 @@ class Writer:
   FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(j, i)
  CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.j) AS r
   LEFT JOIN {table} AS t ON {join}
-  LEFT JOIN electric.shadow AS s
-    ON s.schema_name = %s AND s.table_name = %s AND s.pk = ARRAY[{r_key}]"""
+  LEFT JOIN LATERAL (
+        -- one index lookup per key, whatever the statistics say (a hash join would read the
+        -- table's whole shadow); LIMIT keeps the planner from flattening it into a join
+        SELECT row_tags, col_tags, tombstone FROM electric.shadow AS s
+         WHERE s.schema_name = %s AND s.table_name = %s AND s.pk = ARRAY[{r_key}]
+         LIMIT 1
+       ) AS s ON true"""
             ).format(
                 r_key=sql.SQL(", ").join(sql.SQL("r.{}::text").format(sql.Identifier(c)) for c in pk),
                 first=sql.Identifier(pk[0]),
