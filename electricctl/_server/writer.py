@@ -140,12 +140,13 @@ class Writer:
 
     async def _apply(self, conn: psycopg.AsyncConnection[Any], tx: ClientTransaction) -> bool:
         cur = await conn.execute(
-            "SELECT lsn FROM electric.client_positions WHERE client_id = %s FOR UPDATE", [tx.client_id]
+            "SELECT set_config(%s, %s, true),"
+            " (SELECT lsn FROM electric.client_positions WHERE client_id = %s FOR UPDATE)",
+            [names.WRITER_SETTING, tx.client_id, tx.client_id],
         )
-        await conn.execute("SELECT set_config(%s, %s, true)", [names.WRITER_SETTING, tx.client_id])
         reads = await self._read(conn, tx.ops)
         row = await cur.fetchone()
-        if row is not None and tx.lsn <= int(row[0]):
+        if row is not None and row[1] is not None and tx.lsn <= int(row[1]):
             return False
         rows = await _states(reads)
         actions: list[_Action] = []
@@ -281,13 +282,11 @@ SELECT %s, %s, x.pk, x.row_tags, x.col_tags, x.deleted
 async def _finish(conn: psycopg.AsyncConnection[Any], tx: ClientTransaction, write: ClientWrite) -> None:
     """Describe the transaction in the WAL (origin, timestamp, tags) and record the client's position."""
     await conn.execute(
-        "SELECT pg_logical_emit_message(true, %s, %s), pg_logical_emit_message(true, %s, %s)",
-        [WRITE_PREFIX, write.to_json(), ORIGIN_PREFIX, tx.client_id],
-    )
-    await conn.execute(
-        "INSERT INTO electric.client_positions (client_id, lsn) VALUES (%s, %s)"
-        " ON CONFLICT (client_id) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now()",
-        [tx.client_id, tx.lsn],
+        "WITH position AS ("
+        " INSERT INTO electric.client_positions (client_id, lsn) VALUES (%s, %s)"
+        " ON CONFLICT (client_id) DO UPDATE SET lsn = EXCLUDED.lsn, updated_at = now() RETURNING 1)"
+        " SELECT pg_logical_emit_message(true, %s, %s), pg_logical_emit_message(true, %s, %s) FROM position",
+        [tx.client_id, tx.lsn, WRITE_PREFIX, write.to_json(), ORIGIN_PREFIX, tx.client_id],
     )
 
 
