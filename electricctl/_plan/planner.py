@@ -253,7 +253,12 @@ class _Checker:
                     continue
                 if fk.target == goal:
                     return [
-                        {"table": str(f.table), "columns": list(f.columns), "references": str(f.target)}
+                        {
+                            "table": str(f.table),
+                            "columns": list(f.columns),
+                            "references": str(f.target),
+                            "references_columns": list(f.target_columns),
+                        }
                         for f in (*path, fk)
                     ]
                 seen.add(fk.target)

@@ -71,6 +71,7 @@ class SatErrorResp(_message.Message):
         INVALID_REQUEST: _ClassVar[SatErrorResp.ErrorCode]
         PROTO_VSN_MISMATCH: _ClassVar[SatErrorResp.ErrorCode]
         SCHEMA_VSN_MISMATCH: _ClassVar[SatErrorResp.ErrorCode]
+        PERMISSION_DENIED: _ClassVar[SatErrorResp.ErrorCode]
     INTERNAL: SatErrorResp.ErrorCode
     AUTH_REQUIRED: SatErrorResp.ErrorCode
     AUTH_FAILED: SatErrorResp.ErrorCode
@@ -78,6 +79,7 @@ class SatErrorResp(_message.Message):
     INVALID_REQUEST: SatErrorResp.ErrorCode
     PROTO_VSN_MISMATCH: SatErrorResp.ErrorCode
     SCHEMA_VSN_MISMATCH: SatErrorResp.ErrorCode
+    PERMISSION_DENIED: SatErrorResp.ErrorCode
     ERROR_TYPE_FIELD_NUMBER: _ClassVar[int]
     LSN_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]

@@ -31,6 +31,7 @@ from electricctl._expr import ast
 from electricctl._expr.parse import ExprError, parse
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog
+from electricctl._perms.policy import Policy
 from electricctl._replication.model import RelationDef, Transaction
 from electricctl._replication.source import DISPLAY_OPTIONS, MARKER_PREFIX, ReplicationSource
 from electricctl._server.clients import ClientStore
@@ -151,6 +152,7 @@ class Server:
         self._catalog: psycopg.AsyncConnection[Any] | None = None
         self._relations: dict[TableRef, tuple[RelationDef | None, float]] = {}
         self._rules: tuple[ShapeRules, float] | None = None
+        self._policy: tuple[Policy, dict[TableRef, RelationDef], float] | None = None
         self._electrified: tuple[set[TableRef], float] | None = None
         self.bound_port = port
         self.stats: dict[str, int] = {"subscription_deliveries": 0, "transactions_sent": 0, "replication_restarts": 0}
@@ -270,6 +272,26 @@ class Server:
         self._relations[table] = (rel, now)
         return rel
 
+    async def policy(self) -> tuple[Policy, dict[TableRef, RelationDef]]:
+        """Grants and assignments as applied, with the tables they name (cached for RULES_TTL seconds)."""
+        now = time.monotonic()
+        if self._policy is not None and now - self._policy[2] < RULES_TTL:
+            return self._policy[0], self._policy[1]
+        conn = await self._catalog_conn()
+        grants = await (await conn.execute("SELECT name, definition FROM electric.grants")).fetchall()
+        assignments = await (await conn.execute("SELECT name, definition FROM electric.assignments")).fetchall()
+        policy = Policy.from_catalog({r[0]: r[1] for r in grants}, {r[0]: r[1] for r in assignments})
+        relations: dict[TableRef, RelationDef] = {}
+        named = {g.table for g in policy.grants} | {a.table for a in policy.assignments}
+        named |= {TableRef.parse(h["table"]) for g in policy.grants for h in g.scope_path}
+        named |= {g.scope_table for g in policy.grants if g.scope_table is not None}
+        for table in named:
+            rel = await self.describe(table)
+            if rel is not None:
+                relations[table] = rel
+        self._policy = (policy, relations, now)
+        return policy, relations
+
     async def shape_rules(self) -> ShapeRules:
         """Declared shapes and the adhoc_shapes setting, as applied (read from the catalog)."""
         now = time.monotonic()
@@ -349,6 +371,12 @@ class Server:
 
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
         await self.check_catalog()
+        policy, _ = await self.policy()
+        if not policy.enforced:
+            log.warning(
+                "electric.yaml declares no grants: every authenticated client may read and write every"
+                " electrified table (as in Electric 0.12); declare grants to enforce permissions"
+            )
         self.log.open()
         stop_replication = asyncio.Event()
         replication = asyncio.create_task(self._replicate(stop_replication), name="replication")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -37,6 +38,7 @@ from electricctl._server.inbound import (
     ClientTransaction,
     InvalidTransaction,
     MalformedTransaction,
+    PermissionDenied,
     decode_transaction,
     encode_client_lsn,
     relation_from,
@@ -49,6 +51,8 @@ if TYPE_CHECKING:
     from electricctl._server.app import Server
 
 log = logging.getLogger("electricctl.server")
+audit = logging.getLogger("electricctl.audit")
+"""One JSON line per denied client transaction."""
 
 ERR = pb.SatErrorResp
 START_ERR = pb.SatInStartReplicationResp.ReplicationError
@@ -277,6 +281,7 @@ class Connection:
             item = await self._writes.get()
             if item is _STOP:
                 return
+            denied: PermissionDenied | None = None
             try:
                 if isinstance(item, InvalidTransaction):
                     if item.transaction is None:
@@ -284,16 +289,35 @@ class Connection:
                     tx, problem = item.transaction, str(item)
                 else:
                     tx, problem = item, None
+                    if self.identity is not None:
+                        tx.user_id, tx.claims = self.identity.user_id, self.identity.claims
+                    policy, relations = await self.server.policy()
                     try:
-                        await writer.apply(tx)
+                        await writer.apply(tx, policy, relations.get)
                     except InvalidTransaction as exc:
                         problem = str(exc)
+                        denied = exc if isinstance(exc, PermissionDenied) else None
                 if problem is not None:
+                    if denied is not None:
+                        audit.warning(
+                            "%s",
+                            json.dumps(
+                                {
+                                    "event": "permission_denied",
+                                    "client_id": tx.client_id,
+                                    "user_id": tx.user_id,
+                                    "peer": self.peer,
+                                    "client_lsn": tx.lsn,
+                                    "table": denied.table,
+                                    "operation": denied.operation,
+                                    "message": problem,
+                                }
+                            ),
+                        )
                     await writer.refuse(tx, problem)
                     if self.native:
-                        await self.send(
-                            ERR(error_type=ERR.INVALID_REQUEST, lsn=encode_client_lsn(tx.lsn), message=problem)
-                        )
+                        code = ERR.PERMISSION_DENIED if denied is not None else ERR.INVALID_REQUEST
+                        await self.send(ERR(error_type=code, lsn=encode_client_lsn(tx.lsn), message=problem))
                 else:
                     await self.send(pb.SatOpLogAck(ack_timestamp=tx.commit_ts_ms, lsn=encode_client_lsn(tx.lsn)))
             except ConnectionClosed:

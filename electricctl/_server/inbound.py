@@ -69,9 +69,21 @@ class ClientTransaction:
     """The client's position of this transaction (its oplog rowid): increasing, used for idempotency."""
     commit_ts_ms: int
     ops: list[ClientOp] = field(default_factory=list)
+    user_id: str | None = None
+    """The token's ``sub``: whose permissions apply."""
+    claims: Mapping[str, Any] = field(default_factory=dict)
 
     def describe(self) -> str:
         return f"client {self.client_id} transaction at LSN {self.lsn}"
+
+
+class PermissionDenied(InvalidTransaction):
+    """A client transaction the user's grants do not allow (PERMISSION_DENIED)."""
+
+    def __init__(self, message: str, table: str, operation: str) -> None:
+        super().__init__(message)
+        self.table = table
+        self.operation = operation
 
 
 class MalformedTransaction(ValueError):

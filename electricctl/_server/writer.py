@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,10 +35,11 @@ import psycopg
 from psycopg import errors, sql
 
 from electricctl._merge.rules import RowState, Tag, Write, merge
+from electricctl._perms.policy import Denied, Describe, Policy
 from electricctl._replication.model import ClientWrite, RelationDef, row_key
 from electricctl._replication.source import DISPLAY_OPTIONS
 from electricctl._replication.txbuilder import ORIGIN_PREFIX, WRITE_PREFIX
-from electricctl._server.inbound import ClientOp, ClientTransaction, InvalidTransaction
+from electricctl._server.inbound import ClientOp, ClientTransaction, InvalidTransaction, PermissionDenied
 from electricctl._sql import names
 
 log = logging.getLogger("electricctl.server")
@@ -104,8 +105,14 @@ class Writer:
                 row = await cur.fetchone()
             return int(row[0]) if row else 0
 
-    async def apply(self, tx: ClientTransaction) -> bool:
-        """Apply ``tx``; False if it was applied before. Raises InvalidTransaction for bad data."""
+    async def apply(
+        self, tx: ClientTransaction, policy: Policy | None = None, describe: Describe | None = None
+    ) -> bool:
+        """Apply ``tx``; False if it was applied before.
+
+        Raises InvalidTransaction for bad data, and PermissionDenied when ``policy`` (enforced)
+        does not allow one of its operations; ``describe`` gives the tables the policy names.
+        """
         async with self._lock:
             delay = 0.005
             for attempt in range(_RETRIES):
@@ -113,7 +120,7 @@ class Writer:
                 try:
                     # pipelined: the reads go in one round trip, the writes and the commit in another
                     async with conn.pipeline(), conn.transaction():
-                        applied = await self._apply(conn, tx)
+                        applied = await self._apply(conn, tx, policy if policy and policy.enforced else None, describe)
                 except (errors.SerializationFailure, errors.DeadlockDetected):
                     self.stats["retries"] += 1
                     if attempt == _RETRIES - 1:
@@ -138,7 +145,13 @@ class Writer:
                 return applied
             raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _apply(self, conn: psycopg.AsyncConnection[Any], tx: ClientTransaction) -> bool:
+    async def _apply(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        tx: ClientTransaction,
+        policy: Policy | None = None,
+        describe: Describe | None = None,
+    ) -> bool:
         cur = await conn.execute(
             "SELECT set_config(%s, %s, true),"
             " (SELECT lsn FROM electric.client_positions WHERE client_id = %s FOR UPDATE)",
@@ -151,18 +164,28 @@ class Writer:
         rows = await _states(reads)
         actions: list[_Action] = []
         tag = Tag(tx.commit_ts_ms, tx.client_id)
-        for op in tx.ops:
+        for n, op in enumerate(tx.ops, start=1):
             current = rows[(op.relation.qualified, op.key)]
-            state = merge(current.state, _write(op, tag))
+            before, was_present = current.state, current.present
+            state = merge(before, _write(op, tag))
             current.state = state
+            action: _Action | None = None
             if state.exists and (op.kind != "compensation" or not current.present):
                 if op.kind == "compensation" and not _complete(op.relation, state):
                     continue  # nothing to revive the row from (it was never seen whole)
-                actions.append(_Action("upsert", op.relation, current.key, dict(state.values)))
+                action = _Action("upsert", op.relation, current.key, dict(state.values))
                 current.present = True
             elif not state.exists and current.present:
-                actions.append(_Action("delete", op.relation, current.key, dict(state.values)))
+                action = _Action("delete", op.relation, current.key, dict(state.values))
                 current.present = False
+            if policy is not None:
+                # checked against the data as this transaction leaves it so far: written at once
+                assert describe is not None
+                await _check(conn, tx, n, op, policy, describe, before if was_present else None, state, action)
+                if action is not None:
+                    await _execute(conn, [action])
+            elif action is not None:
+                actions.append(action)
         for batch in _batches(actions):
             await _execute(conn, batch)
         await self._write_shadow(conn, rows)
@@ -320,6 +343,70 @@ async def _states(reads: list[_Read]) -> dict[tuple[str, Key], _Row]:
                 shared = canonical_rows[canonical] = _state_row(read.rel, read.pk, canonical, rec[1 + npk :])
             out[(read.qualified, read.requested[int(rec[0]) - 1])] = shared
     return out
+
+
+async def _check(
+    conn: psycopg.AsyncConnection[Any],
+    tx: ClientTransaction,
+    n: int,
+    op: ClientOp,
+    policy: Policy,
+    describe: Describe,
+    before: RowState | None,
+    after: RowState,
+    action: _Action | None,
+) -> None:
+    """Raise PermissionDenied unless the user's grants allow operation ``n`` as it takes effect.
+
+    An insert or update is an insert where there was no row and an update where there was one;
+    a delete needs the delete privilege for the row as it is; a compensation that revives a row
+    is an insert. The row before is Postgres' (not what the client says it had).
+    """
+    rel = op.relation
+    if op.kind == "delete":
+        if before is None:
+            return  # nothing there to delete
+        privilege, rows_before, rows_after = "delete", before, None
+        written: frozenset[str] = frozenset()
+    elif op.kind == "compensation":
+        if action is None or action.kind != "upsert":
+            return  # the row is there already: nothing changes
+        privilege, rows_before, rows_after = "insert", None, after
+        written = frozenset(c for c, v in after.values.items() if v is not None)
+    else:
+        privilege = "update" if before is not None else "insert"
+        rows_before, rows_after = before, after
+        if privilege == "insert":
+            written = frozenset(c for c, v in op.values.items() if v is not None)
+        else:
+            old = op.old or {}
+            written = frozenset(c for c, v in op.values.items() if old.get(c) != v)
+    query = policy.write_check(
+        privilege,
+        rel,
+        tx.user_id,
+        tx.claims,
+        _as_json(rel, rows_before.values) if rows_before is not None else None,
+        _as_json(rel, rows_after.values) if rows_after is not None else None,
+        written,
+        describe,
+    )
+    table = rel.qualified
+    if isinstance(query, Denied):
+        reason = query.message
+    else:
+        cur = await conn.execute(query)
+        row = await cur.fetchone()
+        if row is not None and row[0]:
+            return
+        reason = f"{privilege} on {table} is not allowed for this row by any grant this user holds"
+    raise PermissionDenied(
+        f"{tx.describe()}: operation {n} ({op.kind} on {table}): permission denied: {reason}", table, privilege
+    )
+
+
+def _as_json(rel: RelationDef, values: Mapping[str, Any]) -> dict[str, Any]:
+    return {c: _json_value(rel, c, v) for c, v in values.items()}
 
 
 def _unique(rows: dict[tuple[str, Key], _Row]) -> list[_Row]:

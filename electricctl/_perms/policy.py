@@ -1,0 +1,279 @@
+"""Permissions: the grants and assignments of electric.yaml, as the server enforces them.
+
+Roles: ``anyone`` and ``authenticated`` (every client with a valid token); global roles, held by a
+user when a row of the assignment's table names them (``user_column = sub``, and its ``if``
+holds); scoped roles such as ``projects:member``, held for one scope row (the assignment row's
+``scope_column``). A grant of a scoped role applies to the rows whose chain of foreign keys
+(``scope_path``, found by ``plan``) leads to a scope row the user holds the role for.
+
+A client operation is allowed when at least one grant on its table allows its privilege to a role
+the user holds, for the row as it is before the operation (update, delete) and as it will be after
+(insert, update), with the grant's ``where`` true for both and every written column in the
+grant's ``columns``. Everything is decided by one SQL query per operation, run in the writer's
+transaction: against the data as it is, so an assignment written a moment ago counts, and no
+cache can be stale. Nothing here does I/O; it composes :mod:`psycopg.sql` (values are Literals).
+
+With no grants in the config the server runs open, as 0.12 did (every authenticated client may
+read and write every electrified table), and says so at startup.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from electricctl._config.model import TableRef
+from electricctl._replication.model import RelationDef
+from electricctl._shapes.compile import ShapeError, compile_where
+
+log = logging.getLogger("electricctl.server")
+
+BUILTIN = frozenset({"anyone", "authenticated"})
+Describe = Callable[[TableRef], RelationDef | None]
+
+
+class PolicyError(ValueError):
+    """A rule the server cannot enforce (the message names it); operations it would allow are denied."""
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRule:
+    name: str
+    privileges: frozenset[str]
+    table: TableRef
+    role: str
+    scope_table: TableRef | None
+    columns: frozenset[str] | None
+    where: str | None
+    scope_path: tuple[Mapping[str, Any], ...]
+
+    @classmethod
+    def from_definition(cls, name: str, d: Mapping[str, Any]) -> GrantRule:
+        return cls(
+            name,
+            frozenset(d["privileges"]),
+            TableRef.parse(d["table"]),
+            d["role"],
+            TableRef.parse(d["scope_table"]) if d.get("scope_table") else None,
+            frozenset(d["columns"]) if d.get("columns") else None,
+            d.get("where"),
+            tuple(d.get("scope_path") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentRule:
+    name: str
+    role: str
+    scope_table: TableRef | None
+    table: TableRef
+    user_column: str
+    scope_column: str | None
+    condition: str | None
+
+    @classmethod
+    def from_definition(cls, name: str, d: Mapping[str, Any]) -> AssignmentRule:
+        return cls(
+            name,
+            d["role"],
+            TableRef.parse(d["scope_table"]) if d.get("scope_table") else None,
+            TableRef.parse(d["table"]),
+            d["user_column"],
+            d.get("scope_column"),
+            d.get("if"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Denied:
+    """Why an operation is not allowed (for the client's error and the audit log)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    grants: tuple[GrantRule, ...]
+    assignments: tuple[AssignmentRule, ...]
+
+    @classmethod
+    def from_catalog(
+        cls, grants: Mapping[str, Mapping[str, Any]], assignments: Mapping[str, Mapping[str, Any]]
+    ) -> Policy:
+        return cls(
+            tuple(GrantRule.from_definition(n, d) for n, d in sorted(grants.items())),
+            tuple(AssignmentRule.from_definition(n, d) for n, d in sorted(assignments.items())),
+        )
+
+    @property
+    def enforced(self) -> bool:
+        """Grants are declared: everything not granted is denied."""
+        return bool(self.grants)
+
+    def grants_for(self, table: TableRef, privilege: str) -> list[GrantRule]:
+        return [g for g in self.grants if g.table == table and privilege in g.privileges]
+
+    def write_check(
+        self,
+        privilege: str,
+        rel: RelationDef,
+        user_id: str | None,
+        claims: Mapping[str, Any],
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any] | None,
+        written: frozenset[str],
+        describe: Describe,
+    ) -> sql.Composed | Denied:
+        """A query returning one boolean: may this user make this change?
+
+        ``before``/``after`` are the row (column -> value as JSON) before and after the operation;
+        None when there is no row. Returns :class:`Denied` when no grant can allow it, so no query
+        is needed.
+        """
+        table = TableRef(rel.schema, rel.name)
+        what = f"{privilege} on {table}"
+        candidates = []
+        for g in self.grants_for(table, privilege):
+            if g.columns is not None and not written <= g.columns | _pk(rel):
+                continue
+            candidates.append(g)
+        if not candidates:
+            cols = f" (columns {', '.join(sorted(written))})" if written else ""
+            return Denied(f"{what}{cols} is not granted to any role this user holds")
+        checks: list[sql.Composable] = []
+        for g in candidates:
+            try:
+                checks.append(self._grant_check(g, rel, user_id, claims, before, after, describe))
+            except (PolicyError, ShapeError) as exc:
+                # a rule that cannot be checked allows nothing
+                log.warning("grant %s cannot be checked, so it allows nothing: %s", g.name, exc)
+                checks.append(sql.SQL("false"))
+        return sql.SQL("SELECT {}").format(sql.SQL(" OR ").join(sql.SQL("({})").format(c) for c in checks))
+
+    def _grant_check(
+        self,
+        g: GrantRule,
+        rel: RelationDef,
+        user_id: str | None,
+        claims: Mapping[str, Any],
+        before: Mapping[str, Any] | None,
+        after: Mapping[str, Any] | None,
+        describe: Describe,
+    ) -> sql.Composable:
+        parts: list[sql.Composable] = []
+        rows = [r for r in (before, after) if r is not None]
+        for row in rows:
+            if g.where:
+                where = compile_where(g.where, rel, claims)
+                parts.append(sql.SQL("coalesce(({}), false)").format(_over_row(rel, row, where.sql)))
+        if g.role in BUILTIN:
+            if g.role == "authenticated" and not user_id:
+                return sql.SQL("false")
+        elif g.scope_table is None:
+            parts.append(self._holds_global(g.role, user_id, claims, describe))
+        else:
+            for row in rows:
+                parts.append(self._holds_scoped(g, rel, row, user_id, claims, describe))
+        if not parts:
+            return sql.SQL("true")
+        return sql.SQL(" AND ").join(parts)
+
+    def _holds_global(
+        self, role: str, user_id: str | None, claims: Mapping[str, Any], describe: Describe
+    ) -> sql.Composable:
+        sources = [a for a in self.assignments if a.role == role and a.scope_table is None]
+        if not sources or not user_id:
+            return sql.SQL("false")
+        return sql.SQL(" OR ").join(self._assigned(a, user_id, claims, describe, None) for a in sources)
+
+    def _holds_scoped(
+        self,
+        g: GrantRule,
+        rel: RelationDef,
+        row: Mapping[str, Any],
+        user_id: str | None,
+        claims: Mapping[str, Any],
+        describe: Describe,
+    ) -> sql.Composable:
+        sources = [a for a in self.assignments if a.role == g.role and a.scope_table == g.scope_table]
+        if not sources or not user_id:
+            return sql.SQL("false")
+        scope_id = _scope_id(g, rel, row, describe)
+        return sql.SQL("({})").format(
+            sql.SQL(" OR ").join(self._assigned(a, user_id, claims, describe, scope_id) for a in sources)
+        )
+
+    def _assigned(
+        self,
+        a: AssignmentRule,
+        user_id: str,
+        claims: Mapping[str, Any],
+        describe: Describe,
+        scope_id: sql.Composable | None,
+    ) -> sql.Composable:
+        """EXISTS a row of the assignment's table giving the user the role (for that scope)."""
+        arel = describe(a.table)
+        if arel is None:
+            raise PolicyError(f"assignment {a.name}: table {a.table} does not exist")
+        conds: list[sql.Composable] = [
+            sql.SQL("{}::text = {}").format(sql.Identifier("electric_a", a.user_column), sql.Literal(user_id))
+        ]
+        if scope_id is not None:
+            if a.scope_column is None:
+                raise PolicyError(f"assignment {a.name} has no scope column")
+            conds.append(sql.SQL("{} = {}").format(sql.Identifier("electric_a", a.scope_column), scope_id))
+        if a.condition:
+            cond = compile_where(a.condition, arel, claims)
+            conds.append(sql.SQL("coalesce(({}), false)").format(cond.sql))
+        return sql.SQL("EXISTS (SELECT 1 FROM {} AS electric_a WHERE {})").format(
+            sql.Identifier(a.table.schema, a.table.name), sql.SQL(" AND ").join(conds)
+        )
+
+
+def _pk(rel: RelationDef) -> frozenset[str]:
+    return frozenset(rel.columns[i].name for i in rel.pk_indexes)
+
+
+def _record(rel: RelationDef, row: Mapping[str, Any]) -> sql.Composable:
+    return sql.SQL("jsonb_populate_record(NULL::{}, {}::jsonb)").format(
+        sql.Identifier(rel.schema, rel.name), sql.Literal(json.dumps(dict(row)))
+    )
+
+
+def _over_row(rel: RelationDef, row: Mapping[str, Any], expr: sql.Composable) -> sql.Composable:
+    """``expr`` (over unqualified columns of ``rel``) evaluated for ``row``."""
+    return sql.SQL("SELECT {} FROM {} AS electric_r").format(expr, _record(rel, row))
+
+
+def _scope_id(g: GrantRule, rel: RelationDef, row: Mapping[str, Any], describe: Describe) -> sql.Composable:
+    """The key of the scope row that ``row`` belongs to, following the grant's foreign keys."""
+    path: Sequence[Mapping[str, Any]] = g.scope_path
+    if not path:
+        # the table is the scope table: its own key
+        pk = [rel.columns[i].name for i in rel.pk_indexes]
+        if len(pk) != 1:
+            raise PolicyError(f"grant {g.name}: scope table {g.table} needs a single-column primary key")
+        return sql.SQL("({})").format(_over_row(rel, row, sql.Identifier(pk[0])))
+    first = path[0]
+    if len(first["columns"]) != 1:
+        raise PolicyError(f"grant {g.name}: multi-column foreign keys cannot carry a scope")
+    expr: sql.Composable = sql.SQL("({})").format(_over_row(rel, row, sql.Identifier(first["columns"][0])))
+    for prev, hop in itertools.pairwise(path):
+        if len(hop["columns"]) != 1 or len(prev.get("references_columns") or ()) != 1:
+            raise PolicyError(
+                f"grant {g.name}: the scope path needs single-column foreign keys; run `electricctl apply`"
+            )
+        table = TableRef.parse(hop["table"])
+        expr = sql.SQL("(SELECT {} FROM {} WHERE {} = {})").format(
+            sql.Identifier(hop["columns"][0]),
+            sql.Identifier(table.schema, table.name),
+            sql.Identifier(prev["references_columns"][0]),
+            expr,
+        )
+    return expr
