@@ -10,6 +10,7 @@ the other through Postgres, and concurrent offline edits merge.
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import signal
 import sqlite3
@@ -34,7 +35,7 @@ from electricctl.client import SyncClient
 DEMO_DB = "electric_demo"
 
 
-async def _serve(con: Console, config: ElectricConfig, url: str, data_dir: Path, keep: bool) -> None:
+async def _serve(con: Console, config: ElectricConfig, url: str, data_dir: Path, keep: bool, ada: uuid.UUID) -> None:
     server = Server(config, url, port=0, data_dir=data_dir)
     stop = asyncio.Event()
     started = asyncio.Event()
@@ -43,40 +44,46 @@ async def _serve(con: Console, config: ElectricConfig, url: str, data_dir: Path,
     while not server.replication_ok:
         await asyncio.sleep(0.05)
     ws = f"ws://127.0.0.1:{server.bound_port}/ws"
+    for name in ("electricctl.server", "electricctl.client", "electricctl.audit"):
+        logging.getLogger(name).setLevel(logging.ERROR)  # the demo prints what happens itself
     con.print(f"sync service on [bold]{ws}[/bold] (health: http://127.0.0.1:{server.bound_port}/health)")
-    token = mint(config.auth, "demo-user")
+    token = mint(config.auth, str(ada))  # the laptop and the phone are Ada's
     files = [data_dir / "laptop.db", data_dir / "phone.db"]
     laptop, phone = (SyncClient(str(f), ws, token) for f in files)
     for cl in (laptop, phone):
         await cl.start()
         await cl.synced(await cl.subscribe("team"))  # a shape declared in electric.yaml
-    con.print(f"two clients (laptop.db, phone.db) subscribed to the shape 'team': {_names(files[0])}")
+    con.print(f"Ada's laptop.db and phone.db subscribed to the shape 'team': {_names(files[0])}")
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("INSERT INTO users (id, name) VALUES (%s, 'Grace')", [uuid.uuid4()])
     ms = await _until(lambda: "Grace" in _names(files[1]))
     con.print(f"an INSERT made with SQL in Postgres reached the phone {ms:.1f} ms later: {_names(files[1])}")
 
-    _local(files[0], "INSERT INTO users (id, name) VALUES (?, 'Linus')", str(uuid.uuid4()))
+    _local(files[0], "UPDATE users SET name = 'Ada Lovelace' WHERE id = ?", str(ada))
     laptop.notify()
-    ms = await _until(lambda: "Linus" in _names(files[1]))
-    con.print(f"an INSERT made with SQL in laptop.db reached Postgres and the phone {ms:.1f} ms later")
+    ms = await _until(lambda: "Ada Lovelace" in _names(files[1]))
+    con.print(f"Ada renamed herself in laptop.db (plain SQL): in Postgres and on the phone {ms:.1f} ms later")
 
-    # concurrent edits while the laptop is offline: each column keeps its last writer
-    await laptop.stop()
-    _local(files[0], "UPDATE users SET name = 'Ada Lovelace' WHERE name = 'Ada'")
-    _local(files[1], "UPDATE users SET email = 'ada@lovelace.org' WHERE name = 'Ada'")
-    phone.notify()
-    laptop = SyncClient(str(files[0]), ws, token)
-    await laptop.start()
+    _local(files[0], "UPDATE users SET name = 'Grace H.' WHERE name = 'Grace'")
+    laptop.notify()
+    await _until(lambda: bool(laptop.refused) and "Grace" in _names(files[0]))
+    reason = laptop.refused[0].partition("permission denied: ")[2]
+    con.print(f"Ada renamed Grace in laptop.db: refused ({reason}); undone in laptop.db")
+
+    # an edit made offline meets a concurrent one: per column, the last writer wins everywhere
+    await phone.stop()
+    _local(files[0], "UPDATE users SET name = 'Ada (laptop)' WHERE id = ?", str(ada))
+    laptop.notify()
     await laptop.flush()
+    _local(files[1], "UPDATE users SET name = 'Countess Ada' WHERE id = ?", str(ada))
+    phone = SyncClient(str(files[1]), ws, token)
+    await phone.start()
     await phone.flush()
-    await _until(
-        lambda: _local(files[1], "SELECT name FROM users WHERE email = 'ada@lovelace.org'") == [("Ada Lovelace",)]
-    )
+    await _until(lambda: "Countess Ada" in _names(files[0]))
     with psycopg.connect(url, autocommit=True) as conn:
-        row = conn.execute("SELECT name, email FROM users WHERE email = 'ada@lovelace.org'").fetchone()
-    con.print(f"the laptop renamed Ada offline while the phone set her email; both edits merged: {row}")
+        row = conn.execute("SELECT name FROM users WHERE id = %s", [ada]).fetchone()
+    con.print(f"the laptop renamed Ada while the phone was offline, then the phone did; the later write won: {row}")
     for cl in (laptop, phone):
         await cl.stop()
     if keep:
@@ -157,7 +164,7 @@ def run(con: Console, *, keep: bool = False, data_dir: str | None = None) -> Non
         render.status_report(con, applier.status(config, url), file_hash=result.plan.config_hash)
 
         con.rule("7. serve: logical replication in, the Satellite protocol out")
-        asyncio.run(_serve(con, config, url, pg.base_dir / "serve", keep))
+        asyncio.run(_serve(con, config, url, pg.base_dir / "serve", keep, uid))
     finally:
         pg.stop(cleanup=data_dir is None)
         con.print("PostgreSQL stopped.")

@@ -52,8 +52,9 @@ def test_demo_runs_the_main_job_end_to_end() -> None:
     assert "Plan: 49 to create, 0 to update, 0 to delete." in out.stdout
     assert "No changes." in out.stdout
     assert "row tags [[" in out.stdout and "In sync" in out.stdout
-    assert "two clients (laptop.db, phone.db) subscribed to the shape 'team': ['Ada']" in out.stdout
+    assert "Ada's laptop.db and phone.db subscribed to the shape 'team': ['Ada']" in out.stdout
     assert "an INSERT made with SQL in Postgres reached the phone" in out.stdout and "['Ada', 'Grace']" in out.stdout
-    assert "an INSERT made with SQL in laptop.db reached Postgres and the phone" in out.stdout
-    assert "both edits merged: ('Ada Lovelace', 'ada@lovelace.org')" in out.stdout
+    assert "Ada renamed herself in laptop.db (plain SQL): in Postgres and on the phone" in out.stdout
+    assert "Ada renamed Grace in laptop.db: refused (update on public.users is not allowed" in out.stdout
+    assert "the later write won: ('Countess Ada',)" in out.stdout
     assert "PostgreSQL stopped." in out.stdout

@@ -214,6 +214,21 @@ class SyncClient:
 
     # -- connection ----------------------------------------------------------------------------
     async def _run(self) -> None:
+        stamper = asyncio.create_task(self._stamp_loop())
+        try:
+            await self._connect_loop()
+        finally:
+            stamper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stamper
+
+    async def _stamp_loop(self) -> None:
+        """Offline too: local writes get their timestamps when they are made, not at reconnect."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            self._stamp()
+
+    async def _connect_loop(self) -> None:
         delay = 0.1
         while not self._stopping:
             try:
