@@ -74,8 +74,8 @@ def test_include_edges_resolve_in_both_directions() -> None:
     assert '"direction":"one_to_many"' in sql and '"direction":"many_to_one"' in sql
     (grant,) = [c for c in p.changes if c.address.startswith("grants.")]
     assert (
-        '"scope_path":[{"columns":["project_id"],"references":"public.projects","table":"public.issues"}]'
-        in grant.sql()[0]
+        '"scope_path":[{"columns":["project_id"],"references":"public.projects",'
+        '"references_columns":["id"],"table":"public.issues"}]' in grant.sql()[0]
     )
 
 
