@@ -30,7 +30,7 @@ from psycopg import sql
 
 from electricctl._config.model import TableRef
 from electricctl._replication.model import RelationDef
-from electricctl._shapes.compile import ShapeError, compile_where
+from electricctl._shapes.compile import CompiledWhere, ShapeError, all_true, any_true, compile_where, constant, in_set
 
 log = logging.getLogger("electricctl.server")
 
@@ -277,3 +277,133 @@ def _scope_id(g: GrantRule, rel: RelationDef, row: Mapping[str, Any], describe: 
             expr,
         )
     return expr
+
+
+# -- the read path -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoleState:
+    """The roles a user holds, as the assignment tables say at one moment."""
+
+    global_roles: frozenset[str]
+    scopes: Mapping[tuple[str, str], frozenset[str]]
+    """(role, scope table) -> the keys (Postgres text) of the scope rows the user holds it for."""
+
+
+def role_queries(
+    policy: Policy, user_id: str | None, claims: Mapping[str, Any], describe: Describe
+) -> list[tuple[AssignmentRule, sql.Composed]]:
+    """One query per assignment: the rows that give ``user_id`` its role (the scope key, or 1)."""
+    out: list[tuple[AssignmentRule, sql.Composed]] = []
+    if not user_id:
+        return out
+    for a in policy.assignments:
+        arel = describe(a.table)
+        if arel is None:
+            continue
+        conds: list[sql.Composable] = [
+            sql.SQL("{}::text = {}").format(sql.Identifier(a.user_column), sql.Literal(user_id))
+        ]
+        if a.condition:
+            try:
+                conds.append(sql.SQL("coalesce(({}), false)").format(compile_where(a.condition, arel, claims).sql))
+            except ShapeError as exc:
+                log.warning("assignment %s cannot be checked, so it gives no role: %s", a.name, exc)
+                continue
+        what = (
+            sql.SQL("{}::text").format(sql.Identifier(a.scope_column))
+            if a.scope_table and a.scope_column
+            else sql.SQL("NULL::text")
+        )
+        out.append(
+            (
+                a,
+                sql.SQL("SELECT DISTINCT {} FROM {} WHERE {}").format(
+                    what, sql.Identifier(a.table.schema, a.table.name), sql.SQL(" AND ").join(conds)
+                ),
+            )
+        )
+    return out
+
+
+def role_state(results: Sequence[tuple[AssignmentRule, Sequence[Sequence[Any]]]]) -> RoleState:
+    global_roles: set[str] = set()
+    scopes: dict[tuple[str, str], set[str]] = {}
+    for a, rows in results:
+        if not rows:
+            continue
+        if a.scope_table is None:
+            global_roles.add(a.role)
+        else:
+            scopes.setdefault((a.role, str(a.scope_table)), set()).update(str(r[0]) for r in rows if r[0] is not None)
+    return RoleState(frozenset(global_roles), {k: frozenset(v) for k, v in scopes.items()})
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAccess:
+    """What a user may read of one table: which rows (None: every row) and which columns (None: all)."""
+
+    rows: CompiledWhere | None
+    columns: frozenset[str] | None
+    denied: bool = False
+
+
+def read_access(
+    policy: Policy, rel: RelationDef, user_id: str | None, claims: Mapping[str, Any], roles: RoleState
+) -> ReadAccess:
+    """The union of the select grants the user holds on ``rel``: the rows any of them shows, and
+    the columns any of them shows (the key is always shown). A scoped grant shows the rows whose
+    foreign key names a scope row the user holds the role for; scopes further than one foreign key
+    away are not resolved on the read path yet, so such a grant shows nothing."""
+    if not policy.enforced:
+        return ReadAccess(None, None)
+    table = TableRef(rel.schema, rel.name)
+    terms: list[CompiledWhere | None] = []
+    columns: set[str] | None = set()
+    for g in policy.grants_for(table, "select"):
+        term = _read_term(g, rel, user_id, claims, roles)
+        if term is False:
+            continue
+        terms.append(term if term is not True else None)
+        if columns is not None:
+            columns = None if g.columns is None else columns | g.columns
+    if not terms:
+        return ReadAccess(constant(False), frozenset(), denied=True)
+    rows = None if any(t is None for t in terms) else any_true([t for t in terms if t is not None])
+    return ReadAccess(rows, None if columns is None else frozenset(columns) | _pk(rel))
+
+
+def _read_term(
+    g: GrantRule, rel: RelationDef, user_id: str | None, claims: Mapping[str, Any], roles: RoleState
+) -> CompiledWhere | bool:
+    """The rows grant ``g`` shows this user: True (all), False (none) or a filter."""
+    if g.role == "authenticated" and not user_id:
+        return False
+    parts: list[CompiledWhere] = []
+    if g.role not in BUILTIN:
+        if g.scope_table is None:
+            if g.role not in roles.global_roles:
+                return False
+        else:
+            keys = roles.scopes.get((g.role, str(g.scope_table)), frozenset())
+            if not keys:
+                return False
+            if not g.scope_path:
+                pk = [rel.columns[i].name for i in rel.pk_indexes]
+                if len(pk) != 1:
+                    return False
+                parts.append(in_set(rel, pk[0], keys))
+            elif len(g.scope_path) == 1 and len(g.scope_path[0]["columns"]) == 1:
+                parts.append(in_set(rel, g.scope_path[0]["columns"][0], keys))
+            else:
+                return False
+    if g.where:
+        try:
+            parts.append(compile_where(g.where, rel, claims))
+        except ShapeError as exc:
+            log.warning("grant %s cannot be checked, so it shows nothing: %s", g.name, exc)
+            return False
+    if not parts:
+        return True
+    return all_true(parts)

@@ -26,12 +26,13 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from electricctl._auth.tokens import Identity
 from electricctl._config.model import ElectricConfig, TableRef
 from electricctl._expr import ast
 from electricctl._expr.parse import ExprError, parse
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog
-from electricctl._perms.policy import Policy
+from electricctl._perms.policy import Policy, RoleState, role_queries, role_state
 from electricctl._replication.model import RelationDef, Transaction
 from electricctl._replication.source import DISPLAY_OPTIONS, MARKER_PREFIX, ReplicationSource
 from electricctl._server.clients import ClientStore
@@ -291,6 +292,19 @@ class Server:
                 relations[table] = rel
         self._policy = (policy, relations, now)
         return policy, relations
+
+    async def role_state(
+        self, policy: Policy, relations: dict[TableRef, RelationDef], identity: Identity | None
+    ) -> RoleState:
+        """The roles ``identity`` holds now, read from the assignment tables."""
+        if identity is None:
+            return RoleState(frozenset(), {})
+        conn = await self._catalog_conn()
+        results = []
+        for a, query in role_queries(policy, identity.user_id, identity.claims, relations.get):
+            rows = await (await conn.execute(query)).fetchall()
+            results.append((a, rows))
+        return role_state(results)
 
     async def shape_rules(self) -> ShapeRules:
         """Declared shapes and the adhoc_shapes setting, as applied (read from the catalog)."""

@@ -27,6 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from electricctl._auth.tokens import AuthError, Identity, verify
 from electricctl._config.model import TableRef
+from electricctl._perms.policy import ReadAccess, RoleState, read_access
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
@@ -45,7 +46,7 @@ from electricctl._server.inbound import (
 )
 from electricctl._server.shapes import Shape, TableShapes, any_of, route_transaction, snapshot_filter
 from electricctl._server.snapshot import Snapshot
-from electricctl._shapes.compile import ShapeError, compile_where
+from electricctl._shapes.compile import ShapeError, all_true, compile_where
 
 if TYPE_CHECKING:
     from electricctl._server.app import Server
@@ -124,6 +125,10 @@ class Connection:
         self._rpc = RpcCalls(first_id=0)  # the server numbers its own calls from 0, the client from 1
         self.client_stream_started = False
         self._client_stream: asyncio.Task[None] | None = None
+        self.roles: RoleState | None = None
+        """The user's roles (from the assignment tables), when grants are enforced."""
+        self.read_access: dict[str, ReadAccess] = {}
+        """By table: the rows and columns this client may read."""
         self.client_relations: dict[int, ClientRelation] = {}
         """Relations the client announced for its writes, by the client's relation id."""
         self._writes: asyncio.Queue[ClientTransaction | InvalidTransaction] = asyncio.Queue()
@@ -527,6 +532,10 @@ class Connection:
             except ShapeError as exc:
                 at = f" at position {exc.offset + 1}" if exc.offset is not None else ""
                 return f"invalid where clause{at}: {exc.message}"
+        # a client gets only the rows its grants let it read, whatever the shape asks for
+        access = await self._access(rel)
+        if access.rows is not None:
+            compiled = access.rows if compiled is None else all_true([compiled, access.rows])
         return Shape(sub_id, request_id, table, rel, compiled, where)
 
     async def rpc_unsubscribe(self, req: pb.SatUnsubsReq) -> Message:
@@ -559,15 +568,51 @@ class Connection:
 
     # -- outbound ----------------------------------------------------------------------------
     def _converter(self, rel: RelationDef) -> Any:
+        """Postgres text -> wire values for ``rel``, keeping only the columns this client may read."""
         conv = self._converters.get(rel)
         if conv is None:
-            conv = self._converters[rel] = outbound.row_transform(rel)
+            transform = outbound.row_transform(rel)
+            keep = self._visible(rel)
+            if keep is None:
+                conv = transform
+            else:
+                conv = lambda row, t=transform, k=keep: tuple(t(row)[i] for i in k)  # noqa: E731
+            self._converters[rel] = conv
         return conv
+
+    def _visible(self, rel: RelationDef) -> tuple[int, ...] | None:
+        """Indexes of the columns of ``rel`` this client may read (None: all of them)."""
+        access = self.read_access.get(rel.qualified)
+        if access is None or access.columns is None:
+            return None
+        return tuple(i for i, c in enumerate(rel.columns) if c.name in access.columns)
 
     async def _send_relation(self, rel: RelationDef) -> None:
         if self.sent_relations.get(rel.relid) != rel:
-            await self.send(outbound.relation_message(rel))
+            keep = self._visible(rel)
+            shown = (
+                rel
+                if keep is None
+                else RelationDef(rel.relid, rel.schema, rel.name, tuple(rel.columns[i] for i in keep))
+            )
+            await self.send(outbound.relation_message(shown))
             self.sent_relations[rel.relid] = rel
+
+    async def _access(self, rel: RelationDef) -> ReadAccess:
+        """What this client may read of ``rel`` (its grants and roles as they are now)."""
+        policy, relations = await self.server.policy()
+        if not policy.enforced:
+            return ReadAccess(None, None)
+        if self.roles is None:
+            self.roles = await self.server.role_state(policy, relations, self.identity)
+        assert self.identity is not None
+        access = read_access(policy, rel, self.identity.user_id, self.identity.claims, self.roles)
+        known = self.read_access.get(rel.qualified)
+        if known is None or known.columns != access.columns:
+            self._converters = {r: c for r, c in self._converters.items() if r.qualified != rel.qualified}
+            self.sent_relations = {k: r for k, r in self.sent_relations.items() if r.qualified != rel.qualified}
+        self.read_access[rel.qualified] = access
+        return access
 
     async def stream(self) -> None:
         try:

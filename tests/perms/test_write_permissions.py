@@ -8,74 +8,15 @@ Postgres unchanged, leaves an audit line, and the connection carries on.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import psycopg
 import pytest
-import pytest_asyncio
 
-from electricctl._apply import applier
-from electricctl._config.loader import load_text
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from electricctl._server.connection import NATIVE_HEADER
 from electricctl.client.satellite import SatelliteClient
 from tests.server.test_writes import Writer, delete, insert, update
-from tests.server_fixtures import Env, running_server, ws_url
-
-SCHEMA = """
-CREATE TABLE users (id text PRIMARY KEY, name text);
-CREATE TABLE projects (id text PRIMARY KEY, owner_id text NOT NULL, name text);
-CREATE TABLE memberships (id text PRIMARY KEY, project_id text NOT NULL REFERENCES projects (id),
-                          user_id text NOT NULL, active bool NOT NULL DEFAULT true);
-CREATE TABLE issues (id text PRIMARY KEY, project_id text NOT NULL REFERENCES projects (id), title text, status text);
-CREATE TABLE comments (id text PRIMARY KEY, issue_id text NOT NULL REFERENCES issues (id), body text);
-CREATE TABLE admins (user_id text PRIMARY KEY);
-INSERT INTO users VALUES ('alice', 'Alice'), ('bob', 'Bob');
-INSERT INTO projects VALUES ('p1', 'carol', 'one'), ('p2', 'carol', 'two');
-INSERT INTO memberships VALUES ('m1', 'p1', 'alice', true), ('m2', 'p2', 'bob', true), ('m3', 'p1', 'dave', false);
-INSERT INTO issues VALUES ('i1', 'p1', 'first', 'open'), ('i2', 'p2', 'second', 'open'), ('i3', 'p1', 'old', 'archived'),
-                          ('i4', 'p1', 'spare', 'open');
-INSERT INTO comments VALUES ('c1', 'i1', 'hello');
-INSERT INTO admins VALUES ('carol');
-"""
-
-CONFIG = """
-version: 1
-auth:
-  mode: secure
-  jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
-tables: [users, projects, memberships, issues, comments, admins]
-adhoc_shapes: allow
-assignments:
-  - role: "projects:member"
-    to: memberships.user_id
-    scope: memberships.project_id
-    if: "memberships.active"
-  - role: admin
-    to: admins.user_id
-grants:
-  - privileges: [select, insert, update, delete]
-    on: issues
-    to: "projects:member"
-    where: "status <> 'archived'"
-  - privileges: [select, insert]
-    on: comments
-    to: "projects:member"
-  - privileges: all
-    on: projects
-    to: admin
-  - privileges: [select, insert]
-    on: projects
-    to: authenticated
-    where: "owner_id = auth.sub"
-  - privileges: [select, update]
-    on: users
-    to: authenticated
-    columns: [name]
-    where: "id = auth.sub"
-"""
+from tests.server_fixtures import Env, ws_url
 
 
 def relation(rid: int, table: str, *columns: str) -> pb.SatRelation:
@@ -92,23 +33,6 @@ PROJECTS = relation(2, "projects", "id", "owner_id", "name")
 MEMBERSHIPS = relation(3, "memberships", "id", "project_id", "user_id")
 ISSUES = relation(4, "issues", "id", "project_id", "title", "status")
 COMMENTS = relation(5, "comments", "id", "issue_id", "body")
-
-
-@pytest.fixture
-def env(db_url: str, tmp_path: Path) -> Env:
-    with psycopg.connect(db_url, autocommit=True) as conn:
-        conn.execute(SCHEMA)
-    path = tmp_path / "electric.yaml"
-    path.write_text(CONFIG)
-    config = load_text(CONFIG, str(path), env={})
-    applier.apply(config, db_url)
-    return Env(db_url, config, path, tmp_path / "data", f"electricctl_{db_url.rsplit('/', 1)[1]}")
-
-
-@pytest_asyncio.fixture
-async def server(env: Env) -> AsyncIterator[Server]:
-    async with running_server(env) as srv:
-        yield srv
 
 
 def snapshot(env: Env) -> dict[str, list[tuple[object, ...]]]:

@@ -1,0 +1,85 @@
+"""Permissions on the read path: a client receives only the rows and columns its grants show."""
+
+from __future__ import annotations
+
+from electricctl._protocol import satellite_pb2 as pb
+from electricctl._server.app import Server
+from electricctl.client.satellite import SatelliteClient
+from tests.server_fixtures import Env, ws_url
+
+
+async def reader(server: Server, env: Env, user: str, *tables: str) -> SatelliteClient:
+    cl = SatelliteClient(ws_url(server))
+    await cl.connect()
+    await cl.authenticate(env.token(user))
+    await cl.start()
+    for t in tables:
+        await cl.subscribe(t)
+    return cl
+
+
+def ids(cl: SatelliteClient, table: str) -> set[str]:
+    return {str(k[0], "utf-8") for k in cl.table(table)}
+
+
+async def test_scoped_rows_and_live_moves(server: Server, env: Env) -> None:
+    alice = await reader(server, env, "alice", "issues")
+    mallory = await reader(server, env, "mallory", "issues")
+    try:
+        # members of p1 see p1's issues that are not archived; nobody else sees anything
+        assert ids(alice, "issues") == {"i1", "i4"}
+        assert ids(mallory, "issues") == set()
+        env.sql("INSERT INTO issues VALUES ('i5', 'p1', 'new', 'open'), ('i6', 'p2', 'other', 'open')")
+        await alice.wait_for(lambda: "i5" in ids(alice, "issues"))
+        env.sql("UPDATE issues SET status = 'archived' WHERE id = 'i1'")  # leaves the grant's rows
+        await alice.wait_for(lambda: "i1" not in ids(alice, "issues"))
+        env.sql("UPDATE issues SET project_id = 'p1' WHERE id = 'i6'")  # moves into alice's scope
+        await alice.wait_for(lambda: "i6" in ids(alice, "issues"))
+        assert ids(alice, "issues") == {"i4", "i5", "i6"}
+        assert ids(mallory, "issues") == set()
+    finally:
+        await alice.close()
+        await mallory.close()
+
+
+async def test_a_where_clause_cannot_widen_a_shape(server: Server, env: Env) -> None:
+    alice = SatelliteClient(ws_url(server))
+    await alice.connect()
+    await alice.authenticate(env.token("alice"))
+    await alice.start()
+    try:
+        req = pb.SatSubsReq(
+            subscription_id="6d8f7c1e-0000-4000-8000-000000000001",
+            shape_requests=[
+                pb.SatShapeReq(
+                    request_id="r",
+                    shape_definition=pb.SatShapeDef(
+                        selects=[pb.SatShapeDef.Select(tablename="issues", where="this.project_id = 'p2' OR true")]
+                    ),
+                )
+            ],
+        )
+        await alice.rpc("subscribe", req)
+        await alice.wait_for(lambda: "6d8f7c1e-0000-4000-8000-000000000001" in alice.subscriptions_done)
+        assert ids(alice, "issues") == {"i1", "i4"}
+    finally:
+        await alice.close()
+
+
+async def test_column_grants_hide_columns_and_global_roles(server: Server, env: Env) -> None:
+    alice = await reader(server, env, "alice", "users")
+    carol = await reader(server, env, "carol", "projects")
+    try:
+        # alice may read only her own user row, and only its id and name: email never reaches her
+        assert ids(alice, "users") == {"alice"}
+        (rel,) = [m for m in alice.messages if isinstance(m, pb.SatRelation) and m.table_name == "users"]
+        assert [c.name for c in rel.columns] == ["id", "name"]
+        assert alice.table("users")[(b"alice",)] == {"id": b"alice", "name": b"Alice"}
+        env.sql("UPDATE users SET email = 'new@x.org', name = 'Al' WHERE id = 'alice'")
+        await alice.wait_for(lambda: alice.table("users")[(b"alice",)]["name"] == b"Al")
+        assert "email" not in alice.table("users")[(b"alice",)]
+        # carol is an admin (a global role): every project
+        assert ids(carol, "projects") == {"p1", "p2"}
+    finally:
+        await alice.close()
+        await carol.close()
