@@ -125,6 +125,8 @@ class Connection:
         self._rpc = RpcCalls(first_id=0)  # the server numbers its own calls from 0, the client from 1
         self.client_stream_started = False
         self._client_stream: asyncio.Task[None] | None = None
+        self._inflight: set[str] = set()
+        """Subscriptions requested and not yet recorded (delivered or failed)."""
         self.roles: RoleState | None = None
         """The user's roles (from the assignment tables), when grants are enforced."""
         self.read_access: dict[str, ReadAccess] = {}
@@ -442,9 +444,7 @@ class Connection:
             return ERR(error_type=ERR.INVALID_REQUEST, message="subscription_id must be a UUID")
         if not self.replicating:
             return ERR(error_type=ERR.INVALID_REQUEST, message="start replication before subscribing")
-        if sub_id in state.subscriptions or any(
-            isinstance(c, _Subscribe) and c.subscription_id == sub_id for c in self.control
-        ):
+        if sub_id in state.subscriptions or sub_id in self._inflight:
             return error(SUBS_ERR.SUBSCRIPTION_ID_ALREADY_EXISTS, f"subscription {sub_id} already exists")
         if not req.shape_requests:
             return ERR(error_type=ERR.INVALID_REQUEST, message="a subscription needs at least one shape request")
@@ -497,6 +497,7 @@ class Connection:
         if problems:
             return error(SUBS_ERR.SHAPE_REQUEST_ERROR, "some shape requests are invalid", problems)
         self.control.append(_Subscribe(sub_id, shapes))
+        self._inflight.add(sub_id)
         self.wake.set()
         return pb.SatSubsResp(subscription_id=sub_id)
 
@@ -633,9 +634,11 @@ class Connection:
                 if isinstance(item, _Subscribe):
                     try:
                         await self._deliver(item)
+                        self._inflight.discard(item.subscription_id)
                     except (psycopg.Error, TimeoutError) as exc:
                         # the client learns this subscription failed; the connection carries on
                         log.warning("could not deliver subscription %s: %s", item.subscription_id, exc)
+                        self._inflight.discard(item.subscription_id)
                         await self.send(
                             pb.SatSubsDataError(
                                 code=pb.SatSubsDataError.SHAPE_DELIVERY_ERROR,
