@@ -369,7 +369,7 @@ def read_access(
         if columns is not None:
             columns = None if g.columns is None else columns | g.columns
     if not terms:
-        return ReadAccess(constant(False), frozenset(), denied=True)
+        return ReadAccess(constant(False), _pk(rel), denied=True)
     rows = None if any(t is None for t in terms) else any_true([t for t in terms if t is not None])
     return ReadAccess(rows, None if columns is None else frozenset(columns) | _pk(rel))
 

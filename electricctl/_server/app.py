@@ -184,6 +184,11 @@ class Server:
                 if conn.live:
                     conn.relevant.append(tx.lsn)
                     conn.wake.set()
+        if self._policy is not None and self._policy[0].enforced:
+            assigned = {str(a.table) for a in self._policy[0].assignments}
+            if any(ch.relation.qualified in assigned for tx in written for ch in tx.changes):
+                for conn in self.connections:
+                    conn.roles_may_have_changed()
         if written:
             self.live_head = written[-1].lsn
         for conn in self.scanning:

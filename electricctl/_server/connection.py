@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from electricctl._auth.tokens import AuthError, Identity, verify
 from electricctl._config.model import TableRef
-from electricctl._perms.policy import ReadAccess, RoleState, read_access
+from electricctl._perms.policy import ReadAccess, RoleState, read_access, role_queries, role_state
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
@@ -89,6 +89,11 @@ class _Unsubscribe:
     subscription_ids: list[str]
 
 
+@dataclass(slots=True)
+class _Reassess:
+    """The assignment tables changed: the client's roles, and so what it may read, may have too."""
+
+
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -108,7 +113,7 @@ class Connection:
         self.cursor = 0
         self.wake = asyncio.Event()
         self.acked = asyncio.Event()
-        self.control: deque[_Subscribe | _Unsubscribe] = deque()
+        self.control: deque[_Subscribe | _Unsubscribe | _Reassess] = deque()
         self.shapes: dict[str, TableShapes] = {}
         """The client's shapes, by table (``schema.name``)."""
         self.live = False
@@ -646,6 +651,8 @@ class Connection:
                                 subscription_id=item.subscription_id,
                             )
                         )
+                elif isinstance(item, _Reassess):
+                    await self._reassess()
                 else:
                     await self._unsubscribe(item)
             if len(self.unacked) >= self.server.unacked_window:
@@ -802,6 +809,71 @@ class Connection:
             self.cursor,
         )
         await self.server.store.save_async(state)
+
+    def roles_may_have_changed(self) -> None:
+        if self.roles is not None and not any(isinstance(c, _Reassess) for c in self.control):
+            self.control.append(_Reassess())
+            self.wake.set()
+
+    async def _reassess(self) -> None:
+        """Apply a change of the client's roles at a consistent point: rows it may no longer read
+        leave as GONE, rows it now may read arrive as inserts, in one transaction."""
+        policy, relations = await self.server.policy()
+        snap = await self.server.snapshots.take()
+        try:
+            deferred = await self._catch_up_to(snap)
+            results = []
+            for a, query in role_queries(policy, self.identity.user_id if self.identity else None,
+                                         self.identity.claims if self.identity else {}, relations.get):  # fmt: skip
+                results.append((a, await (await snap.conn.execute(query)).fetchall()))
+            roles = role_state(results)
+            if roles == self.roles:
+                changes: list[pb.SatTransOp] = []
+            else:
+                self.roles = roles
+                changes = await self._reshape(snap)
+            if changes:
+                log_ = pb.SatOpLog()
+                ts = int(time.time() * 1000)
+                lsn = codec.encode_server_lsn(self.cursor)
+                log_.ops.add().begin.CopyFrom(pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))
+                log_.ops.extend(changes)
+                log_.ops.add().commit.CopyFrom(pb.SatOpCommit(commit_timestamp=ts, lsn=lsn))
+                await self.send(log_)
+                self.unacked.append(self.cursor)
+        finally:
+            await snap.close()
+        for tx in deferred:
+            await self._send_transaction(tx)
+
+    async def _reshape(self, snap: Snapshot) -> list[pb.SatTransOp]:
+        """Recompile every shape with the new roles; the rows that move, as ops (inserts, GONE)."""
+        state = self.state
+        assert state is not None
+        ops: list[pb.SatTransOp] = []
+        for table, shapes in list(self.shapes.items()):
+            old = list(shapes.all)
+            rel = old[0].relation
+            self.read_access.pop(table, None)
+            new: list[Shape] = []
+            for s in old:
+                shape = await self._shape(s.subscription_id, s.request_id, s.table, s.where_text)
+                if isinstance(shape, Shape):
+                    new.append(shape)
+            for s in old:
+                self.server.router.remove(self, table, s)
+                shapes.remove(s)
+            for s in new:
+                self._register(s)
+            old_where = any_of([s.where for s in old])
+            new_where = any_of([s.where for s in new])
+            await self._send_relation(rel)
+            convert = self._converter(rel)
+            async for rows in snap.rows(rel, snapshot_filter(old_where, [new_where])):
+                ops.extend(outbound.gone_op(rel, tuple(row[i] for i in rel.pk_indexes), convert) for row in rows)
+            async for rows in snap.rows(rel, snapshot_filter(new_where, [old_where]), tags=True):
+                ops.extend(outbound.inserts(rel, rows, convert).ops)
+        return ops
 
     async def _unsubscribe(self, unsub: _Unsubscribe) -> None:
         state = self.state

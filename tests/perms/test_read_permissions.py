@@ -83,3 +83,26 @@ async def test_column_grants_hide_columns_and_global_roles(server: Server, env: 
     finally:
         await alice.close()
         await carol.close()
+
+
+async def test_assignment_changes_take_effect_live(server: Server, env: Env) -> None:
+    mallory = await reader(server, env, "mallory", "issues")
+    alice = await reader(server, env, "alice", "issues")
+    try:
+        assert ids(mallory, "issues") == set()
+        # mallory becomes a member of p2: p2's readable issues arrive, as if the shape had changed
+        env.sql("INSERT INTO memberships VALUES ('m7', 'p2', 'mallory', true)")
+        await mallory.wait_for(lambda: ids(mallory, "issues") == {"i2"})
+        env.sql("INSERT INTO issues VALUES ('i8', 'p2', 'later', 'open')")  # and new ones follow live
+        await mallory.wait_for(lambda: ids(mallory, "issues") == {"i2", "i8"})
+        # the membership is deactivated: the rows leave
+        env.sql("UPDATE memberships SET active = false WHERE id = 'm7'")
+        await mallory.wait_for(lambda: ids(mallory, "issues") == set())
+        env.sql("INSERT INTO issues VALUES ('i9', 'p2', 'unseen', 'open')")
+        env.sql("UPDATE issues SET title = 'touched' WHERE id = 'i4'")
+        await alice.wait_for(lambda: alice.table("issues")[(b"i4",)]["title"] == b"touched")
+        assert ids(mallory, "issues") == set()  # nothing of p2 reaches her any more
+        assert ids(alice, "issues") == {"i1", "i4"}  # alice was never affected
+    finally:
+        await mallory.close()
+        await alice.close()
