@@ -146,7 +146,7 @@ BEGIN
         RETURN NULL;
     END IF;
     -- legacy Electric tags Postgres writes with a time in ms and no origin
-    tag := jsonb_build_array((extract(epoch FROM clock_timestamp()) * 1000)::bigint, NULL::text);
+    tag := jsonb_build_array(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint, NULL::text);
     IF TG_OP = 'INSERT' OR {old_row} IS DISTINCT FROM {new_row} THEN
 {insert}
     ELSE
