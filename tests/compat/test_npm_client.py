@@ -227,3 +227,50 @@ async def test_npm_client_refused_transaction_is_reverted_without_an_error(
     await asyncio.to_thread(d.call, "exec", sql="UPDATE items SET n = 9 WHERE id = 'a'")
     await asyncio.to_thread(wait_oplog_empty, d)
     assert env.sql("SELECT n FROM items WHERE id = 'a'") == [(9,)]
+
+
+GRANTS = """
+version: 1
+auth:
+  mode: secure
+  jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
+tables: [items]
+adhoc_shapes: allow
+grants:
+  - privileges: [select, insert, update, delete]
+    on: items
+    to: authenticated
+    where: "n IS NULL OR n < 100"
+"""
+
+
+async def test_npm_client_permission_denial_is_reverted(env: Env, drivers: list[Driver]) -> None:
+    """A transaction the grants deny: the npm client (no rollback of its own) gets no error frame, its
+    oplog clears, the rows return to what it may see, and the connection stays usable."""
+    import asyncio
+
+    from electricctl._apply import applier
+    from electricctl._config.loader import load_text
+    from tests.server_fixtures import running_server
+
+    env.config_path.write_text(GRANTS)
+    env.config = load_text(GRANTS, str(env.config_path), env={})
+    applier.apply(env.config, env.url, prune=True)
+    async with running_server(env) as srv:
+        d = await asyncio.to_thread(Driver, base_url(srv), env.token())
+        drivers.append(d)
+        await asyncio.to_thread(d.call, "subscribe", table="items")
+        assert {r["id"] for r in await asyncio.to_thread(d.rows, "items")} == {"a", "b"}
+        before = env.sql("SELECT * FROM items ORDER BY id")
+        await asyncio.to_thread(d.call, "exec", sql="UPDATE items SET n = 500 WHERE id = 'a'")
+        await asyncio.to_thread(d.call, "exec", sql="INSERT INTO items (id, n) VALUES ('big', 700)")
+        await asyncio.to_thread(wait_oplog_empty, d)
+        rows = await asyncio.to_thread(
+            d.wait_rows, "items", lambda rs: {r["id"]: r["n"] for r in rs} == {"a": 1, "b": None}
+        )
+        assert {r["id"] for r in rows} == {"a", "b"}
+        assert env.sql("SELECT * FROM items ORDER BY id") == before  # Postgres unchanged
+        # still connected and usable
+        await asyncio.to_thread(d.call, "exec", sql="UPDATE items SET n = 42 WHERE id = 'a'")
+        await asyncio.to_thread(wait_oplog_empty, d)
+        assert env.sql("SELECT n FROM items WHERE id = 'a'") == [(42,)]

@@ -223,6 +223,18 @@ async def test_behind_window_after_the_log_is_pruned(server: Server, env: Env) -
     await late.close()
 
 
+def _forged(token: str) -> str:
+    """A valid token whose payload was changed (sub -> admin) and its signature kept."""
+    import base64
+    import json as json_
+
+    header, payload, signature = token.split(".")
+    claims = json_.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims["sub"] = "admin"
+    forged = base64.urlsafe_b64encode(json_.dumps(claims).encode()).rstrip(b"=").decode()
+    return f"{header}.{forged}.{signature}"
+
+
 async def test_auth_failures(server: Server, env: Env) -> None:
     cl = await SatelliteClient(ws_url(server)).connect()
     with pytest.raises(RpcError, match="AUTH_REQUIRED"):
@@ -236,6 +248,7 @@ async def test_auth_failures(server: Server, env: Env) -> None:
         "alg none": jwt.encode({"sub": "u", "iat": now, "exp": now + 60}, key="", algorithm="none"),
         "no sub": jwt.encode({"iat": now, "exp": now + 60}, "test-secret-test-secret-test-secret", algorithm="HS256"),
         "garbage": "not.a.jwt",
+        "forged": _forged(env.token("u")),
     }
     for why, token in bad_tokens.items():
         with pytest.raises(RpcError, match="AUTH_REQUIRED") as info:
