@@ -119,42 +119,42 @@ class Policy:
     def grants_for(self, table: TableRef, privilege: str) -> list[GrantRule]:
         return [g for g in self.grants if g.table == table and privilege in g.privileges]
 
+    def candidates(self, privilege: str, rel: RelationDef, written: frozenset[str]) -> list[GrantRule]:
+        """The grants that may allow ``privilege`` on ``rel`` for a write of ``written`` columns."""
+        table = TableRef(rel.schema, rel.name)
+        return [g for g in self.grants_for(table, privilege) if g.columns is None or written <= g.columns | _pk(rel)]
+
+    def denial(self, privilege: str, rel: RelationDef, written: frozenset[str]) -> Denied:
+        cols = f" (columns {', '.join(sorted(written))})" if written else ""
+        return Denied(f"{privilege} on {rel.qualified}{cols} is not granted to any role this user holds")
+
     def write_check(
         self,
-        privilege: str,
+        grants: Sequence[GrantRule],
         rel: RelationDef,
         user_id: str | None,
         claims: Mapping[str, Any],
-        before: Mapping[str, Any] | None,
-        after: Mapping[str, Any] | None,
-        written: frozenset[str],
+        before: sql.Composable | None,
+        after: sql.Composable | None,
         describe: Describe,
-    ) -> sql.Composed | Denied:
-        """A query returning one boolean: may this user make this change?
+    ) -> sql.Composable:
+        """A boolean: does one of ``grants`` allow this change for this user?
 
-        ``before``/``after`` are the row (column -> value as JSON) before and after the operation;
-        None when there is no row. Returns :class:`Denied` when no grant can allow it, so no query
-        is needed.
+        ``before``/``after`` are row sources (a record of ``rel``'s type, e.g.
+        ``jsonb_populate_record(...)``) for the row before and after the operation; None when
+        there is no row.
         """
-        table = TableRef(rel.schema, rel.name)
-        what = f"{privilege} on {table}"
-        candidates = []
-        for g in self.grants_for(table, privilege):
-            if g.columns is not None and not written <= g.columns | _pk(rel):
-                continue
-            candidates.append(g)
-        if not candidates:
-            cols = f" (columns {', '.join(sorted(written))})" if written else ""
-            return Denied(f"{what}{cols} is not granted to any role this user holds")
         checks: list[sql.Composable] = []
-        for g in candidates:
+        for g in grants:
             try:
                 checks.append(self._grant_check(g, rel, user_id, claims, before, after, describe))
             except (PolicyError, ShapeError) as exc:
                 # a rule that cannot be checked allows nothing
                 log.warning("grant %s cannot be checked, so it allows nothing: %s", g.name, exc)
                 checks.append(sql.SQL("false"))
-        return sql.SQL("SELECT {}").format(sql.SQL(" OR ").join(sql.SQL("({})").format(c) for c in checks))
+        if not checks:
+            return sql.SQL("false")
+        return sql.SQL(" OR ").join(sql.SQL("({})").format(c) for c in checks)
 
     def _grant_check(
         self,
@@ -162,16 +162,16 @@ class Policy:
         rel: RelationDef,
         user_id: str | None,
         claims: Mapping[str, Any],
-        before: Mapping[str, Any] | None,
-        after: Mapping[str, Any] | None,
+        before: sql.Composable | None,
+        after: sql.Composable | None,
         describe: Describe,
     ) -> sql.Composable:
         parts: list[sql.Composable] = []
         rows = [r for r in (before, after) if r is not None]
-        for row in rows:
-            if g.where:
-                where = compile_where(g.where, rel, claims)
-                parts.append(sql.SQL("coalesce(({}), false)").format(_over_row(rel, row, where.sql)))
+        if g.where:
+            where = compile_where(g.where, rel, claims)
+            for row in rows:
+                parts.append(sql.SQL("coalesce(({}), false)").format(_over(row, where.sql)))
         if g.role in BUILTIN:
             if g.role == "authenticated" and not user_id:
                 return sql.SQL("false")
@@ -196,7 +196,7 @@ class Policy:
         self,
         g: GrantRule,
         rel: RelationDef,
-        row: Mapping[str, Any],
+        row: sql.Composable,
         user_id: str | None,
         claims: Mapping[str, Any],
         describe: Describe,
@@ -222,16 +222,18 @@ class Policy:
         if arel is None:
             raise PolicyError(f"assignment {a.name}: table {a.table} does not exist")
         conds: list[sql.Composable] = [
-            sql.SQL("{}::text = {}").format(sql.Identifier("electric_a", a.user_column), sql.Literal(user_id))
+            sql.SQL("{}::text = {}").format(sql.Identifier("electric_assignment", a.user_column), sql.Literal(user_id))
         ]
         if scope_id is not None:
             if a.scope_column is None:
                 raise PolicyError(f"assignment {a.name} has no scope column")
-            conds.append(sql.SQL("{} = {}").format(sql.Identifier("electric_a", a.scope_column), scope_id))
+            conds.append(sql.SQL("{} = {}").format(sql.Identifier("electric_assignment", a.scope_column), scope_id))
         if a.condition:
             cond = compile_where(a.condition, arel, claims)
             conds.append(sql.SQL("coalesce(({}), false)").format(cond.sql))
-        return sql.SQL("EXISTS (SELECT 1 FROM {} AS electric_a WHERE {})").format(
+        # the alias differs from every row source's (electric_before, electric_after, electric_r):
+        # a row source referring to this table's alias would check the wrong row
+        return sql.SQL("EXISTS (SELECT 1 FROM {} AS electric_assignment WHERE {})").format(
             sql.Identifier(a.table.schema, a.table.name), sql.SQL(" AND ").join(conds)
         )
 
@@ -240,18 +242,19 @@ def _pk(rel: RelationDef) -> frozenset[str]:
     return frozenset(rel.columns[i].name for i in rel.pk_indexes)
 
 
-def _record(rel: RelationDef, row: Mapping[str, Any]) -> sql.Composable:
+def record(rel: RelationDef, row: Mapping[str, Any]) -> sql.Composed:
+    """A row source for one row given as JSON values (column -> value)."""
     return sql.SQL("jsonb_populate_record(NULL::{}, {}::jsonb)").format(
         sql.Identifier(rel.schema, rel.name), sql.Literal(json.dumps(dict(row)))
     )
 
 
-def _over_row(rel: RelationDef, row: Mapping[str, Any], expr: sql.Composable) -> sql.Composable:
-    """``expr`` (over unqualified columns of ``rel``) evaluated for ``row``."""
-    return sql.SQL("SELECT {} FROM {} AS electric_r").format(expr, _record(rel, row))
+def _over(row: sql.Composable, expr: sql.Composable) -> sql.Composable:
+    """``expr`` (over unqualified columns) evaluated for the row ``row`` gives."""
+    return sql.SQL("SELECT {} FROM {} AS electric_r").format(expr, row)
 
 
-def _scope_id(g: GrantRule, rel: RelationDef, row: Mapping[str, Any], describe: Describe) -> sql.Composable:
+def _scope_id(g: GrantRule, rel: RelationDef, row: sql.Composable, describe: Describe) -> sql.Composable:
     """The key of the scope row that ``row`` belongs to, following the grant's foreign keys."""
     path: Sequence[Mapping[str, Any]] = g.scope_path
     if not path:
@@ -259,11 +262,11 @@ def _scope_id(g: GrantRule, rel: RelationDef, row: Mapping[str, Any], describe: 
         pk = [rel.columns[i].name for i in rel.pk_indexes]
         if len(pk) != 1:
             raise PolicyError(f"grant {g.name}: scope table {g.table} needs a single-column primary key")
-        return sql.SQL("({})").format(_over_row(rel, row, sql.Identifier(pk[0])))
+        return sql.SQL("({})").format(_over(row, sql.Identifier(pk[0])))
     first = path[0]
     if len(first["columns"]) != 1:
         raise PolicyError(f"grant {g.name}: multi-column foreign keys cannot carry a scope")
-    expr: sql.Composable = sql.SQL("({})").format(_over_row(rel, row, sql.Identifier(first["columns"][0])))
+    expr: sql.Composable = sql.SQL("({})").format(_over(row, sql.Identifier(first["columns"][0])))
     for prev, hop in itertools.pairwise(path):
         if len(hop["columns"]) != 1 or len(prev.get("references_columns") or ()) != 1:
             raise PolicyError(

@@ -35,7 +35,7 @@ import psycopg
 from psycopg import errors, sql
 
 from electricctl._merge.rules import RowState, Tag, Write, merge
-from electricctl._perms.policy import Denied, Describe, Policy
+from electricctl._perms.policy import Describe, GrantRule, Policy
 from electricctl._replication.model import ClientWrite, RelationDef, row_key
 from electricctl._replication.source import DISPLAY_OPTIONS
 from electricctl._replication.txbuilder import ORIGIN_PREFIX, WRITE_PREFIX
@@ -163,6 +163,7 @@ class Writer:
             return False
         rows = await _states(reads)
         actions: list[_Action] = []
+        checks: list[_Check | None] = []
         tag = Tag(tx.commit_ts_ms, tx.client_id)
         for n, op in enumerate(tx.ops, start=1):
             current = rows[(op.relation.qualified, op.key)]
@@ -179,15 +180,28 @@ class Writer:
                 action = _Action("delete", op.relation, current.key, dict(state.values))
                 current.present = False
             if policy is not None:
-                # checked against the data as this transaction leaves it so far: written at once
-                assert describe is not None
-                await _check(conn, tx, n, op, policy, describe, before if was_present else None, state, action)
-                if action is not None:
-                    await _execute(conn, [action])
-            elif action is not None:
+                checks.append(_check(tx, n, op, policy, before if was_present else None, state, action))
+            if action is not None:
                 actions.append(action)
-        for batch in _batches(actions):
-            await _execute(conn, batch)
+        if policy is None:
+            for batch in _batches(actions):
+                await _execute(conn, batch)
+        else:
+            assert describe is not None
+            wanted = [c for c in checks if c is not None]
+            for c in wanted:
+                if not c.grants:  # no grant can allow it: denied before anything is written
+                    raise c.denied(tx)
+            try:
+                async with conn.transaction():  # a savepoint: a permission denial outranks bad data
+                    for batch in _batches(actions):
+                        await _execute(conn, batch)
+            except (psycopg.DataError, psycopg.IntegrityError):
+                await _verify(conn, tx, policy, describe, wanted)
+                raise
+            # checked against the data as the transaction leaves it (a scope row written earlier
+            # in the same transaction counts)
+            await _verify(conn, tx, policy, describe, wanted)
         await self._write_shadow(conn, rows)
         written = {
             row_key(r.rel.qualified, r.key): tuple(str(t) for t in sorted(r.state.tags, key=_tag_order))
@@ -345,18 +359,36 @@ async def _states(reads: list[_Read]) -> dict[tuple[str, Key], _Row]:
     return out
 
 
-async def _check(
-    conn: psycopg.AsyncConnection[Any],
+@dataclass(slots=True)
+class _Check:
+    n: int
+    op: ClientOp
+    privilege: str
+    grants: tuple[GrantRule, ...]
+    """The grants that may allow it (empty: denied without asking)."""
+    before: dict[str, Any] | None
+    after: dict[str, Any] | None
+    reason: str
+
+    def denied(self, tx: ClientTransaction) -> PermissionDenied:
+        table = self.op.relation.qualified
+        return PermissionDenied(
+            f"{tx.describe()}: operation {self.n} ({self.op.kind} on {table}): permission denied: {self.reason}",
+            table,
+            self.privilege,
+        )
+
+
+def _check(
     tx: ClientTransaction,
     n: int,
     op: ClientOp,
     policy: Policy,
-    describe: Describe,
     before: RowState | None,
     after: RowState,
     action: _Action | None,
-) -> None:
-    """Raise PermissionDenied unless the user's grants allow operation ``n`` as it takes effect.
+) -> _Check | None:
+    """What must hold for operation ``n`` to be allowed, as it takes effect (None: nothing to check).
 
     An insert or update is an insert where there was no row and an update where there was one;
     a delete needs the delete privilege for the row as it is; a compensation that revives a row
@@ -365,12 +397,12 @@ async def _check(
     rel = op.relation
     if op.kind == "delete":
         if before is None:
-            return  # nothing there to delete
+            return None  # nothing there to delete
         privilege, rows_before, rows_after = "delete", before, None
         written: frozenset[str] = frozenset()
     elif op.kind == "compensation":
         if action is None or action.kind != "upsert":
-            return  # the row is there already: nothing changes
+            return None  # the row is there already: nothing changes
         privilege, rows_before, rows_after = "insert", None, after
         written = frozenset(c for c, v in after.values.items() if v is not None)
     else:
@@ -381,28 +413,54 @@ async def _check(
         else:
             old = op.old or {}
             written = frozenset(c for c, v in op.values.items() if old.get(c) != v)
-    query = policy.write_check(
+    grants = tuple(policy.candidates(privilege, rel, written))
+    reason = (
+        f"{privilege} on {rel.qualified} is not allowed for this row by any grant this user holds"
+        if grants
+        else policy.denial(privilege, rel, written).message
+    )
+    return _Check(
+        n,
+        op,
         privilege,
-        rel,
-        tx.user_id,
-        tx.claims,
+        grants,
         _as_json(rel, rows_before.values) if rows_before is not None else None,
         _as_json(rel, rows_after.values) if rows_after is not None else None,
-        written,
-        describe,
+        reason,
     )
-    table = rel.qualified
-    if isinstance(query, Denied):
-        reason = query.message
-    else:
-        cur = await conn.execute(query)
-        row = await cur.fetchone()
-        if row is not None and row[0]:
-            return
-        reason = f"{privilege} on {table} is not allowed for this row by any grant this user holds"
-    raise PermissionDenied(
-        f"{tx.describe()}: operation {n} ({op.kind} on {table}): permission denied: {reason}", table, privilege
-    )
+
+
+async def _verify(
+    conn: psycopg.AsyncConnection[Any], tx: ClientTransaction, policy: Policy, describe: Describe, checks: list[_Check]
+) -> None:
+    """Raise PermissionDenied for the first operation its grants do not allow.
+
+    Operations that need the same check (table, privilege, grants, which rows) share one query,
+    composed once, that takes their rows as a parameter and returns the ones that fail.
+    """
+    groups: dict[tuple[Any, ...], list[_Check]] = {}
+    for c in checks:
+        names = tuple(g.name for g in c.grants)
+        key = (c.op.relation, c.privilege, names, c.before is not None, c.after is not None)
+        groups.setdefault(key, []).append(c)
+    failed: list[_Check] = []
+    for (rel, _privilege, _names, has_before, has_after), members in groups.items():
+        grants = members[0].grants
+        table = sql.Identifier(rel.schema, rel.name)
+        before = sql.SQL("(SELECT electric_before.*)") if has_before else None
+        after = sql.SQL("(SELECT electric_after.*)") if has_after else None
+        ok = policy.write_check(grants, rel, tx.user_id, tx.claims, before, after, describe)
+        query = sql.SQL(
+            """SELECT e.i FROM jsonb_array_elements(%s::jsonb) WITH ORDINALITY AS e(j, i)
+  CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.j->'b') AS electric_before
+  CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, e.j->'a') AS electric_after
+ WHERE NOT coalesce(({ok}), false)"""
+        ).format(table=table, ok=ok)
+        payload = json.dumps([{"b": c.before or {}, "a": c.after or {}} for c in members])
+        cur = await conn.execute(query, [payload])
+        failed.extend(members[int(r[0]) - 1] for r in await cur.fetchall())
+    if failed:
+        raise min(failed, key=lambda c: c.n).denied(tx)
 
 
 def _as_json(rel: RelationDef, values: Mapping[str, Any]) -> dict[str, Any]:
