@@ -128,7 +128,7 @@ async def bench_latency(pg: EmbeddedPostgres, tmp: Path, rounds: int, samples: i
                                 if k[0] not in seen:
                                     seen[k[0]] = time.perf_counter()  # type: ignore[index]
                             await asyncio.sleep(0.0005)
-                await cl.wait_for(lambda: len(cl.table("issues")) >= samples, timeout=30)
+                await cl.wait_for(lambda c=cl: len(c.table("issues")) >= samples, timeout=30)
                 for k in cl.table("issues"):
                     seen.setdefault(k[0], time.perf_counter())  # type: ignore[arg-type]
                 lat = [(seen[k] - sent[k]) * 1000 for k in sent]
