@@ -406,7 +406,11 @@ def _table_changes(info: TableInfo, observed: ObservedState, recorded: bool) -> 
             f"function.{names.SCHEMA}.{fn}",
             Action.CREATE if current is None else Action.UPDATE,
             f"trigger function that tags direct writes to {t}"
-            + ("" if current is None else " (its columns changed, or it was edited by hand)"),
+            + (
+                ""
+                if current is None
+                else " (it differs from what this version installs: columns changed, an upgrade, or an edit by hand)"
+            ),
             (render.create_stamp_function(t, source),),
             drift=recorded,
         )
