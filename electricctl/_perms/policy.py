@@ -19,6 +19,7 @@ read and write every electrified table), and says so at startup.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import logging
@@ -26,6 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
 from electricctl._config.model import TableRef
@@ -292,6 +294,45 @@ class RoleState:
     global_roles: frozenset[str]
     scopes: Mapping[tuple[str, str], frozenset[str]]
     """(role, scope table) -> the keys (Postgres text) of the scope rows the user holds it for."""
+    paths: Mapping[str, frozenset[str]] = dataclasses.field(default_factory=dict)
+    """Grant name -> for a scope more than one foreign key away: the values of the grant table's
+    foreign key that lead to a scope row the user holds the role for (read with the roles)."""
+
+
+def path_queries(policy: Policy, roles: RoleState) -> list[tuple[GrantRule, sql.Composed]]:
+    """For each grant whose scope is several foreign keys away and whose role the user holds for
+    some scope: one query for the keys the grant table's first foreign key may take."""
+    out: list[tuple[GrantRule, sql.Composed]] = []
+    for g in policy.grants:
+        if g.scope_table is None or len(g.scope_path) < 2 or "select" not in g.privileges:
+            continue
+        keys = roles.scopes.get((g.role, str(g.scope_table)), frozenset())
+        hops = g.scope_path
+        if not keys or any(len(h["columns"]) != 1 or len(h.get("references_columns") or ()) != 1 for h in hops):
+            continue
+        # innermost: the rows of the last intermediate table that point at a scope row the user holds
+        inner: sql.Composable = sql.Literal(sorted(keys))
+        for hop in reversed(hops[1:]):
+            table = TableRef.parse(hop["table"])
+            prev = hops[hops.index(hop) - 1]
+            inner = sql.SQL("SELECT {}::text FROM {} WHERE {}::text = ANY({})").format(
+                sql.Identifier(prev["references_columns"][0]),
+                sql.Identifier(table.schema, table.name),
+                sql.Identifier(hop["columns"][0]),
+                inner if isinstance(inner, sql.Literal) else sql.SQL("ARRAY({})").format(inner),
+            )
+        out.append((g, sql.SQL("SELECT DISTINCT * FROM ({}) AS electric_keys").format(inner)))
+    return out
+
+
+def with_paths(roles: RoleState, results: Sequence[tuple[GrantRule, Sequence[Sequence[Any]]]]) -> RoleState:
+    paths = {g.name: frozenset(str(r[0]) for r in rows if r[0] is not None) for g, rows in results}
+    return RoleState(roles.global_roles, roles.scopes, paths)
+
+
+def path_tables(policy: Policy) -> set[str]:
+    """Tables between a grant's table and its scope: a change to them can change what a user reads."""
+    return {h["table"] for g in policy.grants if g.scope_table is not None for h in g.scope_path[1:]}
 
 
 def role_queries(
@@ -357,8 +398,8 @@ def read_access(
 ) -> ReadAccess:
     """The union of the select grants the user holds on ``rel``: the rows any of them shows, and
     the columns any of them shows (the key is always shown). A scoped grant shows the rows whose
-    foreign key names a scope row the user holds the role for; scopes further than one foreign key
-    away are not resolved on the read path yet, so such a grant shows nothing."""
+    foreign keys lead to a scope row the user holds the role for (several keys away, through
+    ``RoleState.paths``, which is read again whenever a table on the way changes)."""
     if not policy.enforced:
         return ReadAccess(None, None)
     table = TableRef(rel.schema, rel.name)
@@ -397,10 +438,15 @@ def _read_term(
                 if len(pk) != 1:
                     return False
                 parts.append(in_set(rel, pk[0], keys))
-            elif len(g.scope_path) == 1 and len(g.scope_path[0]["columns"]) == 1:
+            elif len(g.scope_path[0]["columns"]) != 1:
+                return False
+            elif len(g.scope_path) == 1:
                 parts.append(in_set(rel, g.scope_path[0]["columns"][0], keys))
             else:
-                return False
+                allowed = roles.paths.get(g.name, frozenset())
+                if not allowed:
+                    return False
+                parts.append(in_set(rel, g.scope_path[0]["columns"][0], allowed))
     if g.where:
         try:
             parts.append(compile_where(g.where, rel, claims))
@@ -410,3 +456,20 @@ def _read_term(
     if not parts:
         return True
     return all_true(parts)
+
+
+async def read_roles(
+    conn: psycopg.AsyncConnection[Any], policy: Policy, relations: Mapping[TableRef, RelationDef], identity: Any
+) -> RoleState:
+    """The roles ``identity`` (user_id, claims) holds, read on ``conn`` (a snapshot's, for a
+    consistent point), with the keys of multi-hop scopes."""
+    if identity is None:
+        return RoleState(frozenset(), {})
+    results = []
+    for a, query in role_queries(policy, identity.user_id, identity.claims, relations.get):
+        results.append((a, await (await conn.execute(query)).fetchall()))
+    roles = role_state(results)
+    paths = []
+    for g, query in path_queries(policy, roles):
+        paths.append((g, await (await conn.execute(query)).fetchall()))
+    return with_paths(roles, paths)

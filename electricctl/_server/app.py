@@ -32,7 +32,7 @@ from electricctl._expr import ast
 from electricctl._expr.parse import ExprError, parse
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog
-from electricctl._perms.policy import Policy, RoleState, role_queries, role_state
+from electricctl._perms.policy import Policy, RoleState, path_tables, read_roles
 from electricctl._replication.model import RelationDef, Transaction
 from electricctl._replication.source import DISPLAY_OPTIONS, MARKER_PREFIX, ReplicationSource
 from electricctl._server.clients import ClientStore
@@ -185,7 +185,7 @@ class Server:
                     conn.relevant.append(tx.lsn)
                     conn.wake.set()
         if self._policy is not None and self._policy[0].enforced:
-            assigned = {str(a.table) for a in self._policy[0].assignments}
+            assigned = {str(a.table) for a in self._policy[0].assignments} | path_tables(self._policy[0])
             if any(ch.relation.qualified in assigned for tx in written for ch in tx.changes):
                 for conn in self.connections:
                     conn.roles_may_have_changed()
@@ -304,12 +304,7 @@ class Server:
         """The roles ``identity`` holds now, read from the assignment tables."""
         if identity is None:
             return RoleState(frozenset(), {})
-        conn = await self._catalog_conn()
-        results = []
-        for a, query in role_queries(policy, identity.user_id, identity.claims, relations.get):
-            rows = await (await conn.execute(query)).fetchall()
-            results.append((a, rows))
-        return role_state(results)
+        return await read_roles(await self._catalog_conn(), policy, relations, identity)
 
     async def shape_rules(self) -> ShapeRules:
         """Declared shapes and the adhoc_shapes setting, as applied (read from the catalog)."""

@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed
 
 from electricctl._auth.tokens import AuthError, Identity, verify
 from electricctl._config.model import TableRef
-from electricctl._perms.policy import ReadAccess, RoleState, read_access, role_queries, role_state
+from electricctl._perms.policy import ReadAccess, RoleState, read_access, read_roles
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
@@ -822,11 +822,7 @@ class Connection:
         snap = await self.server.snapshots.take()
         try:
             deferred = await self._catch_up_to(snap)
-            results = []
-            for a, query in role_queries(policy, self.identity.user_id if self.identity else None,
-                                         self.identity.claims if self.identity else {}, relations.get):  # fmt: skip
-                results.append((a, await (await snap.conn.execute(query)).fetchall()))
-            roles = role_state(results)
+            roles = await read_roles(snap.conn, policy, relations, self.identity)
             if roles == self.roles:
                 changes: list[pb.SatTransOp] = []
             else:

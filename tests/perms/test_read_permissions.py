@@ -106,3 +106,21 @@ async def test_assignment_changes_take_effect_live(server: Server, env: Env) -> 
     finally:
         await mallory.close()
         await alice.close()
+
+
+async def test_scope_two_foreign_keys_away(server: Server, env: Env) -> None:
+    """comments -> issues -> projects: a member reads the comments of its projects' issues, and the
+    set follows issues moving between projects."""
+    alice = await reader(server, env, "alice", "comments")
+    try:
+        assert ids(alice, "comments") == {"c1"}  # c1 is on i1, in p1
+        env.sql("INSERT INTO comments VALUES ('c2', 'i2', 'on p2')")  # i2 is in p2: not alice's
+        env.sql("INSERT INTO issues VALUES ('i7', 'p1', 'fresh', 'open')")
+        env.sql("INSERT INTO comments VALUES ('c3', 'i7', 'on a new p1 issue')")
+        await alice.wait_for(lambda: ids(alice, "comments") == {"c1", "c3"})
+        env.sql("UPDATE issues SET project_id = 'p2' WHERE id = 'i7'")  # its comments leave with it
+        await alice.wait_for(lambda: ids(alice, "comments") == {"c1"})
+        env.sql("UPDATE issues SET project_id = 'p1' WHERE id = 'i2'")  # and arrive with another
+        await alice.wait_for(lambda: ids(alice, "comments") == {"c1", "c2"})
+    finally:
+        await alice.close()
