@@ -32,14 +32,20 @@ def node_modules() -> Path:
 class Driver:
     """tests/compat/electrify-driver.mjs as a subprocess speaking JSON lines."""
 
-    def __init__(self, url: str, token: str, sqlite_file: str = ":memory:") -> None:
+    def __init__(self, url: str, token: str, sqlite_file: str = ":memory:", tables: str | None = None) -> None:
         self.proc = subprocess.Popen(
             ["node", str(HERE / "electrify-driver.mjs")],
             cwd=HERE,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, "ELECTRIC_URL": url, "ELECTRIC_TOKEN": token, "SQLITE_FILE": sqlite_file},
+            env={
+                **os.environ,
+                "ELECTRIC_URL": url,
+                "ELECTRIC_TOKEN": token,
+                "SQLITE_FILE": sqlite_file,
+                **({"ELECTRIC_TABLES": tables} if tables else {}),
+            },
             text=True,
         )
         ready = self.read(timeout=60)

@@ -18,26 +18,30 @@ import { makeMigration, sqliteBuilder } from 'electric-sql/migrators/builder'
 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 
-// what `electric-sql generate` would produce for the test table `items`
-const COLUMNS = [
+// what `electric-sql generate` would produce for the test tables: `items` unless ELECTRIC_TABLES
+// (JSON: {table: [[column, sqlite type, pg type, field type], ...]}, primary key first) says otherwise
+const ITEMS = [
   ['id', 'TEXT', 'text', 'TEXT'], ['n', 'INTEGER', 'int4', 'INT4'], ['flag', 'INTEGER', 'bool', 'BOOL'],
   ['data', 'BLOB', 'bytea', 'BYTEA'], ['at', 'TEXT', 'timestamptz', 'TIMESTAMPTZ'],
   ['doc', 'TEXT_JSON', 'jsonb', 'JSONB'], ['price', 'REAL', 'float8', 'FLOAT8'],
 ]
-const createSql = 'CREATE TABLE "items" (\n' + COLUMNS.map(([n, s], i) => `  "${n}" ${s}${i === 0 ? ' NOT NULL' : ''},\n`).join('') +
-  '  CONSTRAINT "items_pkey" PRIMARY KEY ("id")\n) WITHOUT ROWID;\n'
-const migrate = Pb.SatOpMigrate.fromPartial({
-  version: '20240101000000',
-  stmts: [{ type: Pb.SatOpMigrate_Type.CREATE_TABLE, sql: createSql }],
-  table: { name: 'items', pks: ['id'], fks: [], columns: COLUMNS.map(([name, sqliteType, pg]) => ({ name, sqliteType, pgType: { name: pg, array: [], size: [] } })) },
-})
-const migration = makeMigration({ format: 'SatOpMigrate', ops: [migrate], protocolVersion: 'Electric.Satellite', version: '20240101000000' }, sqliteBuilder)
+const TABLES = process.env.ELECTRIC_TABLES ? JSON.parse(process.env.ELECTRIC_TABLES) : { items: ITEMS }
+const migrateOp = (name, columns) => {
+  const createSql = `CREATE TABLE "${name}" (\n` + columns.map(([n, s], i) => `  "${n}" ${s}${i === 0 ? ' NOT NULL' : ''},\n`).join('') +
+    `  CONSTRAINT "${name}_pkey" PRIMARY KEY ("${columns[0][0]}")\n) WITHOUT ROWID;\n`
+  return Pb.SatOpMigrate.fromPartial({
+    version: '20240101000000',
+    stmts: [{ type: Pb.SatOpMigrate_Type.CREATE_TABLE, sql: createSql }],
+    table: { name, pks: [columns[0][0]], fks: [], columns: columns.map(([n, sqliteType, pg]) => ({ name: n, sqliteType, pgType: { name: pg, array: [], size: [] } })) },
+  })
+}
+const migration = makeMigration({ format: 'SatOpMigrate', ops: Object.entries(TABLES).map(([n, c]) => migrateOp(n, c)), protocolVersion: 'Electric.Satellite', version: '20240101000000' }, sqliteBuilder)
 const anyObj = z.object({ where: z.any().optional(), include: z.object({}).passthrough().optional(), select: z.object({}).passthrough().optional(), data: z.any().optional() })
-const tables = { items: {
-  fields: new Map(COLUMNS.map(([n, , , f]) => [n, f])), relations: [],
+const tables = Object.fromEntries(Object.entries(TABLES).map(([name, columns]) => [name, {
+  fields: new Map(columns.map(([n, , , f]) => [n, f])), relations: [],
   modelSchema: z.object({}).passthrough(),
   createSchema: anyObj, createManySchema: anyObj, findUniqueSchema: anyObj, findSchema: anyObj, updateSchema: anyObj,
-  updateManySchema: anyObj, upsertSchema: anyObj, deleteSchema: anyObj, deleteManySchema: anyObj } }
+  updateManySchema: anyObj, upsertSchema: anyObj, deleteSchema: anyObj, deleteManySchema: anyObj }]))
 const schema = new DbSchema(tables, [migration], [])
 
 const conn = new Database(process.env.SQLITE_FILE || ':memory:')
@@ -55,7 +59,8 @@ for await (const line of rl) {
       await shape.synced
       out({ ok: true, key: shape.key })
     } else if (cmd.cmd === 'rows') {
-      const rows = await electric.db.rawQuery({ sql: `SELECT * FROM "${cmd.table}" ORDER BY id` })
+      const key = TABLES[cmd.table] ? TABLES[cmd.table][0][0] : 'id'
+      const rows = await electric.db.rawQuery({ sql: `SELECT * FROM "${cmd.table}" ORDER BY "${key}"` })
       out({ ok: true, rows: rows.map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, v instanceof Uint8Array ? Array.from(v) : v]))) })
     } else if (cmd.cmd === 'meta') {
       const meta = await electric.db.rawQuery({ sql: "SELECT key, value FROM _electric_meta WHERE key IN ('lsn', 'subscriptions', 'clientId')" })
