@@ -46,7 +46,7 @@ from electricctl._server.inbound import (
 )
 from electricctl._server.shapes import Shape, TableShapes, any_of, route_transaction, snapshot_filter
 from electricctl._server.snapshot import Snapshot
-from electricctl._shapes.compile import ShapeError, all_true, compile_where
+from electricctl._shapes.compile import CompiledWhere, ShapeError, all_true, compile_where
 
 if TYPE_CHECKING:
     from electricctl._server.app import Server
@@ -850,7 +850,7 @@ class Connection:
         for table, shapes in list(self.shapes.items()):
             old = list(shapes.all)
             rel = old[0].relation
-            self.read_access.pop(table, None)
+            old_access = self.read_access.pop(table, None)
             new: list[Shape] = []
             for s in old:
                 shape = await self._shape(s.subscription_id, s.request_id, s.table, s.where_text)
@@ -867,7 +867,11 @@ class Connection:
             convert = self._converter(rel)
             async for rows in snap.rows(rel, snapshot_filter(old_where, [new_where])):
                 ops.extend(outbound.gone_op(rel, tuple(row[i] for i in rel.pk_indexes), convert) for row in rows)
-            async for rows in snap.rows(rel, snapshot_filter(new_where, [old_where]), tags=True):
+            # rows that move in; every row it holds if the columns it may read changed (they carry them)
+            new_access = self.read_access.get(table)
+            widened = (old_access.columns if old_access else None) != (new_access.columns if new_access else None)
+            held: list[CompiledWhere | None] = [] if widened else [old_where]
+            async for rows in snap.rows(rel, snapshot_filter(new_where, held), tags=True):
                 ops.extend(outbound.inserts(rel, rows, convert).ops)
         return ops
 

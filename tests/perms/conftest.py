@@ -65,6 +65,9 @@ grants:
     to: authenticated
     columns: [name]
     where: "id = auth.sub"
+  - privileges: [select]
+    on: users
+    to: admin
 """
 
 

@@ -124,3 +124,17 @@ async def test_scope_two_foreign_keys_away(server: Server, env: Env) -> None:
         await alice.wait_for(lambda: ids(alice, "comments") == {"c1", "c2"})
     finally:
         await alice.close()
+
+
+async def test_a_new_role_widens_rows_and_columns_live(server: Server, env: Env) -> None:
+    alice = await reader(server, env, "alice", "users")
+    try:
+        assert alice.table("users") == {(b"alice",): {"id": b"alice", "name": b"Alice"}}
+        env.sql("INSERT INTO admins VALUES ('alice')")  # admins read every user, every column
+        await alice.wait_for(lambda: ids(alice, "users") == {"alice", "bob"})
+        await alice.wait_for(lambda: alice.table("users")[(b"alice",)].get("email") == b"a@x.org")
+        assert alice.table("users")[(b"bob",)]["email"] == b"b@x.org"
+        env.sql("DELETE FROM admins WHERE user_id = 'alice'")
+        await alice.wait_for(lambda: ids(alice, "users") == {"alice"})
+    finally:
+        await alice.close()

@@ -8,6 +8,7 @@ Postgres unchanged, leaves an audit line, and the connection carries on.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -200,3 +201,30 @@ async def test_an_assignment_written_a_moment_ago_counts(server: Server, env: En
         assert env.sql("SELECT title FROM issues WHERE id = 'mm'") == [("by mallory",)]
     finally:
         await w.cl.close()
+
+
+async def test_our_client_rolls_back_only_the_denied_transaction(server: Server, env: Env, tmp_path: Path) -> None:
+    import sqlite3
+
+    from electricctl.client import SyncClient
+
+    path = tmp_path / "alice.db"
+    cl = SyncClient(str(path), ws_url(server), env.token("alice"))
+    await cl.start()
+    try:
+        await cl.synced(await cl.subscribe("issues"))
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute("INSERT INTO issues (id, project_id, title, status) VALUES ('bad', 'p2', 'no', 'open')")
+        cl.notify()
+        await cl.flush()
+        assert len(cl.refused) == 1 and "permission denied" in cl.refused[0]
+        assert conn.execute("SELECT count(*) FROM issues WHERE id = 'bad'").fetchone() == (0,)  # undone locally
+        assert env.sql("SELECT count(*) FROM issues WHERE id = 'bad'") == [(0,)]
+        conn.execute("INSERT INTO issues (id, project_id, title, status) VALUES ('good', 'p1', 'yes', 'open')")
+        cl.notify()
+        await cl.flush()
+        assert env.sql("SELECT title FROM issues WHERE id = 'good'") == [("yes",)]
+        assert len(cl.refused) == 1 and cl.status().connected
+        conn.close()
+    finally:
+        await cl.stop()
