@@ -138,3 +138,19 @@ async def test_a_new_role_widens_rows_and_columns_live(server: Server, env: Env)
         await alice.wait_for(lambda: ids(alice, "users") == {"alice"})
     finally:
         await alice.close()
+
+
+async def test_grant_conditions_read_token_claims(server: Server, env: Env) -> None:
+    """projects: authenticated users read the projects they own (where owner_id = auth.sub)."""
+    env.sql("INSERT INTO projects VALUES ('pa', 'alice', 'alice''s'), ('pb', 'bob', 'bob''s')")
+    alice = await reader(server, env, "alice", "projects")
+    bob = await reader(server, env, "bob", "projects")
+    try:
+        assert ids(alice, "projects") == {"pa"}
+        assert ids(bob, "projects") == {"pb"}
+        env.sql("UPDATE projects SET owner_id = 'alice' WHERE id = 'pb'")  # ownership moves
+        await alice.wait_for(lambda: ids(alice, "projects") == {"pa", "pb"})
+        await bob.wait_for(lambda: ids(bob, "projects") == set())
+    finally:
+        await alice.close()
+        await bob.close()
