@@ -83,3 +83,20 @@ def test_concurrent_writes_converge_in_any_order(batch: list[Write]) -> None:
 
 def _freeze(state: RowState) -> tuple[object, ...]:
     return (tuple(sorted(state.values.items())), tuple(sorted(state.col_tags.items(), key=str)), state.tags)
+
+
+def test_an_observed_postgres_tag_covers_earlier_postgres_tags() -> None:
+    from electricctl._merge.rules import remove_observed
+
+    tags = frozenset({Tag(100, None), Tag(120, None), Tag(110, "c")})
+    # a client knows a Postgres write by its commit time, never earlier than the tag's row time
+    assert remove_observed(tags, frozenset({Tag(105, None)})) == {Tag(120, None), Tag(110, "c")}
+    assert remove_observed(tags, frozenset({Tag(110, "c")})) == {Tag(100, None), Tag(120, None)}
+    assert remove_observed(tags, frozenset()) == tags
+
+
+def test_later_operations_of_one_transaction_override_earlier_ones() -> None:
+    tag = Tag(200, "x")
+    state = merge(BASE, Write("update", tag, frozenset({BASE_TAG}), {"a": 5}, frozenset({"a"})))
+    state = merge(state, Write("update", tag, frozenset({tag}), {"a": 6}, frozenset({"a"})))
+    assert state.values["a"] == 6 and state.tags == {tag}
