@@ -65,3 +65,25 @@ class RpcCalls:
         if not fut.done():
             fut.set_result(resp)
         return True
+
+
+def client_answer(req: pb.SatRpcRequest) -> tuple[pb.SatRpcResponse, bytes | None]:
+    """How a client answers the server's calls (service ClientRoot, electric-legacy.md §1.2 item 3).
+
+    Returns the response to send and, for ``startReplication``, the client LSN after which the
+    client is to send its writes (empty: from the start); None for ``stopReplication`` or a method
+    a client does not serve (answered with INVALID_REQUEST).
+    """
+    reply: Message
+    lsn: bytes | None = None
+    if req.method == "startReplication":
+        body = pb.SatInStartReplicationReq()
+        body.ParseFromString(req.message)
+        lsn = body.lsn
+        reply = pb.SatInStartReplicationResp()
+    elif req.method == "stopReplication":
+        reply = pb.SatInStopReplicationResp()
+    else:
+        err = pb.SatErrorResp(error_type=pb.SatErrorResp.INVALID_REQUEST)
+        return pb.SatRpcResponse(method=req.method, request_id=req.request_id, error=err), None
+    return pb.SatRpcResponse(method=req.method, request_id=req.request_id, message=reply.SerializeToString()), lsn

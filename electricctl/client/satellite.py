@@ -20,7 +20,7 @@ from websockets.exceptions import ConnectionClosed
 
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
-from electricctl._protocol.rpc import RpcCalls, RpcError
+from electricctl._protocol.rpc import RpcCalls, RpcError, client_answer
 
 __all__ = ["MAX_FRAME", "ReceivedTx", "Relation", "RpcError", "SatelliteClient"]
 
@@ -170,21 +170,9 @@ class SatelliteClient:
         return ts
 
     async def _answer(self, req: pb.SatRpcRequest) -> None:
-        if req.method == "startReplication":
-            body = pb.SatInStartReplicationReq()
-            body.ParseFromString(req.message)
-            self.outbound_lsn = body.lsn
-            reply: Message = pb.SatInStartReplicationResp()
-        elif req.method == "stopReplication":
-            self.outbound_lsn = None
-            reply = pb.SatInStopReplicationResp()
-        else:
-            err = pb.SatErrorResp(error_type=pb.SatErrorResp.INVALID_REQUEST)
-            await self.send(pb.SatRpcResponse(method=req.method, request_id=req.request_id, error=err))
-            return
-        await self.send(
-            pb.SatRpcResponse(method=req.method, request_id=req.request_id, message=reply.SerializeToString())
-        )
+        response, lsn = client_answer(req)
+        self.outbound_lsn = lsn
+        await self.send(response)
 
     def table(self, name: str) -> dict[tuple[bytes | None, ...], dict[str, bytes | None]]:
         return self.rows.setdefault(name, {})

@@ -31,7 +31,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
-from electricctl._protocol.rpc import RpcCalls, RpcError
+from electricctl._protocol.rpc import RpcCalls, RpcError, client_answer
 from electricctl.client.store import LSN_KEY, Column, LocalTransaction, RemoteChange, Store, Table, to_local, to_wire
 
 log = logging.getLogger("electricctl.client")
@@ -471,22 +471,13 @@ class SyncClient:
                 raise SyncError(f"server error: {pb.SatErrorResp.ErrorCode.Name(msg.error_type)} {msg.message}")
 
     async def _answer(self, req: pb.SatRpcRequest) -> None:
-        if req.method == "startReplication":
-            body = pb.SatInStartReplicationReq()
-            body.ParseFromString(req.message)
-            self._outbound = int.from_bytes(body.lsn, "big") if body.lsn else 0
-            reply: Message = pb.SatInStartReplicationResp()
-            self._wake_sender.set()
-        elif req.method == "stopReplication":
-            self._outbound = None
-            reply = pb.SatInStopReplicationResp()
+        response, lsn = client_answer(req)
+        if lsn is None:
+            self._outbound = None  # stopped: keep the writes until the server asks again
         else:
-            err = pb.SatErrorResp(error_type=pb.SatErrorResp.INVALID_REQUEST)
-            await self._send(pb.SatRpcResponse(method=req.method, request_id=req.request_id, error=err))
-            return
-        await self._send(
-            pb.SatRpcResponse(method=req.method, request_id=req.request_id, message=reply.SerializeToString())
-        )
+            self._outbound = int.from_bytes(lsn, "big")  # send what comes after this (empty: everything)
+            self._wake_sender.set()
+        await self._send(response)
 
     def _change(self, op: pb.SatTransOp) -> RemoteChange | None:
         kind = op.WhichOneof("op")
