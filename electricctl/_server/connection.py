@@ -1,10 +1,13 @@
-"""One Satellite client connection: RPC handling, and the outbound stream with its subscriptions.
+"""One Satellite client connection: RPC handling, the outbound stream with its subscriptions, and
+the client's writes.
 
-Two tasks per connection: the reader answers RPCs and acks as frames arrive; the streamer reads
-the durable log from the client's position, filters each transaction to the client's tables, and
-delivers subscription data at a consistent point between two transactions. The streamer pulls
-from the log, so a slow client only slows itself: it never holds more than one frame in memory,
-and one that stops reading is dropped after ``send_timeout`` seconds.
+Three tasks per connection: the reader answers RPCs and acks and decodes the client's
+transactions as frames arrive; the streamer reads the durable log from the client's position,
+filters each transaction to what the client's shapes and grants show, and delivers subscription
+data (and changes of what the client may read) at a consistent point between two transactions;
+the writer task hands the client's transactions, in order, to the server's one writer. The
+streamer pulls from the log, so a slow client only slows itself: it never holds more than one
+frame in memory, and one that stops reading is dropped after ``send_timeout`` seconds.
 """
 
 from __future__ import annotations

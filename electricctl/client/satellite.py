@@ -1,8 +1,8 @@
 """A small asyncio Satellite client: speaks the protocol the way electric-sql 0.12 does.
 
 It keeps an in-memory replica (table -> primary key -> row) of what the server sends, acks as the
-npm client does, and exposes every received message for tests. It will grow into the client
-library (SQLite store, writes) in a later issue.
+npm client does, can send hand-made transactions, and exposes every received message: the tests
+use it to poke the server. The client library is :class:`electricctl.client.SyncClient`.
 """
 
 from __future__ import annotations
