@@ -390,7 +390,29 @@ class ReadAccess:
 
     rows: CompiledWhere | None
     columns: frozenset[str] | None
+    """Every column some grant shows (the relation the client gets lists these)."""
     denied: bool = False
+    per_row: tuple[tuple[CompiledWhere | None, frozenset[str] | None], ...] = ()
+    """When the grants show different columns: (rows, columns) of each; a row's value of a column
+    no grant showing that row covers is sent as NULL. Empty when one column set holds for every row."""
+
+    def masked(self, rel: RelationDef) -> Callable[[Any], frozenset[str] | None] | None:
+        """A function giving the columns visible in a (Postgres text) row, or None if no masking."""
+        if not self.per_row:
+            return None
+        rules = self.per_row
+        pk = _pk(rel)
+
+        def visible(row: Any) -> frozenset[str] | None:
+            out: set[str] = set(pk)
+            for where, cols in rules:
+                if where is None or where.matches(row):
+                    if cols is None:
+                        return None
+                    out |= cols
+            return frozenset(out)
+
+        return visible
 
 
 def read_access(
@@ -405,17 +427,23 @@ def read_access(
     table = TableRef(rel.schema, rel.name)
     terms: list[CompiledWhere | None] = []
     columns: set[str] | None = set()
+    per_grant: list[tuple[CompiledWhere | None, frozenset[str] | None]] = []
     for g in policy.grants_for(table, "select"):
         term = _read_term(g, rel, user_id, claims, roles)
         if term is False:
             continue
         terms.append(term if term is not True else None)
+        per_grant.append((term if term is not True else None, g.columns))
         if columns is not None:
             columns = None if g.columns is None else columns | g.columns
     if not terms:
         return ReadAccess(constant(False), _pk(rel), denied=True)
     rows = None if any(t is None for t in terms) else any_true([t for t in terms if t is not None])
-    return ReadAccess(rows, None if columns is None else frozenset(columns) | _pk(rel))
+    # grants showing different columns: which columns a row shows depends on the grants showing it
+    mixed = len({cols for _, cols in per_grant}) > 1
+    return ReadAccess(
+        rows, None if columns is None else frozenset(columns) | _pk(rel), per_row=tuple(per_grant) if mixed else ()
+    )
 
 
 def _read_term(

@@ -582,7 +582,18 @@ class Connection:
         if conv is None:
             transform = outbound.row_transform(rel)
             keep = self._visible(rel)
-            if keep is None:
+            access = self.read_access.get(rel.qualified)
+            visible = access.masked(rel) if access is not None else None
+            if visible is not None:
+                names = [c.name for c in rel.columns]
+                indexes = keep if keep is not None else tuple(range(len(names)))
+
+                def conv(row: Any, t: Any = transform, k: tuple[int, ...] = indexes, v: Any = visible) -> Any:
+                    shown = v(row)  # None: every column
+                    wire = t(row)
+                    return tuple(wire[i] if shown is None or names[i] in shown else None for i in k)
+
+            elif keep is None:
                 conv = transform
             else:
                 conv = lambda row, t=transform, k=keep: tuple(t(row)[i] for i in k)  # noqa: E731
@@ -617,8 +628,9 @@ class Connection:
         assert self.identity is not None
         access = read_access(policy, rel, self.identity.user_id, self.identity.claims, self.roles)
         known = self.read_access.get(rel.qualified)
+        # the converters mask by the grants' filters: rebuilt whenever they are recomputed
+        self._converters = {r: c for r, c in self._converters.items() if r.qualified != rel.qualified}
         if known is None or known.columns != access.columns:
-            self._converters = {r: c for r, c in self._converters.items() if r.qualified != rel.qualified}
             self.sent_relations = {k: r for k, r in self.sent_relations.items() if r.qualified != rel.qualified}
         self.read_access[rel.qualified] = access
         return access

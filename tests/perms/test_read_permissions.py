@@ -154,3 +154,51 @@ async def test_grant_conditions_read_token_claims(server: Server, env: Env) -> N
     finally:
         await alice.close()
         await bob.close()
+
+
+MIXED = """
+version: 1
+auth:
+  mode: secure
+  jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
+tables: [users, admins]
+adhoc_shapes: allow
+assignments:
+  - role: admin
+    to: admins.user_id
+grants:
+  - privileges: [select]          # everyone's id and name
+    on: users
+    to: authenticated
+    columns: [id, name]
+  - privileges: [select]          # admins also read their own email
+    on: users
+    to: admin
+    columns: [name, email]
+    where: "id = auth.sub"
+"""
+
+
+async def test_columns_are_shown_per_row_by_the_grants_showing_it(env: Env) -> None:
+    """Two grants show different columns of different rows: a row's column reaches the client only
+    if a grant that shows that row shows that column (else it arrives as NULL)."""
+    from electricctl._apply import applier
+    from electricctl._config.loader import load_text
+    from tests.server_fixtures import running_server
+
+    env.sql("INSERT INTO admins VALUES ('alice')")
+    env.config_path.write_text(MIXED)
+    env.config = load_text(MIXED, str(env.config_path), env={})
+    applier.apply(env.config, env.url, prune=True)
+    async with running_server(env) as srv:
+        alice = await reader(srv, env, "alice", "users")
+        try:
+            assert alice.table("users") == {
+                (b"alice",): {"id": b"alice", "name": b"Alice", "email": b"a@x.org"},
+                (b"bob",): {"id": b"bob", "name": b"Bob", "email": None},  # bob's email is not hers to read
+            }
+            env.sql("UPDATE users SET email = 'b2@x.org', name = 'Bobby' WHERE id = 'bob'")
+            await alice.wait_for(lambda: alice.table("users")[(b"bob",)]["name"] == b"Bobby")
+            assert alice.table("users")[(b"bob",)]["email"] is None
+        finally:
+            await alice.close()
