@@ -93,13 +93,6 @@ class AssignmentRule:
 
 
 @dataclass(frozen=True, slots=True)
-class Denied:
-    """Why an operation is not allowed (for the client's error and the audit log)."""
-
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
 class Policy:
     grants: tuple[GrantRule, ...]
     assignments: tuple[AssignmentRule, ...]
@@ -126,9 +119,10 @@ class Policy:
         table = TableRef(rel.schema, rel.name)
         return [g for g in self.grants_for(table, privilege) if g.columns is None or written <= g.columns | _pk(rel)]
 
-    def denial(self, privilege: str, rel: RelationDef, written: frozenset[str]) -> Denied:
+    def denial(self, privilege: str, rel: RelationDef, written: frozenset[str]) -> str:
+        """Why no grant can allow this write (for the client's error and the audit log)."""
         cols = f" (columns {', '.join(sorted(written))})" if written else ""
-        return Denied(f"{privilege} on {rel.qualified}{cols} is not granted to any role this user holds")
+        return f"{privilege} on {rel.qualified}{cols} is not granted to any role this user holds"
 
     def write_check(
         self,

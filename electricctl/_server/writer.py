@@ -25,11 +25,12 @@ A data or constraint error refuses the transaction alone (:class:`InvalidTransac
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import psycopg
 from psycopg import errors, sql
@@ -45,6 +46,7 @@ from electricctl._sql import names
 log = logging.getLogger("electricctl.server")
 
 Key = tuple[str, ...]
+_T = TypeVar("_T")
 _RETRIES = 8
 _JSON_TYPES = frozenset({"json", "jsonb"})
 
@@ -113,36 +115,49 @@ class Writer:
         Raises InvalidTransaction for bad data, and PermissionDenied when ``policy`` (enforced)
         does not allow one of its operations; ``describe`` gives the tables the policy names.
         """
+        try:
+            # pipelined: the reads go in one round trip, the writes and the commit in another
+            applied = await self._retrying(
+                lambda conn: self._apply(conn, tx, policy if policy and policy.enforced else None, describe),
+                pipelined=True,
+            )
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            self.stats["refused"] += 1
+            diag = exc.diag
+            where = f" (table {diag.table_name}" + (f", column {diag.column_name}" if diag.column_name else "")
+            raise InvalidTransaction(
+                f"{tx.describe()}: Postgres refused the data: {diag.message_primary or exc}"
+                + (where + ")" if diag.table_name else "")
+                + (f"; {diag.message_detail}" if diag.message_detail else "")
+            ) from None
+        if applied:
+            self.stats["client_transactions"] += 1
+            self.stats["client_operations"] += len(tx.ops)
+        else:
+            self.stats["duplicates"] += 1
+        return applied
+
+    async def _retrying(
+        self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]], *, pipelined: bool = False
+    ) -> _T:
+        """Run ``work`` in one transaction on the writer's connection, one at a time; run it again
+        (with backoff) when Postgres reports a serialization failure or a deadlock."""
         async with self._lock:
             delay = 0.005
             for attempt in range(_RETRIES):
                 conn = await self._connection()
                 try:
-                    # pipelined: the reads go in one round trip, the writes and the commit in another
-                    async with conn.pipeline(), conn.transaction():
-                        applied = await self._apply(conn, tx, policy if policy and policy.enforced else None, describe)
+                    async with contextlib.AsyncExitStack() as stack:
+                        if pipelined:
+                            await stack.enter_async_context(conn.pipeline())
+                        await stack.enter_async_context(conn.transaction())
+                        return await work(conn)
                 except (errors.SerializationFailure, errors.DeadlockDetected):
                     self.stats["retries"] += 1
                     if attempt == _RETRIES - 1:
                         raise
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
-                    continue
-                except (psycopg.DataError, psycopg.IntegrityError) as exc:
-                    self.stats["refused"] += 1
-                    diag = exc.diag
-                    where = f" (table {diag.table_name}" + (f", column {diag.column_name}" if diag.column_name else "")
-                    raise InvalidTransaction(
-                        f"{tx.describe()}: Postgres refused the data: {diag.message_primary or exc}"
-                        + (where + ")" if diag.table_name else "")
-                        + (f"; {diag.message_detail}" if diag.message_detail else "")
-                    ) from None
-                if applied:
-                    self.stats["client_transactions"] += 1
-                    self.stats["client_operations"] += len(tx.ops)
-                else:
-                    self.stats["duplicates"] += 1
-                return applied
             raise AssertionError("unreachable")  # pragma: no cover
 
     async def _apply(
@@ -220,17 +235,7 @@ class Writer:
         state, clears the transaction from its oplog, and does not send it again.
         """
         log.warning("refused: %s", reason)
-        async with self._lock:
-            conn = await self._connection()
-            for attempt in range(_RETRIES):
-                try:
-                    async with conn.transaction():
-                        await self._refuse(conn, tx)
-                    return
-                except (errors.SerializationFailure, errors.DeadlockDetected):
-                    if attempt == _RETRIES - 1:
-                        raise
-                    await asyncio.sleep(0.01)
+        await self._retrying(lambda conn: self._refuse(conn, tx))
 
     async def _refuse(self, conn: psycopg.AsyncConnection[Any], tx: ClientTransaction) -> None:
         await conn.execute("SELECT set_config(%s, %s, true)", [names.WRITER_SETTING, tx.client_id])
@@ -417,7 +422,7 @@ def _check(
     reason = (
         f"{privilege} on {rel.qualified} is not allowed for this row by any grant this user holds"
         if grants
-        else policy.denial(privilege, rel, written).message
+        else policy.denial(privilege, rel, written)
     )
     return _Check(
         n,
