@@ -18,7 +18,7 @@ from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from electricctl._server.connection import NATIVE_HEADER
-from electricctl.client.satellite import SatelliteClient
+from electricctl.client.satellite import ReceivedTx, SatelliteClient
 from tests.server_fixtures import Env, running_server, ws_url
 
 ITEMS = pb.SatRelation(
@@ -68,6 +68,12 @@ def first_value(op: pb.SatTransOp) -> tuple[str, bytes | None]:
     body = getattr(op, kind)
     data = body.pk_data if kind == "gone" else body.row_data
     return kind, codec.decode_row(data, 7)[0]
+
+
+def first_insert(cl: SatelliteClient) -> tuple[ReceivedTx, list[str]]:
+    """The first live transaction the client received with an insert, and that row's tags."""
+    tx = next(t for t in cl.transactions if any(o.HasField("insert") for o in t.ops))
+    return tx, list(tx.ops[1].insert.tags)
 
 
 class Writer:
@@ -225,8 +231,7 @@ async def test_delete_of_a_direct_write_observed_by_commit_time(
     writers.append(a)
     env.sql("INSERT INTO items (id, n) VALUES ('d', 4)")
     await a.cl.wait_for(lambda: (b"d",) in a.cl.table("items"))
-    tx = next(t for t in a.cl.transactions if any(o.HasField("insert") for o in t.ops))
-    tags = list(tx.ops[1].insert.tags)
+    tx, tags = first_insert(a.cl)
     assert tags == [f"@{tx.commit_ts}"]  # a Postgres write is known by its commit time
     await a.echo(await a.send(ITEMS, delete(ITEMS, "d", "4", None, tags=tags)))
     assert "d" not in items(env)
@@ -239,8 +244,7 @@ async def test_compensation_revives_a_parent_deleted_concurrently(
     writers.append(a)
     env.sql("INSERT INTO parents VALUES ('p', 'the parent')")
     await a.cl.wait_for(lambda: (b"p",) in a.cl.table("parents"))
-    tx = next(t for t in a.cl.transactions if any(o.HasField("insert") for o in t.ops))
-    parent_tags = list(tx.ops[1].insert.tags)
+    _, parent_tags = first_insert(a.cl)
     env.sql("DELETE FROM parents WHERE id = 'p'")  # concurrently, before the client's write arrives
     comp = pb.SatTransOp(
         compensation=pb.SatOpCompensation(relation_id=PARENTS.relation_id, pk_data=row("p", None), tags=parent_tags)
