@@ -148,16 +148,20 @@ def get_health(port: int) -> tuple[int, dict[str, object]]:
 class ServeProcess:
     """`electricctl serve` as a real process."""
 
-    def __init__(self, env: Env, *extra: str) -> None:
+    def __init__(self, env: Env, *extra: str, log_dir: Path | None = None) -> None:
         self.env = env
         self.port = free_port()
         self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = (log_dir or env.data_dir.parent) / f"serve-{self.port}.log"
 
-    def start(self) -> ServeProcess:
-        with open(self.env.data_dir.parent / f"serve-{self.port}.log", "ab") as log:
+    def start(self, wait: bool = True) -> ServeProcess:
+        with open(self.log_path, "ab") as log:
             self.proc = self._spawn(log)
-        return self._wait_ready()
+        return self._wait_ready() if wait else self
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def _spawn(self, log: object) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -176,6 +180,7 @@ class ServeProcess:
                 str(self.env.data_dir),
                 "--slot",
                 self.env.slot,
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,  # type: ignore[arg-type]

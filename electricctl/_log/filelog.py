@@ -13,7 +13,8 @@ number of readers. Recent transactions are also kept in memory for live tailing.
 from __future__ import annotations
 
 import bisect
-import mmap
+import contextlib
+import errno
 import os
 import time
 from collections import deque
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from electricctl._log import records
 from electricctl._replication.model import RelationDef, Transaction
+from electricctl.errors import ElectricError
 
 
 @dataclass(slots=True)
@@ -37,6 +39,40 @@ class _Segment:
 
 
 _INDEX_EVERY = 64
+
+
+class LogWriteError(ElectricError):
+    """The log could not be written (a full disk, a read-only file system). Nothing was lost:
+    what the failed write put on disk was cut off, and the replication slot was not confirmed
+    past it, so Postgres sends those transactions again."""
+
+    def __init__(self, directory: Path, cause: OSError) -> None:
+        self.cause = cause
+        reason = cause.strerror or str(cause)
+        super().__init__(
+            f"cannot write the transaction log in {directory}: {reason}"
+            + ("; free some space there" if cause.errno == errno.ENOSPC else "")
+            + (" (make it writable)" if cause.errno in (errno.EROFS, errno.EACCES, errno.EPERM) else "")
+        )
+
+
+@dataclass(slots=True)
+class _Undo:
+    """What a write changes, as it was before: restored when the write fails."""
+
+    segments: int
+    size: int
+    last_lsn: int
+    last_ts_ms: int
+    written_relations: dict[int, RelationDef]
+
+
+def _fsync_dir(directory: Path) -> None:
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 class FileLog:
@@ -62,6 +98,8 @@ class FileLog:
         self.last_lsn = 0
         self.truncated_bytes = 0
         """Bytes of a torn tail cut off when the log was opened."""
+        self._damaged: _Undo | None = None
+        """Set when a failed write could not be undone yet; the next write undoes it first."""
 
     # -- opening -----------------------------------------------------------------------------
     def open(self) -> FileLog:
@@ -129,8 +167,18 @@ class FileLog:
     def set_horizon(self, lsn: int) -> None:
         path = self.directory / "horizon"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(str(lsn))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as fh:
+                fh.write(str(lsn))
+                fh.flush()
+                if self.fsync:
+                    os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            if self.fsync:
+                _fsync_dir(self.directory)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise LogWriteError(self.directory, exc) from exc
 
     def covers(self, lsn: int) -> bool:
         """Can a client that has everything up to ``lsn`` resume from here without a gap?"""
@@ -144,18 +192,46 @@ class FileLog:
     def write(self, txns: Sequence[Transaction]) -> list[Transaction]:
         """Write and (by default) fsync ``txns``; they are durable when this returns.
 
+        All or nothing: when a write or fsync fails (a full disk, a read-only file system), what
+        this call wrote is truncated away, every position is left as it was and
+        :class:`LogWriteError` is raised, so the same transactions can be written again later.
+        Positions (a segment's last LSN and size) move only after a successful write and fsync.
+
         Safe to run in a worker thread. Returns what was written (transactions at or below the
         log's end are skipped: Postgres resends from the last confirmed position after a restart).
         """
-        written = self._segments[-1].last_lsn if self._segments else 0
-        txns = [t for t in txns if t.lsn > max(self.last_lsn, written)]
+        if self._damaged is not None:
+            self._repair()
+        durable = self._segments[-1].last_lsn if self._segments else 0
+        txns = [t for t in txns if t.lsn > max(self.last_lsn, durable)]
         if not txns:
             return []
+        undo = _Undo(
+            len(self._segments),
+            *(
+                (self._segments[-1].size, self._segments[-1].last_lsn, self._segments[-1].last_ts_ms)
+                if self._segments
+                else (0, 0, 0)
+            ),
+            dict(self._written_relations),
+        )
+        try:
+            self._write_records(txns)
+        except OSError as exc:
+            self._damaged = undo
+            with contextlib.suppress(OSError):
+                self._repair()
+            raise LogWriteError(self.directory, exc) from exc
+        return txns
+
+    def _write_records(self, txns: Sequence[Transaction]) -> None:
         buf = bytearray()
+        last: Transaction | None = None
         for tx in txns:
             if self._fh is None or (self._segments and self._segments[-1].size + len(buf) > self.segment_bytes):
-                self._flush(buf)
+                self._flush(buf, last)
                 buf.clear()
+                last = None
                 self._new_segment(tx.lsn)
             for ch in tx.changes:
                 rel = ch.relation
@@ -164,11 +240,27 @@ class FileLog:
                     self._written_relations[rel.relid] = rel
                     self._relations[rel.relid] = rel
             buf += records.frame(records.encode_transaction(tx))
+            last = tx
+        self._flush(buf, last)
+
+    def _repair(self) -> None:
+        """Undo a failed write: drop the segments it created and cut the last one back to its
+        size before, so no torn record stays in front of later writes."""
+        undo = self._damaged
+        if undo is None:
+            return
+        self.close()
+        while len(self._segments) > undo.segments:
+            self._segments.pop().path.unlink(missing_ok=True)
+        if self._segments:
             seg = self._segments[-1]
-            seg.last_lsn = tx.lsn
-            seg.last_ts_ms = tx.commit_ts_ms
-        self._flush(buf)
-        return txns
+            os.truncate(seg.path, undo.size)
+            seg.size, seg.last_lsn, seg.last_ts_ms = undo.size, undo.last_lsn, undo.last_ts_ms
+            self._fh = os.open(seg.path, os.O_WRONLY | os.O_APPEND)
+            if self.fsync:
+                os.fsync(self._fh)
+        self._written_relations = undo.written_relations
+        self._damaged = None
 
     def publish(self, txns: Sequence[Transaction]) -> None:
         """Make written transactions visible to readers (call from the event loop's thread)."""
@@ -178,30 +270,34 @@ class FileLog:
             self._remember(tx)
         self.last_lsn = txns[-1].lsn
 
-    def _flush(self, buf: bytearray) -> None:
+    def _flush(self, buf: bytearray | bytes, last: Transaction | None = None) -> None:
+        """Write all of ``buf`` and fsync it; only then move the segment's size and last LSN."""
         if not buf or self._fh is None:
             return
-        os.write(self._fh, buf)
+        view = memoryview(buf)
+        while view:
+            n = os.write(self._fh, view)  # a full disk may take part of it, then raise
+            view = view[n:]
         if self.fsync:
             os.fsync(self._fh)
-        self._segments[-1].size += len(buf)
+        seg = self._segments[-1]
+        seg.size += len(buf)
+        if last is not None:
+            seg.last_lsn = last.lsn
+            seg.last_ts_ms = last.commit_ts_ms
 
     def _new_segment(self, first_lsn: int) -> None:
         self.close()
         path = self.directory / f"seg-{first_lsn:016x}.log"
-        self._fh = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._segments.append(_Segment(path, first_lsn, 0, 0, 0))
+        self._fh = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_TRUNC, 0o644)
         head = bytearray()
         for rel in self._relations.values():
             head += records.frame(records.encode_relation(rel))
         self._written_relations = dict(self._relations)
         self._flush(head)
         if self.fsync:
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            _fsync_dir(self.directory)
 
     def _remember(self, tx: Transaction) -> None:
         self._cache.append(tx)
@@ -230,6 +326,7 @@ class FileLog:
 
     def _read_disk(self, lsn: int, limit: int) -> list[Transaction]:
         out: list[Transaction] = []
+        published = self.last_lsn  # what a concurrent (failing, then undone) write adds is not read
         for seg in list(self._segments):
             if seg.last_lsn <= lsn:
                 continue
@@ -239,17 +336,19 @@ class FileLog:
             if i >= 0:
                 _, start, known = seg.index[i]
                 relations = dict(known)
-            with open(seg.path, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
-                count = 0
-                for _, next_offset, payload in records.iter_records(data, start):  # type: ignore[arg-type]
-                    item = records.decode(payload, relations)
-                    if not isinstance(item, Transaction):
-                        continue
-                    count += 1
-                    if count % _INDEX_EVERY == 0 and (not seg.index or seg.index[-1][0] < item.lsn):
-                        seg.index.append((item.lsn, next_offset, dict(relations)))
-                    if item.lsn > lsn:
-                        out.append(item)
-                        if len(out) >= limit:
-                            return out
+            count = 0
+            # plain reads, not mmap: a write undone in another thread may shrink the file under us
+            for _, next_offset, payload in records.iter_file(seg.path, start):
+                item = records.decode(payload, relations)
+                if not isinstance(item, Transaction):
+                    continue
+                if item.lsn > published:
+                    return out
+                count += 1
+                if count % _INDEX_EVERY == 0 and (not seg.index or seg.index[-1][0] < item.lsn):
+                    seg.index.append((item.lsn, next_offset, dict(relations)))
+                if item.lsn > lsn:
+                    out.append(item)
+                    if len(out) >= limit:
+                        return out
         return out

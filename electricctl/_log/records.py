@@ -10,6 +10,7 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Iterator
+from pathlib import Path
 
 from electricctl._replication.model import Change, ClientWrite, Column, RelationDef, Row, Transaction
 
@@ -139,6 +140,23 @@ def decode(payload: bytes, relations: dict[int, RelationDef]) -> RelationDef | T
             write = ClientWrite.from_json(payload[pos + 4 : pos + 4 + size])
         return Transaction(lsn, end_lsn, xid, ts, origin or None, tuple(changes), write)
     raise CorruptRecord(f"unknown record kind {kind}")
+
+
+def iter_file(path: Path, start: int = 0) -> Iterator[tuple[int, int, bytes]]:
+    """:func:`iter_records` over a file, read as it goes (a file that shrinks meanwhile just ends)."""
+    with open(path, "rb", buffering=1 << 20) as fh:
+        fh.seek(start)
+        pos = start
+        while True:
+            head = fh.read(HEADER.size)
+            if len(head) < HEADER.size:
+                return
+            length, crc = HEADER.unpack(head)
+            payload = fh.read(length)
+            if len(payload) < length or zlib.crc32(payload) != crc:
+                return
+            yield pos, pos + HEADER.size + length, payload
+            pos += HEADER.size + length
 
 
 def iter_records(buf: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, int, bytes]]:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import http
 import json
 import logging
+import os
 import re
 import time
 import uuid
@@ -31,7 +33,7 @@ from electricctl._config.model import ElectricConfig, TableRef
 from electricctl._expr import ast
 from electricctl._expr.parse import ExprError, parse
 from electricctl._log.base import TransactionLog
-from electricctl._log.filelog import FileLog
+from electricctl._log.filelog import FileLog, LogWriteError
 from electricctl._perms.policy import Policy, RoleState, path_tables, read_roles
 from electricctl._replication.model import RelationDef, Transaction
 from electricctl._replication.source import DISPLAY_OPTIONS, MARKER_PREFIX, ReplicationSource
@@ -133,8 +135,9 @@ class Server:
         self.max_frame_bytes = max_frame_bytes
         """Largest WebSocket frame accepted; a larger one closes the connection (1009)."""
         self.writer = Writer(url)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        self.server_id = self._server_id()
+        self.server_id = ""
+        """This server's id (kept in the data dir); read when :meth:`run` starts."""
+        self._lock_fd: int | None = None
         self.log: TransactionLog = FileLog(self.data_dir / "log", retention_seconds=retention_seconds, fsync=fsync)
         self.store = ClientStore(self.data_dir / "clients")
         self.snapshots = SnapshotPool(url, snapshot_connections)
@@ -147,6 +150,8 @@ class Server:
         self.live_head = 0
         self.replication_ok = False
         self.replication_error: str | None = None
+        self.log_error: str | None = None
+        """Why the last write to the log failed, until a write succeeds (``/health`` is 503 meanwhile)."""
         self._markers: dict[bytes, asyncio.Future[None]] = {}
         self.source.on_marker = self._on_marker
         self._ws: WsServer | None = None
@@ -158,17 +163,68 @@ class Server:
         self.bound_port = port
         self.stats: dict[str, int] = {"subscription_deliveries": 0, "transactions_sent": 0, "replication_restarts": 0}
 
-    def _server_id(self) -> str:
-        path = self.data_dir / "server_id"
-        if path.exists():
-            return path.read_text().strip()
-        sid = str(uuid.uuid4())
-        path.write_text(sid)
-        return sid
+    def _prepare_data_dir(self) -> None:
+        """Lock the data dir for this process and check it is writable, or say what to do.
+
+        Two servers on one data dir would both append to one log and move one slot: the second
+        one is refused, naming the first one's PID (an exclusive ``flock`` that the kernel
+        releases when the process ends, ``kill -9`` included).
+        """
+        where = self.data_dir
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            fd = os.open(where / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ServeError(
+                f"the data dir {where} is not writable ({exc.strerror or exc}): serve keeps its transaction"
+                " log and client state there; make it writable, or pass another --data-dir"
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ServeError(
+                f"another electricctl serve (pid {holder}) is using the data dir {where}: stop it, or give"
+                " this one its own --data-dir (and --slot)"
+            ) from None
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            path = where / "server_id"
+            if path.exists():
+                self.server_id = path.read_text().strip()
+            else:
+                self.server_id = str(uuid.uuid4())
+                tmp = where / "server_id.tmp"
+                tmp.write_text(self.server_id)
+                os.replace(tmp, path)
+            self.store.prepare()
+        except OSError as exc:
+            os.close(fd)
+            raise ServeError(
+                f"the data dir {where} is not writable ({exc.strerror or exc}): serve keeps its transaction"
+                " log and client state there; make it writable, or pass another --data-dir"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_data_dir(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
 
     # -- replication -------------------------------------------------------------------------
     async def _consume(self, batch: Sequence[Transaction]) -> None:
-        written = await asyncio.to_thread(self.log.write, batch)
+        try:
+            written = await asyncio.to_thread(self.log.write, batch)
+        except LogWriteError as exc:
+            # nothing of the batch is in the log, and the slot is not confirmed past it: the
+            # stream restarts (with backoff) and Postgres sends it again
+            self.log_error = str(exc)
+            raise
+        if self.log_error is not None:
+            log.info("the transaction log is writable again")
+            self.log_error = None
         # publish and route with no await in between: a connection that is live has seen every
         # transaction before live_head, and the router queues each later one that may concern it
         self.log.publish(written)
@@ -236,7 +292,7 @@ class Server:
                 log.warning("replication stopped (%s); retrying in %.1fs", self.replication_error, delay)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)
             finally:
                 self.source.close()
         self.replication_ok = False
@@ -322,16 +378,23 @@ class Server:
 
     # -- http and websockets -----------------------------------------------------------------
     def health(self) -> tuple[int, dict[str, Any]]:
-        ready = self.replication_ok
+        problems = [p for p in (self.log_error, self.store.error) if p is not None]
+        if not self.replication_ok and self.replication_error is not None and self.log_error is None:
+            problems.insert(0, f"replication: {self.replication_error}")
+        ready = self.replication_ok and not problems
+        status = "ok" if ready else "error" if problems else "starting"
         body = {
-            "status": "ok" if ready else "starting" if self.replication_error is None else "error",
+            "status": status,
             "ready": ready,
+            "reasons": problems,
             "replication": {
                 "slot": self.slot,
                 "flushed_lsn": self.source.flushed_lsn,
                 "log_last_lsn": self.log.last_lsn,
                 "error": self.replication_error,
             },
+            "log": {"error": self.log_error},
+            "client_state": {"error": self.store.error},
             "clients": len(self.connections),
         }
         return (200 if ready else 503), body
@@ -350,8 +413,10 @@ class Server:
             return _response(
                 400, f"Cannot connect satellite version {', '.join(offered)}: this server speaks 0.10-0.12\n"
             )
-        if not self.replication_ok:
-            return _response(503, "the server is not ready: replication is not running\n")
+        status, body = self.health()
+        if status != 200:
+            reasons = "; ".join(body["reasons"]) or "replication is not running"
+            return _response(503, f"the server is not ready: {reasons}\n")
         return None
 
     def _select_subprotocol(
@@ -384,6 +449,13 @@ class Server:
             )
 
     async def run(self, stop: asyncio.Event, started: asyncio.Event | None = None) -> None:
+        self._prepare_data_dir()
+        try:
+            await self._run(stop, started)
+        finally:
+            self._release_data_dir()
+
+    async def _run(self, stop: asyncio.Event, started: asyncio.Event | None) -> None:
         await self.check_catalog()
         policy, _ = await self.policy()
         if not policy.enforced:
@@ -391,7 +463,12 @@ class Server:
                 "electric.yaml declares no grants: every authenticated client may read and write every"
                 " electrified table (as in Electric 0.12); declare grants to enforce permissions"
             )
-        self.log.open()
+        try:
+            self.log.open()
+        except OSError as exc:
+            raise ServeError(
+                f"cannot open the transaction log in {self.data_dir / 'log'}: {exc.strerror or exc}"
+            ) from None
         stop_replication = asyncio.Event()
         replication = asyncio.create_task(self._replicate(stop_replication), name="replication")
         async with serve(
@@ -411,7 +488,7 @@ class Server:
             if started is not None:
                 started.set()
             log.info("serving Satellite on ws://%s:%d/ws", self.host, self.bound_port)
-            pruner = asyncio.create_task(self._prune_periodically(), name="prune")
+            pruner = asyncio.create_task(self._maintain(), name="maintenance")
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({replication, stopper}, return_when=asyncio.FIRST_COMPLETED)
             pruner.cancel()
@@ -429,12 +506,22 @@ class Server:
         await self.snapshots.close()
         self.log.close()
 
-    async def _prune_periodically(self) -> None:
+    async def _maintain(self) -> None:
+        """Every second: write client state whose save failed; every minute: prune the log."""
+        ticks = 0
         while True:
-            await asyncio.sleep(60)
-            dropped = self.log.prune()
-            if dropped:
-                log.info("dropped %d log segments past the retention window", dropped)
+            await asyncio.sleep(1)
+            ticks += 1
+            if self.store.error is not None:
+                await self.store.retry_failed()
+            if ticks % 60 == 0:
+                try:
+                    dropped = self.log.prune()
+                except (OSError, LogWriteError) as exc:
+                    log.warning("could not prune the log: %s", exc)
+                    continue
+                if dropped:
+                    log.info("dropped %d log segments past the retention window", dropped)
 
 
 def _response(status: int, body: str) -> Response:

@@ -7,12 +7,16 @@ fsync, rename), so a reconnecting client resumes its subscriptions after a resta
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger("electricctl.server")
 
 
 @dataclass(slots=True)
@@ -31,16 +35,31 @@ class ClientState:
 
 
 class ClientStore:
+    """The client state files. A save that fails (a full disk, a read-only file system) loses
+    nothing that matters to the client: the state stays in memory, :attr:`error` says why (and
+    ``/health`` with it), and :meth:`retry_failed` writes it again until it works."""
+
     def __init__(self, directory: Path) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self._locks: dict[str, asyncio.Lock] = {}
+        self._generation = 0
+        self._written: dict[str, int] = {}
+        """By client: the generation of the newest state on disk (an older one is never written over it)."""
+        self._failed: dict[str, tuple[int, ClientState]] = {}
+        self.error: str | None = None
+        """Why the last save failed, until every failed save has been written."""
+
+    def prepare(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
 
     def _path(self, client_id: str) -> Path:
         # client ids come from clients: never use them as file names directly
         return self.directory / (hashlib.sha256(client_id.encode()).hexdigest()[:32] + ".json")
 
     def load(self, client_id: str) -> ClientState:
+        failed = self._failed.get(client_id)
+        if failed is not None:  # not on disk yet: the newest state is the one waiting to be written
+            return self.snapshot(failed[1])
         path = self._path(client_id)
         try:
             raw = json.loads(path.read_text())
@@ -53,13 +72,44 @@ class ClientStore:
         return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)))
 
     async def save_async(self, state: ClientState) -> None:
-        """:meth:`save` in a worker thread (the fsync must not stall the event loop), one at a
-        time per client and in call order (asyncio locks are FIFO)."""
-        copy = self.snapshot(state)
-        lock = self._locks.setdefault(state.client_id, asyncio.Lock())
+        """:meth:`save` in a worker thread (the fsync must not stall the event loop).
+
+        Saves of one client run one at a time in call order, and a newer state is never
+        overwritten by an older one: the save runs in a task of its own that holds the client's
+        lock until the file is written, even when the caller is cancelled meanwhile (the caller's
+        cancellation cannot release the lock early). A failed save does not raise (see the class).
+        """
+        self._generation += 1
+        task = asyncio.ensure_future(self._save_in_order(self._generation, self.snapshot(state)))
+        await asyncio.shield(task)
+
+    async def _save_in_order(self, generation: int, copy: ClientState) -> None:
+        lock = self._locks.setdefault(copy.client_id, asyncio.Lock())
         async with lock:
-            # shielded: a cancelled caller must not release the lock while the thread still writes
-            await asyncio.shield(asyncio.to_thread(self.save, copy))
+            if self._written.get(copy.client_id, 0) > generation:
+                return  # a newer state is already on disk
+            try:
+                await asyncio.to_thread(self.save, copy)
+            except OSError as exc:
+                known = self._failed.get(copy.client_id)
+                if known is None or known[0] < generation:
+                    self._failed[copy.client_id] = (generation, copy)
+                if self.error is None:
+                    log.error("cannot save client state in %s: %s; retrying", self.directory, exc.strerror or exc)
+                self.error = f"cannot save client state in {self.directory}: {exc.strerror or exc}"
+                return
+            self._written[copy.client_id] = generation
+            known = self._failed.get(copy.client_id)
+            if known is not None and known[0] <= generation:
+                del self._failed[copy.client_id]
+            if not self._failed and self.error is not None:
+                log.info("client state is saved again in %s", self.directory)
+                self.error = None
+
+    async def retry_failed(self) -> None:
+        """Write again every state whose save failed (each one's newest)."""
+        for generation, copy in list(self._failed.values()):
+            await asyncio.shield(asyncio.ensure_future(self._save_in_order(generation, copy)))
 
     @staticmethod
     def snapshot(state: ClientState) -> ClientState:
@@ -81,8 +131,13 @@ class ClientStore:
             ],
         }
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")  # concurrent writers never share a temp file
-        with open(tmp, "w") as fh:
-            json.dump(doc, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w") as fh:
+                json.dump(doc, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise

@@ -68,8 +68,15 @@ class Driver:
 
     def call(self, cmd: str, timeout: float = 30, **args: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
-        self.proc.stdin.flush()
+        try:
+            self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self.proc.wait(timeout=10)
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise AssertionError(
+                f"the npm client exited ({self.proc.returncode}) before {cmd!r}: {err[-3000:]}"
+            ) from None
         answer = self.read(timeout)
         assert answer.get("ok"), answer
         return answer

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from electricctl._log import records
-from electricctl._log.filelog import FileLog
+from electricctl._log.filelog import FileLog, LogWriteError
 from electricctl._replication.model import Change, Column, RelationDef, Transaction
 from electricctl._server.outbound import Visibility
 from electricctl._server.snapshot import parse_copy_lines
+from tests.faults import tmpfs
 
 REL = RelationDef(7, "public", "items", (Column("id", 25, "text", True, False), Column("n", 23, "int4", False, True)))
 REL2 = RelationDef(7, "public", "items", (*REL.columns, Column("m", 25, "text", False, True)))
@@ -113,3 +114,60 @@ def test_reads_from_disk_use_the_sparse_index(tmp_path: Path) -> None:
         got = disk.read_after(start, limit=7)
         assert [t.lsn for t in got] == [lsn for lsn in range(10, 3001, 10) if lsn > start][:7]
         assert all(t.changes[0].relation == (REL if t.lsn < 1500 else REL2) for t in got)
+
+
+def _big_tx(lsn: int, size: int = 100_000) -> Transaction:
+    payload = os.urandom(size // 2).hex().encode()
+    return Transaction(lsn, lsn + 8, lsn, 1000, None, (Change("I", REL, (str(lsn).encode(), payload), None),))
+
+
+@pytest.mark.parametrize("segment_bytes", [64 << 20, 250_000], ids=["one-segment", "rolling-segments"])
+def test_a_full_disk_loses_nothing_and_moves_no_position(tmp_path: Path, segment_bytes: int) -> None:
+    """Issue 10, point 1: a write that fails on a full disk leaves the log as it was, and the
+    same transactions can be written once there is room (nothing skipped, no torn tail)."""
+    with tmpfs(tmp_path, "1m") as fs:
+        log = FileLog(fs.path / "log", segment_bytes=segment_bytes).open()
+        lsn, stored = 10, []
+        failed: list[Transaction] = []
+        while not failed:
+            batch = [_big_tx(lsn), _big_tx(lsn + 10)]
+            lsn += 20
+            segments = [(p.name, p.stat().st_size) for p in sorted((fs.path / "log").glob("seg-*"))]
+            last = log._segments[-1].last_lsn if log._segments else 0
+            try:
+                log.append(batch)
+            except LogWriteError as exc:
+                assert "No space left on device" in str(exc) and "free some space" in str(exc)
+                failed = batch
+                # the failed write was cut off: every segment as before, no new one
+                assert [(p.name, p.stat().st_size) for p in sorted((fs.path / "log").glob("seg-*"))] == segments
+                assert (log._segments[-1].last_lsn if log._segments else 0) == last
+            else:
+                stored.extend(batch)
+        assert stored, "the tmpfs filled before anything was written"
+        assert log.last_lsn == stored[-1].lsn
+        assert log.read_after(0, 1000) == stored
+        with pytest.raises(LogWriteError):
+            log.append(failed)  # still full: refused again, still nothing half-written
+        fs.grow("8m")
+        assert log.write(failed) == failed  # the same transactions, not skipped as "already written"
+        log.publish(failed)
+        log.append([_big_tx(lsn)])
+        log.close()
+        again = FileLog(fs.path / "log", cache_size=1).open()
+        assert again.truncated_bytes == 0
+        assert [t.lsn for t in again.read_after(0, 1000)] == [t.lsn for t in (*stored, *failed)] + [lsn]
+
+
+def test_the_horizon_is_written_durably_or_not_at_all(tmp_path: Path) -> None:
+    with tmpfs(tmp_path, "64k") as fs:
+        log = FileLog(fs.path).open()
+        log.set_horizon(5)
+        ballast = fs.fill()
+        with pytest.raises(LogWriteError, match="No space left"):
+            log.set_horizon(2**40)
+        assert FileLog(fs.path).open().horizon == 5
+        assert not list(fs.path.glob("*.tmp"))
+        ballast.unlink()
+        log.set_horizon(7)
+        assert FileLog(fs.path).open().horizon == 7

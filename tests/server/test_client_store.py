@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from electricctl._server.clients import ClientState, ClientStore, SubscriptionRecord
+from tests.faults import tmpfs
 
 pytestmark = pytest.mark.asyncio
 
@@ -25,3 +28,55 @@ async def test_concurrent_and_cancelled_saves_never_collide(tmp_path: Path) -> N
     loaded = store.load("client-1")
     assert loaded.acked_lsn == 99 and loaded.subscriptions["s"].delivered_lsn == 5
     assert not list(tmp_path.glob("*.tmp"))
+
+
+async def test_a_cancelled_older_save_never_lands_after_a_newer_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The caller of the older save is cancelled while its thread is still writing; a newer save
+    then runs. The newer state must be the one left on disk."""
+    store = ClientStore(tmp_path)
+    real_save = store.save
+    slow_once = [True]
+    older_done = threading.Event()
+
+    def save(state: ClientState) -> None:
+        if slow_once[0]:
+            slow_once[0] = False
+            time.sleep(0.3)  # a slow disk, in the worker thread: the caller is cancelled meanwhile
+            real_save(state)
+            older_done.set()
+            return
+        real_save(state)
+
+    monkeypatch.setattr(store, "save", save)
+    state = ClientState("client-1", {}, 1)
+    older = asyncio.ensure_future(store.save_async(state))
+    await asyncio.sleep(0.05)
+    older.cancel()
+    state.acked_lsn = 2
+    await store.save_async(state)
+    assert await asyncio.to_thread(older_done.wait, 10)
+    assert store.load("client-1").acked_lsn == 2
+
+
+async def test_a_full_disk_keeps_client_state_and_reports_it(tmp_path: Path) -> None:
+    with tmpfs(tmp_path, "64k") as fs:
+        store = ClientStore(fs.path)
+        state = ClientState("client-1", {}, 1)
+        await store.save_async(state)
+        ballast = fs.fill()
+        state.acked_lsn = 7
+        state.subscriptions["s"] = SubscriptionRecord("s", [{"request_id": "r", "table": "public.t"}], 6)
+        await store.save_async(state)  # does not raise: the state waits in memory
+        assert store.error is not None and "No space left on device" in store.error
+        assert store.load("client-1").acked_lsn == 7  # a reconnecting client gets the newest state
+        assert ClientStore(fs.path).load("client-1").acked_lsn == 1  # on disk: the last one that fit
+        await store.retry_failed()
+        assert store.error is not None
+        ballast.unlink()
+        await store.retry_failed()
+        assert store.error is None
+        on_disk = ClientStore(fs.path).load("client-1")
+        assert on_disk.acked_lsn == 7 and "s" in on_disk.subscriptions
+        assert not list(fs.path.glob("*.tmp"))
