@@ -25,6 +25,26 @@ class AuthError(Exception):
     """The token was refused; the message says why (it is sent to the client)."""
 
 
+class InvalidIdentity(AuthError):
+    """The token verified, but the identity in it cannot be used (a ``sub`` with a NUL byte, say)."""
+
+
+MAX_SUB_LENGTH = 256
+
+
+def _has_nul(value: Any, depth: int = 0) -> bool:
+    """Does any string in the claims hold a NUL byte (Postgres text cannot, so it could never match)?"""
+    if depth > 32:
+        return True  # claims nested this deep are refused as well
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k, depth + 1) or _has_nul(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v, depth + 1) for v in value)
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     user_id: str
@@ -72,6 +92,12 @@ def verify(token: str, auth: AuthConfig, *, now: float | None = None) -> Identit
     sub = source.get("sub", claims.get("sub")) or source.get("user_id")
     if not isinstance(sub, str) or not sub:
         raise AuthError("token has no sub claim")
+    if len(sub) > MAX_SUB_LENGTH or any(ord(ch) < 0x20 or ch == "\x7f" for ch in sub):
+        raise InvalidIdentity(
+            f"the token's sub must be at most {MAX_SUB_LENGTH} characters, with no control characters"
+        )
+    if _has_nul(source):
+        raise InvalidIdentity("the token's claims must not contain NUL characters (or be nested more than 32 deep)")
     exp = claims.get("exp")
     return Identity(sub, dict(source), float(exp) if isinstance(exp, int | float) else None)
 

@@ -8,6 +8,7 @@ adapter (replication source, log, snapshot).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import http
@@ -17,9 +18,9 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from websockets.asyncio.server import Server as WsServer
@@ -48,6 +49,9 @@ from electricctl.errors import ElectricError
 log = logging.getLogger("electricctl.server")
 
 SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
+CONNECT_TIMEOUT = 10
+"""Seconds to wait for a new Postgres connection (a black-holed database must not hang a client)."""
+_T = TypeVar("_T")
 
 
 class ServeError(ElectricError):
@@ -119,6 +123,10 @@ class Server:
         replication_work_mem: str | None = None,
         max_transaction_ops: int = 100_000,
         max_frame_bytes: int = 64 << 20,
+        preauth_frame_bytes: int = 64 << 10,
+        auth_timeout: float = 10.0,
+        max_pending_per_peer: int = 64,
+        max_connections_per_peer: int = 4096,
     ) -> None:
         self.config = config
         self.url = url
@@ -134,6 +142,15 @@ class Server:
         """Client transactions with more operations are refused (with a clear error)."""
         self.max_frame_bytes = max_frame_bytes
         """Largest WebSocket frame accepted; a larger one closes the connection (1009)."""
+        self.preauth_frame_bytes = preauth_frame_bytes
+        """Largest frame accepted before the client has authenticated (an auth request is tiny)."""
+        self.auth_timeout = auth_timeout
+        """A connection that has not authenticated within this many seconds is closed (1008)."""
+        self.max_pending_per_peer = max_pending_per_peer
+        """Connections from one address that have not authenticated yet; more are refused (429)."""
+        self.max_connections_per_peer = max_connections_per_peer
+        self._peer_open: collections.Counter[str] = collections.Counter()
+        self._peer_pending: collections.Counter[str] = collections.Counter()
         self.writer = Writer(url)
         self.server_id = ""
         """This server's id (kept in the data dir); read when :meth:`run` starts."""
@@ -261,10 +278,9 @@ class Server:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._markers[token] = fut
         try:
-            conn = await self._catalog_conn()
             # transactional: its commit flushes the WAL, so the walsender sends it at once (a
             # non-transactional message waits for the WAL writer, up to wal_writer_delay)
-            await conn.execute("SELECT pg_logical_emit_message(true, %s, %s::bytea)", [MARKER_PREFIX, token])
+            await self._catalog_rows("SELECT pg_logical_emit_message(true, %s, %s::bytea)", [MARKER_PREFIX, token])
             await asyncio.wait_for(fut, timeout)
         finally:
             self._markers.pop(token, None)
@@ -309,18 +325,59 @@ class Server:
     async def _catalog_conn(self) -> psycopg.AsyncConnection[Any]:
         if self._catalog is None or self._catalog.closed:
             self._catalog = await psycopg.AsyncConnection.connect(
-                self.url, autocommit=True, application_name="electricctl-catalog", options=DISPLAY_OPTIONS
+                self.url,
+                autocommit=True,
+                application_name="electricctl-catalog",
+                options=DISPLAY_OPTIONS,
+                connect_timeout=CONNECT_TIMEOUT,
             )
         return self._catalog
+
+    async def with_catalog(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+        """Run ``work`` (read-only or idempotent) on the catalog connection; when the connection
+        turns out to be dead (Postgres restarted since it was last used), reconnect and run it
+        once more, so no client's request fails for it."""
+        conn = await self._catalog_conn()
+        try:
+            return await work(conn)
+        except psycopg.OperationalError as exc:
+            if not (conn.broken or conn.closed or isinstance(exc, psycopg.errors.AdminShutdown)):
+                raise
+            log.info("the catalog connection was lost (%s); reconnecting", str(exc).strip().splitlines()[0])
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+            self._catalog = None
+            return await work(await self._catalog_conn())
+
+    async def _catalog_rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if cur.description else []
+
+        return await self.with_catalog(run)
+
+    async def bind_client(self, client_id: str, user_id: str) -> str:
+        """Record ``user_id`` as the owner of ``client_id`` unless it has one; return the owner."""
+        for _ in range(2):
+            rows = await self._catalog_rows(
+                "WITH ins AS (INSERT INTO electric.client_owners (client_id, user_id) VALUES (%s, %s)"
+                " ON CONFLICT (client_id) DO NOTHING RETURNING user_id)"
+                " SELECT user_id FROM ins UNION ALL"
+                " SELECT user_id FROM electric.client_owners WHERE client_id = %s",
+                [client_id, user_id, client_id],
+            )
+            if rows:
+                return str(rows[0][0])
+            # another connection inserted it after this statement's snapshot: read it again
+        raise RuntimeError(f"the owner of client id {client_id!r} could not be read")  # pragma: no cover
 
     async def electrified_tables(self) -> set[TableRef]:
         """Electrified tables, as applied (cached for RULES_TTL seconds)."""
         now = time.monotonic()
         if self._electrified is not None and now - self._electrified[1] < RULES_TTL:
             return self._electrified[0]
-        conn = await self._catalog_conn()
-        cur = await conn.execute("SELECT schema_name, table_name FROM electric.electrified")
-        tables = {TableRef(r[0], r[1]) for r in await cur.fetchall()}
+        rows = await self._catalog_rows("SELECT schema_name, table_name FROM electric.electrified")
+        tables = {TableRef(r[0], r[1]) for r in rows}
         self._electrified = (tables, now)
         return tables
 
@@ -330,7 +387,7 @@ class Server:
         hit = self._relations.get(table)
         if hit is not None and now - hit[1] < RULES_TTL:
             return hit[0]
-        rel = await describe(await self._catalog_conn(), table)
+        rel = await self.with_catalog(lambda conn: describe(conn, table))
         self._relations[table] = (rel, now)
         return rel
 
@@ -339,9 +396,8 @@ class Server:
         now = time.monotonic()
         if self._policy is not None and now - self._policy[2] < RULES_TTL:
             return self._policy[0], self._policy[1]
-        conn = await self._catalog_conn()
-        grants = await (await conn.execute("SELECT name, definition FROM electric.grants")).fetchall()
-        assignments = await (await conn.execute("SELECT name, definition FROM electric.assignments")).fetchall()
+        grants = await self._catalog_rows("SELECT name, definition FROM electric.grants")
+        assignments = await self._catalog_rows("SELECT name, definition FROM electric.assignments")
         policy = Policy.from_catalog({r[0]: r[1] for r in grants}, {r[0]: r[1] for r in assignments})
         relations: dict[TableRef, RelationDef] = {}
         named = {g.table for g in policy.grants} | {a.table for a in policy.assignments}
@@ -360,18 +416,16 @@ class Server:
         """The roles ``identity`` holds now, read from the assignment tables."""
         if identity is None:
             return RoleState(frozenset(), {})
-        return await read_roles(await self._catalog_conn(), policy, relations, identity)
+        return await self.with_catalog(lambda conn: read_roles(conn, policy, relations, identity))
 
     async def shape_rules(self) -> ShapeRules:
         """Declared shapes and the adhoc_shapes setting, as applied (read from the catalog)."""
         now = time.monotonic()
         if self._rules is not None and now - self._rules[1] < RULES_TTL:
             return self._rules[0]
-        conn = await self._catalog_conn()
-        shapes = await (await conn.execute("SELECT name, definition FROM electric.shapes")).fetchall()
-        setting = await (
-            await conn.execute("SELECT definition FROM electric.settings WHERE name = 'adhoc_shapes'")
-        ).fetchone()
+        shapes = await self._catalog_rows("SELECT name, definition FROM electric.shapes")
+        settings = await self._catalog_rows("SELECT definition FROM electric.settings WHERE name = 'adhoc_shapes'")
+        setting = settings[0] if settings else None
         rules = ShapeRules({r[0]: r[1] for r in shapes}, (setting[0] or {}).get("value", "deny") if setting else "deny")
         self._rules = (rules, now)
         return rules
@@ -406,6 +460,9 @@ class Server:
             return _response(status, json.dumps(body))
         if path != "/ws":
             return _response(404, "not found: the Satellite endpoint is /ws\n")
+        refused = self._peer_refusal(str(connection.remote_address[0]) if connection.remote_address else "?")
+        if refused is not None:
+            return refused
         offered = [p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")]
         if not any(p.startswith("electric.") for p in offered):
             return _response(400, "Missing satellite websocket subprotocol\n")
@@ -428,17 +485,44 @@ class Server:
     async def _handle(self, ws: ServerConnection) -> None:
         conn = Connection(self, ws)
         self.connections.add(conn)
+        self._peer_open[conn.peer_host] += 1
+        self._peer_pending[conn.peer_host] += 1
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
+            _decrement(self._peer_open, conn.peer_host)
+            if conn.identity is None:
+                _decrement(self._peer_pending, conn.peer_host)
+
+    def peer_authenticated(self, conn: Connection) -> None:
+        _decrement(self._peer_pending, conn.peer_host)
+
+    def _peer_refusal(self, host: str) -> Response | None:
+        if self._peer_pending[host] >= self.max_pending_per_peer:
+            return _response(
+                429,
+                f"too many connections from {host} waiting to authenticate (at most {self.max_pending_per_peer});"
+                " retry later\n",
+            )
+        if self._peer_open[host] >= self.max_connections_per_peer:
+            return _response(
+                429, f"too many connections from {host} (at most {self.max_connections_per_peer}); retry later\n"
+            )
+        return None
 
     async def check_catalog(self) -> None:
         """Refuse to start against a database whose electricctl catalog is missing or older than this version."""
-        conn = await self._catalog_conn()
         try:
+            conn = await self._catalog_conn()
             cur = await conn.execute("SELECT max(version) FROM electric.catalog_migrations")
             row = await cur.fetchone()
+        except psycopg.OperationalError as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ServeError(
+                f"cannot connect to the database ({first}): check --database-url (or database.url,"
+                " $DATABASE_URL) and that Postgres is running and reachable"
+            ) from None
         except psycopg.errors.UndefinedTable:
             raise ServeError("the database has no electricctl catalog: run `electricctl apply` first") from None
         version = int(row[0]) if row and row[0] is not None else 0
@@ -480,7 +564,7 @@ class Server:
             compression=None,
             ping_interval=20,
             ping_timeout=20,
-            max_size=self.max_frame_bytes,
+            max_size=self.preauth_frame_bytes,  # raised per connection once it has authenticated
             max_queue=16,
         ) as ws_server:
             self._ws = ws_server
@@ -522,6 +606,12 @@ class Server:
                     continue
                 if dropped:
                     log.info("dropped %d log segments past the retention window", dropped)
+
+
+def _decrement(counter: collections.Counter[str], key: str) -> None:
+    counter[key] -= 1
+    if counter[key] <= 0:
+        del counter[key]
 
 
 def _response(status: int, body: str) -> Response:

@@ -28,7 +28,7 @@ from google.protobuf.message import DecodeError, Message
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
-from electricctl._auth.tokens import AuthError, Identity, verify
+from electricctl._auth.tokens import AuthError, Identity, InvalidIdentity, verify
 from electricctl._config.model import TableRef
 from electricctl._perms.policy import ReadAccess, RoleState, read_access, read_roles
 from electricctl._protocol import codec
@@ -97,6 +97,36 @@ class _Reassess:
     """The assignment tables changed: the client's roles, and so what it may read, may have too."""
 
 
+MAX_CLIENT_ID = 128
+
+
+def _valid_client_id(value: str) -> bool:
+    return 0 < len(value) <= MAX_CLIENT_ID and value.isprintable()
+
+
+_LOGGED: set[tuple[str, str, int]] = set()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _log_once(exc: BaseException, what: str) -> None:
+    """An unexpected error: its traceback the first time it happens at that place, one line after
+    that (a client that can trigger it must not be able to flood the log)."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    where = (type(exc).__name__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
+    if where in _LOGGED:
+        log.error("%s: %s: %s", what, type(exc).__name__, _first_line(exc))
+        return
+    if len(_LOGGED) < 1000:
+        _LOGGED.add(where)
+    log.error("%s", what, exc_info=exc)
+
+
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -128,6 +158,9 @@ class Connection:
         self._expiry: asyncio.TimerHandle | None = None
         self._converters: dict[RelationDef, Any] = {}
         self.peer = f"{ws.remote_address}"
+        self.peer_host = str(ws.remote_address[0]) if ws.remote_address else "?"
+        self._auth_deadline: asyncio.TimerHandle | None = None
+        self._closing: asyncio.Future[None] | None = None
         self._last_saved = 0.0
         self._saving: asyncio.Future[None] | None = None
         self._rpc = RpcCalls(first_id=0)  # the server numbers its own calls from 0, the client from 1
@@ -150,6 +183,8 @@ class Connection:
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._auth_deadline = loop.call_later(self.server.auth_timeout, self._on_auth_timeout)
         try:
             async for frame in self.ws:
                 if isinstance(frame, str):
@@ -163,6 +198,22 @@ class Connection:
         finally:
             await self.shutdown()
 
+    def _on_auth_timeout(self) -> None:
+        if self.identity is None:
+            log.info("closing %s: it did not authenticate within %.0fs", self.peer, self.server.auth_timeout)
+            self._closing = asyncio.ensure_future(
+                self.ws.close(CLOSE_POLICY, f"authenticate within {self.server.auth_timeout:.0f}s of connecting")
+            )
+
+    def _authenticated(self) -> None:
+        """The first successful authentication: lift the pre-auth limits."""
+        if self._auth_deadline is not None:
+            self._auth_deadline.cancel()
+            self._auth_deadline = None
+        # frames up to the full limit from now on (websockets reads this before each frame)
+        self.ws.protocol.max_message_size = self.server.max_frame_bytes
+        self.server.peer_authenticated(self)
+
     async def _fail(self, code: int, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
         try:
             await self.send(ERR(error_type=code, message=message))  # type: ignore[arg-type]
@@ -171,6 +222,8 @@ class Connection:
             pass
 
     async def shutdown(self) -> None:
+        if self._auth_deadline is not None:
+            self._auth_deadline.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
         if self._write_task is not None:
@@ -243,7 +296,19 @@ class Connection:
             await self.respond_error(req, ERR.INVALID_REQUEST, f"malformed {request_cls.__name__}")
             return
         handler = getattr(self, f"rpc_{method}")
-        response = await handler(body)
+        try:
+            response = await handler(body)
+        except (ConnectionClosed, ProtocolViolation):
+            raise
+        except psycopg.Error as exc:
+            log.warning("%s from client %s failed: Postgres: %s", method, self.client_id or self.peer, _first_line(exc))
+            response = ERR(error_type=ERR.INTERNAL, message="the server could not reach its database; retry")
+        except RecursionError:
+            log.info("refused %s from %s: nested too deeply", method, self.client_id or self.peer)
+            response = ERR(error_type=ERR.INVALID_REQUEST, message="the request is nested too deeply")
+        except Exception as exc:
+            _log_once(exc, f"{method} from client {self.client_id or self.peer} failed")
+            response = ERR(error_type=ERR.INTERNAL, message=f"internal error in {method}")
         if isinstance(response, ERR):
             await self.send(pb.SatRpcResponse(method=method, request_id=req.request_id, error=response))
         else:
@@ -355,10 +420,32 @@ class Connection:
     async def rpc_authenticate(self, req: pb.SatAuthReq) -> Message:
         if not req.id or not req.token:
             return ERR(error_type=ERR.INVALID_REQUEST, message="both id and token are required")
+        if not _valid_client_id(req.id):
+            return ERR(
+                error_type=ERR.INVALID_REQUEST,
+                message=f"a client id is 1 to {MAX_CLIENT_ID} printable characters (a UUID, say)",
+            )
         try:
             identity = verify(req.token, self.server.config.auth)
+        except InvalidIdentity as exc:
+            log.info("refused authentication from %s: %s", self.peer, exc)
+            return ERR(error_type=ERR.AUTH_FAILED, message=str(exc))
         except AuthError as exc:
+            log.info("refused authentication from %s: %s", self.peer, exc)
             return ERR(error_type=ERR.AUTH_REQUIRED, message=str(exc))
+        if self.identity is None:
+            owner = await self.server.bind_client(req.id, identity.user_id)
+            if owner != identity.user_id:
+                log.warning(
+                    "refused client id %s to user %r from %s: it belongs to another user",
+                    req.id,
+                    identity.user_id,
+                    self.peer,
+                )
+                return ERR(
+                    error_type=ERR.AUTH_FAILED,
+                    message="this client id belongs to another user: each user's clients need ids of their own",
+                )
         if self.identity is not None:
             # a renewal: same client, same user
             if req.id != self.client_id or identity.user_id != self.identity.user_id:
@@ -370,8 +457,11 @@ class Connection:
             self.client_id = req.id
             self.server.clients[req.id] = self
             self.state = self.server.store.load(req.id)
+        first = self.identity is None
         self.identity = identity
         self._schedule_expiry(identity)
+        if first:
+            self._authenticated()
         return pb.SatAuthResp(id=self.server.server_id)
 
     def _schedule_expiry(self, identity: Identity) -> None:

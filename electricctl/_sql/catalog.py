@@ -13,6 +13,8 @@ Tables:
   set of row tags, a last-writer-wins tag per column, and a deleted row's last values. A tag is
   ``[ts_ms, origin]``; origin is null for writes made directly in Postgres, which win ties.
 - ``client_positions``: per client, the last client transaction (client LSN) applied.
+- ``client_owners``: per client id, the user that owns it (the first to authenticate with it).
+- ``stream_gaps``: replication slots created again while a log existed (the stream has a gap).
 """
 
 from __future__ import annotations
@@ -101,7 +103,31 @@ _V2: list[Statement] = [
     ),
 ]
 
-MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = ((1, tuple(_V1)), (2, tuple(_V2)))
+_V3: list[Statement] = [
+    # which user (the token's sub) owns each client id: the first one that authenticated with it.
+    # Another user is refused that id, so nobody can write under another user's client id and
+    # move its position (which would make the server skip the owner's transactions).
+    sql.SQL(
+        """CREATE TABLE electric.client_owners (
+    client_id text PRIMARY KEY,
+    user_id text NOT NULL,
+    first_seen timestamptz NOT NULL DEFAULT now()
+)"""
+    ),
+    # replication slots that serve found missing and created again: the stream had a gap there,
+    # and clients from before it were sent to resync (`status` and /health report it)
+    sql.SQL(
+        """CREATE TABLE electric.stream_gaps (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    slot_name text NOT NULL,
+    detected_at timestamptz NOT NULL DEFAULT now(),
+    log_last_lsn pg_lsn NOT NULL,
+    resumed_at_lsn pg_lsn NOT NULL
+)"""
+    ),
+]
+
+MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = ((1, tuple(_V1)), (2, tuple(_V2)), (3, tuple(_V3)))
 LATEST = MIGRATIONS[-1][0]
 
 

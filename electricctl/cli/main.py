@@ -254,6 +254,21 @@ def _seconds(text: str) -> float:
 @click.option(
     "--read-only", is_flag=True, help="Do not ask clients for their writes (they stay queued on the clients)."
 )
+@click.option(
+    "--auth-timeout", default="10s", show_default=True, help="Close connections that have not authenticated by then."
+)
+@click.option(
+    "--max-pending-per-peer",
+    default=64,
+    show_default=True,
+    help="Connections from one address still waiting to authenticate; more are refused (429).",
+)
+@click.option(
+    "--max-connections-per-peer",
+    default=4096,
+    show_default=True,
+    help="Open connections from one address (a proxy counts as one); more are refused (429).",
+)
 @click.option("--no-fsync", is_flag=True, hidden=True, help="Testing only: do not fsync the log.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(
@@ -268,6 +283,9 @@ def serve(
     unacked_window: int,
     max_transaction_ops: int,
     read_only: bool,
+    auth_timeout: str,
+    max_pending_per_peer: int,
+    max_connections_per_peer: int,
     no_fsync: bool,
     log_level: str,
 ) -> None:
@@ -294,6 +312,9 @@ def serve(
         fsync=not no_fsync,
         max_transaction_ops=max_transaction_ops,
         start_client_replication=not read_only,
+        auth_timeout=_seconds(auth_timeout),
+        max_pending_per_peer=max_pending_per_peer,
+        max_connections_per_peer=max_connections_per_peer,
     )
 
     async def main() -> None:
