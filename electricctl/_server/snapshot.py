@@ -9,6 +9,7 @@ snapshot bounds the transactions that need that check.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -108,20 +109,39 @@ class SnapshotPool:
         await self._slots.acquire()
         try:
             conn = self._idle.pop() if self._idle else None
-            if conn is None or conn.closed:
-                conn = await psycopg.AsyncConnection.connect(
-                    self.url, application_name="electricctl-snapshot", options=DISPLAY_OPTIONS
-                )
-                self._all.add(conn)
-            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            row = await (
-                await conn.execute("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text")
-            ).fetchone()
-            assert row is not None
+            try:
+                conn, row = await self._begin(conn)
+            except psycopg.OperationalError:
+                if conn is None or not (conn.broken or conn.closed):
+                    raise
+                # an idle connection that died with its server (a Postgres restart): once more
+                self._all.discard(conn)
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
+                conn, row = await self._begin(None)
         except BaseException:
             self._slots.release()
             raise
         return Snapshot(conn, Visibility.parse(row[0], lsnmod.parse(row[1])), self)
+
+    async def _begin(self, conn: psycopg.AsyncConnection[Any] | None) -> tuple[psycopg.AsyncConnection[Any], Any]:
+        if conn is None or conn.closed:
+            conn = await psycopg.AsyncConnection.connect(
+                self.url, application_name="electricctl-snapshot", options=DISPLAY_OPTIONS, connect_timeout=10
+            )
+            self._all.add(conn)
+        try:
+            await conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = await (
+                await conn.execute("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text")
+            ).fetchone()
+        except BaseException:
+            if not conn.broken:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.rollback()
+            raise
+        assert row is not None
+        return conn, row
 
     async def release(self, conn: psycopg.AsyncConnection[Any]) -> None:
         try:

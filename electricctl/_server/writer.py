@@ -89,7 +89,7 @@ class Writer:
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(
-                self.url, application_name="electricctl-writer", options=DISPLAY_OPTIONS
+                self.url, application_name="electricctl-writer", options=DISPLAY_OPTIONS, connect_timeout=10
             )
             await self._conn.set_isolation_level(psycopg.IsolationLevel.REPEATABLE_READ)
         return self._conn
@@ -100,12 +100,13 @@ class Writer:
 
     async def position(self, client_id: str) -> int:
         """The client LSN of the last transaction applied for ``client_id`` (0: none)."""
-        async with self._lock:
-            conn = await self._connection()
-            async with conn.transaction():
-                cur = await conn.execute("SELECT lsn FROM electric.client_positions WHERE client_id = %s", [client_id])
-                row = await cur.fetchone()
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> int:
+            cur = await conn.execute("SELECT lsn FROM electric.client_positions WHERE client_id = %s", [client_id])
+            row = await cur.fetchone()
             return int(row[0]) if row else 0
+
+        return await self._retrying(read)
 
     async def apply(
         self, tx: ClientTransaction, policy: Policy | None = None, describe: Describe | None = None
@@ -144,6 +145,7 @@ class Writer:
         (with backoff) when Postgres reports a serialization failure or a deadlock."""
         async with self._lock:
             delay = 0.005
+            reconnected = False
             for attempt in range(_RETRIES):
                 conn = await self._connection()
                 try:
@@ -158,6 +160,16 @@ class Writer:
                         raise
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
+                except psycopg.OperationalError:
+                    # the connection died with its server (a Postgres restart): reconnect and run
+                    # the work once more; it is idempotent (the client position is checked first)
+                    if reconnected or not (conn.broken or conn.closed):
+                        raise
+                    reconnected = True
+                    log.info("the writer's connection was lost; reconnecting")
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+                    self._conn = None
             raise AssertionError("unreachable")  # pragma: no cover
 
     async def _apply(
