@@ -67,6 +67,17 @@ class _Undo:
     written_relations: dict[int, RelationDef]
 
 
+def approx_size(tx: Transaction) -> int:
+    """About how many bytes ``tx`` holds in memory (its values, plus a little per change)."""
+    size = 200
+    for ch in tx.changes:
+        size += 100
+        for row in (ch.new, ch.old):
+            if row is not None:
+                size += sum(len(v) + 40 for v in row if v is not None)
+    return size
+
+
 def _fsync_dir(directory: Path) -> None:
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
@@ -83,6 +94,7 @@ class FileLog:
         segment_bytes: int = 64 << 20,
         retention_seconds: float = 7 * 86400,
         cache_size: int = 20_000,
+        cache_bytes: int = 64 << 20,
         fsync: bool = True,
     ) -> None:
         self.directory = Path(directory)
@@ -92,8 +104,14 @@ class FileLog:
         self._segments: list[_Segment] = []
         self._relations: dict[int, RelationDef] = {}
         self._written_relations: dict[int, RelationDef] = {}
-        self._cache: deque[Transaction] = deque(maxlen=cache_size)
-        self._cache_lsns: deque[int] = deque(maxlen=cache_size)
+        self.cache_size = cache_size
+        self.cache_bytes = cache_bytes
+        """The in-memory tail of recent transactions holds at most this many, and about this many
+        bytes of values (large transactions would otherwise pile up in memory)."""
+        self._cache: deque[Transaction] = deque()
+        self._cache_lsns: deque[int] = deque()
+        self._cache_sizes: deque[int] = deque()
+        self._cached_bytes = 0
         self._fh: int | None = None
         self.last_lsn = 0
         self.truncated_bytes = 0
@@ -300,8 +318,15 @@ class FileLog:
             _fsync_dir(self.directory)
 
     def _remember(self, tx: Transaction) -> None:
+        size = approx_size(tx)
         self._cache.append(tx)
         self._cache_lsns.append(tx.lsn)
+        self._cache_sizes.append(size)
+        self._cached_bytes += size
+        while len(self._cache) > 1 and (len(self._cache) > self.cache_size or self._cached_bytes > self.cache_bytes):
+            self._cache.popleft()
+            self._cache_lsns.popleft()
+            self._cached_bytes -= self._cache_sizes.popleft()
 
     def prune(self, now: float | None = None) -> int:
         """Drop whole segments older than the retention window; return how many were dropped."""

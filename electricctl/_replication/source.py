@@ -32,6 +32,10 @@ _KEEPALIVE = struct.Struct("!QqB")
 _STATUS = struct.Struct("!cQQQqB")
 _DATA_TAGS = frozenset(b"RYIUDTM"[i : i + 1] for i in range(7))
 STATUS_INTERVAL = 10.0
+MAX_BATCH = 1000
+MAX_BATCH_BYTES = 16 << 20
+"""A batch handed to the consumer ends at this many transactions or about this many bytes
+(so a burst of large transactions is not all held in memory at once)."""
 
 # Session settings for the walsender: values come out in the format clients expect
 # (electric-legacy.md §1.2: ISO dates, UTC, hex bytea, shortest exact floats).
@@ -118,6 +122,9 @@ class ReplicationSource:
         """Called with each marker message (see MARKER_PREFIX) once everything before it was consumed."""
         self._markers: list[bytes] = []
         self._tx_markers: list[bytes] = []
+        self._batch_bytes = 0
+        self._tx_bytes = 0
+        """Bytes of the transaction being received (decoded into the builder, not yet handed over)."""
 
     # -- setup -------------------------------------------------------------------------------
     def ensure_slot(self) -> bool:
@@ -160,6 +167,7 @@ class ReplicationSource:
         )
         conn.pgconn.nonblocking = 1
         self._conn = conn
+        self._tx_bytes = 0
         self.flushed_lsn = start_lsn
 
     def close(self) -> None:
@@ -197,7 +205,8 @@ class ReplicationSource:
             while not stop.is_set():
                 batch: list[Transaction] = []
                 received = 0
-                while len(batch) < 1000:
+                self._batch_bytes = 0
+                while len(batch) < MAX_BATCH and self._batch_bytes < MAX_BATCH_BYTES:
                     nbytes, data = pg.get_copy_data(1)
                     if nbytes == 0:
                         break
@@ -237,6 +246,7 @@ class ReplicationSource:
             _start, end, _clock = _XLOG.unpack_from(data, 1)
             self.received_lsn = max(self.received_lsn, end)
             payload = data[_XLOG.size + 1 :]
+            self._tx_bytes += len(payload)
             in_block = builder.in_stream_block
             msg = po.decode(payload, streaming=in_block)
             sub_xid = struct.unpack_from("!I", payload, 1)[0] if in_block and payload[:1] in _DATA_TAGS else None
@@ -249,6 +259,8 @@ class ReplicationSource:
             tx = builder.feed(msg, sub_xid)
             self._in_transaction = builder.open_transactions
             if tx is not None:
+                self._batch_bytes += self._tx_bytes
+                self._tx_bytes = 0
                 if self._tx_markers:
                     # a marker's own transaction: signal it after what came before, log nothing
                     self._markers.extend(self._tx_markers)

@@ -174,7 +174,12 @@ class Connection:
         """By table: the rows and columns this client may read."""
         self.client_relations: dict[int, ClientRelation] = {}
         """Relations the client announced for its writes, by the client's relation id."""
-        self._writes: asyncio.Queue[ClientTransaction | InvalidTransaction] = asyncio.Queue()
+        self._writes: asyncio.Queue[tuple[ClientTransaction | InvalidTransaction, int]] = asyncio.Queue()
+        """The client's transactions (with their frame sizes) waiting for the writer."""
+        self._inflight_count = 0
+        self._inflight_bytes = 0
+        """Transactions queued or being applied, and their frames' bytes (bounded: see _wait_for_room)."""
+        self._room = asyncio.Event()
         self._write_task: asyncio.Task[None] | None = None
         headers = ws.request.headers if ws.request is not None else None
         self.native = headers is not None and NATIVE_HEADER in headers
@@ -229,7 +234,7 @@ class Connection:
         if self._write_task is not None:
             # transactions already received are applied: the client was told nothing yet, and
             # applying them now saves it a resend (they are idempotent either way)
-            self._writes.put_nowait(_STOP)
+            self._writes.put_nowait((_STOP, 0))
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await asyncio.wait_for(asyncio.shield(self._write_task), 10)
             self._write_task.cancel()
@@ -276,7 +281,8 @@ class Connection:
             if isinstance(msg, pb.SatRelation):
                 self.client_relations[msg.relation_id] = relation_from(msg)
             else:
-                await self.on_client_transaction(msg)
+                await self._wait_for_room(len(frame))
+                await self.on_client_transaction(msg, len(frame))
         else:
             raise ProtocolViolation(ERR.INVALID_REQUEST, f"unexpected {type(msg).__name__} from a client")
 
@@ -335,7 +341,7 @@ class Connection:
             log.info("client %s did not start its stream: %s", self.client_id, exc)
 
     # -- client writes -----------------------------------------------------------------------
-    async def on_client_transaction(self, msg: pb.SatOpLog) -> None:
+    async def on_client_transaction(self, msg: pb.SatOpLog, size: int) -> None:
         assert self.client_id is not None
         relations: dict[ClientRelation, RelationDef | None] = {}
         for rel in self.client_relations.values():
@@ -352,61 +358,88 @@ class Connection:
             tx = exc
         if self._write_task is None:
             self._write_task = asyncio.create_task(self._apply_writes(), name=f"writes {self.client_id}")
-        self._writes.put_nowait(tx)
+        self._inflight_count += 1
+        self._inflight_bytes += size
+        self._writes.put_nowait((tx, size))
+
+    async def _wait_for_room(self, size: int) -> None:
+        """Backpressure: while this connection's transactions in flight (queued or being applied)
+        are at the bound, in count or in bytes, stop reading its socket. The client's own TCP
+        window then fills and its sends block; other connections are not affected. A single
+        transaction larger than the byte bound is let in when nothing else is in flight."""
+        server = self.server
+        while self._inflight_count and (
+            self._inflight_count >= server.max_inflight_transactions
+            or self._inflight_bytes + size > server.max_inflight_bytes
+        ):
+            self._room.clear()
+            await self._room.wait()
 
     async def _apply_writes(self) -> None:
         """Apply the client's transactions in order; refusals are per transaction."""
-        writer = self.server.writer
         while True:
-            item = await self._writes.get()
+            item, size = await self._writes.get()
             if item is _STOP:
                 return
-            denied: PermissionDenied | None = None
             try:
-                if isinstance(item, InvalidTransaction):
-                    if item.transaction is None:
-                        continue
-                    tx, problem = item.transaction, str(item)
-                else:
-                    tx, problem = item, None
-                    if self.identity is not None:
-                        tx.user_id, tx.claims = self.identity.user_id, self.identity.claims
-                    policy, relations = await self.server.policy()
-                    try:
-                        await writer.apply(tx, policy, relations.get)
-                    except InvalidTransaction as exc:
-                        problem = str(exc)
-                        denied = exc if isinstance(exc, PermissionDenied) else None
-                if problem is not None:
-                    if denied is not None:
-                        audit.warning(
-                            "%s",
-                            json.dumps(
-                                {
-                                    "event": "permission_denied",
-                                    "client_id": tx.client_id,
-                                    "user_id": tx.user_id,
-                                    "peer": self.peer,
-                                    "client_lsn": tx.lsn,
-                                    "table": denied.table,
-                                    "operation": denied.operation,
-                                    "message": problem,
-                                }
-                            ),
-                        )
-                    await writer.refuse(tx, problem)
-                    if self.native:
-                        code = ERR.PERMISSION_DENIED if denied is not None else ERR.INVALID_REQUEST
-                        await self.send(ERR(error_type=code, lsn=encode_client_lsn(tx.lsn), message=problem))
-                else:
-                    await self.send(pb.SatOpLogAck(ack_timestamp=tx.commit_ts_ms, lsn=encode_client_lsn(tx.lsn)))
-            except ConnectionClosed:
-                continue  # applied all the same; the client learns it from the echo
-            except Exception:
-                log.exception("could not apply a transaction of client %s", self.client_id)
-                # nothing was recorded: the client sends it again when it reconnects
-                await self._fail(ERR.INTERNAL, "the server could not apply a transaction; reconnect to retry", 1011)
+                failed = await self._apply_one(item)
+            finally:
+                self._inflight_count -= 1
+                self._inflight_bytes -= size
+                self._room.set()
+            if failed:
                 return
+
+    async def _apply_one(self, item: ClientTransaction | InvalidTransaction) -> bool:
+        """Apply or refuse one transaction; True if the connection failed because of it."""
+        writer = self.server.writer
+        denied: PermissionDenied | None = None
+        try:
+            if isinstance(item, InvalidTransaction):
+                if item.transaction is None:
+                    return False
+                tx, problem = item.transaction, str(item)
+            else:
+                tx, problem = item, None
+                if self.identity is not None:
+                    tx.user_id, tx.claims = self.identity.user_id, self.identity.claims
+                policy, relations = await self.server.policy()
+                try:
+                    await writer.apply(tx, policy, relations.get)
+                except InvalidTransaction as exc:
+                    problem = str(exc)
+                    denied = exc if isinstance(exc, PermissionDenied) else None
+            if problem is not None:
+                if denied is not None:
+                    audit.warning(
+                        "%s",
+                        json.dumps(
+                            {
+                                "event": "permission_denied",
+                                "client_id": tx.client_id,
+                                "user_id": tx.user_id,
+                                "peer": self.peer,
+                                "client_lsn": tx.lsn,
+                                "table": denied.table,
+                                "operation": denied.operation,
+                                "message": problem,
+                            }
+                        ),
+                    )
+                await writer.refuse(tx, problem)
+                if self.native:
+                    code = ERR.PERMISSION_DENIED if denied is not None else ERR.INVALID_REQUEST
+                    await self.send(ERR(error_type=code, lsn=encode_client_lsn(tx.lsn), message=problem))
+            else:
+                await self.send(pb.SatOpLogAck(ack_timestamp=tx.commit_ts_ms, lsn=encode_client_lsn(tx.lsn)))
+        except ConnectionClosed:
+            return False  # applied all the same; the client learns it from the echo
+        except Exception as exc:
+            _log_once(exc, f"could not apply a transaction of client {self.client_id}")
+            # nothing was recorded: the client sends it again when it reconnects
+            await self._fail(ERR.INTERNAL, "the server could not apply a transaction; reconnect to retry", 1011)
+            return True
+        return False
 
     async def respond_error(self, req: pb.SatRpcRequest, code: int, message: str) -> None:
         await self.send(

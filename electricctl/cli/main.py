@@ -269,6 +269,12 @@ def _seconds(text: str) -> float:
     show_default=True,
     help="Open connections from one address (a proxy counts as one); more are refused (429).",
 )
+@click.option(
+    "--log-cache-mb",
+    default=64,
+    show_default=True,
+    help="Memory for the newest log transactions (clients that keep up are served from it).",
+)
 @click.option("--no-fsync", is_flag=True, hidden=True, help="Testing only: do not fsync the log.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(
@@ -286,6 +292,7 @@ def serve(
     auth_timeout: str,
     max_pending_per_peer: int,
     max_connections_per_peer: int,
+    log_cache_mb: int,
     no_fsync: bool,
     log_level: str,
 ) -> None:
@@ -294,11 +301,12 @@ def serve(
     import logging
     import signal
 
-    from electricctl._server.app import Server
+    from electricctl._server.app import Server, tune_malloc
 
     config = _load(file, database_url)
     url = _url(config, database_url)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    tune_malloc()
     server = Server(
         config,
         url,
@@ -315,6 +323,7 @@ def serve(
         auth_timeout=_seconds(auth_timeout),
         max_pending_per_peer=max_pending_per_peer,
         max_connections_per_peer=max_connections_per_peer,
+        log_cache_bytes=log_cache_mb << 20,
     )
 
     async def main() -> None:
