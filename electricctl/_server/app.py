@@ -132,6 +132,8 @@ class Server:
         max_inflight_transactions: int = 16,
         max_inflight_bytes: int = 8 << 20,
         log_cache_bytes: int = 64 << 20,
+        snapshots_per_user: int | None = None,
+        min_send_rate: int = 16 << 10,
     ) -> None:
         self.config = config
         self.url = url
@@ -168,7 +170,11 @@ class Server:
             self.data_dir / "log", retention_seconds=retention_seconds, fsync=fsync, cache_bytes=log_cache_bytes
         )
         self.store = ClientStore(self.data_dir / "clients")
-        self.snapshots = SnapshotPool(url, snapshot_connections)
+        self.snapshots = SnapshotPool(url, snapshot_connections, snapshots_per_user)
+        self.min_send_rate = min_send_rate
+        """Bytes per second a client must at least read subscription data at (after --send-timeout)."""
+        self.spool_dir = self.data_dir / "spool"
+        """Where subscription data waits, past a few MB, to be sent to a client."""
         self.source = ReplicationSource(url, slot, work_mem=replication_work_mem)
         self.clients: dict[str, Connection] = {}
         self.connections: set[Connection] = set()
@@ -228,6 +234,7 @@ class Server:
                 tmp.write_text(self.server_id)
                 os.replace(tmp, path)
             self.store.prepare()
+            self.spool_dir.mkdir(exist_ok=True)
         except OSError as exc:
             os.close(fd)
             raise ServeError(

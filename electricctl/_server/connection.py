@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +49,7 @@ from electricctl._server.inbound import (
 )
 from electricctl._server.shapes import Shape, TableShapes, any_of, route_transaction, snapshot_filter
 from electricctl._server.snapshot import Snapshot
+from electricctl._server.spool import Spool
 from electricctl._shapes.compile import CompiledWhere, ShapeError, all_true, compile_where
 
 if TYPE_CHECKING:
@@ -161,6 +162,8 @@ class Connection:
         self.peer_host = str(ws.remote_address[0]) if ws.remote_address else "?"
         self._auth_deadline: asyncio.TimerHandle | None = None
         self._closing: asyncio.Future[None] | None = None
+        self._spool: Spool | None = None
+        """While the streamer holds a snapshot: where what it sends goes first."""
         self._last_saved = 0.0
         self._saving: asyncio.Future[None] | None = None
         self._rpc = RpcCalls(first_id=0)  # the server numbers its own calls from 0, the client from 1
@@ -207,8 +210,16 @@ class Connection:
         if self.identity is None:
             log.info("closing %s: it did not authenticate within %.0fs", self.peer, self.server.auth_timeout)
             self._closing = asyncio.ensure_future(
-                self.ws.close(CLOSE_POLICY, f"authenticate within {self.server.auth_timeout:.0f}s of connecting")
+                self.close(CLOSE_POLICY, f"authenticate within {self.server.auth_timeout:.0f}s of connecting")
             )
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close with ``code``. Reading resumes first: websockets stops reading a socket whose
+        frames nobody consumes (backpressure), and the client's answer to our close frame must
+        still be read, or the close would wait out its timeout."""
+        with contextlib.suppress(Exception):
+            self.ws.transport.resume_reading()
+        await self.ws.close(code, reason)
 
     def _authenticated(self) -> None:
         """The first successful authentication: lift the pre-auth limits."""
@@ -222,7 +233,7 @@ class Connection:
     async def _fail(self, code: int, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
         try:
             await self.send(ERR(error_type=code, message=message))  # type: ignore[arg-type]
-            await self.ws.close(close_code, message[:120])
+            await self.close(close_code, message[:120])
         except ConnectionClosed:
             pass
 
@@ -249,8 +260,62 @@ class Connection:
             if self.state is not None:
                 await self.server.store.save_async(self.state)
 
+    async def _emit(self, msg: Message) -> None:
+        """Send on the streamer's path: into the spool while a snapshot is held, else to the socket."""
+        if self._spool is not None:
+            await self._spool.add(codec.encode(msg))
+        else:
+            await self.send(msg)
+
+    @contextlib.asynccontextmanager
+    async def _snapshot(self) -> AsyncIterator[Snapshot]:
+        """A snapshot held only as long as Postgres takes: what the streamer sends meanwhile is
+        spooled (see :mod:`.spool`) and sent once the snapshot's transaction has ended, at the
+        client's pace, within a delivery deadline. A user holds at most a few snapshots at once."""
+        assert self.identity is not None
+        snap = await self.server.snapshots.take(owner=self.identity.user_id)
+        spool = self._spool = Spool(self.server.spool_dir)
+        try:
+            try:
+                yield snap
+            finally:
+                self._spool = None
+                await snap.close()
+        except (asyncio.CancelledError, ConnectionClosed):
+            spool.close()
+            raise
+        except BaseException:
+            # what was spooled went out as the stream's position moved: send it, then fail
+            with contextlib.suppress(Exception):
+                await self._send_spooled(spool)
+            spool.close()
+            raise
+        try:
+            await self._send_spooled(spool)
+        finally:
+            spool.close()
+
+    async def _send_spooled(self, spool: Spool) -> None:
+        """Send the spool; a client that reads it slower than ``--min-send-rate`` (after the
+        first ``--send-timeout`` seconds) is dropped, so nobody holds server resources forever."""
+        server = self.server
+        deadline = time.monotonic() + server.send_timeout + spool.bytes / server.min_send_rate
+        async for frame in spool.frames():
+            if time.monotonic() > deadline:
+                log.warning(
+                    "dropping client %s: it read %d bytes of subscription data slower than %d bytes/s",
+                    self.client_id or self.peer,
+                    spool.bytes,
+                    server.min_send_rate,
+                )
+                self.ws.transport.abort()
+                raise ConnectionClosed(None, None)
+            await self.send_frame(frame)
+
     async def send(self, msg: Message) -> None:
-        frame = codec.encode(msg)
+        await self.send_frame(codec.encode(msg))
+
+    async def send_frame(self, frame: bytes) -> None:
         try:
             await asyncio.wait_for(self.ws.send(frame), timeout=self.server.send_timeout)
         except TimeoutError:
@@ -506,7 +571,7 @@ class Connection:
         delay = max(0.0, identity.expires_at - time.time())
         loop = asyncio.get_running_loop()
         self._expiry = loop.call_later(
-            delay, lambda: asyncio.ensure_future(self.ws.close(CLOSE_JWT_EXPIRED, "JWT-expired"))
+            delay, lambda: asyncio.ensure_future(self.close(CLOSE_JWT_EXPIRED, "JWT-expired"))
         )
 
     async def rpc_startReplication(self, req: pb.SatInStartReplicationReq) -> Message:
@@ -738,7 +803,7 @@ class Connection:
                 if keep is None
                 else RelationDef(rel.relid, rel.schema, rel.name, tuple(rel.columns[i] for i in keep))
             )
-            await self.send(outbound.relation_message(shown))
+            await self._emit(outbound.relation_message(shown))
             self.sent_relations[rel.relid] = rel
 
     async def _access(self, rel: RelationDef) -> ReadAccess:
@@ -778,7 +843,7 @@ class Connection:
                     try:
                         await self._deliver(item)
                         self._inflight.discard(item.subscription_id)
-                    except (psycopg.Error, TimeoutError) as exc:
+                    except (psycopg.Error, TimeoutError, OSError) as exc:
                         # the client learns this subscription failed; the connection carries on
                         log.warning("could not deliver subscription %s: %s", item.subscription_id, exc)
                         self._inflight.discard(item.subscription_id)
@@ -820,7 +885,7 @@ class Connection:
             return
         for ch in changes:
             await self._send_relation(ch.relation)
-        await self.send(outbound.transaction_oplog(tx, changes, self._converter))
+        await self._emit(outbound.transaction_oplog(tx, changes, self._converter))
         self.unacked.append(tx.lsn)
         self.server.stats["transactions_sent"] += 1
 
@@ -912,13 +977,12 @@ class Connection:
     async def _deliver(self, sub: _Subscribe) -> None:
         state = self.state
         assert state is not None
-        snap = await self.server.snapshots.take()
-        try:
+        async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap)
             for shape in sub.shapes:
                 await self._send_relation(shape.relation)
             lsn = codec.encode_server_lsn(self.cursor)
-            await self.send(pb.SatSubsDataBegin(subscription_id=sub.subscription_id, lsn=lsn))
+            await self._emit(pb.SatSubsDataBegin(subscription_id=sub.subscription_id, lsn=lsn))
             delivered: dict[str, TableShapes] = {}
             for shape in sub.shapes:
                 rel = shape.relation
@@ -928,15 +992,13 @@ class Connection:
                 existing = self.shapes.get(table)
                 mine = delivered.setdefault(table, TableShapes())
                 held = [s.where for s in (*(existing.overlapping(shape) if existing else ()), *mine.overlapping(shape))]
-                await self.send(pb.SatShapeDataBegin(request_id=shape.request_id, uuid=str(uuid.uuid4())))
+                await self._emit(pb.SatShapeDataBegin(request_id=shape.request_id, uuid=str(uuid.uuid4())))
                 async for rows in snap.rows(rel, snapshot_filter(shape.where, held), tags=True):
-                    await self.send(outbound.inserts(rel, rows, convert))
-                await self.send(pb.SatShapeDataEnd())
+                    await self._emit(outbound.inserts(rel, rows, convert))
+                await self._emit(pb.SatShapeDataEnd())
                 mine.add(shape)
-            await self.send(pb.SatSubsDataEnd())
-            self.server.stats["subscription_deliveries"] += 1
-        finally:
-            await snap.close()
+            await self._emit(pb.SatSubsDataEnd())
+        self.server.stats["subscription_deliveries"] += 1
         for shape in sub.shapes:
             self._register(shape)
         for tx in deferred:
@@ -957,8 +1019,7 @@ class Connection:
         """Apply a change of the client's roles at a consistent point: rows it may no longer read
         leave as GONE, rows it now may read arrive as inserts, in one transaction."""
         policy, relations = await self.server.policy()
-        snap = await self.server.snapshots.take()
-        try:
+        async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap)
             roles = await read_roles(snap.conn, policy, relations, self.identity)
             if roles == self.roles:
@@ -973,10 +1034,8 @@ class Connection:
                 log_.ops.add().begin.CopyFrom(pb.SatOpBegin(commit_timestamp=ts, lsn=lsn))
                 log_.ops.extend(changes)
                 log_.ops.add().commit.CopyFrom(pb.SatOpCommit(commit_timestamp=ts, lsn=lsn))
-                await self.send(log_)
+                await self._emit(log_)
                 self.unacked.append(self.cursor)
-        finally:
-            await snap.close()
         for tx in deferred:
             await self._send_transaction(tx)
 
@@ -1016,8 +1075,7 @@ class Connection:
     async def _unsubscribe(self, unsub: _Unsubscribe) -> None:
         state = self.state
         assert state is not None
-        snap = await self.server.snapshots.take()
-        try:
+        async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap)
             leaving: dict[str, list[Shape]] = {}
             for sub_id in unsub.subscription_ids:
@@ -1032,7 +1090,7 @@ class Connection:
                         leaving.setdefault(table, []).extend(gone)
                     if not shapes:
                         del self.shapes[table]
-            await self.send(
+            await self._emit(
                 pb.SatUnsubsDataBegin(subscription_ids=unsub.subscription_ids, lsn=codec.encode_server_lsn(self.cursor))
             )
             # the client is at the snapshot's point: it holds exactly the rows its shapes match there
@@ -1045,10 +1103,8 @@ class Connection:
                 where = snapshot_filter(any_of([s.where for s in removed]), remaining)
                 async for rows in snap.rows(rel, where):
                     pks = [tuple(row[i] for i in rel.pk_indexes) for row in rows]
-                    await self.send(pb.SatOpLog(ops=[outbound.gone_op(rel, pk, convert) for pk in pks]))
-            await self.send(pb.SatUnsubsDataEnd())
-        finally:
-            await snap.close()
+                    await self._emit(pb.SatOpLog(ops=[outbound.gone_op(rel, pk, convert) for pk in pks]))
+            await self._emit(pb.SatUnsubsDataEnd())
         for tx in deferred:
             await self._send_transaction(tx)
         await self.server.store.save_async(state)

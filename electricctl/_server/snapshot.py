@@ -9,8 +9,9 @@ snapshot bounds the transactions that need that check.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -99,13 +100,53 @@ class SnapshotPool:
     beyond ``size`` wait their turn instead.
     """
 
-    def __init__(self, url: str, size: int = 4) -> None:
+    def __init__(self, url: str, size: int = 4, per_owner: int | None = None) -> None:
         self.url = url
+        self.size = size
+        self.per_owner = per_owner if per_owner is not None else max(1, size // 2)
+        """Snapshots one owner (a user) may hold at once, so that one user cannot take every slot."""
         self._slots = asyncio.Semaphore(size)
+        self._owners: dict[str, asyncio.Semaphore] = {}
+        self._users: collections.Counter[str] = collections.Counter()
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._all: set[psycopg.AsyncConnection[Any]] = set()
 
-    async def take(self) -> Snapshot:
+    async def take(self, owner: str | None = None) -> Snapshot:
+        """Open a snapshot; with ``owner``, wait while that owner already holds its share."""
+        mine: asyncio.Semaphore | None = None
+        if owner is not None:
+            mine = self._owners.get(owner)
+            if mine is None:
+                mine = self._owners[owner] = asyncio.Semaphore(self.per_owner)
+            self._users[owner] += 1  # holding or waiting
+            try:
+                await mine.acquire()
+            except BaseException:
+                self._forget(owner)
+                raise
+        try:
+            snap = await self._take()
+        except BaseException:
+            if mine is not None:
+                self._release_owner(owner, mine)
+            raise
+        if mine is not None:
+            snap.on_close = lambda: self._release_owner(owner, mine)
+        return snap
+
+    def _release_owner(self, owner: str | None, sem: asyncio.Semaphore) -> None:
+        sem.release()
+        if owner is not None:
+            self._forget(owner)
+
+    def _forget(self, owner: str) -> None:
+        """One holder or waiter fewer; an owner nobody holds or waits for is forgotten."""
+        self._users[owner] -= 1
+        if self._users[owner] <= 0:
+            del self._users[owner]
+            self._owners.pop(owner, None)
+
+    async def _take(self) -> Snapshot:
         await self._slots.acquire()
         try:
             conn = self._idle.pop() if self._idle else None
@@ -178,6 +219,7 @@ class Snapshot:
         self.conn = conn
         self.visibility = visibility
         self._pool = pool
+        self.on_close: Callable[[], None] | None = None
 
     async def describe(self, table: TableRef) -> RelationDef | None:
         return await describe(self.conn, table)
@@ -225,7 +267,12 @@ class Snapshot:
             yield pending
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.release(self.conn)
-        else:
-            await self.conn.close()
+        try:
+            if self._pool is not None:
+                await self._pool.release(self.conn)
+            else:
+                await self.conn.close()
+        finally:
+            if self.on_close is not None:
+                self.on_close()
+                self.on_close = None

@@ -229,6 +229,15 @@ def _seconds(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
+def _bytes(text: str, option: str) -> int:
+    """``16KiB``, ``1MiB``, ``500`` (bytes) or ``2MB``; at least 1."""
+    m = re.fullmatch(r"\s*(\d+)\s*(|B|KB|KiB|MB|MiB)\s*", text)
+    if not m or int(m.group(1)) < 1:
+        raise click.BadParameter(f"{text!r} is not a size like 16KiB or 1MiB", param_hint=option)
+    scale = {"": 1, "B": 1, "KB": 1000, "KiB": 1024, "MB": 1000**2, "MiB": 1024**2}[m.group(2)]
+    return int(m.group(1)) * scale
+
+
 @cli.command()
 @file_option
 @database_option
@@ -275,6 +284,18 @@ def _seconds(text: str) -> float:
     show_default=True,
     help="Memory for the newest log transactions (clients that keep up are served from it).",
 )
+@click.option(
+    "--snapshots-per-user",
+    default=2,
+    show_default=True,
+    help="Subscription snapshots one user may hold at once (of 4 pooled connections).",
+)
+@click.option(
+    "--min-send-rate",
+    default="16KiB",
+    show_default=True,
+    help="Drop a client that reads subscription data slower than this per second (after --send-timeout).",
+)
 @click.option("--no-fsync", is_flag=True, hidden=True, help="Testing only: do not fsync the log.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 def serve(
@@ -293,6 +314,8 @@ def serve(
     max_pending_per_peer: int,
     max_connections_per_peer: int,
     log_cache_mb: int,
+    snapshots_per_user: int,
+    min_send_rate: str,
     no_fsync: bool,
     log_level: str,
 ) -> None:
@@ -324,6 +347,8 @@ def serve(
         max_pending_per_peer=max_pending_per_peer,
         max_connections_per_peer=max_connections_per_peer,
         log_cache_bytes=log_cache_mb << 20,
+        snapshots_per_user=snapshots_per_user,
+        min_send_rate=_bytes(min_send_rate, "--min-send-rate"),
     )
 
     async def main() -> None:

@@ -24,8 +24,8 @@ BIG = pb.SatRelation(
     columns=[pb.SatRelationColumn(name="id", type="int4"), pb.SatRelationColumn(name="payload", type="text")],
 )
 
-FLOOD_TRANSACTIONS = int(os.environ.get("ELECTRICCTL_FLOOD_TRANSACTIONS", "300"))
-ROWS_PER_TRANSACTION = 20  # of 30 KB each: 600 KB per transaction, 180 MB in all
+FLOOD_TRANSACTIONS = int(os.environ.get("ELECTRICCTL_FLOOD_TRANSACTIONS", "400"))
+ROWS_PER_TRANSACTION = 20  # of 30 KB each: 600 KB per transaction, 240 MB in all
 ROW_BYTES = 30_000
 
 
@@ -83,7 +83,7 @@ async def test_a_write_flood_costs_bounded_memory_and_others_are_served(serve_pr
     print(
         f"flood: RSS {before / 1024:.0f} MB -> peak {peak / 1024:.0f} MB (+{growth_mb:.0f} MB); bystander {latencies}"
     )
-    assert growth_mb < 80, f"serve grew by {growth_mb:.0f} MB under the flood"
+    assert growth_mb < 150, f"serve grew by {growth_mb:.0f} MB under the flood"
     assert len(bystander_latencies) == 5
     assert env.sql("SELECT count(*), count(DISTINCT id) FROM big")[0] == (total, total)  # none lost, none twice
     await flood.cl.close()
