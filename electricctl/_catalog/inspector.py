@@ -179,8 +179,24 @@ def _inspect(conn: psycopg.Connection[Any], wanted: Iterable[TableRef], slots: b
         publication_ok = bool(pub["all_ops"]) and not pub["all_tables"]
     slot_infos: tuple[SlotInfo, ...] = ()
     if slots:
+        gaps: dict[str, str] = {}
+        if catalog is not None and catalog.version >= 3:
+            gaps = {
+                r["slot_name"]: r["at"]
+                for r in cur.execute(
+                    "SELECT slot_name, max(detected_at)::text AS at FROM electric.stream_gaps GROUP BY slot_name"
+                ).fetchall()
+            }
         slot_infos = tuple(
-            SlotInfo(r["name"], r["plugin"], r["slot_type"], r["active"], r["lag_bytes"], r["wal_status"])
+            SlotInfo(
+                r["name"],
+                r["plugin"],
+                r["slot_type"],
+                r["active"],
+                r["lag_bytes"],
+                r["wal_status"],
+                gaps.get(r["name"]),
+            )
             for r in cur.execute(_SLOTS).fetchall()
         )
     return ObservedState(

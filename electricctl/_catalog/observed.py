@@ -90,6 +90,8 @@ class SlotInfo:
     active: bool
     lag_bytes: int | None
     wal_status: str | None
+    last_gap_at: str | None = None
+    """When `serve` last found this slot missing and created it again (the stream had a gap)."""
 
 
 @dataclass(frozen=True, slots=True)

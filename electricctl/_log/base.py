@@ -39,6 +39,10 @@ class TransactionLog(Protocol):
 
     def set_horizon(self, lsn: int) -> None: ...
 
+    def mark_gap(self, lsn: int) -> None:
+        """The stream resumes at ``lsn`` with a gap before it (clients from before must resync)."""
+        ...
+
     @property
     def has_horizon(self) -> bool:
         """A horizon is on record: the log was started with its slot (even if it holds nothing yet)."""

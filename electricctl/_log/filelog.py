@@ -146,6 +146,8 @@ class FileLog:
             self._relations.update(relations)
         if self._segments:
             self.last_lsn = max(s.last_lsn for s in self._segments)
+        self.last_lsn = max(self.last_lsn, self.horizon)  # after a gap the stream resumes past it
+        if self._segments:
             last = self._segments[-1]
             self._fh = os.open(last.path, os.O_WRONLY | os.O_APPEND)
             self._written_relations = self._relations_of(last)
@@ -197,6 +199,12 @@ class FileLog:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise LogWriteError(self.directory, exc) from exc
+
+    def mark_gap(self, lsn: int) -> None:
+        """The stream resumes at ``lsn`` with nothing before it: clients positioned before it
+        must resync, and new clients start from it."""
+        self.set_horizon(max(self.horizon, lsn))
+        self.last_lsn = max(self.last_lsn, lsn)
 
     def covers(self, lsn: int) -> bool:
         """Can a client that has everything up to ``lsn`` resume from here without a gap?"""

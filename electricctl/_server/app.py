@@ -12,6 +12,7 @@ import collections
 import contextlib
 import ctypes
 import ctypes.util
+import datetime
 import fcntl
 import http
 import json
@@ -21,6 +22,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,6 +40,7 @@ from electricctl._expr.parse import ExprError, parse
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog, LogWriteError
 from electricctl._perms.policy import Policy, RoleState, path_tables, read_roles
+from electricctl._replication import lsn as lsnmod
 from electricctl._replication.model import RelationDef, Transaction
 from electricctl._replication.source import DISPLAY_OPTIONS, MARKER_PREFIX, ReplicationSource
 from electricctl._server.clients import ClientStore
@@ -54,6 +57,25 @@ SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
 CONNECT_TIMEOUT = 10
 """Seconds to wait for a new Postgres connection (a black-holed database must not hang a client)."""
 _T = TypeVar("_T")
+
+
+CLOSE_SERVICE_RESTART = 1012
+
+
+@dataclass(frozen=True, slots=True)
+class StreamGap:
+    log_last_lsn: int
+    """The newest transaction the log held when the slot was found missing."""
+    resumed_at: int
+    """Where the new slot starts: clients positioned before it must resync."""
+    detected_at: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "log_last_lsn": lsnmod.format(self.log_last_lsn),
+            "resumed_at_lsn": lsnmod.format(self.resumed_at),
+            "detected_at": datetime.datetime.fromtimestamp(self.detected_at, datetime.UTC).isoformat(),
+        }
 
 
 class ServeError(ElectricError):
@@ -184,6 +206,8 @@ class Server:
         self.live_head = 0
         self.replication_ok = False
         self.replication_error: str | None = None
+        self.last_gap: StreamGap | None = None
+        """The last time the slot was found missing and created again (reported in /health)."""
         self.log_error: str | None = None
         """Why the last write to the log failed, until a write succeeds (``/health`` is 503 meanwhile)."""
         self._markers: dict[bytes, asyncio.Future[None]] = {}
@@ -313,7 +337,9 @@ class Server:
         delay = 0.5
         while not stop.is_set():
             try:
-                await asyncio.to_thread(self._prepare_slot)
+                gap = await asyncio.to_thread(self._prepare_slot)
+                if gap is not None:
+                    await self._on_gap(gap)
                 self.source.start(0)
                 self.replication_ok = True
                 self.replication_error = None
@@ -331,14 +357,46 @@ class Server:
                 self.source.close()
         self.replication_ok = False
 
-    def _prepare_slot(self) -> None:
+    def _prepare_slot(self) -> StreamGap | None:
+        """Create the slot if it is missing; if a log existed before it, the stream has a gap."""
         created = self.source.ensure_slot()
         if created:
-            if not self.log.has_horizon:
-                self.log.set_horizon(self.log.horizon)  # the log starts with the slot: nothing is missing
-        elif not self.log.has_horizon and self.log.last_lsn == 0:
+            if not self.log.has_horizon and self.log.last_lsn == 0:
+                self.log.set_horizon(0)  # the log starts with the slot: nothing is missing
+                return None
+            # The slot was dropped (by hand, or by max_slot_wal_keep_size) after this log began:
+            # what was committed between the last transaction logged and the new slot's start
+            # was never decoded for us. Clients from before must resync.
+            gap = StreamGap(self.log.last_lsn, self.source.confirmed_position(), time.time())
+            self.log.mark_gap(gap.resumed_at)
+            return gap
+        if not self.log.has_horizon and self.log.last_lsn == 0:
             # a new log on an old slot: what the slot confirmed before is not in this log
-            self.log.set_horizon(self.source.confirmed_position())
+            self.log.mark_gap(self.source.confirmed_position())
+        return None
+
+    async def _on_gap(self, gap: StreamGap) -> None:
+        """Report a gap (log, /health, the catalog for `status`) and send every connected client
+        away: when it reconnects its position is before the gap, and it is told to resync."""
+        self.last_gap = gap
+        log.error(
+            "replication slot %s was missing and has been created again: changes committed between %s and %s"
+            " were not streamed; %d connected clients are sent to resync",
+            self.slot,
+            lsnmod.format(gap.log_last_lsn),
+            lsnmod.format(gap.resumed_at),
+            len(self.connections),
+        )
+        try:
+            await self._catalog_rows(
+                "INSERT INTO electric.stream_gaps (slot_name, log_last_lsn, resumed_at_lsn)"
+                " VALUES (%s, %s::pg_lsn, %s::pg_lsn)",
+                [self.slot, lsnmod.format(gap.log_last_lsn), lsnmod.format(gap.resumed_at)],
+            )
+        except psycopg.Error as exc:
+            log.warning("could not record the gap in electric.stream_gaps: %s", exc)
+        for conn in list(self.connections):
+            conn.drop(CLOSE_SERVICE_RESTART, "the server's stream has a gap: reconnect to resync")
 
     async def _catalog_conn(self) -> psycopg.AsyncConnection[Any]:
         if self._catalog is None or self._catalog.closed:
@@ -466,6 +524,14 @@ class Server:
                 "error": self.replication_error,
             },
             "log": {"error": self.log_error},
+            "stream_gap": None if self.last_gap is None else self.last_gap.as_json(),
+            "warnings": []
+            if self.last_gap is None
+            else [
+                f"replication slot {self.slot} was missing and was created again at"
+                f" {self.last_gap.as_json()['detected_at']}: changes committed while it was missing were"
+                " not streamed, and clients from before were sent to resync"
+            ],
             "client_state": {"error": self.store.error},
             "clients": len(self.connections),
         }

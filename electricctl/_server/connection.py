@@ -213,6 +213,12 @@ class Connection:
                 self.close(CLOSE_POLICY, f"authenticate within {self.server.auth_timeout:.0f}s of connecting")
             )
 
+    def drop(self, code: int, reason: str) -> None:
+        """Stop streaming to this client at once and close its connection with ``code``."""
+        if self._streamer is not None:
+            self._streamer.cancel()
+        self._closing = asyncio.ensure_future(self.close(code, reason))
+
     async def close(self, code: int, reason: str) -> None:
         """Close with ``code``. Reading resumes first: websockets stops reading a socket whose
         frames nobody consumes (backpressure), and the client's answer to our close frame must

@@ -109,6 +109,13 @@ def status_report(con: Console, st: Status, *, file_hash: str) -> None:
         con.print(table)
     else:
         con.print("replication slots: none")
+    for s in st.slots:
+        if s.last_gap_at is not None:
+            con.print(
+                f"[yellow]warning:[/yellow] slot {escape(s.name)} was missing and `serve` created it again at"
+                f" {escape(s.last_gap_at)}: changes committed while it was missing were not streamed, and clients"
+                " from before were sent to resync"
+            )
 
 
 def status_json(st: Status, *, file_hash: str) -> dict[str, Any]:
@@ -136,6 +143,7 @@ def status_json(st: Status, *, file_hash: str) -> dict[str, Any]:
                 "active": s.active,
                 "lag_bytes": s.lag_bytes,
                 "wal_status": s.wal_status,
+                "last_gap_at": s.last_gap_at,
             }
             for s in st.slots
         ],
