@@ -390,6 +390,18 @@ class ReadAccess:
     """When the grants show different columns: (rows, columns) of each; a row's value of a column
     no grant showing that row covers is sent as NULL. Empty when one column set holds for every row."""
 
+    def filterable(self, rel: RelationDef) -> frozenset[str] | None:
+        """The columns a where clause of this user may use: those readable in every row the user
+        can see (None: all). A column readable in some rows only is not: filtering on it would
+        tell its value in the others."""
+        if self.per_row:
+            common: frozenset[str] | None = None
+            for _, cols in self.per_row:
+                if cols is not None:
+                    common = cols if common is None else common & cols
+            return None if common is None else common | _pk(rel)
+        return self.columns
+
     def masked(self, rel: RelationDef) -> Callable[[Any], frozenset[str] | None] | None:
         """A function giving the columns visible in a (Postgres text) row, or None if no masking."""
         if not self.per_row:

@@ -728,15 +728,15 @@ class Connection:
         if rel is None:
             return f"table {table} does not exist"
         compiled = None
+        # a client gets only the rows its grants let it read, whatever the shape asks for
+        access = await self._access(rel)
         if where.strip():
             assert self.identity is not None
             try:
-                compiled = compile_where(where, rel, self.identity.claims)
+                compiled = compile_where(where, rel, self.identity.claims, readable=access.filterable(rel))
             except ShapeError as exc:
                 at = f" at position {exc.offset + 1}" if exc.offset is not None else ""
                 return f"invalid where clause{at}: {exc.message}"
-        # a client gets only the rows its grants let it read, whatever the shape asks for
-        access = await self._access(rel)
         if access.rows is not None:
             compiled = access.rows if compiled is None else all_true([compiled, access.rows])
         return Shape(sub_id, request_id, table, rel, compiled, where)

@@ -203,13 +203,23 @@ class CompiledWhere:
     the server indexes such shapes so that matching a change does not cost O(shapes)."""
 
 
-def compile_where(text: str, rel: RelationDef, claims: Mapping[str, Any] | None = None) -> CompiledWhere:
-    """Parse, bind and type-check ``text`` against ``rel``; raise ShapeError with a position."""
+def compile_where(
+    text: str,
+    rel: RelationDef,
+    claims: Mapping[str, Any] | None = None,
+    *,
+    readable: frozenset[str] | None = None,
+) -> CompiledWhere:
+    """Parse, bind and type-check ``text`` against ``rel``; raise ShapeError with a position.
+
+    ``readable``: the only columns the clause may use (those the user may read in every row it
+    can see). Filtering on any other column would tell its values by which rows come back.
+    """
     try:
         parsed = parse(text)
     except ExprError as exc:
         raise ShapeError(exc.message, exc.offset) from exc
-    binder = _Binder(rel, claims or {})
+    binder = _Binder(rel, claims or {}, readable)
     typed = binder.expr(parsed.expr)
     if typed.kind not in (BOOL, UNKNOWN):
         raise ShapeError(f"the clause must be a boolean condition, not {typed.kind}", 0)
@@ -244,9 +254,10 @@ def _equality(expr: ast.Expr, binder: _Binder) -> tuple[str, str] | None:
 
 
 class _Binder:
-    def __init__(self, rel: RelationDef, claims: Mapping[str, Any]) -> None:
+    def __init__(self, rel: RelationDef, claims: Mapping[str, Any], readable: frozenset[str] | None = None) -> None:
         self.rel = rel
         self.claims = claims
+        self.readable = readable
         self.index = {c.name: i for i, c in enumerate(rel.columns)}
         self.used: set[str] = set()
 
@@ -261,6 +272,12 @@ class _Binder:
             known = ", ".join(self.index)
             raise ShapeError(
                 f"column {col.name!r} does not exist in {self.rel.qualified} (columns: {known})", col.offset
+            )
+        if self.readable is not None and col.name not in self.readable:
+            raise ShapeError(
+                f"column {col.name!r} is not readable with your grants: a where clause may use only the columns"
+                " you may read",
+                col.offset,
             )
         pg_type = self.rel.columns[i].type_name
         kind = _PG_TYPES.get(pg_type, ENUM)

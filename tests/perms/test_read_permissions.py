@@ -202,3 +202,76 @@ async def test_columns_are_shown_per_row_by_the_grants_showing_it(env: Env) -> N
             assert alice.table("users")[(b"bob",)]["email"] is None
         finally:
             await alice.close()
+
+
+async def _subscribe_where(cl: SatelliteClient, table: str, where: str) -> pb.SatSubsResp:
+    import uuid
+
+    req = pb.SatSubsReq(
+        subscription_id=str(uuid.uuid4()),
+        shape_requests=[
+            pb.SatShapeReq(
+                request_id="r",
+                shape_definition=pb.SatShapeDef(selects=[pb.SatShapeDef.Select(tablename=table, where=where)]),
+            )
+        ],
+    )
+    resp = await cl.rpc("subscribe", req)
+    assert isinstance(resp, pb.SatSubsResp)
+    return resp
+
+
+SHAPE_ERR = pb.SatSubsResp.SatSubsError.ShapeReqError
+
+
+async def test_a_where_clause_cannot_read_hidden_columns(server: Server, env: Env) -> None:
+    """Issue 10, point 8: alice may read users.id and users.name of her own row, not email. A where
+    clause on email (directly, or through LIKE, length(), lower()) would tell her the value by
+    whether a row comes back, so it is refused, naming the column and its position."""
+    alice = await reader(server, env, "alice")
+    try:
+        for where in (
+            "email = 'a@x.org'",
+            "email LIKE 'a%'",
+            "length(email) > 3",
+            "lower(email) = 'a@x.org'",
+            "name = 'Alice' AND (email IS NULL OR email IS NOT NULL)",
+            "coalesce(email, '') <> ''",
+        ):
+            resp = await _subscribe_where(alice, "users", where)
+            assert resp.HasField("err"), where
+            (problem,) = resp.err.shape_request_error
+            assert problem.code == SHAPE_ERR.INVALID_WHERE_CLAUSE
+            assert "column 'email' is not readable" in problem.message
+            assert f"position {where.index('email') + 1}" in problem.message
+        assert not alice.table("users")
+        # columns she may read are fine
+        resp = await _subscribe_where(alice, "users", "name = 'Alice'")
+        assert not resp.HasField("err")
+        await alice.wait_for(lambda: ids(alice, "users") == {"alice"})
+    finally:
+        await alice.close()
+
+
+async def test_a_where_clause_may_use_only_columns_readable_in_every_row(env: Env) -> None:
+    """With per-row columns (an admin reads her own email, not others'), email is readable in
+    some rows only: filtering on it would tell bob's email. Refused; name is fine."""
+    from electricctl._apply import applier
+    from electricctl._config.loader import load_text
+    from tests.server_fixtures import running_server
+
+    env.sql("INSERT INTO admins VALUES ('alice')")
+    env.config_path.write_text(MIXED)
+    env.config = load_text(MIXED, str(env.config_path), env={})
+    applier.apply(env.config, env.url, prune=True)
+    async with running_server(env) as srv:
+        alice = await reader(srv, env, "alice")
+        try:
+            resp = await _subscribe_where(alice, "users", "email = 'b@x.org'")
+            assert resp.HasField("err")
+            assert "column 'email' is not readable" in resp.err.shape_request_error[0].message
+            resp = await _subscribe_where(alice, "users", "name = 'Bob'")
+            assert not resp.HasField("err")
+            await alice.wait_for(lambda: ids(alice, "users") == {"bob"})
+        finally:
+            await alice.close()
