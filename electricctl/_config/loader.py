@@ -60,6 +60,9 @@ def load_file(
     """Read and validate ``path``; raise :class:`ConfigError` with every problem found."""
     p = Path(path)
     try:
+        size = p.stat().st_size
+        if size > yamlsrc.MAX_BYTES:
+            raise ConfigError([Diagnostic(Location(str(p), 1, 1, "<root>"), yamlsrc.too_big(size), "yaml.too_big")])
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(

@@ -25,8 +25,34 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _BOOL_TAG = "tag:yaml.org,2002:bool"
 
 
+MAX_BYTES = 1 << 20
+"""Largest config file read (a real electric.yaml is a few KB; a huge one is a mistake or an attack)."""
+MAX_DEPTH = 64
+"""Deepest nesting of YAML collections (an include tree nests about two levels per include)."""
+MAX_NODES = 100_000
+"""Most YAML nodes after aliases are expanded (a few hundred bytes of nested aliases can otherwise
+expand to billions of nodes)."""
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: only true/false, so `on:`, `yes` and `no` stay strings."""
+    """SafeLoader with YAML 1.2 booleans (only true/false, so `on:`, `yes` and `no` stay strings),
+    and a limit on nesting (PyYAML composes nodes recursively)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"the YAML is nested more than {MAX_DEPTH} levels deep",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -91,6 +117,9 @@ def load(
     ``database.url`` when ``--database-url`` overrides it).
     """
     diags: list[Diagnostic] = []
+    if len(text) > MAX_BYTES:
+        diags.append(Diagnostic(Location(file, 1, 1, "<root>"), too_big(len(text)), "yaml.too_big"))
+        return Source(file, None), diags
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
@@ -139,7 +168,28 @@ def load(
             src.env_refs[path] = tuple(used)
         return out
 
-    def walk(node: Node, path: str) -> Any:
+    nodes = 0
+
+    def walk(node: Node, path: str, depth: int = 1) -> Any:
+        nonlocal nodes
+        nodes += 1
+        if nodes > MAX_NODES:
+            raise _Refused(
+                Diagnostic(
+                    _location(file, node, path),
+                    f"the file expands to more than {MAX_NODES:,} YAML nodes (aliases are expanded where"
+                    " they are used): write the values out, or use fewer aliases",
+                    "yaml.too_many_nodes",
+                )
+            )
+        if depth > MAX_DEPTH:
+            raise _Refused(
+                Diagnostic(
+                    _location(file, node, path),
+                    f"the YAML is nested more than {MAX_DEPTH} levels deep (an alias that contains itself?)",
+                    "yaml.too_deep",
+                )
+            )
         src.values[path] = _location(file, node, path)
         if isinstance(node, MappingNode):
             out: dict[str, Any] = {}
@@ -161,10 +211,10 @@ def load(
                     )
                     continue
                 src.keys[child] = _location(file, key_node, child)
-                out[key] = walk(value_node, child)
+                out[key] = walk(value_node, child, depth + 1)
             return out
         if isinstance(node, SequenceNode):
-            return [walk(item, join_path(path, i)) for i, item in enumerate(node.value)]
+            return [walk(item, join_path(path, i), depth + 1) for i, item in enumerate(node.value)]
         assert isinstance(node, ScalarNode)
         if node.tag == _STR_TAG:
             return interpolate(node, path)
@@ -174,5 +224,18 @@ def load(
             diags.append(Diagnostic(_location(file, node, path), f"invalid value: {exc.problem}", "yaml.value"))
             return None
 
-    src.data = walk(root, "")
+    try:
+        src.data = walk(root, "")
+    except _Refused as refused:
+        return Source(file, None), [*diags, refused.diagnostic]
     return src, diags
+
+
+class _Refused(Exception):
+    def __init__(self, diagnostic: Diagnostic) -> None:
+        super().__init__(diagnostic.message)
+        self.diagnostic = diagnostic
+
+
+def too_big(size: int) -> str:
+    return f"the file is {size:,} bytes; electric.yaml may be at most {MAX_BYTES:,} bytes (is this the right file?)"

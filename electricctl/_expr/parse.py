@@ -131,8 +131,38 @@ def parse(text: str) -> Parsed:
     ):
         raise ExprError("must be a single boolean expression, not a query fragment", 0)
     where = stmt.whereClause
-    expr = _convert(where)
-    return Parsed(expr, RawStream()(where))
+    deep = _too_deep(where)
+    if deep is not None:
+        raise ExprError(f"the expression is nested more than {MAX_DEPTH} levels deep", deep)
+    try:
+        expr = _convert(where)
+        canonical = RawStream()(where)
+    except RecursionError:  # pragma: no cover - MAX_DEPTH keeps well below Python's limit
+        raise ExprError(f"the expression is nested more than {MAX_DEPTH} levels deep", 0) from None
+    return Parsed(expr, canonical)
+
+
+MAX_DEPTH = 100
+"""Deepest expression accepted (``NOT NOT ... x``, ``a + b + c ...``): the passes over it recurse."""
+
+
+def _too_deep(root: Any) -> int | None:
+    """The offset of a node nested deeper than MAX_DEPTH, measured without recursion; else None."""
+    stack: list[tuple[Any, int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, tuple | list):
+            stack.extend((child, depth) for child in node)
+            continue
+        if not isinstance(node, pg.Node):
+            continue
+        if depth > MAX_DEPTH:
+            return _offset(node) or 0
+        for name in getattr(node, "__slots__", ()):
+            child = getattr(node, name, None)
+            if isinstance(child, pg.Node | tuple | list):
+                stack.append((child, depth + 1))
+    return None
 
 
 def _names(nodes: Any) -> list[str]:

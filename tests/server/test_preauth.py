@@ -123,3 +123,28 @@ async def test_a_slow_authenticated_client_is_not_affected_by_the_deadline(serve
     await cl.subscribe("items")
     assert cl.closed_with is None
     await cl.close()
+
+
+async def test_a_deeply_nested_where_clause_is_an_error_reply_not_a_traceback(
+    server: Server, env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    import uuid
+
+    from electricctl._protocol import satellite_pb2 as pb
+
+    cl = await SatelliteClient(ws_url(server)).connect()
+    await cl.authenticate(env.token())
+    await cl.start()
+    for _ in range(3):  # an attacker repeats it to flood the log
+        select = pb.SatShapeDef.Select(tablename="items", where="NOT " * 500 + "true")
+        req = pb.SatSubsReq(
+            subscription_id=str(uuid.uuid4()),
+            shape_requests=[pb.SatShapeReq(request_id="r", shape_definition=pb.SatShapeDef(selects=[select]))],
+        )
+        resp = await cl.rpc("subscribe", req)
+        assert isinstance(resp, pb.SatSubsResp) and resp.HasField("err")
+        assert "nested more than" in resp.err.shape_request_error[0].message
+    assert cl.closed_with is None
+    assert "Traceback" not in caplog.text and "RecursionError" not in caplog.text
+    await cl.subscribe("items")  # the connection is fine
+    await cl.close()
