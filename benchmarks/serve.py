@@ -127,9 +127,10 @@ def make_database(pg: EmbeddedPostgres, tmp: Path, name: str, schema: str, table
 class ServeProcess:
     """`electricctl serve` as a subprocess, with its log in ``<tmp>/<slot>.log``."""
 
-    def __init__(self, db: Database, tmp: Path, slot: str) -> None:
+    def __init__(self, db: Database, tmp: Path, slot: str, extra: Sequence[str] = ()) -> None:
         self.db = db
         self.slot = slot
+        self.extra = list(extra)
         self.data_dir = tmp / f"data-{slot}"
         self.log_path = tmp / f"{slot}.log"
         self.port = free_port()
@@ -146,7 +147,7 @@ class ServeProcess:
 
     def start(self) -> ServeProcess:
         args = ["serve", "-f", self.db.config_path, "--database-url", self.db.url, "--port", self.port]
-        args += ["--data-dir", self.data_dir, "--slot", self.slot, "--log-level", "warning"]
+        args += ["--data-dir", self.data_dir, "--slot", self.slot, "--log-level", "warning", *self.extra]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "electricctl", *map(str, args)], stdout=subprocess.DEVNULL, stderr=log
@@ -189,9 +190,9 @@ class ServeProcess:
 
 
 @contextmanager
-def serving(db: Database, tmp: Path, slot: str) -> Iterator[ServeProcess]:
+def serving(db: Database, tmp: Path, slot: str, extra: Sequence[str] = ()) -> Iterator[ServeProcess]:
     """Run a server; afterwards, show what it logged (it runs at --log-level warning)."""
-    server = ServeProcess(db, tmp, slot).start()
+    server = ServeProcess(db, tmp, slot, extra).start()
     try:
         yield server
     finally:

@@ -45,6 +45,7 @@ from electricctl._replication.model import RelationDef, Transaction
 from electricctl._replication.source import DISPLAY_OPTIONS, MARKER_PREFIX, ReplicationSource
 from electricctl._server.clients import ClientStore
 from electricctl._server.connection import Connection
+from electricctl._server.pgretry import Backoff, connection_lost
 from electricctl._server.router import Router
 from electricctl._server.snapshot import SnapshotPool, describe
 from electricctl._server.writer import Writer
@@ -55,6 +56,8 @@ log = logging.getLogger("electricctl.server")
 
 SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
 CONNECT_TIMEOUT = 10
+CATALOG_RECONNECT_FOR = 15.0
+"""Seconds a client's request waits for the catalog connection to come back."""
 """Seconds to wait for a new Postgres connection (a black-holed database must not hang a client)."""
 _T = TypeVar("_T")
 
@@ -412,18 +415,21 @@ class Server:
     async def with_catalog(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
         """Run ``work`` (read-only or idempotent) on the catalog connection; when the connection
         turns out to be dead (Postgres restarted since it was last used), reconnect and run it
-        once more, so no client's request fails for it."""
-        conn = await self._catalog_conn()
-        try:
-            return await work(conn)
-        except psycopg.OperationalError as exc:
-            if not (conn.broken or conn.closed or isinstance(exc, psycopg.errors.AdminShutdown)):
-                raise
-            log.info("the catalog connection was lost (%s); reconnecting", str(exc).strip().splitlines()[0])
-            with contextlib.suppress(psycopg.Error):
-                await conn.close()
-            self._catalog = None
-            return await work(await self._catalog_conn())
+        again, with backoff, for a few seconds, so no client's request fails for it."""
+        backoff = Backoff("the catalog connection", CATALOG_RECONNECT_FOR)
+        while True:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await self._catalog_conn()
+                return await work(conn)
+            except psycopg.OperationalError as exc:
+                if not connection_lost(exc, conn):
+                    raise
+                if conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.close()
+                self._catalog = None
+                await backoff.wait(exc)
 
     async def _catalog_rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:

@@ -68,6 +68,7 @@ LIVE_QUEUE_LIMIT = 10_000
 NATIVE_HEADER = "X-Electricctl-Client"
 CLOSE_PROTOCOL_ERROR = 1007
 CLOSE_POLICY = 1008
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_JWT_EXPIRED = 4000
 
 
@@ -237,8 +238,12 @@ class Connection:
         self.server.peer_authenticated(self)
 
     async def _fail(self, code: int, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
+        """Close the connection; the client gets an error frame first, except for a server-side
+        failure sent to the npm client: it treats any error frame as fatal and would stop
+        reconnecting, where a plain close (1011) makes it reconnect and resend."""
         try:
-            await self.send(ERR(error_type=code, message=message))  # type: ignore[arg-type]
+            if close_code != CLOSE_INTERNAL_ERROR or self.native:
+                await self.send(ERR(error_type=code, message=message))  # type: ignore[arg-type]
             await self.close(close_code, message[:120])
         except ConnectionClosed:
             pass
@@ -508,7 +513,9 @@ class Connection:
         except Exception as exc:
             _log_once(exc, f"could not apply a transaction of client {self.client_id}")
             # nothing was recorded: the client sends it again when it reconnects
-            await self._fail(ERR.INTERNAL, "the server could not apply a transaction; reconnect to retry", 1011)
+            await self._fail(
+                ERR.INTERNAL, "the server could not apply a transaction; reconnect to retry", CLOSE_INTERNAL_ERROR
+            )
             return True
         return False
 
@@ -838,7 +845,7 @@ class Connection:
             raise
         except Exception:
             log.exception("stream to client %s failed", self.client_id)
-            await self._fail(ERR.INTERNAL, "internal error in the server's stream", 1011)
+            await self._fail(ERR.INTERNAL, "internal error in the server's stream", CLOSE_INTERNAL_ERROR)
 
     async def _stream(self) -> None:
         while True:

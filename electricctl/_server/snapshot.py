@@ -22,6 +22,7 @@ from electricctl._replication import lsn as lsnmod
 from electricctl._replication.model import Column, RelationDef, Row
 from electricctl._replication.source import DISPLAY_OPTIONS
 from electricctl._server.outbound import Visibility
+from electricctl._server.pgretry import Backoff, connection_lost
 
 _DESCRIBE = """
 SELECT c.oid, a.attname, t.typname, a.atttypid, a.attnotnull,
@@ -150,16 +151,22 @@ class SnapshotPool:
         await self._slots.acquire()
         try:
             conn = self._idle.pop() if self._idle else None
-            try:
-                conn, row = await self._begin(conn)
-            except psycopg.OperationalError:
-                if conn is None or not (conn.broken or conn.closed):
-                    raise
-                # an idle connection that died with its server (a Postgres restart): once more
-                self._all.discard(conn)
-                with contextlib.suppress(psycopg.Error):
-                    await conn.close()
-                conn, row = await self._begin(None)
+            backoff = Backoff("a snapshot connection", 15.0)
+            while True:
+                try:
+                    conn, row = await self._begin(conn)
+                    break
+                except psycopg.OperationalError as exc:
+                    # an idle connection that died with its server (a Postgres restart), or a new
+                    # one that cannot be made yet: try again with a new one, for a while
+                    if not connection_lost(exc, conn):
+                        raise
+                    if conn is not None:
+                        self._all.discard(conn)
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.close()
+                    conn = None
+                    await backoff.wait(exc)
         except BaseException:
             self._slots.release()
             raise
@@ -177,7 +184,11 @@ class SnapshotPool:
                 await conn.execute("SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text")
             ).fetchone()
         except BaseException:
-            if not conn.broken:
+            if conn.broken:
+                self._all.discard(conn)
+                with contextlib.suppress(psycopg.Error):
+                    await conn.close()
+            else:
                 with contextlib.suppress(psycopg.Error):
                     await conn.rollback()
             raise

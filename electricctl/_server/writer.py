@@ -41,6 +41,7 @@ from electricctl._replication.model import ClientWrite, RelationDef, row_key
 from electricctl._replication.source import DISPLAY_OPTIONS
 from electricctl._replication.txbuilder import ORIGIN_PREFIX, WRITE_PREFIX
 from electricctl._server.inbound import ClientOp, ClientTransaction, InvalidTransaction, PermissionDenied
+from electricctl._server.pgretry import Backoff, connection_lost
 from electricctl._sql import names
 
 log = logging.getLogger("electricctl.server")
@@ -145,10 +146,12 @@ class Writer:
         (with backoff) when Postgres reports a serialization failure or a deadlock."""
         async with self._lock:
             delay = 0.005
-            reconnected = False
-            for attempt in range(_RETRIES):
-                conn = await self._connection()
+            attempt = 0
+            backoff = Backoff("the writer")
+            while True:
+                conn: psycopg.AsyncConnection[Any] | None = None
                 try:
+                    conn = await self._connection()
                     async with contextlib.AsyncExitStack() as stack:
                         if pipelined:
                             await stack.enter_async_context(conn.pipeline())
@@ -156,21 +159,22 @@ class Writer:
                         return await work(conn)
                 except (errors.SerializationFailure, errors.DeadlockDetected):
                     self.stats["retries"] += 1
-                    if attempt == _RETRIES - 1:
+                    attempt += 1
+                    if attempt == _RETRIES:
                         raise
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 0.5)
-                except psycopg.OperationalError:
-                    # the connection died with its server (a Postgres restart): reconnect and run
-                    # the work once more; it is idempotent (the client position is checked first)
-                    if reconnected or not (conn.broken or conn.closed):
+                except psycopg.OperationalError as exc:
+                    # the connection died with its server (a Postgres restart), or a new one could
+                    # not be made yet: reconnect and run the work again; it is idempotent (the
+                    # client position is checked first)
+                    if not connection_lost(exc, conn):
                         raise
-                    reconnected = True
-                    log.info("the writer's connection was lost; reconnecting")
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.close()
+                    if conn is not None:
+                        with contextlib.suppress(psycopg.Error):
+                            await conn.close()
                     self._conn = None
-            raise AssertionError("unreachable")  # pragma: no cover
+                    await backoff.wait(exc)
 
     async def _apply(
         self,

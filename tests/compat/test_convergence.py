@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 
+from electricctl._log.filelog import FileLog
 from electricctl.client import SyncClient
 from tests.compat.conftest import Driver
 from tests.conftest import Server, fresh_database
@@ -73,7 +74,7 @@ class Scenario:
     def __init__(self, env: Env, tmp: Path) -> None:
         self.env = env
         self.tmp = tmp
-        self.serve = ServeProcess(env)
+        self.serve = ServeProcess(env, log_dir=tmp)
         self.up = False
         self.ours: list[SyncClient | None] = [None, None]
         self.npm: Driver | None = None
@@ -91,10 +92,13 @@ class Scenario:
             sub = await cl.subscribe("items", SHAPES[i])
             await cl.synced(sub)
 
-    async def setup(self) -> None:
-        self.env.data_dir.mkdir(parents=True, exist_ok=True)
+    async def start_serve(self) -> None:
         await asyncio.to_thread(self.serve.start)
         self.up = True
+
+    async def setup(self) -> None:
+        self.env.data_dir.mkdir(parents=True, exist_ok=True)
+        await self.start_serve()
         for i in range(2):
             await self.start_client(i, first=True)
         base = self.serve.url.replace("ws://", "http://").removesuffix("/ws")
@@ -137,15 +141,19 @@ class Scenario:
         elif kind == "server":
             if step[1] == "start" and not self.up:
                 self.history.append("server start")
-                await asyncio.to_thread(self.serve.start)
-                self.up = True
+                await self.start_serve()
             elif step[1] != "start" and self.up:
                 self.history.append(f"server {step[1]}")
                 await asyncio.to_thread(self.serve.stop, signal.SIGKILL if step[1] == "kill" else signal.SIGTERM)
                 self.up = False
-        else:
+        elif kind == "settle":
             self.history.append("settle")
             await asyncio.sleep(0.3)
+        else:
+            await self.other_step(step)
+
+    async def other_step(self, step: Step) -> None:
+        raise AssertionError(f"unknown step {step}")
 
     def _npm_write(self, op: str, key: str, n: int, flag: bool) -> None:
         assert self.npm is not None
@@ -156,8 +164,7 @@ class Scenario:
 
     async def quiesce(self) -> None:
         if not self.up:
-            await asyncio.to_thread(self.serve.start)
-            self.up = True
+            await self.start_serve()
         for i in range(2):
             if self.ours[i] is None:
                 await self.start_client(i)
@@ -213,6 +220,16 @@ class Scenario:
         )
         assert not bad, f"Postgres rows and their sync metadata disagree: {bad}"
 
+    async def check_log(self) -> None:
+        """The durable log holds each transaction once, in commit order (nothing written twice)."""
+        if self.up:
+            await asyncio.to_thread(self.serve.stop)
+            self.up = False
+        logged = FileLog(self.env.data_dir / "log", cache_size=1).open()
+        lsns = [t.lsn for t in logged.read_after(0, 1_000_000)]
+        logged.close()
+        assert lsns == sorted(set(lsns)), "the log holds a transaction twice or out of order"
+
     async def close(self) -> None:
         for cl in self.ours:
             if cl is not None:
@@ -225,28 +242,29 @@ class Scenario:
 
 async def run_scenario(steps: list[Step], pg_server: Server, tmp: Path) -> None:
     with fresh_database(pg_server) as url:
-        env = build_env(url, tmp)
-        sc = Scenario(env, tmp)
-        try:
-            await sc.setup()
-            for s in steps:
-                await sc.step(s)
-            sc.history.append("quiesce")
-            await sc.quiesce()
-            await sc.converged()
-            sc.check_metadata()
-        except BaseException as exc:
-            history = "\n".join(f"  {i:2d}. {h}" for i, h in enumerate(sc.history))
-            serve_log = ""
-            logs = sorted(tmp.glob("serve-*.log"))
-            if logs:
-                serve_log = logs[-1].read_text(errors="replace")[-3000:]
-            raise AssertionError(
-                f"convergence failed (seed {_SEED or 'derandomized'}): {exc}\nhistory:\n{history}\n"
-                f"server log (tail):\n{serve_log}"
-            ) from exc
-        finally:
-            await sc.close()
+        await run_steps(Scenario(build_env(url, tmp), tmp), steps)
+
+
+async def run_steps(sc: Scenario, steps: list[Step]) -> None:
+    """Run ``steps``, quiesce, and check that every client converged with Postgres."""
+    try:
+        await sc.setup()
+        for s in steps:
+            await sc.step(s)
+        sc.history.append("quiesce")
+        await sc.quiesce()
+        await sc.converged()
+        sc.check_metadata()
+        await sc.check_log()
+    except BaseException as exc:
+        history = "\n".join(f"  {i:2d}. {h}" for i, h in enumerate(sc.history))
+        serve_log = sc.serve.log_text()[-3000:]
+        raise AssertionError(
+            f"convergence failed (seed {_SEED or 'derandomized'}): {exc}\nhistory:\n{history}\n"
+            f"server log (tail):\n{serve_log}"
+        ) from exc
+    finally:
+        await sc.close()
 
 
 def _settings(f: Any) -> Any:
