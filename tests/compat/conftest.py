@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import select
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,8 +50,20 @@ class Driver:
             },
             text=True,
         )
+        self.log: collections.deque[str] = collections.deque(maxlen=300)
+        """The newest lines the npm client wrote to stderr (its log), for failure messages."""
+        self._drain = threading.Thread(target=self._read_stderr, daemon=True)
+        self._drain.start()
         ready = self.read(timeout=60)
         assert ready.get("ready"), ready
+
+    def _read_stderr(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.log.append(line.rstrip("\n"))
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(list(self.log)[-lines:])
 
     def read(self, timeout: float = 30) -> dict[str, Any]:
         assert self.proc.stdout is not None
@@ -63,8 +77,9 @@ class Driver:
                 return json.loads(line)
             if self.proc.poll() is not None:
                 break
-        err = self.proc.stderr.read() if self.proc.poll() is not None and self.proc.stderr else ""
-        raise AssertionError(f"the npm client did not answer (exit {self.proc.poll()}): {err[-2000:]}")
+        if self.proc.poll() is not None:
+            self._drain.join(5)
+        raise AssertionError(f"the npm client did not answer (exit {self.proc.poll()}): {self.log_tail()}")
 
     def call(self, cmd: str, timeout: float = 30, **args: Any) -> dict[str, Any]:
         assert self.proc.stdin is not None
@@ -105,6 +120,7 @@ class Driver:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+        self._drain.join(5)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()

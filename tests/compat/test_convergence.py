@@ -174,7 +174,9 @@ class Scenario:
         assert self.npm is not None
         deadline = time.monotonic() + 60
         while self.npm.call("oplog")["n"]:
-            assert time.monotonic() < deadline, "the npm client's writes never cleared"
+            assert time.monotonic() < deadline, (
+                f"the npm client's writes never cleared; its log:\n{self.npm.log_tail()}"
+            )
             await asyncio.sleep(0.05)
 
     def expected(self, shape: str | None) -> dict[str, tuple[Any, ...]]:
