@@ -13,6 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from electricctl._auth.tokens import mint
 from electricctl._config.loader import load_text
 from electricctl._config.model import ElectricConfig
 from electricctl._embedded.postgres import free_port
+from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from electricctl.client.satellite import SatelliteClient
 
@@ -75,6 +77,15 @@ class Env:
         with psycopg.connect(self.url, autocommit=True) as conn:
             cur = conn.execute(query, params)  # type: ignore[arg-type]
             return cur.fetchall() if cur.description else []
+
+
+def subs_req(table: str, where: str = "", sub_id: str | None = None) -> pb.SatSubsReq:
+    """A subscription request for one shape: ``table`` with an optional where clause."""
+    select = pb.SatShapeDef.Select(tablename=table, where=where)
+    return pb.SatSubsReq(
+        subscription_id=sub_id or str(uuid.uuid4()),
+        shape_requests=[pb.SatShapeReq(request_id="r", shape_definition=pb.SatShapeDef(selects=[select]))],
+    )
 
 
 @pytest.fixture

@@ -45,7 +45,7 @@ from electricctl._replication.model import RelationDef, Transaction
 from electricctl._replication.source import DISPLAY_OPTIONS, MARKER_PREFIX, ReplicationSource
 from electricctl._server.clients import ClientStore
 from electricctl._server.connection import Connection
-from electricctl._server.pgretry import Backoff, connection_lost
+from electricctl._server.pgretry import Backoff
 from electricctl._server.router import Router
 from electricctl._server.snapshot import SnapshotPool, describe
 from electricctl._server.writer import Writer
@@ -423,13 +423,8 @@ class Server:
                 conn = await self._catalog_conn()
                 return await work(conn)
             except psycopg.OperationalError as exc:
-                if not connection_lost(exc, conn):
-                    raise
-                if conn is not None:
-                    with contextlib.suppress(psycopg.Error):
-                        await conn.close()
                 self._catalog = None
-                await backoff.wait(exc)
+                await backoff.recover(exc, conn)
 
     async def _catalog_rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:

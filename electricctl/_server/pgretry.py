@@ -8,6 +8,7 @@ Only work that is safe to run twice goes through here: reads, and the writer's t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from typing import Any
@@ -39,6 +40,16 @@ class Backoff:
         self.total = total
         self._deadline: float | None = None
         self._delay = 0.1
+
+    async def recover(self, exc: psycopg.OperationalError, conn: psycopg.AsyncConnection[Any] | None) -> None:
+        """After ``exc`` on ``conn`` (None: connecting failed): re-raise it unless the connection
+        was lost; else close ``conn`` and wait before the next attempt (the caller reconnects)."""
+        if not connection_lost(exc, conn):
+            raise exc
+        if conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await conn.close()
+        await self.wait(exc)
 
     async def wait(self, exc: BaseException) -> None:
         """Sleep before the next attempt, or re-raise ``exc`` once the time is up."""

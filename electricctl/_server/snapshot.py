@@ -159,14 +159,10 @@ class SnapshotPool:
                 except psycopg.OperationalError as exc:
                     # an idle connection that died with its server (a Postgres restart), or a new
                     # one that cannot be made yet: try again with a new one, for a while
-                    if not connection_lost(exc, conn):
-                        raise
-                    if conn is not None:
+                    if conn is not None and connection_lost(exc, conn):
                         self._all.discard(conn)
-                        with contextlib.suppress(psycopg.Error):
-                            await conn.close()
+                    await backoff.recover(exc, conn)
                     conn = None
-                    await backoff.wait(exc)
         except BaseException:
             self._slots.release()
             raise

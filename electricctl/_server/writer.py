@@ -41,7 +41,7 @@ from electricctl._replication.model import ClientWrite, RelationDef, row_key
 from electricctl._replication.source import DISPLAY_OPTIONS
 from electricctl._replication.txbuilder import ORIGIN_PREFIX, WRITE_PREFIX
 from electricctl._server.inbound import ClientOp, ClientTransaction, InvalidTransaction, PermissionDenied
-from electricctl._server.pgretry import Backoff, connection_lost
+from electricctl._server.pgretry import Backoff
 from electricctl._sql import names
 
 log = logging.getLogger("electricctl.server")
@@ -168,13 +168,8 @@ class Writer:
                     # the connection died with its server (a Postgres restart), or a new one could
                     # not be made yet: reconnect and run the work again; it is idempotent (the
                     # client position is checked first)
-                    if not connection_lost(exc, conn):
-                        raise
-                    if conn is not None:
-                        with contextlib.suppress(psycopg.Error):
-                            await conn.close()
                     self._conn = None
-                    await backoff.wait(exc)
+                    await backoff.recover(exc, conn)
 
     async def _apply(
         self,

@@ -105,7 +105,7 @@ class Driver:
         rows = self.rows(table)
         while not predicate(rows):
             if time.monotonic() > deadline:
-                raise AssertionError(f"rows never matched: {rows}")
+                raise AssertionError(f"rows never matched: {rows}\nthe npm client's log:\n{self.log_tail()}")
             time.sleep(0.1)
             rows = self.rows(table)
         return rows

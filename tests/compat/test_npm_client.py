@@ -274,3 +274,38 @@ async def test_npm_client_permission_denial_is_reverted(env: Env, drivers: list[
         await asyncio.to_thread(d.call, "exec", sql="UPDATE items SET n = 42 WHERE id = 'a'")
         await asyncio.to_thread(wait_oplog_empty, d)
         assert env.sql("SELECT n FROM items WHERE id = 'a'") == [(42,)]
+
+
+async def test_a_dropped_slot_makes_the_npm_client_resync(
+    serve_process: ServeProcess, env: Env, drivers: list[Driver], tmp_path: Path
+) -> None:
+    """Issue 10, point 5, with the real npm client: sent away (1012) when serve finds its slot gone,
+    it reconnects, is told BEHIND_WINDOW and resets (it drops its rows rather than keep a copy with
+    a hole in it). electric-sql 0.12.1 then forgets its subscriptions (its serialized shape state
+    loses the ones to re-establish), as it does against Electric's own server: once the app
+    subscribes again, it has every row, those written during the gap included."""
+    import asyncio
+
+    from tests.server.test_slot_gap import _drop_slot_by_hand
+
+    serve_process.start()
+    base = serve_process.url.replace("ws://", "http://").removesuffix("/ws")
+    d = await asyncio.to_thread(Driver, base, env.token(), str(tmp_path / "npm.db"))
+    drivers.append(d)
+    await asyncio.to_thread(d.call, "subscribe", table="items")
+    env.sql("INSERT INTO items (id, n) VALUES ('before', 1)")
+    await asyncio.to_thread(d.wait_rows, "items", lambda rs: "before" in by_id(rs))
+
+    await asyncio.to_thread(_drop_slot_by_hand, env)
+    env.sql("INSERT INTO items (id, n) VALUES ('during', 2)")
+    env.sql("INSERT INTO items (id, n) VALUES ('after', 3)")
+    await asyncio.to_thread(d.wait_rows, "items", lambda rs: rs == [], 30)
+    meta = (await asyncio.to_thread(d.call, "meta"))["meta"]
+    assert meta["lsn"] is None  # a reset, not a resume
+    await asyncio.to_thread(d.call, "subscribe", table="items")
+    expected = {r[0] for r in env.sql("SELECT id FROM items")}
+    assert {"before", "during", "after"} <= expected
+    await asyncio.to_thread(d.wait_rows, "items", lambda rs: set(by_id(rs)) == expected, 30)
+    env.sql("INSERT INTO items (id, n) VALUES ('later', 4)")
+    await asyncio.to_thread(d.wait_rows, "items", lambda rs: "later" in by_id(rs))
+    serve_process.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from electricctl.client.satellite import SatelliteClient
-from tests.server_fixtures import Env, ws_url
+from tests.server_fixtures import Env, subs_req, ws_url
 
 
 async def reader(server: Server, env: Env, user: str, *tables: str) -> SatelliteClient:
@@ -205,18 +205,7 @@ async def test_columns_are_shown_per_row_by_the_grants_showing_it(env: Env) -> N
 
 
 async def _subscribe_where(cl: SatelliteClient, table: str, where: str) -> pb.SatSubsResp:
-    import uuid
-
-    req = pb.SatSubsReq(
-        subscription_id=str(uuid.uuid4()),
-        shape_requests=[
-            pb.SatShapeReq(
-                request_id="r",
-                shape_definition=pb.SatShapeDef(selects=[pb.SatShapeDef.Select(tablename=table, where=where)]),
-            )
-        ],
-    )
-    resp = await cl.rpc("subscribe", req)
+    resp = await cl.rpc("subscribe", subs_req(table, where))
     assert isinstance(resp, pb.SatSubsResp)
     return resp
 

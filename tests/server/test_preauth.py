@@ -13,7 +13,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from electricctl._server.app import Server
 from electricctl.client.satellite import SatelliteClient
 from tests.server.test_writes import ITEMS, Writer, insert, items, until
-from tests.server_fixtures import Env, ServeProcess, running_server, ws_url
+from tests.server_fixtures import Env, ServeProcess, running_server, subs_req, ws_url
 
 pytestmark = pytest.mark.asyncio
 
@@ -128,20 +128,13 @@ async def test_a_slow_authenticated_client_is_not_affected_by_the_deadline(serve
 async def test_a_deeply_nested_where_clause_is_an_error_reply_not_a_traceback(
     server: Server, env: Env, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import uuid
-
     from electricctl._protocol import satellite_pb2 as pb
 
     cl = await SatelliteClient(ws_url(server)).connect()
     await cl.authenticate(env.token())
     await cl.start()
     for _ in range(3):  # an attacker repeats it to flood the log
-        select = pb.SatShapeDef.Select(tablename="items", where="NOT " * 500 + "true")
-        req = pb.SatSubsReq(
-            subscription_id=str(uuid.uuid4()),
-            shape_requests=[pb.SatShapeReq(request_id="r", shape_definition=pb.SatShapeDef(selects=[select]))],
-        )
-        resp = await cl.rpc("subscribe", req)
+        resp = await cl.rpc("subscribe", subs_req("items", "NOT " * 500 + "true"))
         assert isinstance(resp, pb.SatSubsResp) and resp.HasField("err")
         assert "nested more than" in resp.err.shape_request_error[0].message
     assert cl.closed_with is None

@@ -16,23 +16,14 @@ from electricctl._config.loader import load_text
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from electricctl.client.satellite import RpcError, SatelliteClient
-from tests.server_fixtures import Env, running_server, ws_url
+from tests.server_fixtures import Env, running_server, subs_req, ws_url
 
 pytestmark = pytest.mark.asyncio
 
 
 async def subscribe(cl: SatelliteClient, table: str, where: str = "", sub_id: str | None = None) -> str:
     sub_id = sub_id or str(uuid.uuid4())
-    req = pb.SatSubsReq(
-        subscription_id=sub_id,
-        shape_requests=[
-            pb.SatShapeReq(
-                request_id="r",
-                shape_definition=pb.SatShapeDef(selects=[pb.SatShapeDef.Select(tablename=table, where=where)]),
-            )
-        ],
-    )
-    resp = await cl.rpc("subscribe", req)
+    resp = await cl.rpc("subscribe", subs_req(table, where, sub_id))
     assert isinstance(resp, pb.SatSubsResp)
     if resp.HasField("err"):
         errors = "; ".join(

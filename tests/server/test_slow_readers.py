@@ -19,7 +19,7 @@ from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.snapshot import SnapshotPool
 from electricctl.client.satellite import SatelliteClient
-from tests.server_fixtures import Env, ServeProcess
+from tests.server_fixtures import Env, ServeProcess, subs_req
 
 pytestmark = pytest.mark.asyncio
 
@@ -39,17 +39,10 @@ class SlowReader:
     @classmethod
     async def start(cls, url: str, env: Env, sub: str, interval: float = 1.0) -> SlowReader:
         ws = await connect(url, subprotocols=["electric.0.12"], max_queue=1, max_size=None)  # type: ignore[list-item]
-        select = pb.SatShapeDef.Select(tablename="big")
         calls = [
             ("authenticate", pb.SatAuthReq(id=str(uuid.uuid4()), token=env.token(sub))),
             ("startReplication", pb.SatInStartReplicationReq()),
-            (
-                "subscribe",
-                pb.SatSubsReq(
-                    subscription_id=str(uuid.uuid4()),
-                    shape_requests=[pb.SatShapeReq(request_id="r", shape_definition=pb.SatShapeDef(selects=[select]))],
-                ),
-            ),
+            ("subscribe", subs_req("big")),
         ]
         for i, (method, body) in enumerate(calls, 1):
             await ws.send(codec.encode(pb.SatRpcRequest(method=method, request_id=i, message=body.SerializeToString())))
