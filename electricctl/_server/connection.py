@@ -280,48 +280,53 @@ class Connection:
 
     @contextlib.asynccontextmanager
     async def _snapshot(self) -> AsyncIterator[Snapshot]:
-        """A snapshot held only as long as Postgres takes: what the streamer sends meanwhile is
-        spooled (see :mod:`.spool`) and sent once the snapshot's transaction has ended, at the
-        client's pace, within a delivery deadline. A user holds at most a few snapshots at once."""
+        """A snapshot held only as long as Postgres takes: what the streamer sends meanwhile goes
+        through a spool (see :mod:`.spool`), from which a sender task takes it to the client at
+        the client's pace, within a delivery deadline. The snapshot's transaction ends when the
+        reading is done, however slowly the client reads. A user holds a few snapshots at most."""
         assert self.identity is not None
         snap = await self.server.snapshots.take(owner=self.identity.user_id)
         spool = self._spool = Spool(self.server.spool_dir)
+        sender = asyncio.create_task(self._send_spooled(spool), name=f"spool {self.client_id}")
         try:
             try:
                 yield snap
             finally:
                 self._spool = None
                 await snap.close()
+                await spool.finish()
+            await sender
         except (asyncio.CancelledError, ConnectionClosed):
-            spool.close()
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
             raise
         except BaseException:
-            # what was spooled went out as the stream's position moved: send it, then fail
-            with contextlib.suppress(Exception):
-                await self._send_spooled(spool)
-            spool.close()
+            # what was spooled went out as the stream's position moved: let it be sent, then fail
+            await asyncio.gather(sender, return_exceptions=True)
             raise
-        try:
-            await self._send_spooled(spool)
         finally:
             spool.close()
 
     async def _send_spooled(self, spool: Spool) -> None:
-        """Send the spool; a client that reads it slower than ``--min-send-rate`` (after the
-        first ``--send-timeout`` seconds) is dropped, so nobody holds server resources forever."""
+        """Send the spool as it fills; a client that reads slower than ``--min-send-rate`` (after
+        the first ``--send-timeout`` seconds) is dropped, so nobody holds server resources forever."""
         server = self.server
-        deadline = time.monotonic() + server.send_timeout + spool.bytes / server.min_send_rate
-        async for frame in spool.frames():
-            if time.monotonic() > deadline:
-                log.warning(
-                    "dropping client %s: it read %d bytes of subscription data slower than %d bytes/s",
-                    self.client_id or self.peer,
-                    spool.bytes,
-                    server.min_send_rate,
-                )
-                self.ws.transport.abort()
-                raise ConnectionClosed(None, None)
-            await self.send_frame(frame)
+        started = time.monotonic()
+        try:
+            async for frame in spool.frames():
+                if time.monotonic() > started + server.send_timeout + spool.bytes / server.min_send_rate:
+                    log.warning(
+                        "dropping client %s: it read %d bytes of subscription data slower than %d bytes/s",
+                        self.client_id or self.peer,
+                        spool.bytes,
+                        server.min_send_rate,
+                    )
+                    self.ws.transport.abort()
+                    raise ConnectionClosed(None, None)
+                await self.send_frame(frame)
+        except BaseException as exc:
+            spool.failed = exc if isinstance(exc, ConnectionClosed) else ConnectionClosed(None, None)
+            raise
 
     async def send(self, msg: Message) -> None:
         await self.send_frame(codec.encode(msg))
