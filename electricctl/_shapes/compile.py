@@ -660,24 +660,32 @@ def _round_half(v: Value, source: str) -> Value:
 
 
 def _and(getters: Sequence[Getter], row: Row) -> bool | None:
-    result: bool | None = True
-    for g in getters:
-        v = g(row)
-        if v is False:
-            return False
-        if v is None:
-            result = None
-    return result
+    return _combine(getters, row, False)
 
 
 def _or(getters: Sequence[Getter], row: Row) -> bool | None:
-    result: bool | None = False
+    return _combine(getters, row, True)
+
+
+def _combine(getters: Sequence[Getter], row: Row, decisive: bool) -> bool | None:
+    """AND (``decisive`` False) or OR (True) with SQL's three values. An operand that fails to
+    evaluate (an overflowing cast, say) does not decide the result when another operand does:
+    ``x::int4 = 3 OR '' = ''`` is true in Postgres, which folds the constant side first, and a
+    row for which Postgres would raise instead never reaches a client (the snapshot fails)."""
+    result: bool | None = not decisive
+    failed: EvalError | None = None
     for g in getters:
-        v = g(row)
-        if v is True:
-            return True
+        try:
+            v: Value = g(row)
+        except EvalError as exc:
+            failed = exc
+            continue
+        if v is decisive:
+            return bool(v)
         if v is None:
             result = None
+    if failed is not None:
+        raise failed
     return result
 
 

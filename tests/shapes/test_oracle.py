@@ -213,3 +213,21 @@ def test_auth_claims_are_bound_as_literals() -> None:
     assert compiled.equality == ("t", "o'brien")
     assert compile_where("i = 5 AND flag", REL).equality == ("i", "5")
     assert compile_where("i > 5", REL).equality is None
+
+
+@pytest.mark.parametrize(
+    "clause",
+    ["(f::int4 = 3) OR ('' = '')", "('' = 'x') AND (f::int4 = 3)", "NOT ((f::int4 = 3) AND false)"],
+)
+def test_an_operand_that_fails_does_not_decide_and_or(oracle: psycopg.Connection[Any], clause: str) -> None:
+    """Found by the oracle in CI: a cast that overflows in one operand, a constant deciding the
+    other. Postgres folds the constant first and never evaluates the cast; so must we."""
+    oracle.execute("TRUNCATE t")
+    oracle.execute("INSERT INTO t (id, f) VALUES (1, 1e20), (2, 3)")
+    truth = pg_truth(oracle, clause)
+    assert truth is not None
+    compiled = compile_where(clause, REL)
+    rows = oracle.execute("SELECT " + ", ".join(f"{n}::text" for n, _ in COLUMNS) + " FROM t ORDER BY id").fetchall()
+    for values in rows:
+        encoded = tuple(None if v is None else v.encode() for v in values)
+        assert compiled.matches(encoded) == (truth[int(values[0])] is True), (clause, values)
