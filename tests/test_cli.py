@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import os
 import subprocess
 import sys
@@ -58,3 +60,32 @@ def test_demo_runs_the_main_job_end_to_end() -> None:
     assert "Ada renamed Grace in laptop.db: refused (update on public.users is not allowed" in out.stdout
     assert "the later write won: ('Countess Ada',)" in out.stdout
     assert "PostgreSQL stopped." in out.stdout
+
+
+def test_validate_says_what_is_not_enforced_yet(run_cli, write_config) -> None:  # type: ignore[no-untyped-def]
+    path = write_config(
+        """
+        version: 1
+        auth: {mode: insecure}
+        tables: [projects, issues]
+        shapes:
+          - name: tree
+            table: projects
+            include:
+              - table: issues
+        sqlite:
+          - "CREATE INDEX IF NOT EXISTS i ON issues(id)"
+        """
+    )
+    result = run_cli("validate", "-f", str(path))
+    assert result.code == 0
+    said = " ".join(result.err.split())
+    assert f"{path}:7:5: warning: shape 'tree': include trees are validated and stored, but serve does not" in said
+    assert f"{path}:9:1: warning: sqlite statements are validated and stored, but clients do not" in said
+    as_json = run_cli("validate", "-f", str(path), "-o", "json")
+    doc = json.loads(as_json.out)
+    assert doc["valid"] is True
+    assert [(d["code"], d["level"]) for d in doc["diagnostics"]] == [
+        ("not_enforced.include", "warning"),
+        ("not_enforced.sqlite", "warning"),
+    ]

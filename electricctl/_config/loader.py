@@ -9,6 +9,7 @@ All problems are collected, not just the first, and each names ``file:line:col``
 from __future__ import annotations
 
 import base64
+import dataclasses
 import binascii
 import json
 import os
@@ -94,9 +95,9 @@ def load_text(
         raise ConfigError(_sorted(diags))
     builder = _Builder(src, text)
     config = builder.build(database_url)
-    if builder.diags:
+    if any(d.level == "error" for d in builder.diags):
         raise ConfigError(_sorted(builder.diags))
-    return config
+    return dataclasses.replace(config, warnings=tuple(_sorted(builder.diags)))
 
 
 def _sorted(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
@@ -186,8 +187,8 @@ class _Builder:
     def error(self, path: str, message: str, code: str, *, key: bool = False, shift: int = 0) -> None:
         self.diags.append(Diagnostic(self.src.at(path, key=key).shifted(shift), message, code))
 
-    def warn(self, path: str, message: str, code: str) -> None:
-        self.diags.append(Diagnostic(self.src.at(path), message, code, level="warning"))
+    def warn(self, path: str, message: str, code: str, *, key: bool = False) -> None:
+        self.diags.append(Diagnostic(self.src.at(path, key=key), message, code, level="warning"))
 
     def build(self, database_url: str | None) -> ElectricConfig:
         tables = self._tables()
@@ -473,6 +474,14 @@ class _Builder:
                 if where is None:
                     continue
             includes = self._includes(item.get("include") or [], f"{path}.include", (table,))
+            if includes:
+                self.warn(
+                    f"{path}.include",
+                    f"shape {name!r}: include trees are validated and stored, but serve does not serve them yet;"
+                    " it refuses a subscription to this shape rather than send its root table alone",
+                    "not_enforced.include",
+                    key=True,
+                )
             if includes is None:
                 continue
             out.append(Shape(name, table, where, includes, self.src.at(path)))
@@ -532,6 +541,14 @@ class _Builder:
                 out.append(SqliteStatement(text, self.src.at(path)))
         finally:
             probe.close()
+        if out:
+            self.warn(
+                "sqlite",
+                "sqlite statements are validated and stored, but clients do not receive them yet"
+                " (they arrive with migrations in the stream, a later release)",
+                "not_enforced.sqlite",
+                key=True,
+            )
         return tuple(out)
 
     # -- auth --------------------------------------------------------------------------------

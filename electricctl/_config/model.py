@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from electricctl._expr.ast import Expr
-from electricctl.errors import Location
+from electricctl.errors import Diagnostic, Location
 
 BUILTIN_ROLES = frozenset({"anyone", "authenticated"})
 PRIVILEGES = ("select", "insert", "update", "delete")
@@ -151,6 +151,8 @@ class ElectricConfig:
     sqlite: tuple[SqliteStatement, ...]
     env_refs: tuple[str, ...] = ()
     """Environment variables the file referenced (for reporting, never their values)."""
+    warnings: tuple[Diagnostic, ...] = ()
+    """What is valid but not (yet) enforced, and other things worth knowing; never fatal."""
 
     @property
     def table_refs(self) -> tuple[TableRef, ...]:

@@ -582,7 +582,8 @@ def plan(config: ElectricConfig, observed: ObservedState, *, prune: bool = False
                 )
             else:
                 orphans.append(f"table.{t}.publication")
-    return Plan(tuple(changes), config_hash(config.table_refs, rules), tuple(orphans), tuple(chk.warnings))
+    warnings = (*config.warnings, *chk.warnings)
+    return Plan(tuple(changes), config_hash(config.table_refs, rules), tuple(orphans), warnings)
 
 
 def _kind(catalog_table: str) -> str:

@@ -94,6 +94,14 @@ class _Unsubscribe:
     subscription_ids: list[str]
 
 
+@dataclass(frozen=True, slots=True)
+class _Refused:
+    """A shape request refused before it is compiled: the error code and the reason."""
+
+    code: int
+    message: str
+
+
 @dataclass(slots=True)
 class _Reassess:
     """The assignment tables changed: the client's roles, and so what it may read, may have too."""
@@ -694,6 +702,11 @@ class Connection:
                 )
                 continue
             table, where = await self._resolve(sel.tablename, sel.where)
+            if isinstance(table, _Refused):
+                problems.append(
+                    SHAPE_ERR(code=table.code, message=table.message, request_id=r.request_id)  # type: ignore[arg-type]
+                )
+                continue
             shape = (
                 await self._shape(sub_id, r.request_id, table, where)
                 if table
@@ -715,7 +728,7 @@ class Connection:
         self.wake.set()
         return pb.SatSubsResp(subscription_id=sub_id)
 
-    async def _resolve(self, tablename: str, where: str) -> tuple[TableRef | None, str]:
+    async def _resolve(self, tablename: str, where: str) -> tuple[TableRef | _Refused | None, str]:
         """A request names a table (with an optional where), or a shape declared in electric.yaml."""
         table = TableRef.parse(tablename)
         if table in await self.server.electrified_tables():
@@ -723,6 +736,13 @@ class Connection:
         rules = await self.server.shape_rules()
         declared = rules.declared.get(tablename)
         if declared is not None and not where.strip():
+            if declared.get("include"):
+                # serving the root table alone would look like success and silently miss the rest
+                return _Refused(
+                    SHAPE_ERR.INVALID_INCLUDE_TREE,
+                    f"shape {tablename!r} has an include tree, which this server does not serve yet;"
+                    " subscribe to its tables one by one instead",
+                ), where
             return TableRef.parse(declared["table"]), declared.get("where") or ""
         return None, where
 

@@ -106,8 +106,11 @@ def validate(file: str, output: str) -> None:
             raise SystemExit(ExitCode.ERROR) from None
         raise
     if output == "json":
-        render.print_json({"format_version": "1.0", "valid": True, "diagnostics": []})
+        render.print_json(
+            {"format_version": "1.0", "valid": True, "diagnostics": [d.as_json() for d in config.warnings]}
+        )
     else:
+        render.diagnostics(render.console(stderr=True), config.warnings)
         n = len(config.tables)
         render.console().print(
             f"[green]{file} is valid:[/green] {n} table{'s' * (n != 1)}, {len(config.assignments)} assignments, "

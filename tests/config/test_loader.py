@@ -234,3 +234,24 @@ def test_json_schema_is_a_valid_draft_2020_12_schema() -> None:
     text = re.sub(r"(?m)^(\s+)on:", r"\1'on':", resource("electric.yaml.example").read_text())
     data = yaml.safe_load(text)
     assert not list(jsonschema.Draft202012Validator(json_schema()).iter_errors(data))
+
+
+def test_keys_that_are_stored_but_not_enforced_yet_are_warnings() -> None:
+    """Every key electric.yaml accepts is enforced, or validate says it is not yet (issue 11, defect 2)."""
+    cfg = load(
+        BASE
+        + """
+shapes:
+  - name: tree
+    table: projects
+    include:
+      - table: issues
+  - name: flat
+    table: issues
+sqlite:
+  - "CREATE INDEX IF NOT EXISTS i ON issues(id)"
+"""
+    )
+    found = {(w.code, w.level, w.location.line) for w in cfg.warnings}
+    assert found == {("not_enforced.include", "warning", 8), ("not_enforced.sqlite", "warning", 12)}
+    assert "does not serve them yet" in cfg.warnings[0].message
