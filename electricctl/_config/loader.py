@@ -9,8 +9,8 @@ All problems are collected, not just the first, and each names ``file:line:col``
 from __future__ import annotations
 
 import base64
-import dataclasses
 import binascii
+import dataclasses
 import json
 import os
 import sqlite3
