@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
+from typing import TypeVar
 
 from rich.console import Console
 from rich.live import Live
@@ -19,6 +20,8 @@ from rich.text import Text
 
 from electricctl.client.sync import Status, SyncClient, SyncError
 from electricctl.errors import ElectricError
+
+_T = TypeVar("_T")
 
 
 class SyncCommandError(ElectricError):
@@ -72,6 +75,22 @@ async def run(
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+
+    async def unless_failed(awaitable: Awaitable[_T]) -> _T:
+        """``awaitable``, unless the client fails meanwhile: then the failure is the error."""
+        work = asyncio.ensure_future(awaitable)
+        failed = asyncio.ensure_future(client.failed.wait())
+        try:
+            await asyncio.wait({work, failed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            failed.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+        if client.failure is not None:
+            raise SyncCommandError(f"sync failed: {type(client.failure).__name__}: {client.failure}")
+        return work.result()
+
     await client.start()
     try:
         try:
@@ -92,14 +111,21 @@ async def run(
                 subs.append(sub)
             for sub in subs:
                 try:
-                    await client.synced(sub, timeout=3600)
+                    await unless_failed(client.synced(sub, timeout=3600))
                 except SyncError as exc:
                     raise SyncCommandError(str(exc)) from None
                 task = tasks[sub.id]
                 done = progress.tasks[task].completed
                 progress.update(task, total=max(done, 1), completed=max(done, 1))
         if once:
-            await client.flush(timeout=connect_timeout)
+            try:
+                await unless_failed(client.flush(timeout=connect_timeout))
+            except TimeoutError as exc:
+                raise SyncCommandError(
+                    f"local writes did not reach Postgres within {connect_timeout:.0f}s: {exc}"
+                ) from None
+            if client.failure is not None:
+                raise SyncCommandError(f"sync failed: {type(client.failure).__name__}: {client.failure}")
             console.print(status_line(client.status()))
             return
         with Live(status_line(client.status()), console=console, refresh_per_second=4) as live:

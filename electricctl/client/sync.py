@@ -111,6 +111,11 @@ class SyncClient:
             sub.synced.set()
             self.subscriptions[sub_id] = sub
         self.connected = asyncio.Event()
+        self.failure: Exception | None = None
+        """The last failure that was not just a lost connection (a change this client could not
+        apply, say). The client keeps retrying; ``electricctl sync --once`` fails with it."""
+        self.failed = asyncio.Event()
+        """Set when :attr:`failure` is."""
         self._ws: ClientConnection | None = None
         self._rpc = RpcCalls(first_id=1)
         self._task: asyncio.Task[None] | None = None
@@ -238,8 +243,11 @@ class SyncClient:
                 raise
             except (OSError, ConnectionClosed, InvalidHandshake, RpcError, TimeoutError, SyncError) as exc:
                 log.info("sync connection lost (%s); reconnecting in %.1fs", exc, delay)
-            except Exception:
-                log.exception("sync session failed; reconnecting")
+            except Exception as exc:
+                log.warning("sync session failed (%s: %s); reconnecting", type(exc).__name__, exc)
+                log.debug("the failure's traceback", exc_info=exc)
+                self.failure = exc
+                self.failed.set()
             finally:
                 self.connected.clear()
                 self._ws = None

@@ -164,6 +164,23 @@ async def test_sync_command(server: Server, env: Env, tmp_path: Path) -> None:
     assert code == 64 and "a token is required" in out, out
 
 
+async def test_sync_once_fails_when_it_could_not_do_what_it_promised(server: Server, env: Env, tmp_path: Path) -> None:
+    """Issue 11, defect 1: a change the client cannot apply (a column added in Postgres; migrations
+    in the stream come later) made `sync --once` print a traceback and exit 0 anyway."""
+    path = tmp_path / "once.db"
+    url = ws_url(server)
+    args = ("sync", url, "--db", str(path), "--shape", "items", "--token", env.token(), "--once")
+    code, out = await _cli(*args)
+    assert code == 0, out
+    env.sql("ALTER TABLE items ADD COLUMN qty int4")
+    env.sql("INSERT INTO items (id, n, qty) VALUES ('new', 1, 2)")
+    local(path, "UPDATE items SET n = 12 WHERE id = 'a'")  # a local write to send
+    code, out = await _cli(*args)
+    assert code == 1, out
+    assert "sync failed:" in out and "qty" in out, out
+    assert "Traceback" not in out
+
+
 async def test_sync_command_runs_until_interrupted(server: Server, env: Env, tmp_path: Path) -> None:
     import signal
     import sys
