@@ -11,7 +11,11 @@ Foreign errors (psycopg, yaml, pglast) are wrapped at one seam each, with ``rais
     ├── PlanError            the file does not fit the live schema (carries Diagnostics)
     ├── ApplyError           applying failed; the transaction was rolled back
     │   └── LockTimeout      another apply held the lock for longer than --lock-timeout
-    └── EmbeddedPostgresError  the throwaway cluster could not be started or stopped
+    ├── EmbeddedPostgresError  the throwaway cluster could not be started or stopped
+    └── SyncError            the sync client could not do what was asked (the server's reason)
+        ├── AuthenticationFailed  the server refused the token
+        ├── EndpointNotFound      nothing at that URL speaks the sync protocol
+        └── SubscriptionRefused   the server refused a shape
 """
 
 from __future__ import annotations
@@ -110,3 +114,19 @@ class LockTimeout(ApplyError):
 
 class EmbeddedPostgresError(ElectricError):
     """The throwaway PostgreSQL cluster could not be started or stopped."""
+
+
+class SyncError(ElectricError):
+    """The sync client could not do what was asked; the message says why (with the server's reason)."""
+
+
+class AuthenticationFailed(SyncError):
+    """The server refused the client's token (bad signature, expired, another user's client id)."""
+
+
+class EndpointNotFound(SyncError):
+    """Nothing at the URL speaks the Satellite protocol (a wrong path or port)."""
+
+
+class SubscriptionRefused(SyncError):
+    """The server refused a subscription (not electrified, not declared, an invalid where clause)."""

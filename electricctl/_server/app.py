@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import datetime
+import errno
 import fcntl
 import http
 import json
@@ -640,18 +641,28 @@ class Server:
             ) from None
         stop_replication = asyncio.Event()
         replication = asyncio.create_task(self._replicate(stop_replication), name="replication")
-        async with serve(
-            self._handle,
-            self.host,
-            self.port,
-            process_request=self._process_request,
-            select_subprotocol=self._select_subprotocol,
-            compression=None,
-            ping_interval=20,
-            ping_timeout=20,
-            max_size=self.preauth_frame_bytes,  # raised per connection once it has authenticated
-            max_queue=4,  # frames websockets buffers per connection before it stops reading
-        ) as ws_server:
+        try:
+            ws_server = await serve(
+                self._handle,
+                self.host,
+                self.port,
+                process_request=self._process_request,
+                select_subprotocol=self._select_subprotocol,
+                compression=None,
+                ping_interval=20,
+                ping_timeout=20,
+                max_size=self.preauth_frame_bytes,  # raised per connection once it has authenticated
+                max_queue=4,  # frames websockets buffers per connection before it stops reading
+            )
+        except OSError as exc:
+            stop_replication.set()
+            replication.cancel()
+            await asyncio.gather(replication, return_exceptions=True)
+            raise ServeError(
+                f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+                + (" (another process uses that port; pick another --port)" if exc.errno == errno.EADDRINUSE else "")
+            ) from None
+        async with ws_server:
             self._ws = ws_server
             self.bound_port = next(iter(ws_server.sockets)).getsockname()[1]
             if started is not None:

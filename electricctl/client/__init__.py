@@ -4,6 +4,15 @@
 :mod:`electricctl.client.satellite` is a bare protocol client that the tests use to poke the server.
 """
 
-from electricctl.client.sync import Status, Subscription, SyncClient, SyncError
+from electricctl.client.sync import Status, Subscription, SyncClient
+from electricctl.errors import AuthenticationFailed, EndpointNotFound, SubscriptionRefused, SyncError
 
-__all__ = ["Status", "Subscription", "SyncClient", "SyncError"]
+__all__ = [
+    "AuthenticationFailed",
+    "EndpointNotFound",
+    "Status",
+    "Subscription",
+    "SubscriptionRefused",
+    "SyncClient",
+    "SyncError",
+]

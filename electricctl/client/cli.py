@@ -18,14 +18,20 @@ from rich.live import Live
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from electricctl.client.sync import Status, SyncClient, SyncError
-from electricctl.errors import ElectricError
+from electricctl.client.sync import Status, SyncClient
+from electricctl.errors import ElectricError, SyncError
 
 _T = TypeVar("_T")
 
 
 class SyncCommandError(ElectricError):
     """The sync command cannot go on; the message says why."""
+
+
+def _failed(failure: Exception) -> SyncCommandError:
+    if isinstance(failure, SyncError):
+        return SyncCommandError(str(failure))
+    return SyncCommandError(f"sync failed: {type(failure).__name__}: {failure}")
 
 
 def status_line(status: Status) -> Text:
@@ -88,13 +94,13 @@ async def run(
             work.cancel()
             await asyncio.gather(work, return_exceptions=True)
         if client.failure is not None:
-            raise SyncCommandError(f"sync failed: {type(client.failure).__name__}: {client.failure}")
+            raise _failed(client.failure)
         return work.result()
 
     await client.start()
     try:
         try:
-            await asyncio.wait_for(client.connected.wait(), connect_timeout)
+            await unless_failed(asyncio.wait_for(client.connected.wait(), connect_timeout))
         except TimeoutError:
             raise SyncCommandError(
                 f"could not connect to {url} within {connect_timeout:.0f}s; is the server running?"
@@ -125,7 +131,7 @@ async def run(
                     f"local writes did not reach Postgres within {connect_timeout:.0f}s: {exc}"
                 ) from None
             if client.failure is not None:
-                raise SyncCommandError(f"sync failed: {type(client.failure).__name__}: {client.failure}")
+                raise _failed(client.failure)
             console.print(status_line(client.status()))
             return
         with Live(status_line(client.status()), console=console, refresh_per_second=4) as live:

@@ -27,12 +27,13 @@ from typing import Any
 
 from google.protobuf.message import Message
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError, client_answer
 from electricctl.client.store import LSN_KEY, Column, LocalTransaction, RemoteChange, Store, Table, to_local, to_wire
+from electricctl.errors import AuthenticationFailed, EndpointNotFound, SubscriptionRefused, SyncError
 
 log = logging.getLogger("electricctl.client")
 
@@ -45,10 +46,6 @@ _RESET_CODES = {
     pb.SatInStartReplicationResp.ReplicationError.INVALID_POSITION,
     pb.SatInStartReplicationResp.ReplicationError.SUBSCRIPTION_NOT_FOUND,
 }
-
-
-class SyncError(Exception):
-    """A request the server refused (a subscription, a token), with the server's reason."""
 
 
 @dataclass(slots=True)
@@ -185,7 +182,7 @@ class SyncClient:
     async def synced(self, sub: Subscription, timeout: float = 60) -> None:
         await asyncio.wait_for(sub.synced.wait(), timeout)
         if sub.error:
-            raise SyncError(sub.error)
+            raise SubscriptionRefused(sub.error)
 
     async def unsubscribe(self, sub: Subscription) -> None:
         await asyncio.wait_for(self.connected.wait(), 30)
@@ -241,6 +238,11 @@ class SyncClient:
                 delay = 0.1
             except asyncio.CancelledError:
                 raise
+            except (AuthenticationFailed, EndpointNotFound) as exc:
+                # retried (a new token, the server fixed), but the caller learns it at once
+                log.warning("%s; retrying in %.1fs", exc, delay)
+                self.failure = exc
+                self.failed.set()
             except (OSError, ConnectionClosed, InvalidHandshake, RpcError, TimeoutError, SyncError) as exc:
                 log.info("sync connection lost (%s); reconnecting in %.1fs", exc, delay)
             except Exception as exc:
@@ -257,42 +259,57 @@ class SyncClient:
             delay = min(delay * 2, 5.0)
 
     async def _session(self) -> None:
-        async with connect(
-            self.url,
-            subprotocols=["electric.0.12"],  # type: ignore[list-item]
-            additional_headers={NATIVE_HEADER: "1"},
-            compression=None,
-            max_size=MAX_FRAME,
-            open_timeout=10,
-        ) as ws:
-            self._ws = ws
-            self._rpc = RpcCalls(first_id=1)
-            self._sent_relations = {}
-            self._outbound = None
-            self._incoming = None
-            reader = asyncio.create_task(self._read(ws))
-            sender = asyncio.create_task(self._send_loop())
+        try:
+            ws_cm = await connect(
+                self.url,
+                subprotocols=["electric.0.12"],  # type: ignore[list-item]
+                additional_headers={NATIVE_HEADER: "1"},
+                compression=None,
+                max_size=MAX_FRAME,
+                open_timeout=10,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (404, 400, 426):
+                body = bytes(exc.response.body or b"").decode(errors="replace").strip()
+                hint = "the path is /ws" if status == 404 else body
+                raise EndpointNotFound(f"no sync endpoint at {self.url} (HTTP {status}): {hint}") from None
+            raise
+        async with ws_cm as ws:
+            await self._run_session(ws)
+
+    async def _run_session(self, ws: ClientConnection) -> None:
+        self._ws = ws
+        self._rpc = RpcCalls(first_id=1)
+        self._sent_relations = {}
+        self._outbound = None
+        self._incoming = None
+        reader = asyncio.create_task(self._read(ws))
+        sender = asyncio.create_task(self._send_loop())
+        try:
             try:
                 await self._call("authenticate", pb.SatAuthReq(id=self.client_id, token=self.token))
-                await self._start_replication()
-                self.connected.set()
-                for sub in list(self.subscriptions.values()):
-                    if not sub.synced.is_set() and sub.error is None:
-                        try:
-                            await self._request_subscription(sub)
-                        except SyncError as exc:
-                            # refused (say, the shape is no longer declared): the others carry on
-                            log.warning("%s", exc)
-                            self.subscriptions.pop(sub.id, None)
-                            self._save_subscriptions()
-                done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    task.result()
-            finally:
-                for task in (reader, sender):
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await task
+            except RpcError as exc:
+                raise AuthenticationFailed(f"authentication failed: {exc.error.message}") from None
+            await self._start_replication()
+            self.connected.set()
+            for sub in list(self.subscriptions.values()):
+                if not sub.synced.is_set() and sub.error is None:
+                    try:
+                        await self._request_subscription(sub)
+                    except SyncError as exc:
+                        # refused (say, the shape is no longer declared): the others carry on
+                        log.warning("%s", exc)
+                        self.subscriptions.pop(sub.id, None)
+                        self._save_subscriptions()
+            done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            for task in (reader, sender):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _start_replication(self) -> None:
         lsn = (self.store.meta(LSN_KEY) or "").encode()
@@ -337,7 +354,7 @@ class SyncClient:
             details = "; ".join(e.message for e in resp.err.shape_request_error) or resp.err.message
             sub.error = details
             sub.synced.set()
-            raise SyncError(f"subscription refused: {details}")
+            raise SubscriptionRefused(f"subscription refused: {details}")
 
     async def _call(self, method: str, body: Message, timeout: float = 30) -> Message:
         ws = self._ws

@@ -7,6 +7,7 @@ and the other clients; Postgres writes reach the clients; offline writes are sen
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import subprocess
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest_asyncio
 
+from electricctl._auth.tokens import mint
 from electricctl._server.app import Server
 from electricctl.client import SyncClient
 from tests.server_fixtures import Env, ws_url
@@ -179,6 +181,43 @@ async def test_sync_once_fails_when_it_could_not_do_what_it_promised(server: Ser
     assert code == 1, out
     assert "sync failed:" in out and "qty" in out, out
     assert "Traceback" not in out
+
+
+async def test_sync_says_at_once_what_is_wrong_with_the_token_or_the_url(
+    server: Server, env: Env, tmp_path: Path
+) -> None:
+    """Issue 11, errors: a bad token or a URL without /ws used to end in 'could not connect within
+    30s; is the server running?' after 30 s, while the server was running and had said why."""
+    import time as _time
+
+    url = ws_url(server)
+    other_key = dataclasses.replace(
+        env.config.auth, jwt=dataclasses.replace(env.config.auth.jwt, key="another-key-another-key-another-key")
+    )
+    expired = env.token(exp=int(_time.time()) - 3600, iat=int(_time.time()) - 7200)
+    for token, reason in (
+        ("garbage", "authentication failed: invalid token"),
+        (mint(other_key, "user-1"), "authentication failed: invalid token"),
+        (expired, "authentication failed: token has expired"),
+    ):
+        started = _time.monotonic()
+        code, out = await _cli(
+            "sync", url, "--db", str(tmp_path / "t.db"), "--shape", "items", "--token", token, "--once"
+        )
+        assert code == 1 and reason in " ".join(out.split()), out
+        assert "within 30s" not in out and _time.monotonic() - started < 20, out
+    code, out = await _cli(
+        "sync",
+        url.removesuffix("/ws"),
+        "--db",
+        str(tmp_path / "t.db"),
+        "--shape",
+        "items",
+        "--token",
+        env.token(),
+        "--once",
+    )
+    assert code == 1 and "no sync endpoint at" in out and "the path is /ws" in out, out
 
 
 async def test_sync_command_runs_until_interrupted(server: Server, env: Env, tmp_path: Path) -> None:
