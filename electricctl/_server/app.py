@@ -680,6 +680,7 @@ class Server:
                 stopper.cancel()
                 raise replication.exception()  # type: ignore[misc]
             await replication
+        await self.store.drain()  # client state saved by connections that just closed
         if self._catalog is not None:
             await self._catalog.close()
         await self.writer.close()

@@ -46,6 +46,7 @@ class ClientStore:
         self._written: dict[str, int] = {}
         """By client: the generation of the newest state on disk (an older one is never written over it)."""
         self._failed: dict[str, tuple[int, ClientState]] = {}
+        self._saving: set[asyncio.Future[None]] = set()
         self.error: str | None = None
         """Why the last save failed, until every failed save has been written."""
 
@@ -81,7 +82,14 @@ class ClientStore:
         """
         self._generation += 1
         task = asyncio.ensure_future(self._save_in_order(self._generation, self.snapshot(state)))
+        self._saving.add(task)
+        task.add_done_callback(self._saving.discard)
         await asyncio.shield(task)
+
+    async def drain(self) -> None:
+        """Wait for every save in progress, including those whose callers were cancelled."""
+        while self._saving:
+            await asyncio.gather(*list(self._saving), return_exceptions=True)
 
     async def _save_in_order(self, generation: int, copy: ClientState) -> None:
         lock = self._locks.setdefault(copy.client_id, asyncio.Lock())

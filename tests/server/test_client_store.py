@@ -24,7 +24,7 @@ async def test_concurrent_and_cancelled_saves_never_collide(tmp_path: Path) -> N
     await store.save_async(state)
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert all(r is None or isinstance(r, asyncio.CancelledError) for r in results), results
-    await asyncio.sleep(0.1)
+    await store.drain()  # the cancelled caller's save still runs to the end
     loaded = store.load("client-1")
     assert loaded.acked_lsn == 99 and loaded.subscriptions["s"].delivered_lsn == 5
     assert not list(tmp_path.glob("*.tmp"))
@@ -39,10 +39,12 @@ async def test_a_cancelled_older_save_never_lands_after_a_newer_one(
     real_save = store.save
     slow_once = [True]
     older_done = threading.Event()
+    older_started = threading.Event()
 
     def save(state: ClientState) -> None:
         if slow_once[0]:
             slow_once[0] = False
+            older_started.set()
             time.sleep(0.3)  # a slow disk, in the worker thread: the caller is cancelled meanwhile
             real_save(state)
             older_done.set()
@@ -52,7 +54,7 @@ async def test_a_cancelled_older_save_never_lands_after_a_newer_one(
     monkeypatch.setattr(store, "save", save)
     state = ClientState("client-1", {}, 1)
     older = asyncio.ensure_future(store.save_async(state))
-    await asyncio.sleep(0.05)
+    assert await asyncio.to_thread(older_started.wait, 10)  # its thread is writing
     older.cancel()
     state.acked_lsn = 2
     await store.save_async(state)

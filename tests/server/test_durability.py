@@ -53,10 +53,11 @@ async def test_nothing_lost_or_duplicated_across_server_restarts(
     again = await _session(serve_process.url, env, cl, lsn, [sub])
     expected = {(str(r[0]).encode(),): r[1] for r in env.sql("SELECT id, label FROM other")}
     await again.wait_for(lambda: {k: v["label"].decode() for k, v in again.table("other").items()} == expected)
-    await asyncio.sleep(0.3)
+    env.sql("INSERT INTO other VALUES (1000, 'sentinel')")  # commits last, so it arrives last
+    await again.wait_for(lambda: (b"1000",) in again.table("other"))
     # every transaction exactly once, in commit order, continuing after the client's LSN
     lsns = [int(t.lsn) for t in again.transactions]
-    assert lsns == sorted(lsns) and len(lsns) == len(set(lsns)) == 42
+    assert lsns == sorted(lsns) and len(lsns) == len(set(lsns)) == 43
     assert min(lsns) > int(lsn)
     assert seen == 20
     await again.close()

@@ -65,9 +65,11 @@ async def test_initial_data_then_live_changes(client: SatelliteClient, env: Env)
     with_two = "BEGIN; INSERT INTO items (id) VALUES ('d'); INSERT INTO items (id) VALUES ('e'); COMMIT"
     env.sql(with_two)
     env.sql("INSERT INTO other VALUES (1, 'not subscribed')")
-    await client.wait_for(lambda: len(client.transactions) >= 4)
-    await asyncio.sleep(0.2)
-    assert len(client.transactions) == 4  # nothing from the unsubscribed table
+    env.sql("INSERT INTO items (id) VALUES ('sentinel')")  # commits last, so it arrives last
+    await client.wait_for(lambda: (b"sentinel",) in rows)
+    assert len(client.transactions) == 5  # nothing from the unsubscribed table
+    del rows[(b"sentinel",)]
+    client.transactions.pop()
     assert set(rows) == {(b"a",), (b"c",), (b"d",), (b"e",)}
     assert rows[(b"a",)]["n"] == b"10" and rows[(b"a",)]["flag"] is None
     # one SatOpLog per transaction, framed by begin and commit
@@ -136,7 +138,13 @@ async def test_acks_and_the_unacked_window(server: Server, env: Env) -> None:
     for i in range(40):
         env.sql("INSERT INTO other VALUES (%s, 'x')", [i])
     await cl.wait_for(lambda: len(cl.transactions) >= 30)
-    await asyncio.sleep(0.5)
+    await server.caught_up()  # all 40 are in the log: only the window holds the last 10 back
+    conn = server.clients[cl.client_id]
+    for _ in range(100):  # until the streamer waits for an ack (it has nothing else to do)
+        if not conn.acked.is_set():
+            break
+        await asyncio.sleep(0.01)
+    assert not conn.acked.is_set() and len(conn.unacked) == 30
     assert len(cl.transactions) == 30  # the window is full: the server waits for an ack
     await cl.ack()
     await cl.wait_for(lambda: len(cl.transactions) == 40)
@@ -213,7 +221,7 @@ async def test_behind_window_after_the_log_is_pruned(server: Server, env: Env) -
     server.log.segment_bytes = 1  # every transaction now opens a new segment
     for i in range(2, 5):
         env.sql("INSERT INTO other VALUES (%s, 'x')", [i])
-    await asyncio.sleep(0.5)
+    await server.caught_up()  # the three are in the log, each in a segment of its own
     server.log.retention_seconds = 0
     assert server.log.prune(now=time.time() + 10) >= 1
     late = await SatelliteClient(ws_url(server), client_id=cl.client_id).connect()
