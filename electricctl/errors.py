@@ -1,7 +1,9 @@
 """The electricctl error tree, and the exit codes the CLI maps them to.
 
-Every error says what went wrong and, where there is one, what to do about it.
-Foreign errors (psycopg, yaml, pglast) are wrapped at one seam each, with ``raise ... from``.
+Every error says what went wrong and, where there is one, what to do about it. Foreign errors
+(psycopg, yaml, pglast, websockets) are turned into these where the CLI or a library caller would
+otherwise see them: config loading, introspection, apply, serve's startup, the sync client. Inside
+serve, a psycopg error during a client's request becomes an error reply to that client.
 
 ::
 

@@ -1,4 +1,4 @@
-"""JWT verification for client connections (electric-legacy.md §6), and development tokens.
+"""JWT verification for client connections (../shared/reference/electric-legacy.md §6), and development tokens.
 
 secure: the signature is verified with the configured algorithm only (HS*, RS*, ES*), so an
 ``alg: none`` or algorithm-confusion token is refused; ``exp`` and ``iat`` are required and, like

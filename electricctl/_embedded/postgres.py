@@ -2,7 +2,7 @@
 
 Used by ``electricctl demo``, by ``serve``'s embedded default and by the test suite. It runs
 ``initdb`` and ``pg_ctl`` as the ``postgres`` OS user when we are root, because both refuse to
-run as root (measured-limits.md §1), and it always sets ``wal_level=logical`` so that logical
+run as root (../shared/reference/measured-limits.md §1), and it always sets ``wal_level=logical`` so that logical
 replication works.
 """
 

@@ -1,4 +1,4 @@
-"""The conflict rules, in one place for the server and the Python client (electric-legacy.md §4).
+"""The conflict rules, in one place for the server and the Python client (../shared/reference/electric-legacy.md §4).
 
 - Row existence is add-wins: a row carries a set of tags ``origin@commit_ts``; an insert or update
   adds its own tag and removes the tags it observed; a delete only removes the tags it observed. The

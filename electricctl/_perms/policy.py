@@ -9,9 +9,15 @@ holds); scoped roles such as ``projects:member``, held for one scope row (the as
 A client operation is allowed when at least one grant on its table allows its privilege to a role
 the user holds, for the row as it is before the operation (update, delete) and as it will be after
 (insert, update), with the grant's ``where`` true for both and every written column in the
-grant's ``columns``. Everything is decided by one SQL query per operation, run in the writer's
-transaction: against the data as it is, so an assignment written a moment ago counts, and no
-cache can be stale. Nothing here does I/O; it composes :mod:`psycopg.sql` (values are Literals).
+grant's ``columns``. The writer decides it in its own transaction, after the writes and inside a
+savepoint: one set-based query per (table, privilege, grants), composed once here from
+:mod:`psycopg.sql` (values are Literals or parameters), takes the transaction's rows and returns
+those no grant allows. It runs against the data as the transaction leaves it, so an assignment
+written a moment ago counts and no cache can be stale.
+
+The read path (:func:`read_access`) is pure: it turns the grants and the user's roles into the rows
+and columns the user may read. :func:`read_roles` is the one function here that does I/O: it reads
+the user's roles from the assignment tables on a connection it is given.
 
 With no grants in the config the server runs open, as 0.12 did (every authenticated client may
 read and write every electrified table), and says so at startup.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from electricctl._catalog.observed import ColumnInfo
 
-# electric-legacy.md §5: Electric.Postgres.supported_types, plus enums. Values travel as text in
+# ../shared/reference/electric-legacy.md §5: Electric.Postgres.supported_types, plus enums. Values travel as text in
 # Postgres' output format and map onto SQLite INTEGER/REAL/TEXT/BLOB.
 SUPPORTED_TYPES = (
     "bool",

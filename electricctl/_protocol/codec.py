@@ -1,6 +1,6 @@
 """Satellite framing and row encoding (pure).
 
-A frame is one type byte followed by the protobuf encoding of the message (electric-legacy.md §1.1).
+A frame is one type byte followed by the protobuf encoding of the message (../shared/reference/electric-legacy.md §1.1).
 Rows travel as ``SatOpRow``: one value per column in Postgres text form, NULL as an empty value with
 its bit set in an MSB-first bitmask (§1.2 item 6).
 """

@@ -1,6 +1,6 @@
 """The RPC layer shared by both ends: request ids, pending calls and response decoding.
 
-Either side can call the other (electric-legacy.md §1.1): the client numbers its calls from 1,
+Either side can call the other (../shared/reference/electric-legacy.md §1.1): the client numbers its calls from 1,
 the server from 0. This module does no I/O: the caller sends the request it returns and feeds
 every response it receives to :meth:`RpcCalls.resolve`.
 """
@@ -68,7 +68,7 @@ class RpcCalls:
 
 
 def client_answer(req: pb.SatRpcRequest) -> tuple[pb.SatRpcResponse, bytes | None]:
-    """How a client answers the server's calls (service ClientRoot, electric-legacy.md §1.2 item 3).
+    """How a client answers the server's calls (service ClientRoot, ../shared/reference/electric-legacy.md §1.2 item 3).
 
     Returns the response to send and, for ``startReplication``, the client LSN after which the
     client is to send its writes (empty: from the start); None for ``stopReplication`` or a method

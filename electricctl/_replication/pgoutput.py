@@ -1,7 +1,7 @@
 """A pure decoder for the pgoutput logical replication protocol (versions 1 and 2).
 
 Values stay as the bytes of Postgres' text output: they are forwarded to clients as they are, and
-decoding them to Python types would cost more than the protocol itself (measured-limits.md §2).
+decoding them to Python types would cost more than the protocol itself (../shared/reference/measured-limits.md §2).
 Message layouts: PostgreSQL docs, "Logical Replication Message Formats".
 """
 

@@ -1,7 +1,7 @@
 """Streaming logical replication from Postgres: the only code that touches the replication socket.
 
 psycopg 3 has no replication API, but since 3.3 it lets ``START_REPLICATION`` enter COPY_BOTH, and
-its libpq wrapper (``pgconn.get_copy_data`` / ``put_copy_data``) drives the stream; measured-limits.md
+its libpq wrapper (``pgconn.get_copy_data`` / ``put_copy_data``) drives the stream; ../shared/reference/measured-limits.md
 §2 found this as fast as psycopg2's replication support. The socket is watched by the asyncio loop.
 
 The flush position confirmed to Postgres only moves after the consumer says the transactions are
@@ -38,14 +38,16 @@ MAX_BATCH_BYTES = 16 << 20
 (so a burst of large transactions is not all held in memory at once)."""
 
 # Session settings for the walsender: values come out in the format clients expect
-# (electric-legacy.md §1.2: ISO dates, UTC, hex bytea, shortest exact floats).
+# (../shared/reference/electric-legacy.md §1.2: ISO dates, UTC, hex bytea, shortest exact floats).
 DISPLAY_OPTIONS = "-c DateStyle=ISO,DMY -c TimeZone=UTC -c bytea_output=hex -c extra_float_digits=1"
 
 Consumer = Callable[[Sequence[Transaction]], Awaitable[None]]
 
 MARKER_PREFIX = "electricctl.marker"
-"""Prefix of the non-transactional logical message the server emits to learn when the stream has
-passed a point: everything committed before the marker is in the log once the marker arrives."""
+"""Prefix of the logical message the server emits to learn when the stream has passed a point:
+everything committed before the marker is in the log once the marker arrives. The server emits it
+in a transaction of its own (its commit flushes the WAL at once); such a transaction carries no
+changes and is not logged. A non-transactional marker is honoured too."""
 
 
 class ReplicationError(Exception):
@@ -104,7 +106,7 @@ class ReplicationSource:
     ) -> None:
         self.url = url
         self.streaming = streaming
-        """Protocol 2 with streaming: large transactions arrive while they run (measured-limits.md §2:
+        """Protocol 2 with streaming: large transactions arrive while they run (../shared/reference/measured-limits.md §2:
         a 100k-row transaction reached the client in 241 ms instead of 786 ms), not all after commit."""
         self.work_mem = work_mem
         """logical_decoding_work_mem for the walsender (when it starts streaming a transaction)."""

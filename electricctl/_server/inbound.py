@@ -6,7 +6,7 @@ module turns those frames into :class:`ClientTransaction` objects, checked again
 own view of each table, or refuses them with :class:`InvalidTransaction`, which names the client,
 the transaction and the operation, and says what is wrong. No I/O: the writer applies the result.
 
-Checks (electric-legacy.md §1.2 items 4-6 and §4): the relation is known and electrified, its
+Checks (../shared/reference/electric-legacy.md §1.2 items 4-6 and §4): the relation is known and electrified, its
 columns exist and include the primary key; every row has one value per column and a null mask of
 the right length; NOT NULL columns get a value (except compensations, which carry only the key);
 values parse for simple types (booleans, integers, floats, uuids, json; Postgres checks the rest

@@ -1,7 +1,7 @@
 """Turning captured transactions and snapshot rows into Satellite messages (pure).
 
 Values arrive in Postgres' text output (DateStyle ISO, TimeZone UTC, bytea hex) and leave as the
-0.12 client expects them (electric-legacy.md §1.2 item 6): bytea as raw bytes, timestamptz with a
+0.12 client expects them (../shared/reference/electric-legacy.md §1.2 item 6): bytea as raw bytes, timestamptz with a
 ``Z`` suffix; everything else unchanged.
 """
 

@@ -9,7 +9,7 @@ Tables:
 - ``electrified``: the electrified tables, with the replica identity to restore on removal.
 - ``assignments``, ``grants``, ``shapes``, ``sqlite_statements``, ``settings``: the declared rules,
   keyed by a stable name, each with its canonical definition as jsonb.
-- ``shadow``: per-row sync metadata for the conflict rules (electric-legacy.md §4): the add-wins
+- ``shadow``: per-row sync metadata for the conflict rules (../shared/reference/electric-legacy.md §4): the add-wins
   set of row tags, a last-writer-wins tag per column, and a deleted row's last values. A tag is
   ``[ts_ms, origin]``; origin is null for writes made directly in Postgres, which win ties.
 - ``client_positions``: per client, the last client transaction (client LSN) applied.

@@ -96,10 +96,11 @@ class SyncClient:
             self.store.set_meta(CLIENT_ID_KEY, self.client_id)
         self.poll_interval = poll_interval
         self.on_refused = on_refused
+        """Called with the server's reason when it refuses one of this client's transactions."""
         self.on_progress = on_progress
+        """Called with (subscription id, rows received so far) while a subscription's initial data arrives."""
         self.on_change = on_change
         """Called after each server transaction is applied, with its changes and origin (for live queries)."""
-        """Called with (subscription id, rows received so far) while initial data arrives."""
         self.refused: list[str] = []
         self.subscriptions: dict[str, Subscription] = {}
         raw = self.store.meta(SUBSCRIPTIONS_KEY)

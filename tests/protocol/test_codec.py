@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_type_bytes_match_the_012_client() -> None:
-    # electric-legacy.md §1.1, checked against the npm client's own table in tests/compat
+    # ../shared/reference/electric-legacy.md §1.1, checked against the npm client's own table in tests/compat
     expected = {
         0: "SatErrorResp",
         9: "SatOpLog",
@@ -61,7 +61,7 @@ def test_server_lsn_is_decimal_ascii() -> None:
 
 
 def test_field_numbers_match_the_wire_format() -> None:
-    # a few wire facts of 0.12.1 (electric-legacy.md §1.2), byte for byte
+    # a few wire facts of 0.12.1 (../shared/reference/electric-legacy.md §1.2), byte for byte
     begin = pb.SatOpBegin(commit_timestamp=1, lsn=b"5", origin="o", is_migration=True, transaction_id=9)
     assert begin.SerializeToString() == b"\x08\x01\x1a\x015\x22\x01o\x28\x01\x38\x09"
     resp = pb.SatInStartReplicationResp(unacked_window_size=30)
