@@ -51,7 +51,51 @@ changes and is not logged. A non-transactional marker is honoured too."""
 
 
 class ReplicationError(Exception):
-    pass
+    """The stream stopped; serve retries with backoff."""
+
+
+class PermanentReplicationError(ReplicationError):
+    """Retrying cannot help (a slot with another plugin, no REPLICATION privilege, no publication,
+    wal_level not logical): serve stops with this message."""
+
+
+CONNECT_OPTIONS: dict[str, Any] = {"connect_timeout": 10, "tcp_user_timeout": 15_000, "keepalives_idle": 10}
+"""A database that stops answering (black-holed) is noticed within seconds, not TCP's minutes."""
+
+
+def _connect(url: str) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, autocommit=True, **CONNECT_OPTIONS)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _stream_error(pg: Any) -> str:
+    """The server's reason for ending the stream: the final result's error, if it has one."""
+    message = pg.get_error_message() or ""
+    try:
+        result = pg.get_result()
+    except psycopg.Error:
+        result = None
+    if result is not None and result.error_message:
+        message = (
+            result.error_message.decode(errors="replace")
+            if isinstance(result.error_message, bytes)
+            else str(result.error_message)
+        )
+    return message.strip() or "server closed the stream"
+
+
+def classify_stream_error(message: str) -> ReplicationError:
+    """A stream that ended with this server message: permanent or worth retrying?"""
+    message = " ".join((message.strip().splitlines() or [""])[0].split())  # its first line (not CONTEXT)
+    if "publication" in message and "does not exist" in message:
+        return PermanentReplicationError(
+            f"replication stream ended: {message.strip()}: run `electricctl apply` (it creates the publication)"
+        )
+    return ReplicationError(f"replication stream ended: {message.strip()}")
 
 
 def _now_pg() -> int:
@@ -62,7 +106,7 @@ class CatalogResolver:
     """Enriches pgoutput Relation messages with type names, primary keys and nullability."""
 
     def __init__(self, url: str) -> None:
-        self._conn = psycopg.connect(url, autocommit=True, application_name="electricctl-catalog")
+        self._conn = psycopg.connect(url, autocommit=True, application_name="electricctl-catalog", **CONNECT_OPTIONS)
 
     def close(self) -> None:
         self._conn.close()
@@ -131,18 +175,32 @@ class ReplicationSource:
     # -- setup -------------------------------------------------------------------------------
     def ensure_slot(self) -> bool:
         """Create the slot if it is missing; True if it was created."""
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with _connect(self.url) as conn:
             found = conn.execute("SELECT plugin FROM pg_replication_slots WHERE slot_name = %s", [self.slot]).fetchone()
             if found:
                 if found[0] != "pgoutput":
-                    raise ReplicationError(f"slot {self.slot} exists but uses plugin {found[0]}, not pgoutput")
+                    raise PermanentReplicationError(
+                        f"replication slot {self.slot} exists but uses the plugin {found[0]}, not pgoutput:"
+                        " drop it, or pass another --slot"
+                    )
                 return False
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [self.slot])
+            try:
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [self.slot])
+            except psycopg.errors.InsufficientPrivilege as exc:
+                raise PermanentReplicationError(
+                    f"cannot create the replication slot: {_first_line(exc)}; the database user needs the"
+                    " REPLICATION privilege (ALTER ROLE ... WITH REPLICATION)"
+                ) from None
+            except psycopg.errors.ObjectNotInPrerequisiteState as exc:  # wal_level is not logical
+                raise PermanentReplicationError(
+                    f"cannot create the replication slot: {_first_line(exc)}; set wal_level = logical and restart"
+                    " Postgres"
+                ) from None
             return True
 
     def confirmed_position(self) -> int:
         """The slot's confirmed flush LSN (0 if unknown)."""
-        with psycopg.connect(self.url, autocommit=True) as conn:
+        with _connect(self.url) as conn:
             row = conn.execute(
                 "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", [self.slot]
             ).fetchone()
@@ -151,13 +209,20 @@ class ReplicationSource:
     def start(self, start_lsn: int) -> None:
         self._resolver = CatalogResolver(self.url)
         options = DISPLAY_OPTIONS + (f" -c logical_decoding_work_mem={self.work_mem}" if self.work_mem else "")
-        conn = psycopg.connect(
-            self.url,
-            replication="database",
-            autocommit=True,
-            application_name="electricctl-replication",
-            options=options,
-        )
+        try:
+            conn = psycopg.connect(
+                self.url,
+                replication="database",
+                autocommit=True,
+                application_name="electricctl-replication",
+                options=options,
+                **CONNECT_OPTIONS,
+            )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise PermanentReplicationError(
+                f"cannot stream changes: {_first_line(exc)}; the database user needs the REPLICATION"
+                " privilege (ALTER ROLE ... WITH REPLICATION)"
+            ) from None
         protocol = "proto_version '2', streaming 'on'" if self.streaming else "proto_version '1'"
         conn.execute(
             sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({}, publication_names {}, messages 'true')").format(
@@ -213,11 +278,15 @@ class ReplicationSource:
                     if nbytes == 0:
                         break
                     if nbytes < 0:
-                        raise ReplicationError(
-                            f"replication stream ended: {pg.get_error_message() or 'server closed the stream'}"
-                        )
+                        raise classify_stream_error(_stream_error(pg))
                     received += 1
-                    self._handle(bytes(data), builder, batch)
+                    raw = bytes(data)
+                    if raw[:1] == b"w" and raw[_XLOG.size + 1 : _XLOG.size + 2] == b"R":
+                        # a Relation message: the resolver queries the catalog (blocking); keep that
+                        # off the event loop, where every websocket client is served
+                        await asyncio.to_thread(self._handle, raw, builder, batch)
+                    else:
+                        self._handle(raw, builder, batch)
                 if batch:
                     await consumer(batch)
                 if self._markers:

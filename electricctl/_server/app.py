@@ -43,7 +43,12 @@ from electricctl._log.filelog import FileLog, LogWriteError
 from electricctl._perms.policy import Policy, RoleState, path_tables, read_roles
 from electricctl._replication import lsn as lsnmod
 from electricctl._replication.model import RelationDef, Transaction
-from electricctl._replication.source import DISPLAY_OPTIONS, MARKER_PREFIX, ReplicationSource
+from electricctl._replication.source import (
+    DISPLAY_OPTIONS,
+    MARKER_PREFIX,
+    PermanentReplicationError,
+    ReplicationSource,
+)
 from electricctl._server.clients import ClientStore
 from electricctl._server.connection import Connection
 from electricctl._server.pgretry import Backoff
@@ -344,11 +349,17 @@ class Server:
                 gap = await asyncio.to_thread(self._prepare_slot)
                 if gap is not None:
                     await self._on_gap(gap)
-                self.source.start(0)
+                await asyncio.to_thread(self.source.start, 0)  # connecting blocks: not on the event loop
                 self.replication_ok = True
                 self.replication_error = None
                 delay = 0.5
                 await self.source.run(self._consume, stop)
+            except PermanentReplicationError as exc:
+                # retrying cannot help: stop serve with the reason (/health says it meanwhile)
+                self.replication_ok = False
+                self.replication_error = str(exc)
+                log.error("%s", exc)
+                raise ServeError(str(exc)) from None
             except Exception as exc:
                 self.replication_ok = False
                 self.replication_error = f"{type(exc).__name__}: {exc}"

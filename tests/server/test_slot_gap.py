@@ -62,6 +62,10 @@ async def test_a_dropped_slot_sends_clients_to_resync_and_is_reported(
     # the connected client is sent away (1012), and coming back from before the gap it must resync
     await raw.wait_for(lambda: raw.closed_with is not None, timeout=30)
     assert raw.closed_with is not None and raw.closed_with[0] == 1012, raw.closed_with
+    deadline = time.monotonic() + 30
+    while get_health(serve_process.port)[0] != 200:  # replication restarts on the new slot first
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
     again = SatelliteClient(serve_process.url, client_id=raw.client_id)
     await again.connect()
     await again.authenticate(env.token())

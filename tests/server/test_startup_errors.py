@@ -36,3 +36,63 @@ def test_an_unreachable_database_is_one_line(env: Env) -> None:
     assert done.returncode == 1
     assert "cannot connect to the database" in done.stderr and "check --database-url" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _serve_until_exit(env: Env, url: str) -> subprocess.CompletedProcess[str]:
+    return _serve(env, "--database-url", url, "--port", "0", "--data-dir", str(env.data_dir))
+
+
+def test_a_slot_with_another_plugin_stops_serve_with_one_line(env: Env) -> None:
+    env.sql("SELECT pg_create_logical_replication_slot(%s, 'test_decoding')", [env.slot])
+    done = _serve_until_exit(env, env.url)
+    assert done.returncode == 1
+    assert f"replication slot {env.slot} exists but uses the plugin test_decoding" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_user_without_the_replication_privilege_stops_serve_with_one_line(env: Env) -> None:
+    role = "norepl_" + env.slot[-8:]
+    env.sql(f"CREATE ROLE {role} LOGIN")
+    env.sql(f"GRANT USAGE ON SCHEMA electric TO {role}")
+    env.sql(f"GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA electric TO {role}")
+    url = env.url.replace("postgres@", f"{role}@")
+    try:
+        done = _serve_until_exit(env, url)
+    finally:
+        env.sql(f"DROP OWNED BY {role}")
+        env.sql(f"DROP ROLE {role}")
+    assert done.returncode == 1
+    assert "needs the REPLICATION privilege" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_missing_publication_stops_serve_with_one_line(env: Env) -> None:
+    import time
+
+    env.sql("DROP PUBLICATION electric_publication")
+    proc = subprocess.Popen(
+        [
+            sys.executable, "-m", "electricctl", "serve", "-f", str(env.config_path), "--slot", env.slot,
+            "--database-url", env.url, "--port", "0", "--data-dir", str(env.data_dir),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        i = 0
+        while proc.poll() is None and time.monotonic() < deadline:
+            i += 1
+            env.sql("INSERT INTO other VALUES (%s, 'x')", [i])  # pgoutput notices when it decodes a change
+            time.sleep(0.2)
+        assert proc.poll() == 1
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()
+    assert 'publication "electric_publication" does not exist: run `electricctl apply`' in err, err
+    assert "Traceback" not in err
