@@ -39,7 +39,7 @@ from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl.client import SyncClient
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 
 SCHEMA = """
 CREATE TABLE big (id int4 PRIMARY KEY, payload text);

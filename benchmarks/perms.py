@@ -31,7 +31,7 @@ from electricctl._auth.tokens import mint
 from electricctl._config.loader import load_text
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl.client import SyncClient
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 
 SCHEMA = """
 CREATE TABLE projects (id text PRIMARY KEY, name text);

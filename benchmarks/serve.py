@@ -53,7 +53,7 @@ from electricctl._replication.source import DISPLAY_OPTIONS
 from electricctl._replication.txbuilder import TxBuilder
 from electricctl._server.snapshot import parse_copy_lines
 from electricctl._sql import names
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 
 WIDE_COLUMNS = "id int8 PRIMARY KEY, name text NOT NULL, n int4, flag bool, at timestamptz, doc jsonb"
 WIDE_VALUES = (

@@ -57,7 +57,7 @@ from benchmarks.serve import (
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._replication.source import DISPLAY_OPTIONS
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 
 
 # -- helpers -----------------------------------------------------------------------------------

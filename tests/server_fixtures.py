@@ -29,7 +29,7 @@ from electricctl._config.model import ElectricConfig
 from electricctl._embedded.postgres import free_port
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 
 SCHEMA = """
 CREATE TABLE items (id text PRIMARY KEY, n int4, flag bool, data bytea, at timestamptz, doc jsonb, price float8);

@@ -1,7 +1,7 @@
 """electricctl's Python client: keep a local SQLite file in sync with an electricctl server.
 
-:class:`SyncClient` is the library (``electricctl sync`` runs it from the command line);
-:mod:`electricctl.client.satellite` is a bare protocol client that the tests use to poke the server.
+:class:`SyncClient` is the library (``electricctl sync`` runs it from the command line).
+(The bare protocol client the tests use to poke the server is ``tests/satellite_client.py``.)
 """
 
 from electricctl.client.sync import Status, Subscription, SyncClient

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 from tests.server_fixtures import Env, subs_req, ws_url
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.connection import NATIVE_HEADER
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 from tests.server.test_writes import ITEMS, Writer, insert
 from tests.server_fixtures import Env, ServeProcess
 

@@ -14,8 +14,8 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from electricctl._log.filelog import FileLog
-from electricctl.client.satellite import SatelliteClient
 from tests.faults import tmpfs
+from tests.satellite_client import SatelliteClient
 from tests.server_fixtures import Env, ServeProcess, get_health
 
 pytestmark = pytest.mark.asyncio

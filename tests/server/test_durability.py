@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 from tests.server_fixtures import Env, ServeProcess
 
 pytestmark = pytest.mark.asyncio

@@ -15,7 +15,7 @@ from websockets.sync.client import connect
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 from tests.server_fixtures import Env, get_health, running_server
 
 

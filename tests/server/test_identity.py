@@ -9,7 +9,7 @@ import pytest
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcError
 from electricctl._server.app import Server
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 from tests.server.test_writes import ITEMS, Writer, insert, items, until
 from tests.server_fixtures import Env, running_server, ws_url
 

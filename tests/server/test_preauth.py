@@ -11,7 +11,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from electricctl._server.app import Server
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 from tests.server.test_writes import ITEMS, Writer, insert, items, until
 from tests.server_fixtures import Env, ServeProcess, running_server, subs_req, ws_url
 

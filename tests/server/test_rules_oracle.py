@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from electricctl._merge.rules import ABSENT, RowState, Tag, Write, merge
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.connection import NATIVE_HEADER
-from electricctl.client.satellite import SatelliteClient
 from tests.conftest import Server as PgServer
 from tests.conftest import fresh_database
+from tests.satellite_client import SatelliteClient
 from tests.server.test_writes import ITEMS, Writer, delete, insert, row, update
 from tests.server_fixtures import Env, ServeProcess, build_env
 

@@ -15,7 +15,7 @@ from websockets.exceptions import InvalidStatus
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
-from electricctl.client.satellite import RpcError, SatelliteClient
+from tests.satellite_client import RpcError, SatelliteClient
 from tests.server_fixtures import Env, get_health, ws_url
 
 pytestmark = pytest.mark.asyncio

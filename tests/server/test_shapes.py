@@ -15,7 +15,7 @@ from electricctl._apply import applier
 from electricctl._config.loader import load_text
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
-from electricctl.client.satellite import RpcError, SatelliteClient
+from tests.satellite_client import RpcError, SatelliteClient
 from tests.server_fixtures import Env, running_server, subs_req, ws_url
 
 pytestmark = pytest.mark.asyncio

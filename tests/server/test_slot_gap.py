@@ -12,8 +12,8 @@ import pytest
 
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl.client import SyncClient
-from electricctl.client.satellite import SatelliteClient
 from tests.client.test_sync_client import local, until
+from tests.satellite_client import SatelliteClient
 from tests.server_fixtures import Env, ServeProcess, get_health
 
 pytestmark = pytest.mark.asyncio

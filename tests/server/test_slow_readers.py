@@ -18,7 +18,7 @@ from electricctl._config.model import TableRef
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.snapshot import SnapshotPool
-from electricctl.client.satellite import SatelliteClient
+from tests.satellite_client import SatelliteClient
 from tests.server_fixtures import Env, ServeProcess, subs_req
 
 pytestmark = pytest.mark.asyncio
