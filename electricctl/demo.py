@@ -29,6 +29,7 @@ from electricctl._config.model import ElectricConfig
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._resources import resource
 from electricctl._server.app import Server
+from electricctl._server.options import ServeOptions
 from electricctl.cli import render
 from electricctl.client import SyncClient
 
@@ -36,7 +37,7 @@ DEMO_DB = "electric_demo"
 
 
 async def _serve(con: Console, config: ElectricConfig, url: str, data_dir: Path, keep: bool, ada: uuid.UUID) -> None:
-    server = Server(config, url, port=0, data_dir=data_dir)
+    server = Server(config, url, ServeOptions(port=0, data_dir=data_dir))
     stop = asyncio.Event()
     started = asyncio.Event()
     task = asyncio.create_task(server.run(stop, started))

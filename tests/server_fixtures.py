@@ -29,6 +29,7 @@ from electricctl._config.model import ElectricConfig
 from electricctl._embedded.postgres import free_port
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
+from electricctl._server.options import ServeOptions
 from tests.satellite_client import SatelliteClient
 
 SCHEMA = """
@@ -112,8 +113,10 @@ def build_env(db_url: str, tmp_path: Path) -> Env:
 @contextlib.asynccontextmanager
 async def running_server(env: Env, **kwargs: object) -> AsyncIterator[Server]:
     """A Server on a free port, ready (replication running) when entered."""
-    options: dict[str, object] = {"send_timeout": 2.0, "fsync": False, **kwargs}
-    srv = Server(env.config, env.url, port=0, data_dir=env.data_dir, slot=env.slot, **options)  # type: ignore[arg-type]
+    options = ServeOptions(
+        **{"port": 0, "data_dir": env.data_dir, "slot": env.slot, "send_timeout": 2.0, "fsync": False, **kwargs}  # type: ignore[arg-type]
+    )
+    srv = Server(env.config, env.url, options)
     stop = asyncio.Event()
     started = asyncio.Event()
     task = asyncio.create_task(srv.run(stop, started))

@@ -22,10 +22,10 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import psycopg
 from websockets.asyncio.server import Server as WsServer
@@ -34,26 +34,23 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-from electricctl._auth.tokens import Identity
-from electricctl._config.model import ElectricConfig, TableRef
-from electricctl._expr import ast
-from electricctl._expr.parse import ExprError, parse
+from electricctl._config.model import ElectricConfig
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog, LogWriteError
-from electricctl._perms.policy import Policy, RoleState, path_tables, read_roles
+from electricctl._perms.policy import path_tables
 from electricctl._replication import lsn as lsnmod
-from electricctl._replication.model import RelationDef, Transaction
+from electricctl._replication.model import Transaction
 from electricctl._replication.source import (
-    DISPLAY_OPTIONS,
     MARKER_PREFIX,
     PermanentReplicationError,
     ReplicationSource,
 )
+from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
 from electricctl._server.connection import Connection
-from electricctl._server.pgretry import Backoff
+from electricctl._server.options import ServeOptions
 from electricctl._server.router import Router
-from electricctl._server.snapshot import SnapshotPool, describe
+from electricctl._server.snapshot import SnapshotPool
 from electricctl._server.writer import Writer
 from electricctl._sql import catalog as catalog_sql
 from electricctl.errors import ElectricError
@@ -61,11 +58,6 @@ from electricctl.errors import ElectricError
 log = logging.getLogger("electricctl.server")
 
 SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
-CONNECT_TIMEOUT = 10
-CATALOG_RECONNECT_FOR = 15.0
-"""Seconds a client's request waits for the catalog connection to come back."""
-"""Seconds to wait for a new Postgres connection (a black-holed database must not hang a client)."""
-_T = TypeVar("_T")
 
 
 CLOSE_SERVICE_RESTART = 1012
@@ -91,39 +83,6 @@ class ServeError(ElectricError):
     """The server cannot start; the message says what to do."""
 
 
-RULES_TTL = 2.0
-"""Seconds the catalog (declared shapes, adhoc_shapes, table columns) is cached: an apply shows within it."""
-
-
-class ShapeRules:
-    """Declared shapes and the adhoc_shapes setting; each declared clause is parsed once, here."""
-
-    def __init__(self, declared: dict[str, dict[str, Any]], adhoc: str) -> None:
-        self.declared = declared
-        self.adhoc = adhoc
-        self._normal: dict[str, tuple[str, object]] = {
-            name: (str(d.get("table")), _normal(d.get("where") or "", TableRef.parse(str(d.get("table")))))
-            for name, d in declared.items()
-        }
-
-    def find(self, table: TableRef, where: str) -> str | None:
-        """The name of the declared shape a request (table, where) is, if any."""
-        wanted = (str(table), _normal(where, table))
-        for name, declared in self._normal.items():
-            if declared == wanted:
-                return name
-        return None
-
-
-def _normal(where: str, table: TableRef) -> object:
-    if not where.strip():
-        return None
-    try:
-        return ast.normalize(parse(where).expr, frozenset({table.name, str(table)}))
-    except ExprError:
-        return ("unparsable", where)
-
-
 _SUBPROTOCOL = re.compile(r"^electric\.(\d+)\.(\d+)$")
 
 
@@ -138,75 +97,32 @@ def pick_subprotocol(offered: Sequence[str]) -> str | None:
 
 
 class Server:
-    def __init__(
-        self,
-        config: ElectricConfig,
-        url: str,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 5133,
-        data_dir: Path,
-        slot: str = "electricctl",
-        retention_seconds: float = 7 * 86400,
-        unacked_window: int = 30,
-        send_timeout: float = 30.0,
-        fsync: bool = True,
-        start_client_replication: bool = True,
-        snapshot_connections: int = 4,
-        replication_work_mem: str | None = None,
-        max_transaction_ops: int = 100_000,
-        max_frame_bytes: int = 64 << 20,
-        preauth_frame_bytes: int = 64 << 10,
-        auth_timeout: float = 10.0,
-        max_pending_per_peer: int = 64,
-        max_connections_per_peer: int = 4096,
-        max_inflight_transactions: int = 16,
-        max_inflight_bytes: int = 8 << 20,
-        log_cache_bytes: int = 64 << 20,
-        snapshots_per_user: int | None = None,
-        min_send_rate: int = 16 << 10,
-    ) -> None:
+    """The sync service: replication into the durable log, Satellite over WebSocket out of it."""
+
+    def __init__(self, config: ElectricConfig, url: str, options: ServeOptions | None = None) -> None:
         self.config = config
         self.url = url
-        self.host = host
-        self.port = port
-        self.data_dir = Path(data_dir)
-        self.slot = slot
-        self.unacked_window = unacked_window
-        self.send_timeout = send_timeout
-        self.start_client_replication = start_client_replication
-        """Call startReplication on clients so they stream their writes (off: a read-only server)."""
-        self.max_transaction_ops = max_transaction_ops
-        """Client transactions with more operations are refused (with a clear error)."""
-        self.max_frame_bytes = max_frame_bytes
-        """Largest WebSocket frame accepted; a larger one closes the connection (1009)."""
-        self.preauth_frame_bytes = preauth_frame_bytes
-        """Largest frame accepted before the client has authenticated (an auth request is tiny)."""
-        self.auth_timeout = auth_timeout
-        """A connection that has not authenticated within this many seconds is closed (1008)."""
-        self.max_pending_per_peer = max_pending_per_peer
-        """Connections from one address that have not authenticated yet; more are refused (429)."""
-        self.max_connections_per_peer = max_connections_per_peer
-        self.max_inflight_transactions = max_inflight_transactions
-        self.max_inflight_bytes = max_inflight_bytes
-        """Per connection: client transactions received and not yet applied, in count and in frame
-        bytes. At the bound the server stops reading that socket until the writer catches up."""
+        self.options = options = options or ServeOptions()
+        self.data_dir = Path(options.data_dir)
+        self.slot = options.slot
         self._peer_open: collections.Counter[str] = collections.Counter()
         self._peer_pending: collections.Counter[str] = collections.Counter()
         self.writer = Writer(url)
+        self.catalog = CatalogCache(url)
         self.server_id = ""
         """This server's id (kept in the data dir); read when :meth:`run` starts."""
         self._lock_fd: int | None = None
         self.log: TransactionLog = FileLog(
-            self.data_dir / "log", retention_seconds=retention_seconds, fsync=fsync, cache_bytes=log_cache_bytes
+            self.data_dir / "log",
+            retention_seconds=options.retention_seconds,
+            fsync=options.fsync,
+            cache_bytes=options.log_cache_bytes,
         )
         self.store = ClientStore(self.data_dir / "clients")
-        self.snapshots = SnapshotPool(url, snapshot_connections, snapshots_per_user)
-        self.min_send_rate = min_send_rate
-        """Bytes per second a client must at least read subscription data at (after --send-timeout)."""
+        self.snapshots = SnapshotPool(url, options.snapshot_connections, options.snapshots_per_user)
         self.spool_dir = self.data_dir / "spool"
         """Where subscription data waits, past a few MB, to be sent to a client."""
-        self.source = ReplicationSource(url, slot, work_mem=replication_work_mem)
+        self.source = ReplicationSource(url, options.slot, work_mem=options.replication_work_mem)
         self.clients: dict[str, Connection] = {}
         self.connections: set[Connection] = set()
         self.router = Router()
@@ -222,12 +138,7 @@ class Server:
         self._markers: dict[bytes, asyncio.Future[None]] = {}
         self.source.on_marker = self._on_marker
         self._ws: WsServer | None = None
-        self._catalog: psycopg.AsyncConnection[Any] | None = None
-        self._relations: dict[TableRef, tuple[RelationDef | None, float]] = {}
-        self._rules: tuple[ShapeRules, float] | None = None
-        self._policy: tuple[Policy, dict[TableRef, RelationDef], float] | None = None
-        self._electrified: tuple[set[TableRef], float] | None = None
-        self.bound_port = port
+        self.bound_port = options.port
         self.stats: dict[str, int] = {"subscription_deliveries": 0, "transactions_sent": 0, "replication_restarts": 0}
 
     def _prepare_data_dir(self) -> None:
@@ -308,8 +219,9 @@ class Server:
                 if conn.live:
                     conn.relevant.append(tx.lsn)
                     conn.wake.set()
-        if self._policy is not None and self._policy[0].enforced:
-            assigned = {str(a.table) for a in self._policy[0].assignments} | path_tables(self._policy[0])
+        policy = self.catalog.cached_policy
+        if policy is not None and policy.enforced:
+            assigned = {str(a.table) for a in policy.assignments} | path_tables(policy)
             if any(ch.relation.qualified in assigned for tx in written for ch in tx.changes):
                 for conn in self.connections:
                     conn.roles_may_have_changed()
@@ -331,7 +243,7 @@ class Server:
         try:
             # transactional: its commit flushes the WAL, so the walsender sends it at once (a
             # non-transactional message waits for the WAL writer, up to wal_writer_delay)
-            await self._catalog_rows("SELECT pg_logical_emit_message(true, %s, %s::bytea)", [MARKER_PREFIX, token])
+            await self.catalog.rows("SELECT pg_logical_emit_message(true, %s, %s::bytea)", [MARKER_PREFIX, token])
             await asyncio.wait_for(fut, timeout)
         finally:
             self._markers.pop(token, None)
@@ -403,7 +315,7 @@ class Server:
             len(self.connections),
         )
         try:
-            await self._catalog_rows(
+            await self.catalog.rows(
                 "INSERT INTO electric.stream_gaps (slot_name, log_last_lsn, resumed_at_lsn)"
                 " VALUES (%s, %s::pg_lsn, %s::pg_lsn)",
                 [self.slot, lsnmod.format(gap.log_last_lsn), lsnmod.format(gap.resumed_at)],
@@ -412,112 +324,6 @@ class Server:
             log.warning("could not record the gap in electric.stream_gaps: %s", exc)
         for conn in list(self.connections):
             conn.drop(CLOSE_SERVICE_RESTART, "the server's stream has a gap: reconnect to resync")
-
-    async def _catalog_conn(self) -> psycopg.AsyncConnection[Any]:
-        if self._catalog is None or self._catalog.closed:
-            self._catalog = await psycopg.AsyncConnection.connect(
-                self.url,
-                autocommit=True,
-                application_name="electricctl-catalog",
-                options=DISPLAY_OPTIONS,
-                connect_timeout=CONNECT_TIMEOUT,
-            )
-        return self._catalog
-
-    async def with_catalog(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
-        """Run ``work`` (read-only or idempotent) on the catalog connection; when the connection
-        turns out to be dead (Postgres restarted since it was last used), reconnect and run it
-        again, with backoff, for a few seconds, so no client's request fails for it."""
-        backoff = Backoff("the catalog connection", CATALOG_RECONNECT_FOR)
-        while True:
-            conn: psycopg.AsyncConnection[Any] | None = None
-            try:
-                conn = await self._catalog_conn()
-                return await work(conn)
-            except psycopg.OperationalError as exc:
-                self._catalog = None
-                await backoff.recover(exc, conn)
-
-    async def _catalog_rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
-            cur = await conn.execute(query, params)
-            return await cur.fetchall() if cur.description else []
-
-        return await self.with_catalog(run)
-
-    async def bind_client(self, client_id: str, user_id: str) -> str:
-        """Record ``user_id`` as the owner of ``client_id`` unless it has one; return the owner."""
-        for _ in range(2):
-            rows = await self._catalog_rows(
-                "WITH ins AS (INSERT INTO electric.client_owners (client_id, user_id) VALUES (%s, %s)"
-                " ON CONFLICT (client_id) DO NOTHING RETURNING user_id)"
-                " SELECT user_id FROM ins UNION ALL"
-                " SELECT user_id FROM electric.client_owners WHERE client_id = %s",
-                [client_id, user_id, client_id],
-            )
-            if rows:
-                return str(rows[0][0])
-            # another connection inserted it after this statement's snapshot: read it again
-        raise RuntimeError(f"the owner of client id {client_id!r} could not be read")  # pragma: no cover
-
-    async def electrified_tables(self) -> set[TableRef]:
-        """Electrified tables, as applied (cached for RULES_TTL seconds)."""
-        now = time.monotonic()
-        if self._electrified is not None and now - self._electrified[1] < RULES_TTL:
-            return self._electrified[0]
-        rows = await self._catalog_rows("SELECT schema_name, table_name FROM electric.electrified")
-        tables = {TableRef(r[0], r[1]) for r in rows}
-        self._electrified = (tables, now)
-        return tables
-
-    async def describe(self, table: TableRef) -> RelationDef | None:
-        """The table's columns as the stream sends them (cached for a few seconds)."""
-        now = time.monotonic()
-        hit = self._relations.get(table)
-        if hit is not None and now - hit[1] < RULES_TTL:
-            return hit[0]
-        rel = await self.with_catalog(lambda conn: describe(conn, table))
-        self._relations[table] = (rel, now)
-        return rel
-
-    async def policy(self) -> tuple[Policy, dict[TableRef, RelationDef]]:
-        """Grants and assignments as applied, with the tables they name (cached for RULES_TTL seconds)."""
-        now = time.monotonic()
-        if self._policy is not None and now - self._policy[2] < RULES_TTL:
-            return self._policy[0], self._policy[1]
-        grants = await self._catalog_rows("SELECT name, definition FROM electric.grants")
-        assignments = await self._catalog_rows("SELECT name, definition FROM electric.assignments")
-        policy = Policy.from_catalog({r[0]: r[1] for r in grants}, {r[0]: r[1] for r in assignments})
-        relations: dict[TableRef, RelationDef] = {}
-        named = {g.table for g in policy.grants} | {a.table for a in policy.assignments}
-        named |= {TableRef.parse(h["table"]) for g in policy.grants for h in g.scope_path}
-        named |= {g.scope_table for g in policy.grants if g.scope_table is not None}
-        for table in named:
-            rel = await self.describe(table)
-            if rel is not None:
-                relations[table] = rel
-        self._policy = (policy, relations, now)
-        return policy, relations
-
-    async def role_state(
-        self, policy: Policy, relations: dict[TableRef, RelationDef], identity: Identity | None
-    ) -> RoleState:
-        """The roles ``identity`` holds now, read from the assignment tables."""
-        if identity is None:
-            return RoleState(frozenset(), {})
-        return await self.with_catalog(lambda conn: read_roles(conn, policy, relations, identity))
-
-    async def shape_rules(self) -> ShapeRules:
-        """Declared shapes and the adhoc_shapes setting, as applied (read from the catalog)."""
-        now = time.monotonic()
-        if self._rules is not None and now - self._rules[1] < RULES_TTL:
-            return self._rules[0]
-        shapes = await self._catalog_rows("SELECT name, definition FROM electric.shapes")
-        settings = await self._catalog_rows("SELECT definition FROM electric.settings WHERE name = 'adhoc_shapes'")
-        setting = settings[0] if settings else None
-        rules = ShapeRules({r[0]: r[1] for r in shapes}, (setting[0] or {}).get("value", "deny") if setting else "deny")
-        self._rules = (rules, now)
-        return rules
 
     # -- http and websockets -----------------------------------------------------------------
     def health(self) -> tuple[int, dict[str, Any]]:
@@ -596,22 +402,23 @@ class Server:
         _decrement(self._peer_pending, conn.peer_host)
 
     def _peer_refusal(self, host: str) -> Response | None:
-        if self._peer_pending[host] >= self.max_pending_per_peer:
+        if self._peer_pending[host] >= self.options.max_pending_per_peer:
             return _response(
                 429,
-                f"too many connections from {host} waiting to authenticate (at most {self.max_pending_per_peer});"
+                f"too many connections from {host} waiting to authenticate (at most {self.options.max_pending_per_peer});"
                 " retry later\n",
             )
-        if self._peer_open[host] >= self.max_connections_per_peer:
+        if self._peer_open[host] >= self.options.max_connections_per_peer:
             return _response(
-                429, f"too many connections from {host} (at most {self.max_connections_per_peer}); retry later\n"
+                429,
+                f"too many connections from {host} (at most {self.options.max_connections_per_peer}); retry later\n",
             )
         return None
 
     async def check_catalog(self) -> None:
         """Refuse to start against a database whose electricctl catalog is missing or older than this version."""
         try:
-            conn = await self._catalog_conn()
+            conn = await self.catalog.connection()
             cur = await conn.execute("SELECT max(version) FROM electric.catalog_migrations")
             row = await cur.fetchone()
         except psycopg.OperationalError as exc:
@@ -638,7 +445,7 @@ class Server:
 
     async def _run(self, stop: asyncio.Event, started: asyncio.Event | None) -> None:
         await self.check_catalog()
-        policy, _ = await self.policy()
+        policy, _ = await self.catalog.policy()
         if not policy.enforced:
             log.warning(
                 "electric.yaml declares no grants: every authenticated client may read and write every"
@@ -655,14 +462,14 @@ class Server:
         try:
             ws_server = await serve(
                 self._handle,
-                self.host,
-                self.port,
+                self.options.host,
+                self.options.port,
                 process_request=self._process_request,
                 select_subprotocol=self._select_subprotocol,
                 compression=None,
                 ping_interval=20,
                 ping_timeout=20,
-                max_size=self.preauth_frame_bytes,  # raised per connection once it has authenticated
+                max_size=self.options.preauth_frame_bytes,  # raised per connection once it has authenticated
                 max_queue=4,  # frames websockets buffers per connection before it stops reading
             )
         except OSError as exc:
@@ -670,7 +477,7 @@ class Server:
             replication.cancel()
             await asyncio.gather(replication, return_exceptions=True)
             raise ServeError(
-                f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+                f"cannot listen on {self.options.host}:{self.options.port}: {exc.strerror or exc}"
                 + (" (another process uses that port; pick another --port)" if exc.errno == errno.EADDRINUSE else "")
             ) from None
         async with ws_server:
@@ -678,7 +485,7 @@ class Server:
             self.bound_port = next(iter(ws_server.sockets)).getsockname()[1]
             if started is not None:
                 started.set()
-            log.info("serving Satellite on ws://%s:%d/ws", self.host, self.bound_port)
+            log.info("serving Satellite on ws://%s:%d/ws", self.options.host, self.bound_port)
             pruner = asyncio.create_task(self._maintain(), name="maintenance")
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait({replication, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -692,8 +499,7 @@ class Server:
                 raise replication.exception()  # type: ignore[misc]
             await replication
         await self.store.drain()  # client state saved by connections that just closed
-        if self._catalog is not None:
-            await self._catalog.close()
+        await self.catalog.close()
         await self.writer.close()
         await self.snapshots.close()
         self.log.close()

@@ -201,7 +201,7 @@ class Connection:
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self._auth_deadline = loop.call_later(self.server.auth_timeout, self._on_auth_timeout)
+        self._auth_deadline = loop.call_later(self.server.options.auth_timeout, self._on_auth_timeout)
         try:
             async for frame in self.ws:
                 if isinstance(frame, str):
@@ -217,9 +217,9 @@ class Connection:
 
     def _on_auth_timeout(self) -> None:
         if self.identity is None:
-            log.info("closing %s: it did not authenticate within %.0fs", self.peer, self.server.auth_timeout)
+            log.info("closing %s: it did not authenticate within %.0fs", self.peer, self.server.options.auth_timeout)
             self._closing = asyncio.ensure_future(
-                self.close(CLOSE_POLICY, f"authenticate within {self.server.auth_timeout:.0f}s of connecting")
+                self.close(CLOSE_POLICY, f"authenticate within {self.server.options.auth_timeout:.0f}s of connecting")
             )
 
     def drop(self, code: int, reason: str) -> None:
@@ -242,7 +242,7 @@ class Connection:
             self._auth_deadline.cancel()
             self._auth_deadline = None
         # frames up to the full limit from now on (websockets reads this before each frame)
-        self.ws.protocol.max_message_size = self.server.max_frame_bytes
+        self.ws.protocol.max_message_size = self.server.options.max_frame_bytes
         self.server.peer_authenticated(self)
 
     async def _fail(self, code: int, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
@@ -322,12 +322,15 @@ class Connection:
         started = time.monotonic()
         try:
             async for frame in spool.frames():
-                if time.monotonic() > started + server.send_timeout + spool.bytes / server.min_send_rate:
+                if (
+                    time.monotonic()
+                    > started + server.options.send_timeout + spool.bytes / server.options.min_send_rate
+                ):
                     log.warning(
                         "dropping client %s: it read %d bytes of subscription data slower than %d bytes/s",
                         self.client_id or self.peer,
                         spool.bytes,
-                        server.min_send_rate,
+                        server.options.min_send_rate,
                     )
                     self.ws.transport.abort()
                     raise ConnectionClosed(None, None)
@@ -341,7 +344,7 @@ class Connection:
 
     async def send_frame(self, frame: bytes) -> None:
         try:
-            await asyncio.wait_for(self.ws.send(frame), timeout=self.server.send_timeout)
+            await asyncio.wait_for(self.ws.send(frame), timeout=self.server.options.send_timeout)
         except TimeoutError:
             log.warning("dropping client %s: it stopped reading", self.client_id or self.peer)
             self.ws.transport.abort()
@@ -435,11 +438,15 @@ class Connection:
         relations: dict[ClientRelation, RelationDef | None] = {}
         for rel in self.client_relations.values():
             table = TableRef(rel.schema, rel.table)
-            if table in await self.server.electrified_tables():
-                relations[rel] = await self.server.describe(table)
+            if table in await self.server.catalog.electrified_tables():
+                relations[rel] = await self.server.catalog.describe(table)
         try:
             tx: ClientTransaction | InvalidTransaction = decode_transaction(
-                self.client_id, msg, self.client_relations, relations.get, max_ops=self.server.max_transaction_ops
+                self.client_id,
+                msg,
+                self.client_relations,
+                relations.get,
+                max_ops=self.server.options.max_transaction_ops,
             )
         except MalformedTransaction as exc:
             raise ProtocolViolation(ERR.INVALID_REQUEST, str(exc)) from exc
@@ -458,8 +465,8 @@ class Connection:
         transaction larger than the byte bound is let in when nothing else is in flight."""
         server = self.server
         while self._inflight_count and (
-            self._inflight_count >= server.max_inflight_transactions
-            or self._inflight_bytes + size > server.max_inflight_bytes
+            self._inflight_count >= server.options.max_inflight_transactions
+            or self._inflight_bytes + size > server.options.max_inflight_bytes
         ):
             self._room.clear()
             await self._room.wait()
@@ -492,7 +499,7 @@ class Connection:
                 tx, problem = item, None
                 if self.identity is not None:
                     tx.user_id, tx.claims = self.identity.user_id, self.identity.claims
-                policy, relations = await self.server.policy()
+                policy, relations = await self.server.catalog.policy()
                 try:
                     await writer.apply(tx, policy, relations.get)
                 except InvalidTransaction as exc:
@@ -558,7 +565,7 @@ class Connection:
             log.info("refused authentication from %s: %s", self.peer, exc)
             return ERR(error_type=ERR.AUTH_REQUIRED, message=str(exc))
         if self.identity is None:
-            owner = await self.server.bind_client(req.id, identity.user_id)
+            owner = await self.server.catalog.bind_client(req.id, identity.user_id)
             if owner != identity.user_id:
                 log.warning(
                     "refused client id %s to user %r from %s: it belongs to another user",
@@ -605,7 +612,7 @@ class Connection:
             return ERR(error_type=ERR.INVALID_REQUEST, message="replication is already started")
         state = self.state
         assert state is not None
-        window = self.server.unacked_window
+        window = self.server.options.unacked_window
         if not req.lsn:
             if req.subscription_ids:
                 return _start_error(START_ERR.INVALID_POSITION, "subscriptions can only resume from an LSN")
@@ -640,7 +647,7 @@ class Connection:
         self.replicating = True
         self.server.scanning.add(self)
         self._streamer = asyncio.create_task(self.stream(), name=f"stream {self.client_id}")
-        if self.server.start_client_replication and not self.client_stream_started:
+        if self.server.options.start_client_replication and not self.client_stream_started:
             self._client_stream = asyncio.create_task(self._start_client_stream())
         return pb.SatInStartReplicationResp(unacked_window_size=window)
 
@@ -731,9 +738,9 @@ class Connection:
     async def _resolve(self, tablename: str, where: str) -> tuple[TableRef | _Refused | None, str]:
         """A request names a table (with an optional where), or a shape declared in electric.yaml."""
         table = TableRef.parse(tablename)
-        if table in await self.server.electrified_tables():
+        if table in await self.server.catalog.electrified_tables():
             return table, where
-        rules = await self.server.shape_rules()
+        rules = await self.server.catalog.shape_rules()
         declared = rules.declared.get(tablename)
         if declared is not None and not where.strip():
             if declared.get("include"):
@@ -748,15 +755,15 @@ class Connection:
 
     async def _shape(self, sub_id: str, request_id: str, table: TableRef, where: str) -> Shape | str:
         """Compile one shape request, or say why it is refused."""
-        if table not in await self.server.electrified_tables():
+        if table not in await self.server.catalog.electrified_tables():
             return f"table {table} is not electrified"
-        rules = await self.server.shape_rules()
+        rules = await self.server.catalog.shape_rules()
         if rules.adhoc != "allow" and rules.find(table, where) is None:
             return (
                 f"shape ({table}{' where ' + where if where.strip() else ''}) is not declared in electric.yaml, "
                 "and adhoc_shapes is deny"
             )
-        rel = await self.server.describe(table)
+        rel = await self.server.catalog.describe(table)
         if rel is None:
             return f"table {table} does not exist"
         compiled = None
@@ -846,11 +853,11 @@ class Connection:
 
     async def _access(self, rel: RelationDef) -> ReadAccess:
         """What this client may read of ``rel`` (its grants and roles as they are now)."""
-        policy, relations = await self.server.policy()
+        policy, relations = await self.server.catalog.policy()
         if not policy.enforced:
             return ReadAccess(None, None)
         if self.roles is None:
-            self.roles = await self.server.role_state(policy, relations, self.identity)
+            self.roles = await self.server.catalog.role_state(policy, relations, self.identity)
         assert self.identity is not None
         access = read_access(policy, rel, self.identity.user_id, self.identity.claims, self.roles)
         known = self.read_access.get(rel.qualified)
@@ -896,7 +903,7 @@ class Connection:
                     await self._reassess()
                 else:
                     await self._unsubscribe(item)
-            if len(self.unacked) >= self.server.unacked_window:
+            if len(self.unacked) >= self.server.options.unacked_window:
                 self.acked.clear()
                 await self.acked.wait()
                 continue
@@ -906,7 +913,7 @@ class Connection:
                 await self.wake.wait()
                 continue
             for tx in txns:
-                if self.control or len(self.unacked) >= self.server.unacked_window:
+                if self.control or len(self.unacked) >= self.server.options.unacked_window:
                     break
                 if self.live:
                     self.relevant.popleft()
@@ -946,7 +953,7 @@ class Connection:
                 if name in held:
                     continue
                 qualified, *pk_values = name.split("\0")
-                rel = await self.server.describe(TableRef.parse(qualified))
+                rel = await self.server.catalog.describe(TableRef.parse(qualified))
                 if rel is None or len(pk_values) != len(rel.pk_indexes):
                     continue
                 row: list[bytes | None] = [None] * len(rel.columns)
@@ -1056,7 +1063,7 @@ class Connection:
     async def _reassess(self) -> None:
         """Apply a change of the client's roles at a consistent point: rows it may no longer read
         leave as GONE, rows it now may read arrive as inserts, in one transaction."""
-        policy, relations = await self.server.policy()
+        policy, relations = await self.server.catalog.policy()
         async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap)
             roles = await read_roles(snap.conn, policy, relations, self.identity)

@@ -328,6 +328,7 @@ def serve(
     import signal
 
     from electricctl._server.app import Server, tune_malloc
+    from electricctl._server.options import ServeOptions
 
     config = _load(file, database_url)
     url = _url(config, database_url)
@@ -336,22 +337,24 @@ def serve(
     server = Server(
         config,
         url,
-        host=host,
-        port=port,
-        data_dir=Path(data_dir),
-        slot=slot,
-        retention_seconds=_seconds(log_retention),
-        send_timeout=_seconds(send_timeout),
-        unacked_window=unacked_window,
-        fsync=not no_fsync,
-        max_transaction_ops=max_transaction_ops,
-        start_client_replication=not read_only,
-        auth_timeout=_seconds(auth_timeout),
-        max_pending_per_peer=max_pending_per_peer,
-        max_connections_per_peer=max_connections_per_peer,
-        log_cache_bytes=log_cache_mb << 20,
-        snapshots_per_user=snapshots_per_user,
-        min_send_rate=_bytes(min_send_rate, "--min-send-rate"),
+        ServeOptions(
+            host=host,
+            port=port,
+            data_dir=Path(data_dir),
+            slot=slot,
+            retention_seconds=_seconds(log_retention),
+            send_timeout=_seconds(send_timeout),
+            unacked_window=unacked_window,
+            fsync=not no_fsync,
+            max_transaction_ops=max_transaction_ops,
+            start_client_replication=not read_only,
+            auth_timeout=_seconds(auth_timeout),
+            max_pending_per_peer=max_pending_per_peer,
+            max_connections_per_peer=max_connections_per_peer,
+            log_cache_bytes=log_cache_mb << 20,
+            snapshots_per_user=snapshots_per_user,
+            min_send_rate=_bytes(min_send_rate, "--min-send-rate"),
+        ),
     )
 
     async def main() -> None:

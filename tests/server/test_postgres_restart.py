@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from electricctl._embedded.postgres import EmbeddedPostgres
-from electricctl._server.app import RULES_TTL
+from electricctl._server.catalog_cache import RULES_TTL
 from tests.satellite_client import SatelliteClient
 from tests.server.test_writes import ITEMS, Writer, insert, items, until
 from tests.server_fixtures import build_env, running_server, ws_url

@@ -1,0 +1,161 @@
+"""The server's one catalog connection and what it reads through it: electrified tables, table
+columns, grants and assignments, declared shapes (each cached for :data:`RULES_TTL` seconds, so
+an ``apply`` shows within it), client ownership and the user's roles.
+
+A lost connection (Postgres restarted) is reconnected with backoff and the work run again; only
+read-only or idempotent work goes through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+
+from electricctl._auth.tokens import Identity
+from electricctl._config.model import TableRef
+from electricctl._perms.policy import Policy, RoleState, read_roles
+from electricctl._replication.model import RelationDef
+from electricctl._replication.source import DISPLAY_OPTIONS
+from electricctl._server.pgretry import Backoff
+from electricctl._server.snapshot import describe
+from electricctl._shapes.declared import ShapeRules
+
+_T = TypeVar("_T")
+
+RULES_TTL = 2.0
+"""Seconds the catalog (declared shapes, adhoc_shapes, table columns) is cached: an apply shows within it."""
+CONNECT_TIMEOUT = 10
+"""Seconds to wait for a new Postgres connection (a black-holed database must not hang a client)."""
+CATALOG_RECONNECT_FOR = 15.0
+"""Seconds a client's request waits for the catalog connection to come back."""
+
+
+class CatalogCache:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._relations: dict[TableRef, tuple[RelationDef | None, float]] = {}
+        self._rules: tuple[ShapeRules, float] | None = None
+        self._policy: tuple[Policy, dict[TableRef, RelationDef], float] | None = None
+        self._electrified: tuple[set[TableRef], float] | None = None
+
+    @property
+    def cached_policy(self) -> Policy | None:
+        """The policy last read, without reading it (None before the first read)."""
+        return None if self._policy is None else self._policy[0]
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                await self._conn.close()
+            self._conn = None
+
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.url,
+                autocommit=True,
+                application_name="electricctl-catalog",
+                options=DISPLAY_OPTIONS,
+                connect_timeout=CONNECT_TIMEOUT,
+            )
+        return self._conn
+
+    async def run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[_T]]) -> _T:
+        """Run ``work`` (read-only or idempotent) on the catalog connection; when the connection
+        turns out to be dead (Postgres restarted since it was last used), reconnect and run it
+        again, with backoff, for a few seconds, so no client's request fails for it."""
+        backoff = Backoff("the catalog connection", CATALOG_RECONNECT_FOR)
+        while True:
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                conn = await self.connection()
+                return await work(conn)
+            except psycopg.OperationalError as exc:
+                self._conn = None
+                await backoff.recover(exc, conn)
+
+    async def rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.execute(query, params)
+            return await cur.fetchall() if cur.description else []
+
+        return await self.run(run)
+
+    async def bind_client(self, client_id: str, user_id: str) -> str:
+        """Record ``user_id`` as the owner of ``client_id`` unless it has one; return the owner."""
+        for _ in range(2):
+            rows = await self.rows(
+                "WITH ins AS (INSERT INTO electric.client_owners (client_id, user_id) VALUES (%s, %s)"
+                " ON CONFLICT (client_id) DO NOTHING RETURNING user_id)"
+                " SELECT user_id FROM ins UNION ALL"
+                " SELECT user_id FROM electric.client_owners WHERE client_id = %s",
+                [client_id, user_id, client_id],
+            )
+            if rows:
+                return str(rows[0][0])
+            # another connection inserted it after this statement's snapshot: read it again
+        raise RuntimeError(f"the owner of client id {client_id!r} could not be read")  # pragma: no cover
+
+    async def electrified_tables(self) -> set[TableRef]:
+        """Electrified tables, as applied (cached for RULES_TTL seconds)."""
+        now = time.monotonic()
+        if self._electrified is not None and now - self._electrified[1] < RULES_TTL:
+            return self._electrified[0]
+        rows = await self.rows("SELECT schema_name, table_name FROM electric.electrified")
+        tables = {TableRef(r[0], r[1]) for r in rows}
+        self._electrified = (tables, now)
+        return tables
+
+    async def describe(self, table: TableRef) -> RelationDef | None:
+        """The table's columns as the stream sends them (cached for a few seconds)."""
+        now = time.monotonic()
+        hit = self._relations.get(table)
+        if hit is not None and now - hit[1] < RULES_TTL:
+            return hit[0]
+        rel = await self.run(lambda conn: describe(conn, table))
+        self._relations[table] = (rel, now)
+        return rel
+
+    async def policy(self) -> tuple[Policy, dict[TableRef, RelationDef]]:
+        """Grants and assignments as applied, with the tables they name (cached for RULES_TTL seconds)."""
+        now = time.monotonic()
+        if self._policy is not None and now - self._policy[2] < RULES_TTL:
+            return self._policy[0], self._policy[1]
+        grants = await self.rows("SELECT name, definition FROM electric.grants")
+        assignments = await self.rows("SELECT name, definition FROM electric.assignments")
+        policy = Policy.from_catalog({r[0]: r[1] for r in grants}, {r[0]: r[1] for r in assignments})
+        relations: dict[TableRef, RelationDef] = {}
+        named = {g.table for g in policy.grants} | {a.table for a in policy.assignments}
+        named |= {TableRef.parse(h["table"]) for g in policy.grants for h in g.scope_path}
+        named |= {g.scope_table for g in policy.grants if g.scope_table is not None}
+        for table in named:
+            rel = await self.describe(table)
+            if rel is not None:
+                relations[table] = rel
+        self._policy = (policy, relations, now)
+        return policy, relations
+
+    async def role_state(
+        self, policy: Policy, relations: dict[TableRef, RelationDef], identity: Identity | None
+    ) -> RoleState:
+        """The roles ``identity`` holds now, read from the assignment tables."""
+        if identity is None:
+            return RoleState(frozenset(), {})
+        return await self.run(lambda conn: read_roles(conn, policy, relations, identity))
+
+    async def shape_rules(self) -> ShapeRules:
+        """Declared shapes and the adhoc_shapes setting, as applied (read from the catalog)."""
+        now = time.monotonic()
+        if self._rules is not None and now - self._rules[1] < RULES_TTL:
+            return self._rules[0]
+        shapes = await self.rows("SELECT name, definition FROM electric.shapes")
+        settings = await self.rows("SELECT definition FROM electric.settings WHERE name = 'adhoc_shapes'")
+        setting = settings[0] if settings else None
+        rules = ShapeRules({r[0]: r[1] for r in shapes}, (setting[0] or {}).get("value", "deny") if setting else "deny")
+        self._rules = (rules, now)
+        return rules

@@ -1,0 +1,57 @@
+"""Everything ``electricctl serve`` can be told, in one immutable value (the CLI's flags map onto it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    host: str = "127.0.0.1"
+    """Address to listen on: loopback unless told otherwise."""
+    port: int = 5133
+    """0: any free port (the bound one is ``Server.bound_port``)."""
+    data_dir: Path = Path(".electricctl")
+    """The durable log, client state, the spool and the lock; one serve per data dir."""
+    slot: str = "electricctl"
+    retention_seconds: float = 7 * 86400
+    """How long a client can stay away and still resume from the log."""
+    fsync: bool = True
+    """Testing only: off skips the log's fsyncs."""
+    log_cache_bytes: int = 64 << 20
+    """Memory for the newest log transactions (clients that keep up are served from it)."""
+    replication_work_mem: str | None = None
+    """logical_decoding_work_mem for the walsender."""
+
+    # -- clients ------------------------------------------------------------------------------
+    unacked_window: int = 30
+    """Transactions a client may leave unacknowledged before the server waits for it."""
+    send_timeout: float = 30.0
+    """A client that has not read a frame for this long is dropped."""
+    min_send_rate: int = 16 << 10
+    """Bytes per second a client must at least read subscription data at (after send_timeout)."""
+    start_client_replication: bool = True
+    """Ask clients for their writes (off: a read-only server)."""
+    max_transaction_ops: int = 100_000
+    """Client transactions with more operations are refused (with a clear error)."""
+    max_frame_bytes: int = 64 << 20
+    """Largest WebSocket frame accepted from an authenticated client; a larger one closes it (1009)."""
+    preauth_frame_bytes: int = 64 << 10
+    """Largest frame accepted before the client has authenticated (an auth request is tiny)."""
+    auth_timeout: float = 10.0
+    """A connection that has not authenticated within this many seconds is closed (1008)."""
+    max_pending_per_peer: int = 64
+    """Connections from one address that have not authenticated yet; more are refused (429)."""
+    max_connections_per_peer: int = 4096
+    """Open connections from one address (a proxy counts as one); more are refused (429)."""
+    max_inflight_transactions: int = 16
+    max_inflight_bytes: int = 8 << 20
+    """Per connection: client transactions received and not yet applied, in count and in frame
+    bytes. At the bound the server stops reading that socket until the writer catches up."""
+
+    # -- snapshots ----------------------------------------------------------------------------
+    snapshot_connections: int = 4
+    """Pooled Postgres connections for subscription snapshots."""
+    snapshots_per_user: int | None = None
+    """Snapshots one user may hold at once (None: half the pool)."""
