@@ -47,6 +47,7 @@ from electricctl._replication.source import (
 )
 from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
+from electricctl._server.common import CLOSE_SERVICE_RESTART
 from electricctl._server.connection import Connection
 from electricctl._server.options import ServeOptions
 from electricctl._server.router import Router
@@ -58,9 +59,6 @@ from electricctl.errors import ElectricError
 log = logging.getLogger("electricctl.server")
 
 SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
-
-
-CLOSE_SERVICE_RESTART = 1012
 
 
 @dataclass(frozen=True, slots=True)

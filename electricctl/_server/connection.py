@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import psycopg
 from google.protobuf.message import DecodeError, Message
@@ -37,50 +36,34 @@ from electricctl._protocol.rpc import RpcCalls, RpcError
 from electricctl._replication.model import Change, RelationDef, Transaction
 from electricctl._server import outbound
 from electricctl._server.clients import ClientState, SubscriptionRecord
-from electricctl._server.inbound import (
-    ClientRelation,
-    ClientTransaction,
-    InvalidTransaction,
-    MalformedTransaction,
-    PermissionDenied,
-    decode_transaction,
-    encode_client_lsn,
-    relation_from,
+from electricctl._server.common import (
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_JWT_EXPIRED,
+    CLOSE_POLICY,
+    CLOSE_PROTOCOL_ERROR,
+    ERR,
+    NATIVE_HEADER,
+    ProtocolViolation,
+    first_line,
+    log_once,
 )
+from electricctl._server.inbound import encode_client_lsn
+from electricctl._server.services import Services
 from electricctl._server.shapes import Shape, TableShapes, any_of, route_transaction, snapshot_filter
 from electricctl._server.snapshot import Snapshot
 from electricctl._server.spool import Spool
+from electricctl._server.writes import ClientWrites
 from electricctl._shapes.compile import CompiledWhere, ShapeError, all_true, compile_where
-
-if TYPE_CHECKING:
-    from electricctl._server.app import Server
 
 log = logging.getLogger("electricctl.server")
 audit = logging.getLogger("electricctl.audit")
 """One JSON line per denied client transaction."""
 
-ERR = pb.SatErrorResp
 START_ERR = pb.SatInStartReplicationResp.ReplicationError
 SUBS_ERR = pb.SatSubsResp.SatSubsError
 SHAPE_ERR = pb.SatSubsResp.SatSubsError.ShapeReqError
 
 LIVE_QUEUE_LIMIT = 10_000
-NATIVE_HEADER = "X-Electricctl-Client"
-CLOSE_PROTOCOL_ERROR = 1007
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL_ERROR = 1011
-CLOSE_JWT_EXPIRED = 4000
-
-
-class ProtocolViolation(Exception):
-    """The client broke the protocol: it gets an error frame and the connection is closed (1007)."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-_STOP: Any = object()
 
 
 @dataclass(slots=True)
@@ -114,29 +97,6 @@ def _valid_client_id(value: str) -> bool:
     return 0 < len(value) <= MAX_CLIENT_ID and value.isprintable()
 
 
-_LOGGED: set[tuple[str, str, int]] = set()
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _log_once(exc: BaseException, what: str) -> None:
-    """An unexpected error: its traceback the first time it happens at that place, one line after
-    that (a client that can trigger it must not be able to flood the log)."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    where = (type(exc).__name__, tb.tb_frame.f_code.co_filename if tb else "", tb.tb_lineno if tb else 0)
-    if where in _LOGGED:
-        log.error("%s: %s: %s", what, type(exc).__name__, _first_line(exc))
-        return
-    if len(_LOGGED) < 1000:
-        _LOGGED.add(where)
-    log.error("%s", what, exc_info=exc)
-
-
 def _is_uuid(value: str) -> bool:
     try:
         uuid.UUID(value)
@@ -146,7 +106,7 @@ def _is_uuid(value: str) -> bool:
 
 
 class Connection:
-    def __init__(self, server: Server, ws: ServerConnection) -> None:
+    def __init__(self, server: Services, ws: ServerConnection) -> None:
         self.server = server
         self.ws = ws
         self.client_id: str | None = None
@@ -184,19 +144,12 @@ class Connection:
         """The user's roles (from the assignment tables), when grants are enforced."""
         self.read_access: dict[str, ReadAccess] = {}
         """By table: the rows and columns this client may read."""
-        self.client_relations: dict[int, ClientRelation] = {}
-        """Relations the client announced for its writes, by the client's relation id."""
-        self._writes: asyncio.Queue[tuple[ClientTransaction | InvalidTransaction, int]] = asyncio.Queue()
-        """The client's transactions (with their frame sizes) waiting for the writer."""
-        self._inflight_count = 0
-        self._inflight_bytes = 0
-        """Transactions queued or being applied, and their frames' bytes (bounded: see _wait_for_room)."""
-        self._room = asyncio.Event()
-        self._write_task: asyncio.Task[None] | None = None
         headers = ws.request.headers if ws.request is not None else None
         self.native = headers is not None and NATIVE_HEADER in headers
         """Our own client: it understands a refusal sent as a top-level error that keeps the
         connection open. The npm client treats any top-level error as fatal, so it gets none."""
+        self.writes = ClientWrites(server, peer=self.peer, native=self.native, send=self.send, fail=self._fail)
+        """The client -> server direction: its transactions, queued for the server's writer."""
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -261,13 +214,7 @@ class Connection:
             self._auth_deadline.cancel()
         if self._expiry is not None:
             self._expiry.cancel()
-        if self._write_task is not None:
-            # transactions already received are applied: the client was told nothing yet, and
-            # applying them now saves it a resend (they are idempotent either way)
-            self._writes.put_nowait((_STOP, 0))
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(asyncio.shield(self._write_task), 10)
-            self._write_task.cancel()
+        await self.writes.stop()
         if self._streamer is not None:
             self._streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -371,10 +318,9 @@ class Connection:
                     ERR.INVALID_REQUEST, "client writes are refused: the server has not started the client's stream"
                 )
             if isinstance(msg, pb.SatRelation):
-                self.client_relations[msg.relation_id] = relation_from(msg)
+                self.writes.announce(msg)
             else:
-                await self._wait_for_room(len(frame))
-                await self.on_client_transaction(msg, len(frame))
+                await self.writes.receive(msg, len(frame))
         else:
             raise ProtocolViolation(ERR.INVALID_REQUEST, f"unexpected {type(msg).__name__} from a client")
 
@@ -399,13 +345,13 @@ class Connection:
         except (ConnectionClosed, ProtocolViolation):
             raise
         except psycopg.Error as exc:
-            log.warning("%s from client %s failed: Postgres: %s", method, self.client_id or self.peer, _first_line(exc))
+            log.warning("%s from client %s failed: Postgres: %s", method, self.client_id or self.peer, first_line(exc))
             response = ERR(error_type=ERR.INTERNAL, message="the server could not reach its database; retry")
         except RecursionError:
             log.info("refused %s from %s: nested too deeply", method, self.client_id or self.peer)
             response = ERR(error_type=ERR.INVALID_REQUEST, message="the request is nested too deeply")
         except Exception as exc:
-            _log_once(exc, f"{method} from client {self.client_id or self.peer} failed")
+            log_once(exc, f"{method} from client {self.client_id or self.peer} failed")
             response = ERR(error_type=ERR.INTERNAL, message=f"internal error in {method}")
         if isinstance(response, ERR):
             await self.send(pb.SatRpcResponse(method=method, request_id=req.request_id, error=response))
@@ -431,113 +377,6 @@ class Connection:
         except (RpcError, TimeoutError, ConnectionClosed, psycopg.Error) as exc:
             self.client_stream_started = False
             log.info("client %s did not start its stream: %s", self.client_id, exc)
-
-    # -- client writes -----------------------------------------------------------------------
-    async def on_client_transaction(self, msg: pb.SatOpLog, size: int) -> None:
-        assert self.client_id is not None
-        relations: dict[ClientRelation, RelationDef | None] = {}
-        for rel in self.client_relations.values():
-            table = TableRef(rel.schema, rel.table)
-            if table in await self.server.catalog.electrified_tables():
-                relations[rel] = await self.server.catalog.describe(table)
-        try:
-            tx: ClientTransaction | InvalidTransaction = decode_transaction(
-                self.client_id,
-                msg,
-                self.client_relations,
-                relations.get,
-                max_ops=self.server.options.max_transaction_ops,
-            )
-        except MalformedTransaction as exc:
-            raise ProtocolViolation(ERR.INVALID_REQUEST, str(exc)) from exc
-        except InvalidTransaction as exc:
-            tx = exc
-        if self._write_task is None:
-            self._write_task = asyncio.create_task(self._apply_writes(), name=f"writes {self.client_id}")
-        self._inflight_count += 1
-        self._inflight_bytes += size
-        self._writes.put_nowait((tx, size))
-
-    async def _wait_for_room(self, size: int) -> None:
-        """Backpressure: while this connection's transactions in flight (queued or being applied)
-        are at the bound, in count or in bytes, stop reading its socket. The client's own TCP
-        window then fills and its sends block; other connections are not affected. A single
-        transaction larger than the byte bound is let in when nothing else is in flight."""
-        server = self.server
-        while self._inflight_count and (
-            self._inflight_count >= server.options.max_inflight_transactions
-            or self._inflight_bytes + size > server.options.max_inflight_bytes
-        ):
-            self._room.clear()
-            await self._room.wait()
-
-    async def _apply_writes(self) -> None:
-        """Apply the client's transactions in order; refusals are per transaction."""
-        while True:
-            item, size = await self._writes.get()
-            if item is _STOP:
-                return
-            try:
-                failed = await self._apply_one(item)
-            finally:
-                self._inflight_count -= 1
-                self._inflight_bytes -= size
-                self._room.set()
-            if failed:
-                return
-
-    async def _apply_one(self, item: ClientTransaction | InvalidTransaction) -> bool:
-        """Apply or refuse one transaction; True if the connection failed because of it."""
-        writer = self.server.writer
-        denied: PermissionDenied | None = None
-        try:
-            if isinstance(item, InvalidTransaction):
-                if item.transaction is None:
-                    return False
-                tx, problem = item.transaction, str(item)
-            else:
-                tx, problem = item, None
-                if self.identity is not None:
-                    tx.user_id, tx.claims = self.identity.user_id, self.identity.claims
-                policy, relations = await self.server.catalog.policy()
-                try:
-                    await writer.apply(tx, policy, relations.get)
-                except InvalidTransaction as exc:
-                    problem = str(exc)
-                    denied = exc if isinstance(exc, PermissionDenied) else None
-            if problem is not None:
-                if denied is not None:
-                    audit.warning(
-                        "%s",
-                        json.dumps(
-                            {
-                                "event": "permission_denied",
-                                "client_id": tx.client_id,
-                                "user_id": tx.user_id,
-                                "peer": self.peer,
-                                "client_lsn": tx.lsn,
-                                "table": denied.table,
-                                "operation": denied.operation,
-                                "message": problem,
-                            }
-                        ),
-                    )
-                await writer.refuse(tx, problem)
-                if self.native:
-                    code = ERR.PERMISSION_DENIED if denied is not None else ERR.INVALID_REQUEST
-                    await self.send(ERR(error_type=code, lsn=encode_client_lsn(tx.lsn), message=problem))
-            else:
-                await self.send(pb.SatOpLogAck(ack_timestamp=tx.commit_ts_ms, lsn=encode_client_lsn(tx.lsn)))
-        except ConnectionClosed:
-            return False  # applied all the same; the client learns it from the echo
-        except Exception as exc:
-            _log_once(exc, f"could not apply a transaction of client {self.client_id}")
-            # nothing was recorded: the client sends it again when it reconnects
-            await self._fail(
-                ERR.INTERNAL, "the server could not apply a transaction; reconnect to retry", CLOSE_INTERNAL_ERROR
-            )
-            return True
-        return False
 
     async def respond_error(self, req: pb.SatRpcRequest, code: int, message: str) -> None:
         await self.send(
@@ -585,11 +424,11 @@ class Connection:
             other = self.server.clients.get(req.id)
             if other is not None and other is not self:
                 return ERR(error_type=ERR.INVALID_REQUEST, message="another connection uses this client id")
-            self.client_id = req.id
+            self.client_id = self.writes.client_id = req.id
             self.server.clients[req.id] = self
             self.state = self.server.store.load(req.id)
         first = self.identity is None
-        self.identity = identity
+        self.identity = self.writes.identity = identity
         self._schedule_expiry(identity)
         if first:
             self._authenticated()

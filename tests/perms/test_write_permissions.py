@@ -14,7 +14,7 @@ import pytest
 
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
-from electricctl._server.connection import NATIVE_HEADER
+from electricctl._server.common import NATIVE_HEADER
 from tests.satellite_client import SatelliteClient
 from tests.server.test_writes import Writer, delete, insert, update
 from tests.server_fixtures import Env, ws_url

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from electricctl._protocol import satellite_pb2 as pb
-from electricctl._server.connection import NATIVE_HEADER
+from electricctl._server.common import NATIVE_HEADER
 from tests.satellite_client import SatelliteClient
 from tests.server.test_writes import ITEMS, Writer, insert
 from tests.server_fixtures import Env, ServeProcess

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from electricctl._merge.rules import ABSENT, RowState, Tag
 from electricctl._protocol import satellite_pb2 as pb
-from electricctl._server.connection import NATIVE_HEADER
+from electricctl._server.common import NATIVE_HEADER
 from tests.conftest import Server as PgServer
 from tests.conftest import fresh_database
 from tests.satellite_client import SatelliteClient

@@ -17,7 +17,7 @@ import pytest_asyncio
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
-from electricctl._server.connection import NATIVE_HEADER
+from electricctl._server.common import NATIVE_HEADER
 from tests.satellite_client import ReceivedTx, SatelliteClient
 from tests.server_fixtures import Env, running_server, ws_url
 

@@ -1,0 +1,48 @@
+"""What a client connection needs from the server, and nothing more: the one narrow interface
+between :mod:`.connection` (and its parts) and :mod:`.app`, so neither imports the other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Protocol
+
+from electricctl._config.model import ElectricConfig
+from electricctl._log.base import TransactionLog
+from electricctl._server.catalog_cache import CatalogCache
+from electricctl._server.clients import ClientStore
+from electricctl._server.options import ServeOptions
+from electricctl._server.router import Router
+from electricctl._server.snapshot import SnapshotPool
+from electricctl._server.writer import Writer
+
+
+class Services(Protocol):
+    config: ElectricConfig
+    options: ServeOptions
+    catalog: CatalogCache
+    log: TransactionLog
+    """The durable log the stream is read from."""
+    router: Router
+    """Which connections a logged transaction may concern (by their shapes)."""
+    snapshots: SnapshotPool
+    writer: Writer
+    """The one writer of client transactions into Postgres."""
+    store: ClientStore
+    """Client state that outlives a connection (subscriptions, acknowledged position)."""
+    clients: dict[str, Any]
+    """Connected clients by client id (one connection per id)."""
+    scanning: set[Any]
+    """Connections catching up from the log: woken on every new batch."""
+    stats: dict[str, int]
+    server_id: str
+    spool_dir: Path
+    live_head: int
+    """LSN of the newest transaction routed to live connections."""
+
+    async def caught_up(self, timeout: float = 30.0) -> None:
+        """Return once every transaction committed before the call is in the log."""
+        ...
+
+    def peer_authenticated(self, conn: Any) -> None:
+        """A connection from ``conn.peer_host`` authenticated: it no longer counts as pending."""
+        ...
