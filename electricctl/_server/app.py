@@ -50,9 +50,9 @@ from electricctl._server.clients import ClientStore
 from electricctl._server.common import CLOSE_SERVICE_RESTART
 from electricctl._server.connection import Connection
 from electricctl._server.options import ServeOptions
-from electricctl._server.router import Router
 from electricctl._server.snapshot import SnapshotPool
 from electricctl._server.writer import Writer
+from electricctl._shapes.router import Router
 from electricctl._sql import catalog as catalog_sql
 from electricctl.errors import ElectricError
 

@@ -49,11 +49,11 @@ from electricctl._server.common import (
 )
 from electricctl._server.inbound import encode_client_lsn
 from electricctl._server.services import Services
-from electricctl._server.shapes import Shape, TableShapes, any_of, route_transaction, snapshot_filter
 from electricctl._server.snapshot import Snapshot
 from electricctl._server.spool import Spool
 from electricctl._server.writes import ClientWrites
 from electricctl._shapes.compile import CompiledWhere, ShapeError, all_true, compile_where
+from electricctl._shapes.routing import Shape, TableShapes, any_of, route_transaction, snapshot_filter
 
 log = logging.getLogger("electricctl.server")
 audit = logging.getLogger("electricctl.audit")

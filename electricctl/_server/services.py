@@ -11,9 +11,9 @@ from electricctl._log.base import TransactionLog
 from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
 from electricctl._server.options import ServeOptions
-from electricctl._server.router import Router
 from electricctl._server.snapshot import SnapshotPool
 from electricctl._server.writer import Writer
+from electricctl._shapes.router import Router
 
 
 class Services(Protocol):

@@ -1,7 +1,7 @@
 """Consistent initial data for subscriptions: a REPEATABLE READ snapshot, read with COPY.
 
 The snapshot's xmin, xmax and xip (``pg_current_snapshot()``) say which streamed transactions its
-data already holds (:class:`~electricctl._server.outbound.Visibility`), so the data joins the live
+data already holds (:class:`~electricctl._shapes.visibility.Visibility`), so the data joins the live
 stream with nothing lost and nothing applied twice. ``pg_current_wal_insert_lsn()`` read after the
 snapshot bounds the transactions that need that check.
 """
@@ -21,8 +21,8 @@ from electricctl._config.model import TableRef
 from electricctl._replication import lsn as lsnmod
 from electricctl._replication.model import Column, RelationDef, Row
 from electricctl._replication.source import DISPLAY_OPTIONS
-from electricctl._server.outbound import Visibility
 from electricctl._server.pgretry import Backoff, connection_lost
+from electricctl._shapes.visibility import Visibility
 
 _DESCRIBE = """
 SELECT c.oid, a.attname, t.typname, a.atttypid, a.attnotnull,

@@ -10,8 +10,8 @@ import pytest
 from electricctl._log import records
 from electricctl._log.filelog import FileLog, LogWriteError
 from electricctl._replication.model import Change, Column, RelationDef, Transaction
-from electricctl._server.outbound import Visibility
 from electricctl._server.snapshot import parse_copy_lines
+from electricctl._shapes.visibility import Visibility
 from tests.faults import tmpfs
 
 REL = RelationDef(7, "public", "items", (Column("id", 25, "text", True, False), Column("n", 23, "int4", False, True)))

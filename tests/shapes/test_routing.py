@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from electricctl._config.model import TableRef
 from electricctl._replication.model import Change, Column, RelationDef, Transaction
-from electricctl._server.router import Router
-from electricctl._server.shapes import Shape, TableShapes, route, route_transaction
 from electricctl._shapes.compile import compile_where
+from electricctl._shapes.router import Router
+from electricctl._shapes.routing import Shape, TableShapes, route, route_transaction
 
 REL = RelationDef(
     9,

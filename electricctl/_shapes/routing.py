@@ -18,8 +18,8 @@ from psycopg import sql
 
 from electricctl._config.model import TableRef
 from electricctl._replication.model import Change, RelationDef, Row, Transaction
-from electricctl._server.router import Router
 from electricctl._shapes.compile import CompiledWhere
+from electricctl._shapes.router import Router
 
 
 @dataclass(slots=True)
