@@ -35,6 +35,7 @@ from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
 from electricctl._config.model import ElectricConfig
+from electricctl._engine.engine import ShapeEngine
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog, LogWriteError
 from electricctl._perms.policy import path_tables
@@ -47,7 +48,7 @@ from electricctl._replication.source import (
 )
 from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
-from electricctl._server.common import CLOSE_SERVICE_RESTART
+from electricctl._server.common import CLOSE_SERVICE_RESTART, first_line
 from electricctl._server.connection import Connection
 from electricctl._server.options import ServeOptions
 from electricctl._server.snapshot import SnapshotPool
@@ -59,6 +60,13 @@ from electricctl.errors import ElectricError
 log = logging.getLogger("electricctl.server")
 
 SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
+
+STARTUP_WAIT = 30.0
+"""Seconds serve waits at startup for a Postgres that is starting up or shutting down (a restart)."""
+_NOT_READY = re.compile(r"starting up|shutting down|in recovery mode|not yet accepting connections")
+"""Postgres' messages for a server that is there but not ready (they come without an SQLSTATE
+on a failed connection, so the text is all there is; lc_messages other than English miss it and
+fail at once, as an unreachable database does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,8 +132,8 @@ class Server:
         self.clients: dict[str, Connection] = {}
         self.connections: set[Connection] = set()
         self.router = Router()
-        self.scanning: set[Connection] = set()
-        """Connections catching up from the log (not live): woken on every new batch."""
+        self.scanning: set[ShapeEngine] = set()
+        """Clients catching up from the log (not live): woken on every new batch."""
         self.live_head = 0
         self.replication_ok = False
         self.replication_error: str | None = None
@@ -210,13 +218,13 @@ class Server:
             if tx.origin is not None:
                 # a client's own transaction is echoed to it whatever its shapes
                 origin = self.clients.get(tx.origin)
-                if origin is not None and origin not in woken:
-                    woken = {*woken, origin}
-            for conn in woken:
-                assert isinstance(conn, Connection)
-                if conn.live:
-                    conn.relevant.append(tx.lsn)
-                    conn.wake.set()
+                if origin is not None and origin.engine is not None and origin.engine not in woken:
+                    woken = {*woken, origin.engine}
+            for engine in woken:
+                assert isinstance(engine, ShapeEngine)
+                if engine.live:
+                    engine.relevant.append(tx.lsn)
+                    engine.wake.set()
         policy = self.catalog.cached_policy
         if policy is not None and policy.enforced:
             assigned = {str(a.table) for a in policy.assignments} | path_tables(policy)
@@ -225,8 +233,8 @@ class Server:
                     conn.roles_may_have_changed()
         if written:
             self.live_head = written[-1].lsn
-        for conn in self.scanning:
-            conn.wake.set()
+        for engine in self.scanning:
+            engine.wake.set()
         self.source.confirm(batch[-1].end_lsn)
 
     async def caught_up(self, timeout: float = 30.0) -> None:
@@ -414,19 +422,32 @@ class Server:
         return None
 
     async def check_catalog(self) -> None:
-        """Refuse to start against a database whose electricctl catalog is missing or older than this version."""
-        try:
-            conn = await self.catalog.connection()
-            cur = await conn.execute("SELECT max(version) FROM electric.catalog_migrations")
-            row = await cur.fetchone()
-        except psycopg.OperationalError as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ServeError(
-                f"cannot connect to the database ({first}): check --database-url (or database.url,"
-                " $DATABASE_URL) and that Postgres is running and reachable"
-            ) from None
-        except psycopg.errors.UndefinedTable:
-            raise ServeError("the database has no electricctl catalog: run `electricctl apply` first") from None
+        """Refuse to start against a database whose electricctl catalog is missing or older than
+        this version. A Postgres that is starting up or shutting down (a restart) is waited for,
+        up to ``STARTUP_WAIT`` seconds; one that cannot be reached at all fails at once."""
+        deadline = time.monotonic() + STARTUP_WAIT
+        waiting = False
+        while True:
+            try:
+                conn = await self.catalog.connection()
+                cur = await conn.execute("SELECT max(version) FROM electric.catalog_migrations")
+                row = await cur.fetchone()
+                break
+            except psycopg.OperationalError as exc:
+                await self.catalog.close()
+                first = first_line(exc)
+                if _NOT_READY.search(first) and time.monotonic() < deadline:
+                    if not waiting:
+                        log.info("waiting for Postgres, which is not ready yet (%s)", first)
+                        waiting = True
+                    await asyncio.sleep(0.5)
+                    continue
+                raise ServeError(
+                    f"cannot connect to the database ({first}): check --database-url (or database.url,"
+                    " $DATABASE_URL) and that Postgres is running and reachable"
+                ) from None
+            except psycopg.errors.UndefinedTable:
+                raise ServeError("the database has no electricctl catalog: run `electricctl apply` first") from None
         version = int(row[0]) if row and row[0] is not None else 0
         if version < catalog_sql.LATEST:
             raise ServeError(

@@ -15,6 +15,7 @@ from websockets.exceptions import InvalidStatus
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
+from electricctl._server.session import Replicating
 from tests.satellite_client import RpcError, SatelliteClient
 from tests.server_fixtures import Env, get_health, ws_url
 
@@ -141,10 +142,11 @@ async def test_acks_and_the_unacked_window(server: Server, env: Env) -> None:
     await server.caught_up()  # all 40 are in the log: only the window holds the last 10 back
     conn = server.clients[cl.client_id]
     for _ in range(100):  # until the streamer waits for an ack (it has nothing else to do)
-        if not conn.acked.is_set():
+        if not conn.sink.acked.is_set():
             break
         await asyncio.sleep(0.01)
-    assert not conn.acked.is_set() and len(conn.unacked) == 30
+    assert isinstance(conn.phase, Replicating)
+    assert not conn.sink.acked.is_set() and len(conn.phase.unacked) == 30
     assert len(cl.transactions) == 30  # the window is full: the server waits for an ack
     await cl.ack()
     await cl.wait_for(lambda: len(cl.transactions) == 40)
