@@ -45,14 +45,14 @@ from electricctl._auth.tokens import mint
 from electricctl._config.loader import load_text
 from electricctl._config.model import ElectricConfig
 from electricctl._embedded.postgres import EmbeddedPostgres, free_port
+from electricctl._model import wire
+from electricctl._model.rows import Column, RelationDef
+from electricctl._model.wire import DISPLAY_OPTIONS
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._replication import pgoutput as po
-from electricctl._replication.model import Column, RelationDef
-from electricctl._replication.source import DISPLAY_OPTIONS
 from electricctl._replication.txbuilder import TxBuilder
 from electricctl._server.snapshot import parse_copy_lines
-from electricctl._sql import names
 from tests.satellite_client import SatelliteClient
 
 WIDE_COLUMNS = "id int8 PRIMARY KEY, name text NOT NULL, n int4, flag bool, at timestamptz, doc jsonb"
@@ -551,7 +551,7 @@ def capture_payloads(url: str, slot: str) -> list[bytes]:
         url,
         "SELECT data FROM pg_logical_slot_get_binary_changes(%s, NULL, NULL, 'proto_version', '1',"
         " 'publication_names', %s)",
-        [slot, names.PUBLICATION],
+        [slot, wire.PUBLICATION],
     )
     sql(url, "SELECT pg_drop_replication_slot(%s)", [slot])
     return [bytes(r[0]) for r in rows]

@@ -55,8 +55,8 @@ from benchmarks.serve import (
     walsender_pid,
 )
 from electricctl._embedded.postgres import EmbeddedPostgres
+from electricctl._model.wire import DISPLAY_OPTIONS
 from electricctl._protocol import satellite_pb2 as pb
-from electricctl._replication.source import DISPLAY_OPTIONS
 from tests.satellite_client import SatelliteClient
 
 

@@ -24,8 +24,8 @@ from electricctl._catalog.observed import (
     TableInfo,
     TriggerInfo,
 )
-from electricctl._config.model import TableRef
-from electricctl._sql import names
+from electricctl._model import wire
+from electricctl._model.table import TableRef
 from electricctl._sql.catalog import RULE_TABLES
 from electricctl.errors import CatalogError
 
@@ -171,7 +171,7 @@ def _inspect(conn: psycopg.Connection[Any], wanted: Iterable[TableRef], slots: b
         for r in cur.execute(_TRIGGERS, {"oids": oids}).fetchall()
     }
     functions = {r["name"]: r["source"] for r in cur.execute(_FUNCTIONS).fetchall()}
-    pub = cur.execute(_PUBLICATION, {"name": names.PUBLICATION}).fetchone()
+    pub = cur.execute(_PUBLICATION, {"name": wire.PUBLICATION}).fetchone()
     publication = None
     publication_ok = False
     if pub is not None:

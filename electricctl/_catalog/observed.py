@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from electricctl._config.model import TableRef
+from electricctl._model.table import TableRef
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,11 +36,11 @@ from electricctl._config.model import (
     Role,
     Shape,
     SqliteStatement,
-    TableRef,
     TableSpec,
 )
 from electricctl._expr import ast
 from electricctl._expr.parse import ExprError, is_boolean_shaped, parse
+from electricctl._model.table import TableRef
 from electricctl._resources import resource
 from electricctl.errors import ConfigError, Diagnostic, Location
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from electricctl._expr.ast import Expr
+from electricctl._model.table import TableRef
 from electricctl.errors import Diagnostic, Location
 
 BUILTIN_ROLES = frozenset({"anyone", "authenticated"})
@@ -18,21 +19,6 @@ PRIVILEGE_ALIASES: dict[str, tuple[str, ...]] = {
     "read": ("select",),
     "write": ("insert", "update", "delete"),
 }
-DEFAULT_SCHEMA = "public"
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class TableRef:
-    schema: str
-    name: str
-
-    def __str__(self) -> str:
-        return f"{self.schema}.{self.name}"
-
-    @classmethod
-    def parse(cls, text: str) -> TableRef:
-        schema, _, name = text.rpartition(".")
-        return cls(schema or DEFAULT_SCHEMA, name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import psycopg
 
 from electricctl._auth.tokens import Identity
-from electricctl._config.model import TableRef
 from electricctl._engine.projection import ReadProjection
 from electricctl._engine.sink import Sink
+from electricctl._model.rows import Change, RelationDef, Row, Transaction
+from electricctl._model.table import TableRef
 from electricctl._perms.policy import read_roles
-from electricctl._replication.model import Change, RelationDef, Row, Transaction
 from electricctl._server.clients import ClientState, SubscriptionRecord
 from electricctl._server.outbound import change_key
 from electricctl._server.services import Services

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from typing import Any
 
 from electricctl._auth.tokens import Identity
+from electricctl._model.rows import Change, RelationDef, Row
 from electricctl._perms.policy import ReadAccess, RoleState, read_access
-from electricctl._replication.model import Change, RelationDef, Row
 from electricctl._server.catalog_cache import CatalogCache
 
 Project = Callable[[Row], Row]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
-from electricctl._replication.model import Change, RelationDef, Row, Transaction
+from electricctl._model.rows import Change, RelationDef, Row, Transaction
 
 
 class Sink(Protocol):

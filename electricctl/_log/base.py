@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from electricctl._replication.model import Transaction
+from electricctl._model.rows import Transaction
 
 
 class TransactionLog(Protocol):

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from electricctl._log import records
-from electricctl._replication.model import RelationDef, Transaction
+from electricctl._model.rows import RelationDef, Transaction
 from electricctl.errors import ElectricError
 
 

@@ -12,7 +12,7 @@ import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from electricctl._replication.model import Change, ClientWrite, Column, RelationDef, Row, Transaction
+from electricctl._model.rows import Change, ClientWrite, Column, RelationDef, Row, Transaction
 
 HEADER = struct.Struct("!II")
 KIND_RELATION = 0x52  # 'R'

@@ -36,8 +36,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from electricctl._config.model import TableRef
-from electricctl._replication.model import RelationDef
+from electricctl._model.rows import RelationDef
+from electricctl._model.table import TableRef
 from electricctl._shapes.compile import CompiledWhere, ShapeError, all_true, any_true, compile_where, constant, in_set
 
 log = logging.getLogger("electricctl.server")

@@ -17,17 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from electricctl._catalog.observed import ForeignKey, ObservedState, TableInfo
-from electricctl._config.model import (
-    Assignment,
-    ElectricConfig,
-    Expression,
-    Grant,
-    Include,
-    Shape,
-    TableRef,
-)
+from electricctl._config.model import Assignment, ElectricConfig, Expression, Grant, Include, Shape
 from electricctl._expr import ast
 from electricctl._expr.parse import is_boolean_shaped
+from electricctl._model import wire
+from electricctl._model.table import TableRef
 from electricctl._plan.types import SUPPORTED_DESCRIPTION, unsupported_reason
 from electricctl._sql import catalog as catalog_sql
 from electricctl._sql import names, render
@@ -451,7 +445,7 @@ def _table_changes(info: TableInfo, observed: ObservedState, recorded: bool) -> 
         yield Change(
             f"{addr}.publication",
             Action.CREATE,
-            f"add {t} to publication {names.PUBLICATION}",
+            f"add {t} to publication {wire.PUBLICATION}",
             (render.publication_add(t),),
             drift=recorded and observed.publication is not None,
         )
@@ -512,9 +506,9 @@ def plan(config: ElectricConfig, observed: ObservedState, *, prune: bool = False
     if observed.publication is None:
         changes.append(
             Change(
-                f"publication.{names.PUBLICATION}",
+                f"publication.{wire.PUBLICATION}",
                 Action.CREATE,
-                f"publication {names.PUBLICATION} for the electrified tables",
+                f"publication {wire.PUBLICATION} for the electrified tables",
                 (render.create_publication(),),
                 drift=catalog is not None and bool(catalog.electrified),
             )
@@ -522,9 +516,9 @@ def plan(config: ElectricConfig, observed: ObservedState, *, prune: bool = False
     elif not observed.publication_ok:
         changes.append(
             Change(
-                f"publication.{names.PUBLICATION}",
+                f"publication.{wire.PUBLICATION}",
                 Action.UPDATE,
-                f"publication {names.PUBLICATION} must publish insert, update, delete and truncate",
+                f"publication {wire.PUBLICATION} must publish insert, update, delete and truncate",
                 (render.reset_publication_options(),),
                 drift=True,
             )
@@ -575,7 +569,7 @@ def plan(config: ElectricConfig, observed: ObservedState, *, prune: bool = False
                     Change(
                         f"table.{t}.publication",
                         Action.DELETE,
-                        f"remove {t}, which electricctl does not manage, from publication {names.PUBLICATION}",
+                        f"remove {t}, which electricctl does not manage, from publication {wire.PUBLICATION}",
                         (render.publication_drop(t),),
                         drift=True,
                     )

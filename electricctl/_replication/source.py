@@ -19,11 +19,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from electricctl._model.rows import Column, RelationDef, Transaction
+from electricctl._model.wire import DISPLAY_OPTIONS, MARKER_PREFIX, PUBLICATION
 from electricctl._replication import lsn as lsnmod
 from electricctl._replication import pgoutput as po
-from electricctl._replication.model import Column, RelationDef, Transaction
 from electricctl._replication.txbuilder import TxBuilder
-from electricctl._sql import names
 
 # Postgres' epoch for the clock fields of the streaming protocol
 _PG_EPOCH = 946_684_800
@@ -37,17 +37,8 @@ MAX_BATCH_BYTES = 16 << 20
 """A batch handed to the consumer ends at this many transactions or about this many bytes
 (so a burst of large transactions is not all held in memory at once)."""
 
-# Session settings for the walsender: values come out in the format clients expect
-# (../shared/reference/electric-legacy.md §1.2: ISO dates, UTC, hex bytea, shortest exact floats).
-DISPLAY_OPTIONS = "-c DateStyle=ISO,DMY -c TimeZone=UTC -c bytea_output=hex -c extra_float_digits=1"
 
 Consumer = Callable[[Sequence[Transaction]], Awaitable[None]]
-
-MARKER_PREFIX = "electricctl.marker"
-"""Prefix of the logical message the server emits to learn when the stream has passed a point:
-everything committed before the marker is in the log once the marker arrives. The server emits it
-in a transaction of its own (its commit flushes the WAL at once); such a transaction carries no
-changes and is not logged. A non-transactional marker is honoured too."""
 
 
 class ReplicationError(Exception):
@@ -144,7 +135,7 @@ class ReplicationSource:
         url: str,
         slot: str,
         *,
-        publication: str = names.PUBLICATION,
+        publication: str = PUBLICATION,
         streaming: bool = True,
         work_mem: str | None = None,
     ) -> None:

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from electricctl._model.rows import Change, ClientWrite, RelationDef, Row, Transaction
+from electricctl._model.wire import ORIGIN_PREFIX, WRITE_PREFIX
 from electricctl._replication import pgoutput as po
-from electricctl._replication.model import Change, ClientWrite, RelationDef, Row, Transaction
-
-ORIGIN_PREFIX = "electric.origin"
-"""Prefix of the logical message the sync worker emits in transactions it writes for a client."""
-WRITE_PREFIX = "electric.write"
-"""Prefix of the logical message describing a client transaction the worker wrote (ClientWrite JSON)."""
 
 
 def _client_write(content: bytes) -> ClientWrite:

@@ -38,14 +38,11 @@ from electricctl._config.model import ElectricConfig
 from electricctl._engine.engine import ShapeEngine
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog, LogWriteError
+from electricctl._model.rows import Transaction
+from electricctl._model.wire import MARKER_PREFIX
 from electricctl._perms.policy import path_tables
 from electricctl._replication import lsn as lsnmod
-from electricctl._replication.model import Transaction
-from electricctl._replication.source import (
-    MARKER_PREFIX,
-    PermanentReplicationError,
-    ReplicationSource,
-)
+from electricctl._replication.source import PermanentReplicationError, ReplicationSource
 from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
 from electricctl._server.common import CLOSE_SERVICE_RESTART, first_line
@@ -61,12 +58,14 @@ log = logging.getLogger("electricctl.server")
 
 SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
 
-STARTUP_WAIT = 30.0
-"""Seconds serve waits at startup for a Postgres that is starting up or shutting down (a restart)."""
-_NOT_READY = re.compile(r"starting up|shutting down|in recovery mode|not yet accepting connections")
-"""Postgres' messages for a server that is there but not ready (they come without an SQLSTATE
-on a failed connection, so the text is all there is; lc_messages other than English miss it and
-fail at once, as an unreachable database does)."""
+_NOT_UP_YET = re.compile(
+    r"Connection refused|starting up|shutting down|in recovery mode|not yet accepting connections"
+    r"|timeout expired|No such file or directory|Cannot assign requested address",
+    re.IGNORECASE,
+)
+"""A failed connection to a Postgres that may just not be up yet (libpq's and Postgres' messages:
+they come without an SQLSTATE, so the text is all there is). Anything else (a refused password,
+a missing database or role, pg_hba) fails at once."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,9 +422,8 @@ class Server:
 
     async def check_catalog(self) -> None:
         """Refuse to start against a database whose electricctl catalog is missing or older than
-        this version. A Postgres that is starting up or shutting down (a restart) is waited for,
-        up to ``STARTUP_WAIT`` seconds; one that cannot be reached at all fails at once."""
-        deadline = time.monotonic() + STARTUP_WAIT
+        this version. A Postgres that is not up yet is waited for, up to ``options.db_wait``."""
+        deadline = time.monotonic() + self.options.db_wait
         waiting = False
         while True:
             try:
@@ -436,15 +434,18 @@ class Server:
             except psycopg.OperationalError as exc:
                 await self.catalog.close()
                 first = first_line(exc)
-                if _NOT_READY.search(first) and time.monotonic() < deadline:
+                if _NOT_UP_YET.search(str(exc)) and time.monotonic() < deadline:
                     if not waiting:
-                        log.info("waiting for Postgres, which is not ready yet (%s)", first)
+                        log.warning(
+                            "waiting up to %.0fs for Postgres, which is not up yet (%s)", self.options.db_wait, first
+                        )
                         waiting = True
                     await asyncio.sleep(0.5)
                     continue
                 raise ServeError(
-                    f"cannot connect to the database ({first}): check --database-url (or database.url,"
-                    " $DATABASE_URL) and that Postgres is running and reachable"
+                    f"cannot connect to the database ({first})"
+                    + (f" within {self.options.db_wait:.0f}s" if waiting else "")
+                    + ": check --database-url (or database.url, $DATABASE_URL) and that Postgres is running and reachable"
                 ) from None
             except psycopg.errors.UndefinedTable:
                 raise ServeError("the database has no electricctl catalog: run `electricctl apply` first") from None

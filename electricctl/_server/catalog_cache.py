@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 import psycopg
 
 from electricctl._auth.tokens import Identity
-from electricctl._config.model import TableRef
+from electricctl._model.rows import RelationDef
+from electricctl._model.table import TableRef
+from electricctl._model.wire import DISPLAY_OPTIONS
 from electricctl._perms.policy import Policy, RoleState, read_roles
-from electricctl._replication.model import RelationDef
-from electricctl._replication.source import DISPLAY_OPTIONS
 from electricctl._server.pgretry import Backoff
 from electricctl._server.snapshot import describe
 from electricctl._shapes.declared import ShapeRules

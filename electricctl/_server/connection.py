@@ -22,9 +22,9 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from electricctl._auth.tokens import Identity
-from electricctl._config.model import TableRef
 from electricctl._engine.engine import Refused as EngineRefused
 from electricctl._engine.engine import ShapeEngine
+from electricctl._model.table import TableRef
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError

@@ -21,6 +21,9 @@ class ServeOptions:
     """Testing only: off skips the log's fsyncs."""
     log_cache_bytes: int = 64 << 20
     """Memory for the newest log transactions (clients that keep up are served from it)."""
+    db_wait: float = 10.0
+    """At startup: how long to wait for a Postgres that is not up yet (a restart, or started
+    alongside serve). One that refuses the credentials or lacks the database fails at once."""
     replication_work_mem: str | None = None
     """logical_decoding_work_mem for the walsender."""
 

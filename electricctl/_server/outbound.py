@@ -11,9 +11,9 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from electricctl._model.rows import Change, RelationDef, Row, Transaction, row_key
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
-from electricctl._replication.model import Change, RelationDef, Row, Transaction, row_key
 
 Transform = Callable[[bytes], bytes]
 

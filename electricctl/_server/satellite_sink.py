@@ -14,9 +14,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from google.protobuf.message import Message
 from websockets.exceptions import ConnectionClosed
 
+from electricctl._model.rows import Change, RelationDef, Row, Transaction
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
-from electricctl._replication.model import Change, RelationDef, Row, Transaction
 from electricctl._server import outbound
 from electricctl._server.options import ServeOptions
 from electricctl._server.spool import Spool

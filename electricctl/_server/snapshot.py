@@ -17,10 +17,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from electricctl._config.model import TableRef
+from electricctl._model.rows import Column, RelationDef, Row
+from electricctl._model.table import TableRef
+from electricctl._model.wire import DISPLAY_OPTIONS
 from electricctl._replication import lsn as lsnmod
-from electricctl._replication.model import Column, RelationDef, Row
-from electricctl._replication.source import DISPLAY_OPTIONS
 from electricctl._server.pgretry import Backoff, connection_lost
 from electricctl._shapes.visibility import Visibility
 

@@ -20,20 +20,12 @@ from google.protobuf.message import Message
 from websockets.exceptions import ConnectionClosed
 
 from electricctl._auth.tokens import Identity
-from electricctl._config.model import TableRef
+from electricctl._model.client import ClientRelation, ClientTransaction, InvalidTransaction, PermissionDenied
+from electricctl._model.rows import RelationDef
+from electricctl._model.table import TableRef
 from electricctl._protocol import satellite_pb2 as pb
-from electricctl._replication.model import RelationDef
 from electricctl._server.common import CLOSE_INTERNAL_ERROR, ERR, ProtocolViolation, log_once
-from electricctl._server.inbound import (
-    ClientRelation,
-    ClientTransaction,
-    InvalidTransaction,
-    MalformedTransaction,
-    PermissionDenied,
-    decode_transaction,
-    encode_client_lsn,
-    relation_from,
-)
+from electricctl._server.inbound import MalformedTransaction, decode_transaction, encode_client_lsn, relation_from
 from electricctl._server.services import Services
 
 audit = logging.getLogger("electricctl.audit")

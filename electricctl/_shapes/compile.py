@@ -29,7 +29,7 @@ from psycopg import sql
 
 from electricctl._expr import ast
 from electricctl._expr.parse import ExprError, parse
-from electricctl._replication.model import RelationDef, Row
+from electricctl._model.rows import RelationDef, Row
 
 Value = Any
 """A Python value of one of the SQL types below, or None for NULL."""

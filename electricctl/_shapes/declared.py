@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from electricctl._config.model import TableRef
 from electricctl._expr import ast
 from electricctl._expr.parse import ExprError, parse
+from electricctl._model.table import TableRef
 
 
 class ShapeRules:

@@ -15,7 +15,7 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from electricctl._replication.model import Change
+from electricctl._model.rows import Change
 
 _K = TypeVar("_K", bound=Hashable)
 _INDEXABLE_TYPES = frozenset({"int2", "int4", "int8", "text", "varchar", "uuid"})

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
-from electricctl._config.model import TableRef
-from electricctl._replication.model import Change, RelationDef, Row, Transaction
+from electricctl._model.rows import Change, RelationDef, Row, Transaction
+from electricctl._model.table import TableRef
 from electricctl._shapes.compile import CompiledWhere
 from electricctl._shapes.router import Router
 

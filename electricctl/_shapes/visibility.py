@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from electricctl._replication.model import Transaction
+from electricctl._model.rows import Transaction
 
 
 @dataclass(slots=True)

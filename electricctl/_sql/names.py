@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 
-from electricctl._config.model import TableRef
+from electricctl._model.table import TableRef
 
 SCHEMA = "electric"
-PUBLICATION = "electric_publication"
 ROW_TRIGGER = "electric_stamp_row"
 TRUNCATE_TRIGGER = "electric_stamp_truncate"
 TRUNCATE_FUNCTION = "stamp_truncate"

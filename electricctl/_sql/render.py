@@ -13,7 +13,8 @@ from typing import Any, TypeAlias
 
 from psycopg import sql
 
-from electricctl._config.model import TableRef
+from electricctl._model import wire
+from electricctl._model.table import TableRef
 from electricctl._sql import names
 
 _PUBLISH = "insert, update, delete, truncate"
@@ -39,22 +40,22 @@ def electric_ident(name: str) -> sql.Identifier:
 
 def create_publication() -> Statement:
     return sql.SQL("CREATE PUBLICATION {} WITH (publish = {})").format(
-        sql.Identifier(names.PUBLICATION), sql.Literal(_PUBLISH)
+        sql.Identifier(wire.PUBLICATION), sql.Literal(_PUBLISH)
     )
 
 
 def reset_publication_options() -> Statement:
     return sql.SQL("ALTER PUBLICATION {} SET (publish = {})").format(
-        sql.Identifier(names.PUBLICATION), sql.Literal(_PUBLISH)
+        sql.Identifier(wire.PUBLICATION), sql.Literal(_PUBLISH)
     )
 
 
 def publication_add(table: TableRef) -> Statement:
-    return sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(names.PUBLICATION), table_ident(table))
+    return sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(sql.Identifier(wire.PUBLICATION), table_ident(table))
 
 
 def publication_drop(table: TableRef) -> Statement:
-    return sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(names.PUBLICATION), table_ident(table))
+    return sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(sql.Identifier(wire.PUBLICATION), table_ident(table))
 
 
 # -- replica identity ----------------------------------------------------------------------------

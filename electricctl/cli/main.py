@@ -270,6 +270,12 @@ def _bytes(text: str, option: str) -> int:
     "--auth-timeout", default="10s", show_default=True, help="Close connections that have not authenticated by then."
 )
 @click.option(
+    "--db-wait",
+    default="10s",
+    show_default=True,
+    help="At startup, wait this long for a Postgres that is not up yet (refusing connections, starting up).",
+)
+@click.option(
     "--max-pending-per-peer",
     default=64,
     show_default=True,
@@ -314,6 +320,7 @@ def serve(
     max_transaction_ops: int,
     read_only: bool,
     auth_timeout: str,
+    db_wait: str,
     max_pending_per_peer: int,
     max_connections_per_peer: int,
     log_cache_mb: int,
@@ -349,6 +356,7 @@ def serve(
             max_transaction_ops=max_transaction_ops,
             start_client_replication=not read_only,
             auth_timeout=_seconds(auth_timeout),
+            db_wait=_seconds(db_wait),
             max_pending_per_peer=max_pending_per_peer,
             max_connections_per_peer=max_connections_per_peer,
             log_cache_bytes=log_cache_mb << 20,

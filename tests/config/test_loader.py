@@ -8,7 +8,8 @@ import textwrap
 import pytest
 
 from electricctl._config.loader import load_file, load_text
-from electricctl._config.model import Role, TableRef
+from electricctl._config.model import Role
+from electricctl._model.table import TableRef
 from electricctl._resources import resource
 from electricctl.errors import ConfigError
 

@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from electricctl._model import wire
 from electricctl._sql import names
 from tests.conftest import DEMO_CONFIG
 
@@ -31,7 +32,7 @@ def triggers(url: str, table: str) -> set[tuple[str, str]]:
 
 def publication(url: str) -> set[str]:
     with psycopg.connect(url) as conn:
-        rows = conn.execute("SELECT tablename FROM pg_publication_tables WHERE pubname = %s", [names.PUBLICATION])
+        rows = conn.execute("SELECT tablename FROM pg_publication_tables WHERE pubname = %s", [wire.PUBLICATION])
         return {r[0] for r in rows.fetchall()}
 
 
@@ -148,7 +149,7 @@ def test_drift_is_reported_and_repaired(run_cli, demo_db, cfg) -> None:  # type:
     assert run_cli("apply", "-f", str(cfg), "--database-url", demo_db).code == 0
     with psycopg.connect(demo_db, autocommit=True) as conn:
         conn.execute("DROP TRIGGER electric_stamp_row ON issues")
-        conn.execute(f"ALTER PUBLICATION {names.PUBLICATION} DROP TABLE comments")
+        conn.execute(f"ALTER PUBLICATION {wire.PUBLICATION} DROP TABLE comments")
         conn.execute("ALTER TABLE projects DISABLE TRIGGER electric_stamp_truncate")
 
     status = run_cli("status", "-f", str(cfg), "--database-url", demo_db, "--detailed-exitcode")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from electricctl._catalog.observed import CatalogState, ColumnInfo, ForeignKey, ObservedState, TableInfo, TriggerInfo
-from electricctl._config.model import TableRef
+from electricctl._model.table import TableRef
 from electricctl._sql import catalog as catalog_sql
 from electricctl._sql import names, render
 

@@ -8,7 +8,8 @@ from dataclasses import replace
 import pytest
 
 from electricctl._config.loader import load_text
-from electricctl._config.model import ElectricConfig, TableRef
+from electricctl._config.model import ElectricConfig
+from electricctl._model.table import TableRef
 from electricctl._plan.planner import Action, plan
 from electricctl._sql import names
 from electricctl.errors import PlanError

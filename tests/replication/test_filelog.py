@@ -9,7 +9,7 @@ import pytest
 
 from electricctl._log import records
 from electricctl._log.filelog import FileLog, LogWriteError
-from electricctl._replication.model import Change, Column, RelationDef, Transaction
+from electricctl._model.rows import Change, Column, RelationDef, Transaction
 from electricctl._server.snapshot import parse_copy_lines
 from electricctl._shapes.visibility import Visibility
 from tests.faults import tmpfs

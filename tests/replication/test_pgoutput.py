@@ -8,10 +8,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from electricctl._model.rows import Column, RelationDef
+from electricctl._model.wire import ORIGIN_PREFIX
 from electricctl._replication import lsn
 from electricctl._replication import pgoutput as po
-from electricctl._replication.model import Column, RelationDef
-from electricctl._replication.txbuilder import ORIGIN_PREFIX, TxBuilder
+from electricctl._replication.txbuilder import TxBuilder
 
 
 def tup(*values: bytes | str | None) -> bytes:

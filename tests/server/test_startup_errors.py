@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
+import time
 
 from electricctl._embedded.postgres import free_port
 from tests.server_fixtures import Env
@@ -32,9 +33,22 @@ def test_a_port_in_use_is_one_line(env: Env) -> None:
 
 def test_an_unreachable_database_is_one_line(env: Env) -> None:
     url = f"postgresql://nobody@127.0.0.1:{free_port()}/nothing"
-    done = _serve(env, "--database-url", url, "--port", "0", "--data-dir", str(env.data_dir))
+    started = time.monotonic()
+    done = _serve(env, "--database-url", url, "--port", "0", "--data-dir", str(env.data_dir), "--db-wait", "1s")
     assert done.returncode == 1
-    assert "cannot connect to the database" in done.stderr and "check --database-url" in done.stderr
+    # it waited (Postgres may have been starting), then said so in one line
+    assert time.monotonic() - started >= 1.0
+    assert "waiting up to 1s for Postgres" in done.stderr
+    assert "cannot connect to the database" in done.stderr and "within 1s" in done.stderr
+    assert "check --database-url" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_wrong_database_name_fails_at_once_without_waiting(env: Env) -> None:
+    url = env.url.rsplit("/", 1)[0] + "/no_such_database"
+    done = _serve(env, "--database-url", url, "--port", "0", "--data-dir", str(env.data_dir), "--db-wait", "60s")
+    assert done.returncode == 1
+    assert "does not exist" in done.stderr and "waiting" not in done.stderr
     assert "Traceback" not in done.stderr
 
 

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from electricctl._replication.model import Column, RelationDef
-from electricctl._replication.source import DISPLAY_OPTIONS
+from electricctl._model.rows import Column, RelationDef
+from electricctl._model.wire import DISPLAY_OPTIONS
 from electricctl._shapes.compile import ShapeError, compile_where
 
 COLUMNS = [

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from electricctl._config.model import TableRef
-from electricctl._replication.model import Change, Column, RelationDef, Transaction
+from electricctl._model.rows import Change, Column, RelationDef, Transaction
+from electricctl._model.table import TableRef
 from electricctl._shapes.compile import compile_where
 from electricctl._shapes.router import Router
 from electricctl._shapes.routing import Shape, TableShapes, route, route_transaction
