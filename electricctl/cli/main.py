@@ -20,7 +20,7 @@ from electricctl import __version__
 from electricctl._apply import applier
 from electricctl._config.loader import load_file
 from electricctl._config.model import ElectricConfig
-from electricctl.cli import render
+from electricctl.cli import render, summaries
 from electricctl.errors import ConfigError, DiagnosticsError, ElectricError, ExitCode
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -138,7 +138,7 @@ def plan(
         raise
     url = _url(config, database_url)
     if output == "json":
-        render.print_json(the_plan.as_json())
+        render.print_json(summaries.plan_json(the_plan))
     else:
         render.plan(render.console(), the_plan, database=_database_name(url), show_sql=show_sql)
     if detailed_exitcode and not the_plan.empty:
@@ -182,7 +182,7 @@ def apply(
             _json_errors(exc)
         raise
     if output == "json":
-        render.print_json({**result.plan.as_json(), "applied": result.applied, "dry_run": dry_run})
+        render.print_json({**summaries.plan_json(result.plan), "applied": result.applied, "dry_run": dry_run})
         return
     con = render.console()
     render.plan(
@@ -434,7 +434,7 @@ def sync(url: str, db: str, shapes: tuple[str, ...], token: str | None, once: bo
 )
 def demo(keep: bool, data_dir: str | None) -> None:
     """Start a throwaway Postgres, create the demo schema and apply electric.yaml.example to it."""
-    from electricctl import demo as demo_mod
+    from electricctl.cli import demo as demo_mod
 
     demo_mod.run(render.console(), keep=keep, data_dir=data_dir)
 

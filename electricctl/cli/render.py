@@ -1,4 +1,7 @@
-"""Human and JSON rendering for the CLI. Only this module and ``main`` print."""
+"""Human and JSON rendering for the CLI: diagnostics, plans, status. Only this module and ``main`` print.
+
+What a change is called in words, and the plan's JSON document, come from :mod:`electricctl.cli.summaries`.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ from rich.syntax import Syntax
 from rich.table import Table
 
 from electricctl._apply.applier import Status
-from electricctl._plan.planner import FORMAT_VERSION, Action, Change, Plan
+from electricctl._plan.changes import Action, Change, Plan
+from electricctl.cli.summaries import FORMAT_VERSION, change_json, counts, summary
 from electricctl.errors import Diagnostic
 
 _SYMBOL = {Action.CREATE: ("+", "green"), Action.UPDATE: ("~", "yellow"), Action.DELETE: ("-", "red")}
@@ -40,7 +44,7 @@ def change(con: Console, c: Change, *, show_sql: bool) -> None:
     if c.locks_table:
         flags.append(f"[dim]locks {escape(c.locks_table)}[/dim]")
     extra = f"  ({', '.join(flags)})" if flags else ""
-    con.print(f"  [{color}]{symbol} {escape(c.address)}[/{color}]  {escape(c.summary)}{extra}")
+    con.print(f"  [{color}]{symbol} {escape(c.address)}[/{color}]  {escape(summary(c))}{extra}")
     if show_sql:
         for stmt in c.sql():
             con.print(
@@ -56,10 +60,10 @@ def plan(con: Console, p: Plan, *, database: str, show_sql: bool = True, verb: s
         con.print(f"electricctl {verb} these changes to database [bold]{escape(database)}[/bold]:\n")
         for c in p.changes:
             change(con, c, show_sql=show_sql)
-        counts = p.counts()
+        n = counts(p)
         con.print(
-            f"\nPlan: [green]{counts['create']} to create[/green], [yellow]{counts['update']} to update[/yellow],"
-            f" [red]{counts['delete']} to delete[/red]."
+            f"\nPlan: [green]{n['create']} to create[/green], [yellow]{n['update']} to update[/yellow],"
+            f" [red]{n['delete']} to delete[/red]."
         )
     if p.orphans:
         con.print(
@@ -133,8 +137,8 @@ def status_json(st: Status, *, file_hash: str) -> dict[str, Any]:
             "electricctl_version": last.electricctl_version,
             "applied_by": last.applied_by,
         },
-        "drift": [c.as_json() for c in st.drift],
-        "pending": [c.as_json() for c in st.pending],
+        "drift": [change_json(c) for c in st.drift],
+        "pending": [change_json(c) for c in st.pending],
         "slots": [
             {
                 "name": s.name,
