@@ -8,15 +8,9 @@ adapter (replication source, log, snapshot).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
-import ctypes
-import ctypes.util
 import datetime
 import errno
-import fcntl
-import http
-import json
 import logging
 import os
 import re
@@ -30,9 +24,6 @@ from typing import Any
 import psycopg
 from websockets.asyncio.server import Server as WsServer
 from websockets.asyncio.server import ServerConnection, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
-from websockets.typing import Subprotocol
 
 from electricctl._config.model import ElectricConfig
 from electricctl._engine.engine import ShapeEngine
@@ -47,16 +38,17 @@ from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
 from electricctl._server.common import CLOSE_SERVICE_RESTART, first_line
 from electricctl._server.connection import Connection
+from electricctl._server.gate import Gate
 from electricctl._server.options import ServeOptions
+from electricctl._server.process import ServeError as ServeError
+from electricctl._server.process import lock_data_dir, prepare_dirs
+from electricctl._server.process import tune_malloc as tune_malloc
 from electricctl._server.snapshot import SnapshotPool
 from electricctl._server.writer import Writer
 from electricctl._shapes.router import Router
 from electricctl._sql import catalog as catalog_sql
-from electricctl.errors import ElectricError
 
 log = logging.getLogger("electricctl.server")
-
-SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
 
 _NOT_UP_YET = re.compile(
     r"Connection refused|starting up|shutting down|in recovery mode|not yet accepting connections"
@@ -84,23 +76,6 @@ class StreamGap:
         }
 
 
-class ServeError(ElectricError):
-    """The server cannot start; the message says what to do."""
-
-
-_SUBPROTOCOL = re.compile(r"^electric\.(\d+)\.(\d+)$")
-
-
-def pick_subprotocol(offered: Sequence[str]) -> str | None:
-    """The first offered ``electric.<major>.<minor>`` within the supported range, or None."""
-    low, high = SUPPORTED_PROTOCOLS
-    for proto in offered:
-        m = _SUBPROTOCOL.match(proto.strip())
-        if m and low <= (int(m.group(1)), int(m.group(2))) <= high:
-            return proto.strip()
-    return None
-
-
 class Server:
     """The sync service: replication into the durable log, Satellite over WebSocket out of it."""
 
@@ -110,8 +85,8 @@ class Server:
         self.options = options = options or ServeOptions()
         self.data_dir = Path(options.data_dir)
         self.slot = options.slot
-        self._peer_open: collections.Counter[str] = collections.Counter()
-        self._peer_pending: collections.Counter[str] = collections.Counter()
+        self.gate = Gate(options, self.health)
+        """HTTP answers and per-address connection limits, before a WebSocket is accepted."""
         self.writer = Writer(url)
         self.catalog = CatalogCache(url)
         self.server_id = ""
@@ -147,50 +122,13 @@ class Server:
         self.stats: dict[str, int] = {"subscription_deliveries": 0, "transactions_sent": 0, "replication_restarts": 0}
 
     def _prepare_data_dir(self) -> None:
-        """Lock the data dir for this process and check it is writable, or say what to do.
-
-        Two servers on one data dir would both append to one log and move one slot: the second
-        one is refused, naming the first one's PID (an exclusive ``flock`` that the kernel
-        releases when the process ends, ``kill -9`` included).
-        """
-        where = self.data_dir
+        """Lock the data dir for this process (one serve per data dir) and create what it holds."""
+        self._lock_fd, self.server_id = lock_data_dir(self.data_dir)
         try:
-            where.mkdir(parents=True, exist_ok=True)
-            fd = os.open(where / "lock", os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise ServeError(
-                f"the data dir {where} is not writable ({exc.strerror or exc}): serve keeps its transaction"
-                " log and client state there; make it writable, or pass another --data-dir"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise ServeError(
-                f"another electricctl serve (pid {holder}) is using the data dir {where}: stop it, or give"
-                " this one its own --data-dir (and --slot)"
-            ) from None
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            path = where / "server_id"
-            if path.exists():
-                self.server_id = path.read_text().strip()
-            else:
-                self.server_id = str(uuid.uuid4())
-                tmp = where / "server_id.tmp"
-                tmp.write_text(self.server_id)
-                os.replace(tmp, path)
-            self.store.prepare()
-            self.spool_dir.mkdir(exist_ok=True)
-        except OSError as exc:
-            os.close(fd)
-            raise ServeError(
-                f"the data dir {where} is not writable ({exc.strerror or exc}): serve keeps its transaction"
-                " log and client state there; make it writable, or pass another --data-dir"
-            ) from None
-        self._lock_fd = fd
+            prepare_dirs(self.data_dir, self.store.directory, self.spool_dir)
+        except ServeError:
+            self._release_data_dir()
+            raise
 
     def _release_data_dir(self) -> None:
         if self._lock_fd is not None:
@@ -361,64 +299,18 @@ class Server:
         }
         return (200 if ready else 503), body
 
-    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
-        if path == "/health":
-            status, body = self.health()
-            return _response(status, json.dumps(body))
-        if path != "/ws":
-            return _response(404, "not found: the Satellite endpoint is /ws\n")
-        refused = self._peer_refusal(str(connection.remote_address[0]) if connection.remote_address else "?")
-        if refused is not None:
-            return refused
-        offered = [p.strip() for h in request.headers.get_all("Sec-WebSocket-Protocol") for p in h.split(",")]
-        if not any(p.startswith("electric.") for p in offered):
-            return _response(400, "Missing satellite websocket subprotocol\n")
-        if pick_subprotocol(offered) is None:
-            return _response(
-                400, f"Cannot connect satellite version {', '.join(offered)}: this server speaks 0.10-0.12\n"
-            )
-        status, body = self.health()
-        if status != 200:
-            reasons = "; ".join(body["reasons"]) or "replication is not running"
-            return _response(503, f"the server is not ready: {reasons}\n")
-        return None
-
-    def _select_subprotocol(
-        self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]
-    ) -> Subprotocol | None:
-        picked = pick_subprotocol(subprotocols)
-        return Subprotocol(picked) if picked else None
-
     async def _handle(self, ws: ServerConnection) -> None:
         conn = Connection(self, ws)
         self.connections.add(conn)
-        self._peer_open[conn.peer_host] += 1
-        self._peer_pending[conn.peer_host] += 1
+        self.gate.opened(conn.peer_host)
         try:
             await conn.run()
         finally:
             self.connections.discard(conn)
-            _decrement(self._peer_open, conn.peer_host)
-            if conn.identity is None:
-                _decrement(self._peer_pending, conn.peer_host)
+            self.gate.closed(conn.peer_host, authenticated=conn.identity is not None)
 
     def peer_authenticated(self, conn: Connection) -> None:
-        _decrement(self._peer_pending, conn.peer_host)
-
-    def _peer_refusal(self, host: str) -> Response | None:
-        if self._peer_pending[host] >= self.options.max_pending_per_peer:
-            return _response(
-                429,
-                f"too many connections from {host} waiting to authenticate (at most {self.options.max_pending_per_peer});"
-                " retry later\n",
-            )
-        if self._peer_open[host] >= self.options.max_connections_per_peer:
-            return _response(
-                429,
-                f"too many connections from {host} (at most {self.options.max_connections_per_peer}); retry later\n",
-            )
-        return None
+        self.gate.authenticated(conn.peer_host)
 
     async def check_catalog(self) -> None:
         """Refuse to start against a database whose electricctl catalog is missing or older than
@@ -484,8 +376,8 @@ class Server:
                 self._handle,
                 self.options.host,
                 self.options.port,
-                process_request=self._process_request,
-                select_subprotocol=self._select_subprotocol,
+                process_request=self.gate.process_request,
+                select_subprotocol=self.gate.select_subprotocol,
                 compression=None,
                 ping_interval=20,
                 ping_timeout=20,
@@ -540,32 +432,3 @@ class Server:
                     continue
                 if dropped:
                     log.info("dropped %d log segments past the retention window", dropped)
-
-
-def tune_malloc() -> None:
-    """On glibc, serve large allocations (128 KiB and up: frames, large values) with mmap always.
-
-    glibc raises its mmap threshold after large blocks are freed, after which such blocks come
-    from the heap and the heap rarely shrinks: a burst of large transactions then leaves RSS far
-    above live memory (measured: +110 MB after a 240 MB write flood with about 30 MB live; +30 MB
-    with the threshold fixed). Fixing the threshold returns that memory when it is freed.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_mmap_threshold = -3  # from glibc's malloc.h
-        libc.mallopt(m_mmap_threshold, 128 * 1024)
-
-
-def _decrement(counter: collections.Counter[str], key: str) -> None:
-    counter[key] -= 1
-    if counter[key] <= 0:
-        del counter[key]
-
-
-def _response(status: int, body: str) -> Response:
-    headers = Headers()
-    ctype = "application/json" if body.startswith("{") else "text/plain; charset=utf-8"
-    headers["Content-Type"] = ctype
-    data = body.encode()
-    headers["Content-Length"] = str(len(data))
-    return Response(status, http.HTTPStatus(status).phrase, headers, data)

@@ -109,7 +109,7 @@ async def test_connections_waiting_to_authenticate_are_capped_per_address(env: E
         assert cl.closed_with is None
         # once one of them leaves there is room again
         await waiting[0].close()
-        await until(lambda: srv._peer_pending["127.0.0.1"] < 3)
+        await until(lambda: srv.gate.pending("127.0.0.1") < 3)
         late = await _raw(ws_url(srv))
         for ws in (*waiting[1:], late):
             await ws.close()
