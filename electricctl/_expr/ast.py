@@ -2,13 +2,14 @@
 
 It is produced from pglast's parse tree by :mod:`electricctl._expr.parse`, which admits only a
 whitelisted subset of SQL. The shape engine evaluates this AST; nothing downstream ever sees
-pglast nodes or the user's original text.
+pglast nodes or the user's original text. Every node keeps its position in that text, so errors
+found later (type checks in :mod:`electricctl._shapes.where`) can point at it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,9 @@ class Column:
 class Const:
     value: str | int | float | bool | None
     """``None`` is SQL NULL; strings are unknown-typed literals as in SQL."""
+    offset: int = field(default=0, compare=False)
+    """Where the node is in the user's text: a literal's start, an operator's or keyword's position, a
+    function's name. Not part of equality, so clauses compare by meaning (as :func:`normalize` does)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +38,14 @@ class Op:
     op: str
     left: Expr | None
     right: Expr
+    offset: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class BoolOp:
     op: str  # "and" | "or" | "not"
     args: tuple[Expr, ...]
+    offset: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,7 @@ class In:
     arg: Expr
     items: tuple[Expr, ...]
     negated: bool
+    offset: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,7 @@ class Like:
     pattern: Expr
     negated: bool
     case_insensitive: bool
+    offset: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +71,14 @@ class Between:
     low: Expr
     high: Expr
     negated: bool
+    offset: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class IsNull:
     arg: Expr
     negated: bool
+    offset: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +88,7 @@ class IsBool:
     arg: Expr
     value: bool | None
     negated: bool
+    offset: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,23 +98,27 @@ class Distinct:
     left: Expr
     right: Expr
     negated: bool
+    offset: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Func:
     name: str
     args: tuple[Expr, ...]
+    offset: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Cast:
     arg: Expr
     type_name: str
+    offset: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
 class Coalesce:
     args: tuple[Expr, ...]
+    offset: int = field(default=0, compare=False)
 
 
 Expr = Column | Const | Op | BoolOp | In | Like | Between | IsNull | IsBool | Distinct | Func | Cast | Coalesce

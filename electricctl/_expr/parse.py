@@ -9,12 +9,13 @@ function or type outside the whitelist is an error that names it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
 from pglast import ast as pg
 from pglast import enums, parse_sql
-from pglast.parser import ParseError
+from pglast.parser import ParseError, parse_sql_json
 from pglast.stream import RawStream
 
 from electricctl._expr import ast
@@ -135,7 +136,9 @@ def parse(text: str) -> Parsed:
     if deep is not None:
         raise ExprError(f"the expression is nested more than {MAX_DEPTH} levels deep", deep)
     try:
-        expr = _convert(where)
+        tree = json.loads(parse_sql_json(_PREFIX + text))["stmts"][0]["stmt"]["SelectStmt"]["whereClause"]
+        consts = _const_offsets(where, tree)
+        expr = _Converter(consts).convert(where)
         canonical = RawStream()(where)
     except RecursionError:  # pragma: no cover - MAX_DEPTH keeps well below Python's limit
         raise ExprError(f"the expression is nested more than {MAX_DEPTH} levels deep", 0) from None
@@ -169,127 +172,184 @@ def _names(nodes: Any) -> list[str]:
     return [n.sval for n in nodes]
 
 
-def _convert_list(nodes: Any) -> tuple[ast.Expr, ...]:
-    return tuple(_convert(n) for n in nodes)
+def _const_offsets(root: Any, tree: Any) -> dict[int, int]:
+    """Offsets of the ``A_Const`` nodes under ``root``, keyed by ``id()``.
+
+    pglast's Python nodes drop a constant's location; its JSON parse tree of the same text keeps it.
+    Both trees have the same shape (slot names are the JSON keys), so they are walked side by side.
+    """
+    out: dict[int, int] = {}
+    stack: list[tuple[Any, Any]] = [(root, tree)]
+    while stack:
+        node, js = stack.pop()
+        if isinstance(node, tuple | list):
+            items = js["List"].get("items", []) if isinstance(js, dict) and "List" in js else js
+            if isinstance(items, list) and len(items) == len(node):
+                stack.extend(zip(node, items, strict=True))
+        elif isinstance(node, pg.A_Const):
+            loc = _json_fields(node, js).get("location")
+            if isinstance(loc, int) and loc >= len(_PREFIX):
+                out[id(node)] = loc - len(_PREFIX)
+        elif isinstance(node, pg.Node):
+            fields = _json_fields(node, js)
+            children = ((getattr(node, name, None), name) for name in getattr(node, "__slots__", ()) if name in fields)
+            stack.extend((child, fields[name]) for child, name in children if isinstance(child, pg.Node | tuple | list))
+    return out
 
 
-def _convert(node: Any) -> ast.Expr:
-    match type(node):
-        case pg.ColumnRef:
-            fields = node.fields
-            if not all(isinstance(f, pg.String) for f in fields):
-                raise ExprError("`*` is not allowed in expressions", _offset(node))
-            names = _names(fields)
-            if len(names) == 1:
-                return ast.Column(None, names[0], _offset(node) or 0)
-            if len(names) == 2:
-                return ast.Column(names[0], names[1], _offset(node) or 0)
-            raise ExprError(f"column reference {'.'.join(names)} has too many parts", _offset(node))
-        case pg.A_Const:
-            if node.isnull:
-                return ast.Const(None)
-            val = node.val
-            match type(val):
-                case pg.Integer:
-                    return ast.Const(int(val.ival))
-                case pg.Float:
-                    return ast.Const(float(val.fval))
-                case pg.String:
-                    return ast.Const(str(val.sval))
-                case pg.Boolean:
-                    return ast.Const(bool(val.boolval))
-            raise ExprError(f"unsupported constant {type(val).__name__}", _offset(node))
-        case pg.BoolExpr:
-            op = {
-                enums.BoolExprType.AND_EXPR: "and",
-                enums.BoolExprType.OR_EXPR: "or",
-                enums.BoolExprType.NOT_EXPR: "not",
-            }[node.boolop]
-            return ast.BoolOp(op, _convert_list(node.args))
-        case pg.A_Expr:
-            return _convert_a_expr(node)
-        case pg.NullTest:
-            return ast.IsNull(_convert(node.arg), node.nulltesttype == enums.NullTestType.IS_NOT_NULL)
-        case pg.BooleanTest:
-            kind = enums.BoolTestType
-            table = {
-                kind.IS_TRUE: (True, False),
-                kind.IS_NOT_TRUE: (True, True),
-                kind.IS_FALSE: (False, False),
-                kind.IS_NOT_FALSE: (False, True),
-                kind.IS_UNKNOWN: (None, False),
-                kind.IS_NOT_UNKNOWN: (None, True),
-            }
-            value, negated = table[node.booltesttype]
-            return ast.IsBool(_convert(node.arg), value, negated)
-        case pg.TypeCast:
-            names = _names(node.typeName.names)
-            type_name = names[-1].lower()
-            type_name = _TYPE_ALIASES.get(type_name, type_name)
-            if node.typeName.arrayBounds or type_name not in ALLOWED_CAST_TYPES:
-                raise ExprError(
-                    f"cast to {'.'.join(names)} is not allowed; allowed types: {', '.join(sorted(ALLOWED_CAST_TYPES))}",
-                    _offset(node.typeName) or _offset(node),
-                )
-            return ast.Cast(_convert(node.arg), type_name)
-        case pg.FuncCall:
-            names = _names(node.funcname)
-            name = names[-1].lower()
-            if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog") or name not in ALLOWED_FUNCTIONS:
-                raise ExprError(
-                    f"function {'.'.join(names)}() is not allowed; allowed functions: "
-                    f"{', '.join(sorted(ALLOWED_FUNCTIONS))}",
-                    _offset(node),
-                )
-            if node.agg_star or node.agg_distinct or node.over or node.agg_order or node.agg_filter:
-                raise ExprError(f"aggregate or window use of {name}() is not allowed", _offset(node))
-            if node.func_variadic:
-                raise ExprError("VARIADIC calls are not allowed", _offset(node))
-            args = node.args or ()
-            if any(isinstance(a, pg.NamedArgExpr) for a in args):
-                raise ExprError("named function arguments are not allowed", _offset(node))
-            return ast.Func(name, _convert_list(args))
-        case pg.CoalesceExpr:
-            return ast.Coalesce(_convert_list(node.args))
-        case pg.SubLink:
-            raise ExprError("subqueries are not allowed in expressions", _offset(node))
-        case pg.ParamRef:
-            raise ExprError("parameters ($1) are not allowed; use auth.<claim> or a literal", _offset(node))
-    name = type(node).__name__
-    raise ExprError(f"{name} is not allowed in expressions", _offset(node))
+def _json_fields(node: Any, js: Any) -> dict[str, Any]:
+    """The fields of ``node``'s counterpart ``js`` in the JSON tree (``{"A_Const": {...}}``)."""
+    fields = js.get(type(node).__name__) if isinstance(js, dict) else None
+    return fields if isinstance(fields, dict) else {}
 
 
-def _convert_a_expr(node: Any) -> ast.Expr:
-    kind = enums.A_Expr_Kind
-    names = _names(node.name)
-    opname = names[-1]
-    off = _offset(node)
-    match node.kind:
-        case kind.AEXPR_OP:
-            if opname not in ALLOWED_OPS:
-                raise ExprError(
-                    f"operator {opname} is not allowed; allowed operators: {' '.join(sorted(ALLOWED_OPS))}", off
-                )
-            op = "<>" if opname == "!=" else opname
-            left = None if node.lexpr is None else _convert(node.lexpr)
-            if left is None and op not in ("-", "+"):
-                raise ExprError(f"prefix operator {op} is not allowed", off)
-            return ast.Op(op, left, _convert(node.rexpr))
-        case kind.AEXPR_IN:
-            if opname not in ("=", "<>"):
-                raise ExprError(f"{opname} IN is not allowed", off)
-            return ast.In(_convert(node.lexpr), _convert_list(node.rexpr), opname == "<>")
-        case kind.AEXPR_LIKE | kind.AEXPR_ILIKE:
-            if opname not in _LIKE_OPS:
-                raise ExprError(f"operator {opname} is not allowed", off)
-            negated, ci = _LIKE_OPS[opname]
-            return ast.Like(_convert(node.lexpr), _convert(node.rexpr), negated, ci)
-        case kind.AEXPR_BETWEEN | kind.AEXPR_NOT_BETWEEN:
-            low, high = node.rexpr
-            return ast.Between(_convert(node.lexpr), _convert(low), _convert(high), node.kind == kind.AEXPR_NOT_BETWEEN)
-        case kind.AEXPR_DISTINCT | kind.AEXPR_NOT_DISTINCT:
-            return ast.Distinct(_convert(node.lexpr), _convert(node.rexpr), node.kind == kind.AEXPR_NOT_DISTINCT)
-    raise ExprError(f"{names[-1]} ({node.kind.name}) is not allowed in expressions", off)
+class _Converter:
+    """pglast nodes to :mod:`electricctl._expr.ast`, with each node's offset in the user's text."""
+
+    def __init__(self, consts: dict[int, int]) -> None:
+        self.consts = consts
+
+    def convert_list(self, nodes: Any) -> tuple[ast.Expr, ...]:
+        return tuple(self.convert(n) for n in nodes)
+
+    def convert(self, node: Any) -> ast.Expr:
+        off = _offset(node) or 0
+        match type(node):
+            case pg.ColumnRef:
+                return _column(node)
+            case pg.A_Const:
+                return self.const(node)
+            case pg.BoolExpr:
+                op = {
+                    enums.BoolExprType.AND_EXPR: "and",
+                    enums.BoolExprType.OR_EXPR: "or",
+                    enums.BoolExprType.NOT_EXPR: "not",
+                }[node.boolop]
+                return ast.BoolOp(op, self.convert_list(node.args), off)
+            case pg.A_Expr:
+                return self.convert_a_expr(node)
+            case pg.NullTest:
+                return ast.IsNull(self.convert(node.arg), node.nulltesttype == enums.NullTestType.IS_NOT_NULL, off)
+            case pg.BooleanTest:
+                value, negated = _BOOL_TESTS[node.booltesttype]
+                return ast.IsBool(self.convert(node.arg), value, negated, off)
+            case pg.TypeCast:
+                return self.cast(node)
+            case pg.FuncCall:
+                return self.func(node)
+            case pg.CoalesceExpr:
+                return ast.Coalesce(self.convert_list(node.args), off)
+            case pg.SubLink:
+                raise ExprError("subqueries are not allowed in expressions", _offset(node))
+            case pg.ParamRef:
+                raise ExprError("parameters ($1) are not allowed; use auth.<claim> or a literal", _offset(node))
+        name = type(node).__name__
+        raise ExprError(f"{name} is not allowed in expressions", _offset(node))
+
+    def const(self, node: Any) -> ast.Const:
+        off = self.consts.get(id(node), 0)
+        if node.isnull:
+            return ast.Const(None, off)
+        val = node.val
+        match type(val):
+            case pg.Integer:
+                return ast.Const(int(val.ival), off)
+            case pg.Float:
+                return ast.Const(float(val.fval), off)
+            case pg.String:
+                return ast.Const(str(val.sval), off)
+            case pg.Boolean:
+                return ast.Const(bool(val.boolval), off)
+        raise ExprError(f"unsupported constant {type(val).__name__}", off)
+
+    def cast(self, node: Any) -> ast.Cast:
+        names = _names(node.typeName.names)
+        type_name = names[-1].lower()
+        type_name = _TYPE_ALIASES.get(type_name, type_name)
+        at = _offset(node.typeName) or _offset(node)
+        if node.typeName.arrayBounds or type_name not in ALLOWED_CAST_TYPES:
+            raise ExprError(
+                f"cast to {'.'.join(names)} is not allowed; allowed types: {', '.join(sorted(ALLOWED_CAST_TYPES))}",
+                at,
+            )
+        # ``x::t`` is at its ``::``, ``CAST(x AS t)`` at CAST; ``date '...'`` has only its type's position
+        own = _offset(node)
+        return ast.Cast(self.convert(node.arg), type_name, own if own is not None else at or 0)
+
+    def func(self, node: Any) -> ast.Func:
+        names = _names(node.funcname)
+        name = names[-1].lower()
+        if len(names) > 2 or (len(names) == 2 and names[0] != "pg_catalog") or name not in ALLOWED_FUNCTIONS:
+            raise ExprError(
+                f"function {'.'.join(names)}() is not allowed; allowed functions: {', '.join(sorted(ALLOWED_FUNCTIONS))}",
+                _offset(node),
+            )
+        if node.agg_star or node.agg_distinct or node.over or node.agg_order or node.agg_filter:
+            raise ExprError(f"aggregate or window use of {name}() is not allowed", _offset(node))
+        if node.func_variadic:
+            raise ExprError("VARIADIC calls are not allowed", _offset(node))
+        args = node.args or ()
+        if any(isinstance(a, pg.NamedArgExpr) for a in args):
+            raise ExprError("named function arguments are not allowed", _offset(node))
+        return ast.Func(name, self.convert_list(args), _offset(node) or 0)
+
+    def convert_a_expr(self, node: Any) -> ast.Expr:
+        kind = enums.A_Expr_Kind
+        names = _names(node.name)
+        opname = names[-1]
+        off = _offset(node)
+        at = off or 0
+        match node.kind:
+            case kind.AEXPR_OP:
+                if opname not in ALLOWED_OPS:
+                    raise ExprError(
+                        f"operator {opname} is not allowed; allowed operators: {' '.join(sorted(ALLOWED_OPS))}", off
+                    )
+                op = "<>" if opname == "!=" else opname
+                left = None if node.lexpr is None else self.convert(node.lexpr)
+                if left is None and op not in ("-", "+"):
+                    raise ExprError(f"prefix operator {op} is not allowed", off)
+                return ast.Op(op, left, self.convert(node.rexpr), at)
+            case kind.AEXPR_IN:
+                if opname not in ("=", "<>"):
+                    raise ExprError(f"{opname} IN is not allowed", off)
+                return ast.In(self.convert(node.lexpr), self.convert_list(node.rexpr), opname == "<>", at)
+            case kind.AEXPR_LIKE | kind.AEXPR_ILIKE:
+                if opname not in _LIKE_OPS:
+                    raise ExprError(f"operator {opname} is not allowed", off)
+                negated, ci = _LIKE_OPS[opname]
+                return ast.Like(self.convert(node.lexpr), self.convert(node.rexpr), negated, ci, at)
+            case kind.AEXPR_BETWEEN | kind.AEXPR_NOT_BETWEEN:
+                low, high = node.rexpr
+                negated = node.kind == kind.AEXPR_NOT_BETWEEN
+                return ast.Between(self.convert(node.lexpr), self.convert(low), self.convert(high), negated, at)
+            case kind.AEXPR_DISTINCT | kind.AEXPR_NOT_DISTINCT:
+                negated = node.kind == kind.AEXPR_NOT_DISTINCT
+                return ast.Distinct(self.convert(node.lexpr), self.convert(node.rexpr), negated, at)
+        raise ExprError(f"{names[-1]} ({node.kind.name}) is not allowed in expressions", off)
+
+
+def _column(node: Any) -> ast.Column:
+    fields = node.fields
+    if not all(isinstance(f, pg.String) for f in fields):
+        raise ExprError("`*` is not allowed in expressions", _offset(node))
+    names = _names(fields)
+    if len(names) == 1:
+        return ast.Column(None, names[0], _offset(node) or 0)
+    if len(names) == 2:
+        return ast.Column(names[0], names[1], _offset(node) or 0)
+    raise ExprError(f"column reference {'.'.join(names)} has too many parts", _offset(node))
+
+
+_BOOL_TESTS = {
+    enums.BoolTestType.IS_TRUE: (True, False),
+    enums.BoolTestType.IS_NOT_TRUE: (True, True),
+    enums.BoolTestType.IS_FALSE: (False, False),
+    enums.BoolTestType.IS_NOT_FALSE: (False, True),
+    enums.BoolTestType.IS_UNKNOWN: (None, False),
+    enums.BoolTestType.IS_NOT_UNKNOWN: (None, True),
+}
+"""``x IS [NOT] TRUE|FALSE|UNKNOWN``: the tested value (None for UNKNOWN) and whether it is negated."""
 
 
 _BOOLEAN_FUNCTIONS = frozenset({"starts_with"})

@@ -91,3 +91,29 @@ def test_arbitrary_text_either_parses_into_the_whitelist_or_raises_expr_error(te
 
     assert len(parse_sql("SELECT 1 WHERE " + parsed.canonical)) == 1
     assert parse(parsed.canonical).canonical == parsed.canonical
+
+
+def test_every_node_keeps_its_offset() -> None:
+    text = "x::varchar(3) = -12 AND y IN (NULL, true, 1.5, 'a') AND z = date '2000-01-01' OR coalesce(a, 1) > 2"
+    at = {(type(n).__name__, n.offset) for n in ast.walk(parse(text).expr) if not isinstance(n, ast.Column)}
+    assert at == {
+        ("BoolOp", text.index("OR")),
+        ("BoolOp", text.index("AND")),
+        ("Op", text.index("= -12")),
+        ("Cast", text.index("::")),
+        ("Const", text.index("-12")),
+        ("In", text.index("IN")),
+        ("Const", text.index("NULL")),
+        ("Const", text.index("true")),
+        ("Const", text.index("1.5")),
+        ("Const", text.index("'a'")),
+        ("Op", text.index("= date")),
+        ("Cast", text.index("date")),
+        ("Const", text.index("'2000")),
+        ("Op", text.index("> 2")),
+        ("Coalesce", text.index("coalesce")),
+        ("Const", text.index("1)")),
+        ("Const", text.index("2", text.index("> 2"))),
+    }
+    # positions are not part of a node's meaning
+    assert parse("x = 1").expr == ast.Op("=", ast.Column(None, "x", 0), ast.Const(1))
