@@ -148,3 +148,13 @@ def test_an_operand_that_fails_does_not_decide_and_or() -> None:
     assert not both.matches(overflow)  # decided by the false operand
     undecided = compile_where("big::int4 = 3 AND title = 'x'", REL)
     assert not undecided.matches(overflow)  # Postgres would raise: the row is not sent
+
+
+def test_the_equality_index_takes_constants_and_claims_never_another_column() -> None:
+    # a claim named like a column must not stand in for that column: `n = big` compares two
+    # columns, so the shape cannot be indexed by a value (routing by the claim would miss rows)
+    claims = {"sub": "u1", "big": "5", "title": "t"}
+    assert compile_where("n = big", REL, claims).equality is None
+    assert compile_where("title = title", REL, claims).equality is None
+    assert compile_where("n = auth.big", REL, claims).equality == ("n", "5")
+    assert compile_where("title = 'x' AND n > 1", REL, claims).equality == ("title", "x")

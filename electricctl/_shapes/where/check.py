@@ -278,7 +278,10 @@ class Checker:
 
     # -- the equality index ------------------------------------------------------------------
     def constant_text(self, const: ast.Column | ast.Const, col: ast.Column) -> str | None:
-        """The text form a constant takes when compared with ``col`` (for the equality index)."""
+        """The text form a constant takes when compared with ``col`` (for the equality index);
+        None when it is not a constant (another column: only ``auth.`` names a claim)."""
+        if isinstance(const, ast.Column) and const.qualifier != "auth":
+            return None
         try:
             typed_col = self.column(col)
             value = self.claim(const) if isinstance(const, ast.Column) else self.const(const)
