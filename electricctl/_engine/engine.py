@@ -28,7 +28,7 @@ from electricctl._engine.projection import ReadProjection
 from electricctl._engine.sink import Sink
 from electricctl._model.rows import Change, RelationDef, Row, Transaction
 from electricctl._model.table import TableRef
-from electricctl._perms.policy import read_roles
+from electricctl._perms.read import read_roles
 from electricctl._server.clients import ClientState, SubscriptionRecord
 from electricctl._server.outbound import change_key
 from electricctl._server.services import Services

@@ -12,7 +12,7 @@ from typing import Any
 
 from electricctl._auth.tokens import Identity
 from electricctl._model.rows import Change, RelationDef, Row
-from electricctl._perms.policy import ReadAccess, RoleState, read_access
+from electricctl._perms.read import ReadAccess, RoleState, read_access
 from electricctl._server.catalog_cache import CatalogCache
 
 Project = Callable[[Row], Row]

@@ -31,7 +31,7 @@ from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog, LogWriteError
 from electricctl._model.rows import Transaction
 from electricctl._model.wire import MARKER_PREFIX
-from electricctl._perms.policy import path_tables
+from electricctl._perms.read import path_tables
 from electricctl._replication import lsn as lsnmod
 from electricctl._replication.source import PermanentReplicationError, ReplicationSource
 from electricctl._server.catalog_cache import CatalogCache

@@ -19,7 +19,8 @@ from electricctl._auth.tokens import Identity
 from electricctl._model.rows import RelationDef
 from electricctl._model.table import TableRef
 from electricctl._model.wire import DISPLAY_OPTIONS
-from electricctl._perms.policy import Policy, RoleState, read_roles
+from electricctl._perms.policy import Policy
+from electricctl._perms.read import RoleState, read_roles
 from electricctl._server.pgretry import Backoff
 from electricctl._server.snapshot import describe
 from electricctl._shapes.declared import ShapeRules
