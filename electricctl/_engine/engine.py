@@ -24,15 +24,13 @@ from dataclasses import dataclass
 import psycopg
 
 from electricctl._auth.tokens import Identity
+from electricctl._engine.ports import EngineServices, Snapshot
 from electricctl._engine.projection import ReadProjection
 from electricctl._engine.sink import Sink
-from electricctl._model.rows import Change, RelationDef, Row, Transaction
+from electricctl._engine.state import ClientState, SubscriptionRecord
+from electricctl._model.rows import Change, RelationDef, Row, Transaction, change_key
 from electricctl._model.table import TableRef
 from electricctl._perms.read import read_roles
-from electricctl._server.clients import ClientState, SubscriptionRecord
-from electricctl._server.outbound import change_key
-from electricctl._server.services import Services
-from electricctl._server.snapshot import Snapshot
 from electricctl._shapes.compile import CompiledWhere, ShapeError, all_true, compile_where
 from electricctl._shapes.routing import Shape, TableShapes, any_of, route_transaction, snapshot_filter
 from electricctl._shapes.visibility import Visibility
@@ -69,7 +67,9 @@ class _Reassess:
 
 
 class ShapeEngine:
-    def __init__(self, services: Services, client_id: str, identity: Identity, state: ClientState, sink: Sink) -> None:
+    def __init__(
+        self, services: EngineServices, client_id: str, identity: Identity, state: ClientState, sink: Sink
+    ) -> None:
         self.services = services
         self.client_id = client_id
         self.identity = identity

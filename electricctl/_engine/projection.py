@@ -11,15 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 from electricctl._auth.tokens import Identity
+from electricctl._engine.ports import Catalog
 from electricctl._model.rows import Change, RelationDef, Row
 from electricctl._perms.read import ReadAccess, RoleState, read_access
-from electricctl._server.catalog_cache import CatalogCache
 
 Project = Callable[[Row], Row]
 
 
 class ReadProjection:
-    def __init__(self, catalog: CatalogCache, identity: Identity) -> None:
+    def __init__(self, catalog: Catalog, identity: Identity) -> None:
         self.catalog = catalog
         self.identity = identity
         self.roles: RoleState | None = None

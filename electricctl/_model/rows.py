@@ -72,6 +72,11 @@ def row_key(qualified: str, key: Sequence[str]) -> str:
     return "\0".join((qualified, *key))
 
 
+def change_key(rel: RelationDef, row: Row) -> str:
+    """A row's name in :attr:`ClientWrite.row_tags`: table and key values, NUL-separated."""
+    return row_key(rel.qualified, [(row[i] or b"").decode() for i in rel.pk_indexes])
+
+
 @dataclass(frozen=True, slots=True)
 class ClientWrite:
     """What the sync worker says, in the WAL, about a client transaction it wrote."""

@@ -13,25 +13,12 @@ import json
 import logging
 import os
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from electricctl._engine.state import ClientState as ClientState
+from electricctl._engine.state import SubscriptionRecord as SubscriptionRecord
+
 log = logging.getLogger("electricctl.server")
-
-
-@dataclass(slots=True)
-class SubscriptionRecord:
-    id: str
-    requests: list[dict[str, str]]
-    """``[{"request_id": ..., "table": "schema.name"}]``"""
-    delivered_lsn: int
-
-
-@dataclass(slots=True)
-class ClientState:
-    client_id: str
-    subscriptions: dict[str, SubscriptionRecord] = field(default_factory=dict)
-    acked_lsn: int = 0
 
 
 class ClientStore:

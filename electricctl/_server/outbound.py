@@ -11,7 +11,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from electricctl._model.rows import Change, RelationDef, Row, Transaction, row_key
+from electricctl._model.rows import Change, RelationDef, Row, Transaction, change_key
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 
@@ -123,11 +123,6 @@ def transaction_oplog(
     commit.lsn = lsn
     commit.transaction_id = tx.xid
     return log
-
-
-def change_key(rel: RelationDef, row: Row) -> str:
-    """A row's name in :attr:`ClientWrite.row_tags`: table and key values, NUL-separated."""
-    return row_key(rel.qualified, [(row[i] or b"").decode() for i in rel.pk_indexes])
 
 
 def snapshot_tags(raw: bytes | None) -> list[str]:

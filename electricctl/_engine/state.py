@@ -1,0 +1,22 @@
+"""What the engine keeps of a client that outlives its connection: its subscriptions (what was
+requested, and the point each was delivered at) and the newest position it acknowledged. Plain
+data; :class:`~electricctl._server.clients.ClientStore` keeps it on disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class SubscriptionRecord:
+    id: str
+    requests: list[dict[str, str]]
+    """``[{"request_id": ..., "table": "schema.name"}]``"""
+    delivered_lsn: int
+
+
+@dataclass(slots=True)
+class ClientState:
+    client_id: str
+    subscriptions: dict[str, SubscriptionRecord] = field(default_factory=dict)
+    acked_lsn: int = 0
