@@ -102,17 +102,15 @@ class Link:
                 raise
             except (AuthenticationFailed, EndpointNotFound) as exc:
                 # retried (a new token, the server fixed), but the caller learns it at once
+                limit, delay = AUTH_RETRY_MAX, max(delay, 1.0)
                 log.warning("%s; retrying in about %.1fs", exc, delay)
-                self.st.failure = exc
-                self.st.failed.set()
-                limit = AUTH_RETRY_MAX
+                self.st.fail(exc)
             except (OSError, ConnectionClosed, InvalidHandshake, SyncError) as exc:
                 log.info("sync connection lost (%s); reconnecting in about %.1fs", exc, delay)
             except Exception as exc:
                 log.warning("sync session failed (%s: %s); reconnecting", type(exc).__name__, exc)
                 log.debug("the failure's traceback", exc_info=exc)
-                self.st.failure = exc
-                self.st.failed.set()
+                self.st.fail(exc)
             finally:
                 was_connected = self.st.connected.is_set()
                 self.st.connected.clear()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -19,7 +20,7 @@ from typing import ParamSpec, TypeVar
 
 from electricctl.client.store import LSN_KEY, Store
 from electricctl.client.values import RemoteChange
-from electricctl.errors import ConnectionLost
+from electricctl.errors import ConnectionLost, SyncError
 
 SUBSCRIPTIONS_KEY = "electricctl.subscriptions"
 CLIENT_ID_KEY = "clientId"
@@ -105,6 +106,9 @@ class ClientState:
                 opened = await asyncio.get_running_loop().run_in_executor(
                     executor, _open_store, self.path, self.client_id
                 )
+            except sqlite3.Error as exc:
+                executor.shutdown(wait=False)
+                raise SyncError(f"cannot open {self.path}: {exc}") from None
             except BaseException:
                 executor.shutdown(wait=False)
                 raise
