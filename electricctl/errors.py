@@ -1,8 +1,9 @@
 """The electricctl error tree, and the exit codes the CLI maps them to.
 
 Every error says what went wrong and, where there is one, what to do about it. Foreign errors
-(psycopg, yaml, pglast, websockets) are turned into these where the CLI or a library caller would
-otherwise see them: config loading, introspection, apply, serve's startup, the sync client. Inside
+(psycopg, yaml, pglast, websockets, asyncio's timeouts) are turned into these where the CLI or a
+library caller would otherwise see them: config loading, introspection, apply, serve's startup, the
+sync client. Inside
 serve, a psycopg error during a client's request becomes an error reply to that client.
 
 ::
@@ -17,7 +18,9 @@ serve, a psycopg error during a client's request becomes an error reply to that 
     └── SyncError            the sync client could not do what was asked (the server's reason)
         ├── AuthenticationFailed  the server refused the token
         ├── EndpointNotFound      nothing at that URL speaks the sync protocol
-        └── SubscriptionRefused   the server refused a shape
+        ├── SubscriptionRefused   the server refused a shape
+        ├── ConnectionLost        the client is not connected (or the connection dropped mid-request)
+        └── Timeout               a wait ran out of time (also a builtin TimeoutError)
 """
 
 from __future__ import annotations
@@ -132,3 +135,14 @@ class EndpointNotFound(SyncError):
 
 class SubscriptionRefused(SyncError):
     """The server refused a subscription (not electrified, not declared, an invalid where clause)."""
+
+
+class ConnectionLost(SyncError):
+    """The sync client is not connected to the server, or the connection dropped during a request."""
+
+
+class Timeout(SyncError, TimeoutError):
+    """A sync client wait ran out of time (a subscription's data, a flush, the server's answer).
+
+    Also a builtin :class:`TimeoutError`, so callers that caught that keep working.
+    """

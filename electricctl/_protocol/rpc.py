@@ -57,6 +57,14 @@ class RpcCalls:
             ) from None
         return out
 
+    def fail_all(self, error: Callable[[], BaseException]) -> None:
+        """The connection is gone: every call still waiting raises ``error()`` (responses that
+        arrived before are kept)."""
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(error())
+
     def resolve(self, resp: pb.SatRpcResponse) -> bool:
         """Hand a response to its waiting call; False if no call is waiting for that request id."""
         fut = self._pending.pop(resp.request_id, None)

@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.text import Text
 
 from electricctl.client.sync import Status, SyncClient
-from electricctl.errors import ElectricError, SyncError
+from electricctl.errors import ElectricError, SyncError, Timeout
 
 _T = TypeVar("_T")
 
@@ -100,8 +100,8 @@ async def run(
     await client.start()
     try:
         try:
-            await unless_failed(asyncio.wait_for(client.connected.wait(), connect_timeout))
-        except TimeoutError:
+            await unless_failed(client.wait_connected(connect_timeout))
+        except Timeout:
             raise SyncCommandError(
                 f"could not connect to {url} within {connect_timeout:.0f}s; is the server running?"
             ) from None
@@ -126,7 +126,7 @@ async def run(
         if once:
             try:
                 await unless_failed(client.flush(timeout=connect_timeout))
-            except TimeoutError as exc:
+            except Timeout as exc:
                 raise SyncCommandError(
                     f"local writes did not reach Postgres within {connect_timeout:.0f}s: {exc}"
                 ) from None

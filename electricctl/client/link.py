@@ -1,0 +1,350 @@
+"""The connection a sync client drives: connect, authenticate, replicate, and carry out the session's effects.
+
+:class:`Link` does the I/O for :class:`~electricctl.client.session.ClientSession`: it owns the
+WebSocket and the RPC calls on it, feeds every frame to the session and performs the effects it
+returns (store work on the store thread, frames on the socket). It reconnects with backoff until
+stopped: quickly after a lost connection, ever more slowly (up to 5 minutes) while the server
+refuses the token; a token function is called again at each attempt. Local writes are found by
+polling ``PRAGMA data_version`` (cheap) and sent when there are new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import random
+import time
+
+from google.protobuf.message import Message
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+import electricctl.client.session as s
+from electricctl._protocol import codec
+from electricctl._protocol import satellite_pb2 as pb
+from electricctl._protocol.rpc import RpcCalls, RpcError
+from electricctl.client.state import ClientState, Subscription
+from electricctl.client.store import LSN_KEY, Store
+from electricctl.client.wire import subscription_refusal, subscription_request
+from electricctl.errors import (
+    AuthenticationFailed,
+    ConnectionLost,
+    EndpointNotFound,
+    SubscriptionRefused,
+    SyncError,
+    Timeout,
+)
+
+log = logging.getLogger("electricctl.client")
+
+NATIVE_HEADER = "X-Electricctl-Client"
+MAX_FRAME = 256 << 20
+RETRY_MAX = 5.0
+"""Longest wait between reconnects after a lost connection."""
+AUTH_RETRY_MAX = 300.0
+"""Longest wait between reconnects while the server refuses the token (it keeps growing to this)."""
+
+
+class Link:
+    """The background work of one started client: polling the file, and the connection."""
+
+    def __init__(self, st: ClientState) -> None:
+        self.st = st
+        self._session: s.ClientSession | None = None
+        self._ws: ClientConnection | None = None
+        self._rpc = RpcCalls(first_id=1)
+        self._ack_timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Future[None]] = set()
+
+    async def close(self) -> None:
+        """Close the connection (the task running :meth:`run` is then cancelled by the caller)."""
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+        if self._ws is not None:
+            with contextlib.suppress(Exception):
+                await self._ws.close()
+
+    async def run(self) -> None:
+        assert self.st.client_id is not None
+        self._session = s.ClientSession(self.st.client_id)
+        poller = asyncio.create_task(self._poll_loop())
+        try:
+            await self._connect_loop()
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+    async def _poll_loop(self) -> None:
+        """Offline too: local writes get their timestamps when they are made, not at reconnect."""
+        store, client_id, force = self.st.store, self.st.client_id, True
+        assert store is not None and client_id is not None
+        while True:
+            found = await self.st.io(store.poll, client_id, force=force)
+            if found is not None:
+                self.st.pending = found.pending
+                if found.stamped:
+                    self.st.wake_sender.set()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.st.poll_now.wait(), self.st.poll_interval)
+            force = self.st.poll_now.is_set()
+            self.st.poll_now.clear()
+
+    async def _connect_loop(self) -> None:
+        delay = 0.1
+        while not self.st.stopping:
+            limit = RETRY_MAX
+            try:
+                await self._connect()
+            except asyncio.CancelledError:
+                raise
+            except (AuthenticationFailed, EndpointNotFound) as exc:
+                # retried (a new token, the server fixed), but the caller learns it at once
+                limit, delay = AUTH_RETRY_MAX, max(delay, 1.0)
+                log.warning("%s; retrying in about %.1fs", exc, delay)
+                self.st.fail(exc)
+            except (OSError, ConnectionClosed, InvalidHandshake, SyncError) as exc:
+                log.info("sync connection lost (%s); reconnecting in about %.1fs", exc, delay)
+            except Exception as exc:
+                log.warning("sync session failed (%s: %s); reconnecting", type(exc).__name__, exc)
+                log.debug("the failure's traceback", exc_info=exc)
+                self.st.fail(exc)
+            finally:
+                was_connected = self.st.connected.is_set()
+                self.st.connected.clear()
+                self._ws = None
+            if self.st.stopping:
+                return
+            if was_connected:
+                delay = 0.1  # it worked for a while: the next attempt is quick again
+            await asyncio.sleep(delay * (0.5 + random.random()))  # noqa: S311 - jitter, not a secret
+            delay = min(delay * 2, limit)
+
+    async def _fresh_token(self) -> str:
+        if isinstance(self.st.token, str):
+            return self.st.token
+        token = self.st.token()
+        if inspect.isawaitable(token):
+            token = await token
+        if not isinstance(token, str):
+            raise AuthenticationFailed(f"the token function returned {type(token).__name__}, not a token")
+        return token
+
+    async def _connect(self) -> None:
+        token = await self._fresh_token()
+        try:
+            ws_cm = await connect(
+                self.st.url,
+                subprotocols=["electric.0.12"],  # type: ignore[list-item]
+                additional_headers={NATIVE_HEADER: "1"},
+                compression=None,
+                max_size=MAX_FRAME,
+                open_timeout=10,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if status in (404, 400, 426):
+                body = bytes(exc.response.body or b"").decode(errors="replace").strip()
+                hint = "the path is /ws" if status == 404 else body
+                raise EndpointNotFound(f"no sync endpoint at {self.st.url} (HTTP {status}): {hint}") from None
+            raise
+        async with ws_cm as ws:
+            await self._run_session(ws, token)
+
+    async def _run_session(self, ws: ClientConnection, token: str) -> None:
+        assert self._session is not None
+        self._ws = ws
+        self._rpc = rpc = RpcCalls(first_id=1)
+        self._session.connection_made()
+        reader = asyncio.create_task(self._read(ws, self._rpc))
+        sender = asyncio.create_task(self._send_loop())
+        try:
+            try:
+                await self.call("authenticate", self._session.auth_request(token))
+            except RpcError as exc:
+                raise AuthenticationFailed(f"authentication failed: {exc.error.message}") from None
+            await self._start_replication()
+            self.st.connected.set()
+            await self._request_pending_subscriptions()
+            done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            rpc.fail_all(self._lost_error)
+            for task in (reader, sender):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _start_replication(self) -> None:
+        session, store = self._session, self.st.store
+        assert session is not None and store is not None
+        lsn = await self.st.io(store.meta, LSN_KEY) or ""
+        req = session.start_request(lsn, list(self.st.subscriptions))
+        while True:
+            resp = await self._call_replication(req)
+            if session.started(resp) is s.Start.STARTED:
+                return
+            # the server cannot resume us: forget synced rows (pending writes stay), start afresh
+            log.warning("the server cannot resume this client (%s); syncing its shapes again", resp.err.message)
+            tables = {shape["table"] for sub in self.st.subscriptions.values() for shape in sub.shapes}
+            await self.st.io(store.reset_tables, tables)
+            self.st.server_lsn = ""
+            for sub in self.st.subscriptions.values():
+                sub.synced.clear()
+            req = session.start_request("", [])
+
+    async def _call_replication(self, req: pb.SatInStartReplicationReq) -> pb.SatInStartReplicationResp:
+        try:
+            resp = await self.call("startReplication", req)
+        except RpcError as exc:
+            raise SyncError(f"the server refused replication: {exc.error.message}") from None
+        assert isinstance(resp, pb.SatInStartReplicationResp)
+        return resp
+
+    async def _request_pending_subscriptions(self) -> None:
+        for sub in list(self.st.subscriptions.values()):
+            if not sub.synced.is_set() and sub.error is None:
+                try:
+                    await self.request_subscription(sub)
+                except SubscriptionRefused as exc:
+                    # refused (say, the shape is no longer declared): the others carry on
+                    log.warning("%s", exc)
+                    self.st.subscriptions.pop(sub.id, None)
+                    await self.st.save_subscriptions()
+
+    async def request_subscription(self, sub: Subscription) -> None:
+        try:
+            resp = await self.call("subscribe", subscription_request(sub.id, sub.shapes))
+        except RpcError as exc:
+            raise SubscriptionRefused(f"subscription refused: {exc.error.message}") from None
+        assert isinstance(resp, pb.SatSubsResp)
+        details = subscription_refusal(resp)
+        if details is not None:
+            sub.error = details
+            sub.synced.set()
+            raise SubscriptionRefused(f"subscription refused: {details}")
+
+    async def call(self, method: str, body: Message, timeout: float = 30) -> Message:
+        """An RPC call on the current connection; :class:`ConnectionLost` if it is gone or goes."""
+        ws = self._ws
+        if ws is None:
+            raise ConnectionLost(f"not connected to {self.st.url}")
+
+        async def send(msg: Message) -> None:
+            await ws.send(codec.encode(msg))
+
+        try:
+            return await self._rpc.call(send, method, body, timeout)
+        except ConnectionClosed as exc:
+            raise ConnectionLost(f"the connection to {self.st.url} was lost during {method}: {exc}") from None
+        except TimeoutError:
+            raise Timeout(f"the server did not answer {method} within {timeout:g}s") from None
+
+    def _lost_error(self) -> ConnectionLost:
+        return ConnectionLost(f"the connection to {self.st.url} was lost before the server answered")
+
+    async def _send(self, msg: Message) -> None:
+        if self._ws is None:
+            raise ConnectionLost(f"not connected to {self.st.url}")
+        await self._ws.send(codec.encode(msg))
+
+    # -- outbound: local writes ------------------------------------------------------------------
+    async def _send_loop(self) -> None:
+        session, store = self._session, self.st.store
+        assert session is not None and store is not None
+        while True:
+            self.st.wake_sender.clear()
+            if session.outbound is not None:
+                for tx in await self.st.io(store.transactions_after, session.outbound):
+                    if session.outbound is None:
+                        break  # the server stopped our stream meanwhile
+                    for msg in session.outgoing(tx, store.tables):
+                        await self._send(msg)
+            await self.st.wake_sender.wait()
+
+    # -- inbound ---------------------------------------------------------------------------------
+    async def _read(self, ws: ClientConnection, rpc: RpcCalls) -> None:
+        assert self._session is not None
+        try:
+            async for frame in ws:
+                if isinstance(frame, str):
+                    raise SyncError("the server sent a text frame")
+                await self._perform(self._session.receive(codec.decode(frame)))
+                self.st.changed.set()
+        finally:
+            rpc.fail_all(self._lost_error)  # calls waiting for an answer learn at once
+
+    async def _perform(self, effects: list[s.Effect]) -> None:
+        store, client_id = self.st.store, self.st.client_id
+        assert store is not None and client_id is not None
+        for eff in effects:
+            if isinstance(eff, s.Send):
+                await self._send(eff.message)
+            elif isinstance(eff, s.Resolve):
+                self._rpc.resolve(eff.response)
+            elif isinstance(eff, s.EnsureTable):
+                await self.st.io(store.ensure_table, eff.table)
+            elif isinstance(eff, s.Apply):
+                await self._apply(store, client_id, eff)
+            elif isinstance(eff, s.Delivered):
+                delivered = self.st.subscriptions.get(eff.subscription_id)
+                if delivered is not None:
+                    await self.st.save_subscriptions()
+                    delivered.synced.set()
+            elif isinstance(eff, s.DeliveryFailed):
+                failed = self.st.subscriptions.pop(eff.subscription_id, None)
+                if failed is not None:
+                    failed.error = eff.message
+                    failed.synced.set()
+            elif isinstance(eff, s.Progress):
+                if self.st.on_progress is not None:
+                    self.st.on_progress(eff.subscription_id, eff.rows)
+            elif isinstance(eff, s.Refused):
+                # one of our transactions was refused; its echo puts the rows back as the server has them
+                self.st.refused.append(eff.message)
+                log.warning("the server refused a local transaction: %s", eff.message)
+                if self.st.on_refused is not None:
+                    self.st.on_refused(eff.message)
+            elif isinstance(eff, s.WakeSender):
+                self.st.wake_sender.set()
+            elif isinstance(eff, s.AckLater):
+                self._ack_timer = asyncio.get_running_loop().call_later(eff.delay, self._ack_due)
+
+    async def _apply(self, store: Store, client_id: str, eff: s.Apply) -> None:
+        found = await self.st.io(
+            store.apply_remote,
+            eff.changes,
+            client_id=client_id,
+            origin=eff.origin,
+            timestamp=eff.timestamp,
+            lsn=eff.lsn,
+        )
+        self.st.pending = found.pending
+        if found.stamped:
+            self.st.wake_sender.set()
+        if eff.lsn is not None:
+            self.st.server_lsn = eff.lsn
+        if eff.transaction:
+            if eff.timestamp is not None:
+                self.st.lag_ms = max(0.0, time.time() * 1000 - eff.timestamp)
+            if self.st.on_change is not None:
+                self.st.on_change(eff.changes, eff.origin)
+
+    def _ack_due(self) -> None:
+        self._ack_timer = None
+        if self._session is None or self._ws is None:
+            return
+        effects = self._session.ack_due()
+        if effects:
+            task = asyncio.ensure_future(self._ack_quietly(effects))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _ack_quietly(self, effects: list[s.Effect]) -> None:
+        with contextlib.suppress(ConnectionClosed, ConnectionLost):
+            for eff in effects:
+                if isinstance(eff, s.Send):
+                    await self._send(eff.message)

@@ -1,0 +1,156 @@
+"""The oplog of local writes: taking them into transactions (stamping), reading them back to send.
+
+The triggers (:mod:`electricctl.client.schema`) append one row per local write with no timestamp.
+:func:`stamp` takes those rows into a transaction (they share one timestamp) and records, for each
+write, the tags it observed (the row's shadow tags) as the ones it clears. A transaction stays in
+the oplog until the server echoes it back (:mod:`electricctl.client.apply` then deletes it).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from electricctl._merge.rules import Tag
+from electricctl.client.schema import LAST_TIMESTAMP_KEY, NAMESPACE, OPLOG, SHADOW, Table, Txn, get_meta, set_meta
+from electricctl.client.values import LocalValue, from_oplog
+
+_COLUMNS = "rowid, tablename, optype, primaryKey, newRow, oldRow, timestamp, clearTags"
+
+
+@dataclass(slots=True)
+class OplogEntry:
+    """One stamped local write."""
+
+    rowid: int
+    table: str
+    optype: str
+    pk: str
+    new: dict[str, LocalValue] | None
+    old: dict[str, LocalValue] | None
+    timestamp: int
+    clear_tags: list[str]
+
+
+@dataclass(slots=True)
+class LocalTransaction:
+    """Local writes taken together, sent as one client transaction."""
+
+    timestamp: int
+    entries: list[OplogEntry] = field(default_factory=list)
+
+    @property
+    def lsn(self) -> int:
+        return self.entries[-1].rowid
+
+
+def has_unstamped(db: sqlite3.Connection) -> bool:
+    return db.execute(f"SELECT 1 FROM {OPLOG} WHERE timestamp IS NULL LIMIT 1").fetchone() is not None
+
+
+def pending_count(db: sqlite3.Connection) -> int:
+    return int(db.execute(f"SELECT count(*) FROM {OPLOG}").fetchone()[0])
+
+
+def stamp(db: sqlite3.Connection, client_id: str, limit: int = 10_000) -> int | None:
+    """Take the local writes not yet in a transaction (at most ``limit``) into a new one; return its timestamp.
+
+    The bound keeps a long offline session from becoming one transaction larger than the
+    server accepts; the writes beyond it go into the next transactions, in order.
+
+    Each write records the tags it observed (the row's shadow tags) as the ones it clears, and
+    the row's shadow tags become the write's own tag (removed for a delete).
+    """
+    with Txn(db):
+        rows = db.execute(
+            f"SELECT rowid, tablename, optype, primaryKey FROM {OPLOG} WHERE timestamp IS NULL ORDER BY rowid LIMIT ?",
+            [limit],
+        ).fetchall()
+        if not rows:
+            return None
+        # strictly increasing, even if the clock steps back: a timestamp names one transaction
+        previous = int(get_meta(db, LAST_TIMESTAMP_KEY) or 0)
+        ts = max(int(time.time() * 1000), previous + 1)
+        tag = json.dumps([str(Tag(ts, client_id))])
+        for rowid, table, optype, pk in rows:
+            shadow = shadow_tags(db, table, pk)
+            db.execute(
+                f"UPDATE {OPLOG} SET timestamp = ?, clearTags = ? WHERE rowid = ?",
+                [str(ts), json.dumps(shadow), rowid],
+            )
+            if optype == "DELETE":
+                db.execute(
+                    f"DELETE FROM {SHADOW} WHERE namespace = ? AND tablename = ? AND primaryKey = ?",
+                    [NAMESPACE, table, pk],
+                )
+            elif optype != "COMPENSATION":  # a compensation re-asserts the tags seen; it adds none
+                set_shadow(db, table, pk, tag)
+        set_meta(db, LAST_TIMESTAMP_KEY, str(ts))
+        return ts
+
+
+def stamp_all(db: sqlite3.Connection, client_id: str) -> int:
+    """Stamp every unstamped write (in transactions of at most 10,000); return how many transactions."""
+    made = 0
+    while stamp(db, client_id) is not None:
+        made += 1
+    return made
+
+
+def transactions_after(db: sqlite3.Connection, tables: Mapping[str, Table], lsn: int) -> list[LocalTransaction]:
+    """Stamped local transactions not yet sent past ``lsn`` (the server's last applied)."""
+    rows = db.execute(
+        f"SELECT {_COLUMNS} FROM {OPLOG} WHERE timestamp IS NOT NULL AND rowid > ? ORDER BY rowid",
+        [lsn],
+    ).fetchall()
+    out: list[LocalTransaction] = []
+    for r in rows:
+        entry = _entry(tables, r)
+        if not out or out[-1].timestamp != entry.timestamp:
+            out.append(LocalTransaction(entry.timestamp))
+        out[-1].entries.append(entry)
+    return out
+
+
+def pending_for(db: sqlite3.Connection, tables: Mapping[str, Table], table: str, pk: str) -> list[OplogEntry]:
+    """The stamped writes of one row still waiting for the server's echo, oldest first."""
+    rows = db.execute(
+        f"SELECT {_COLUMNS} FROM {OPLOG}"
+        " WHERE namespace = ? AND tablename = ? AND primaryKey = ? AND timestamp IS NOT NULL ORDER BY rowid",
+        [NAMESPACE, table, pk],
+    ).fetchall()
+    return [_entry(tables, r) for r in rows]
+
+
+def forget_transaction(db: sqlite3.Connection, timestamp: int) -> None:
+    """The server echoed our transaction: it is in Postgres now."""
+    db.execute(f"DELETE FROM {OPLOG} WHERE timestamp = ?", [str(timestamp)])
+
+
+def shadow_tags(db: sqlite3.Connection, table: str, pk: str) -> list[str]:
+    row = db.execute(
+        f"SELECT tags FROM {SHADOW} WHERE namespace = ? AND tablename = ? AND primaryKey = ?",
+        [NAMESPACE, table, pk],
+    ).fetchone()
+    return list(json.loads(row[0])) if row else []
+
+
+def set_shadow(db: sqlite3.Connection, table: str, pk: str, tags_json: str) -> None:
+    db.execute(
+        f"INSERT OR REPLACE INTO {SHADOW} (namespace, tablename, primaryKey, tags) VALUES (?, ?, ?, ?)",
+        [NAMESPACE, table, pk, tags_json],
+    )
+
+
+def _entry(tables: Mapping[str, Table], r: Sequence[Any]) -> OplogEntry:
+    table = tables.get(r[1])
+    new = json.loads(r[4]) if r[4] else None
+    old = json.loads(r[5]) if r[5] else None
+    if table is not None:
+        new = {k: from_oplog(table.column(k), v) for k, v in new.items()} if new else new
+        old = {k: from_oplog(table.column(k), v) for k, v in old.items()} if old else old
+    return OplogEntry(r[0], r[1], r[2], r[3], new, old, int(r[6]), json.loads(r[7] or "[]"))

@@ -1,0 +1,310 @@
+"""The client side of the Satellite protocol as pure steps: no network, no database, no clock of its own.
+
+:class:`ClientSession` decides what the client sends and what it must do, and
+:class:`~electricctl.client.sync.SyncClient` (the driver) does it: the driver feeds every message
+it receives to :meth:`ClientSession.receive` and carries out the returned effects in order
+(sending frames, applying changes to the store, waking the sender, arming the ack timer).
+
+The decisions made here:
+
+* after authenticating, ``startReplication`` from the stored position (with the subscription ids
+  when resuming); a refusal with BEHIND_WINDOW, INVALID_POSITION or SUBSCRIPTION_NOT_FOUND (or any
+  refusal of a fresh start) means: forget the synced rows and start afresh, once;
+* subscription data (begin, rows, end or error) is gathered and applied as one batch, then acked;
+  so is the data of an unsubscribe (GONE rows);
+* each server transaction is applied, then acked once 70% of the server's window is unacked, or
+  0.2 s after the first unacked one;
+* an error reply naming a transaction is a refused local transaction (its echo puts the rows
+  back); any other error ends the connection;
+* the server's ``startReplication`` call tells from which local position to send.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from google.protobuf.message import Message
+
+from electricctl._protocol import satellite_pb2 as pb
+from electricctl._protocol.rpc import client_answer
+from electricctl.client.oplog import LocalTransaction
+from electricctl.client.schema import Table
+from electricctl.client.values import RemoteChange
+from electricctl.client.wire import (
+    Shape,
+    decode_changes,
+    relation_message,
+    subscription_request,
+    table_from_relation,
+    transaction_oplog,
+)
+from electricctl.errors import SyncError
+
+ACK_FRACTION = 0.7
+"""Ack once this fraction of the server's unacked window is used..."""
+ACK_DELAY = 0.2
+"""...or this many seconds after the first unacked transaction."""
+DEFAULT_WINDOW = 30
+
+_ERR = pb.SatInStartReplicationResp.ReplicationError
+RESET_CODES = frozenset({_ERR.BEHIND_WINDOW, _ERR.INVALID_POSITION, _ERR.SUBSCRIPTION_NOT_FOUND})
+
+
+# -- effects: what the driver is to do, in order ------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send this message."""
+
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Resolve:
+    """Hand this response to the RPC call waiting for it."""
+
+    response: pb.SatRpcResponse
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureTable:
+    """Create the table locally (and its triggers) if it is not there as described."""
+
+    table: Table
+
+
+@dataclass(frozen=True, slots=True)
+class Apply:
+    """Apply these changes in one local transaction (stamping pending local writes first)."""
+
+    changes: list[RemoteChange]
+    origin: str | None
+    timestamp: int | None
+    lsn: str | None
+    """The server position to store with them (None: keep the stored one)."""
+    transaction: bool
+    """A live server transaction (report it to ``on_change``), not subscription data."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A subscription's initial data is applied: it is synced (and to be remembered)."""
+
+    subscription_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryFailed:
+    """The server could not deliver a subscription's data; it is dropped."""
+
+    subscription_id: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Rows of a subscription's initial data received so far."""
+
+    subscription_id: str
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The server refused one of this client's transactions (its echo reverts the rows)."""
+
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class WakeSender:
+    """The position to send from changed: look for local transactions to send now."""
+
+
+@dataclass(frozen=True, slots=True)
+class AckLater:
+    """Call :meth:`ClientSession.ack_due` after ``delay`` seconds."""
+
+    delay: float
+
+
+Effect = Send | Resolve | EnsureTable | Apply | Delivered | DeliveryFailed | Progress | Refused | WakeSender | AckLater
+
+
+class Start(enum.Enum):
+    """What to do with the answer to ``startReplication``."""
+
+    STARTED = "started"
+    RESET = "reset"
+    """Forget the synced rows of every subscription, then ask again from scratch (no position)."""
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Subscription or unsubscribe data being gathered."""
+
+    subscription: str | None = None
+    changes: list[RemoteChange] = field(default_factory=list)
+    lsn: str = ""
+    gone: list[str] = field(default_factory=list)
+
+
+class ClientSession:
+    """The protocol state of one client, across its connections (:meth:`connection_made` starts one)."""
+
+    def __init__(self, client_id: str, *, clock: Callable[[], float] = time.time) -> None:
+        self.client_id = client_id
+        self._clock = clock
+        self.window = DEFAULT_WINDOW
+        """How many server transactions may be unacked (the server says, in startReplication's reply)."""
+        self.outbound: int | None = None
+        """The local position after which to send (None: the server has not asked, or has stopped)."""
+        self.last_lsn = b""
+        self.last_xid = 0
+        self.unacked = 0
+        self._ack_armed = False
+        self._relations: dict[int, Table] = {}
+        self._sent_relations: dict[str, int] = {}
+        self._incoming: _Batch | None = None
+        self._unsubs: _Batch | None = None
+        self._start_lsn = ""
+        self._start_retried = False
+
+    def connection_made(self) -> None:
+        """A new connection: what the last one had sent or half received is forgotten."""
+        self._sent_relations = {}
+        self.outbound = None
+        self._incoming = None
+        self._unsubs = None
+        self._ack_armed = False
+        self._start_retried = False
+
+    # -- handshake -------------------------------------------------------------------------------
+    def auth_request(self, token: str) -> pb.SatAuthReq:
+        return pb.SatAuthReq(id=self.client_id, token=token)
+
+    def start_request(self, lsn: str, subscription_ids: Sequence[str]) -> pb.SatInStartReplicationReq:
+        """Resume from ``lsn`` with the subscriptions held there (or start afresh if there is none)."""
+        self._start_lsn = lsn
+        ids = list(subscription_ids) if lsn else []
+        return pb.SatInStartReplicationReq(lsn=lsn.encode(), subscription_ids=ids, schema_version="")
+
+    def started(self, resp: pb.SatInStartReplicationResp) -> Start:
+        """The answer to :meth:`start_request`. Raises :class:`SyncError` if the server will not start us."""
+        if resp.HasField("err"):
+            if self._start_retried:
+                raise SyncError(f"the server refused replication: {resp.err.message}")
+            if resp.err.code not in RESET_CODES and self._start_lsn:
+                raise SyncError(f"the server refused to resume: {resp.err.message}")
+            self._start_retried = True
+            return Start.RESET
+        if resp.HasField("unacked_window_size") and resp.unacked_window_size:
+            self.window = resp.unacked_window_size
+        return Start.STARTED
+
+    def subscription_requests(self, pending: Mapping[str, Sequence[Shape]]) -> list[pb.SatSubsReq]:
+        """Requests for the subscriptions made while offline (or not yet delivered), once started."""
+        return [subscription_request(sub_id, shapes) for sub_id, shapes in pending.items()]
+
+    # -- inbound ---------------------------------------------------------------------------------
+    def receive(self, msg: Message) -> list[Effect]:
+        """What to do about one message from the server. Raises :class:`SyncError` for a fatal error."""
+        if isinstance(msg, pb.SatRpcResponse):
+            return [Resolve(msg)]
+        if isinstance(msg, pb.SatRpcRequest):
+            response, lsn = client_answer(msg)
+            if lsn is None:
+                self.outbound = None  # stopped: keep the writes until the server asks again
+                return [Send(response)]
+            self.outbound = int.from_bytes(lsn, "big")  # send what comes after this (empty: everything)
+            return [Send(response), WakeSender()]
+        if isinstance(msg, pb.SatRelation):
+            table = table_from_relation(msg)
+            self._relations[msg.relation_id] = table
+            return [EnsureTable(table)]
+        if isinstance(msg, pb.SatSubsDataBegin):
+            self._incoming = _Batch(msg.subscription_id, lsn=msg.lsn.decode())
+            return []
+        if isinstance(msg, pb.SatSubsDataEnd):
+            return self._subscription_delivered()
+        if isinstance(msg, pb.SatSubsDataError):
+            self._incoming = None
+            return [DeliveryFailed(msg.subscription_id, msg.message or "the server could not deliver the subscription")]
+        if isinstance(msg, pb.SatUnsubsDataBegin):
+            self._unsubs = _Batch(gone=list(msg.subscription_ids))
+            return []
+        if isinstance(msg, pb.SatUnsubsDataEnd):
+            batch, self._unsubs = self._unsubs or _Batch(), None
+            ack = pb.SatOpLogAck(lsn=self.last_lsn, gone_subscription_ids=batch.gone)
+            return [Apply(batch.changes, None, None, None, transaction=False), Send(ack)]
+        if isinstance(msg, pb.SatOpLog):
+            return self._oplog(msg)
+        if isinstance(msg, pb.SatErrorResp):
+            if msg.lsn:
+                return [Refused(msg.message)]
+            raise SyncError(f"server error: {pb.SatErrorResp.ErrorCode.Name(msg.error_type)} {msg.message}")
+        return []
+
+    def _oplog(self, msg: pb.SatOpLog) -> list[Effect]:
+        if self._incoming is not None:
+            self._incoming.changes.extend(decode_changes(msg.ops, self._relations))
+            if self._incoming.subscription is None:
+                return []
+            return [Progress(self._incoming.subscription, len(self._incoming.changes))]
+        if self._unsubs is not None:
+            self._unsubs.changes.extend(decode_changes(msg.ops, self._relations))
+            return []
+        begin = msg.ops[0].begin
+        changes = decode_changes(msg.ops[1:-1], self._relations)
+        origin = begin.origin or None
+        out: list[Effect] = [Apply(changes, origin, begin.commit_timestamp, begin.lsn.decode(), transaction=True)]
+        self.last_lsn = begin.lsn
+        self.last_xid = begin.transaction_id
+        self.unacked += 1
+        if self.unacked >= max(1, int(self.window * ACK_FRACTION)):
+            out.append(Send(self._ack()))
+        elif not self._ack_armed:
+            self._ack_armed = True
+            out.append(AckLater(ACK_DELAY))
+        return out
+
+    def _subscription_delivered(self) -> list[Effect]:
+        incoming, self._incoming = self._incoming, None
+        if incoming is None or incoming.subscription is None:
+            return []
+        if incoming.lsn:
+            self.last_lsn = incoming.lsn.encode()
+        return [
+            Apply(incoming.changes, None, None, incoming.lsn or None, transaction=False),
+            Delivered(incoming.subscription),
+            Send(pb.SatOpLogAck(lsn=self.last_lsn, subscription_ids=[incoming.subscription])),
+        ]
+
+    def ack_due(self) -> list[Effect]:
+        """The ack timer fired: ack what is still unacked."""
+        self._ack_armed = False
+        return [Send(self._ack())] if self.unacked else []
+
+    def _ack(self) -> pb.SatOpLogAck:
+        self.unacked = 0
+        return pb.SatOpLogAck(ack_timestamp=int(self._clock() * 1000), lsn=self.last_lsn, transaction_id=self.last_xid)
+
+    # -- outbound --------------------------------------------------------------------------------
+    def outgoing(self, tx: LocalTransaction, tables: Mapping[str, Table]) -> list[Message]:
+        """The messages that send ``tx``: the relations not yet sent on this connection, then the
+        transaction. The position to send from moves past it."""
+        out: list[Message] = []
+
+        def relation_id(table: Table) -> int:
+            rel_id = self._sent_relations.get(table.name)
+            if rel_id is None:
+                rel_id = self._sent_relations[table.name] = len(self._sent_relations) + 1
+                out.append(relation_message(table, rel_id))
+            return rel_id
+
+        oplog = transaction_oplog(tx, tables, relation_id)
+        out.append(oplog)
+        self.outbound = tx.lsn
+        return out

@@ -1,0 +1,76 @@
+"""Values between the wire and the local file, and the decoded form of a server change.
+
+On the wire (Satellite rows) every value is Postgres' text form, bytea raw. Locally values are
+stored as the npm client stores them: integers and booleans (0/1) as INTEGER, floats as REAL,
+bytea as BLOB, everything else as TEXT in Postgres' text form. The oplog's JSON (written by the
+triggers) holds int8 and floats as text and bytea as hex.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from electricctl.client.schema import FLOATS, INTS, Column
+
+LocalValue = int | float | str | bytes | None
+"""A value as SQLite holds it."""
+Wire = bytes | None
+"""A value as a Satellite row carries it."""
+
+
+@dataclass(slots=True)
+class RemoteChange:
+    """One change from the server, decoded to local values."""
+
+    table: str
+    kind: str
+    """insert, update, delete, gone."""
+    values: dict[str, LocalValue]
+    """The new row (insert, update) or the old row / key (delete, gone)."""
+    old: dict[str, LocalValue] | None
+    tags: list[str]
+
+
+def to_local(col: Column, value: Wire) -> LocalValue:
+    if value is None:
+        return None
+    if col.pg_type == "bytea":
+        return bytes(value)
+    text = value.decode()
+    if col.pg_type in INTS:
+        return int(text)
+    if col.pg_type in FLOATS:
+        return float(text)
+    if col.pg_type == "bool":
+        return 1 if text == "t" else 0
+    return text
+
+
+def to_wire(col: Column, value: LocalValue) -> Wire:
+    if value is None:
+        return None
+    if col.pg_type == "bytea":
+        return value if isinstance(value, bytes) else bytes.fromhex(str(value))
+    if col.pg_type == "bool":
+        return b"t" if value not in (0, "0", "f", "false", False) else b"f"
+    if col.pg_type in INTS:
+        return str(int(value)).encode()
+    if col.pg_type in FLOATS:
+        return repr(float(value)).encode()
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode()
+
+
+def from_oplog(col: Column, value: Any) -> LocalValue:
+    """Oplog rows are JSON (the npm client's format): bytea as hex, int8 and floats as text."""
+    if value is None:
+        return None
+    if col.pg_type == "bytea":
+        return bytes.fromhex(value)
+    if col.pg_type in INTS:
+        return int(value)
+    if col.pg_type in FLOATS:
+        return float(value)
+    return value  # type: ignore[no-any-return]

@@ -1,0 +1,136 @@
+"""Protobuf <-> local changes: the Satellite messages the client reads and writes, built and decoded.
+
+Pure functions over :mod:`electricctl._protocol.satellite_pb2` messages: relations to local tables
+and back, server operations to :class:`~electricctl.client.values.RemoteChange`, a local
+transaction to one ``SatOpLog``, and subscription requests. No I/O and no state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from electricctl._protocol import codec
+from electricctl._protocol import satellite_pb2 as pb
+from electricctl.client.oplog import LocalTransaction, OplogEntry
+from electricctl.client.schema import Column, Table
+from electricctl.client.values import RemoteChange, Wire, to_local, to_wire
+
+Shape = Mapping[str, str]
+"""One shape of a subscription: ``{"table": name}`` and optionally ``"where"``."""
+
+
+def table_from_relation(msg: pb.SatRelation) -> Table:
+    return Table(msg.table_name, tuple(Column(c.name, c.type, c.primaryKey, c.is_nullable) for c in msg.columns))
+
+
+def relation_message(table: Table, relation_id: int) -> pb.SatRelation:
+    return pb.SatRelation(
+        schema_name="public",
+        table_type=pb.SatRelation.TABLE,
+        table_name=table.name,
+        relation_id=relation_id,
+        columns=[
+            pb.SatRelationColumn(name=c.name, type=c.pg_type, primaryKey=c.primary_key, is_nullable=c.nullable)
+            for c in table.columns
+        ],
+    )
+
+
+def encode_row(table: Table, values: Mapping[str, Any]) -> pb.SatOpRow:
+    wire: Sequence[Wire] = [to_wire(c, values.get(c.name)) for c in table.columns]
+    return codec.encode_row(wire)
+
+
+def _decode_row(table: Table, row: pb.SatOpRow) -> dict[str, Any]:
+    raw = codec.decode_row(row, len(table.columns))
+    return {c.name: to_local(c, v) for c, v in zip(table.columns, raw, strict=True)}
+
+
+def decode_change(op: pb.SatTransOp, relations: Mapping[int, Table]) -> RemoteChange | None:
+    """The change an operation carries (None for begin, commit and other non-row operations).
+
+    Raises KeyError for a relation the server has not described.
+    """
+    kind = op.WhichOneof("op")
+    if kind == "insert":
+        table = relations[op.insert.relation_id]
+        return RemoteChange(table.name, kind, _decode_row(table, op.insert.row_data), None, list(op.insert.tags))
+    if kind == "update":
+        table = relations[op.update.relation_id]
+        body = op.update
+        new, old = _decode_row(table, body.row_data), _decode_row(table, body.old_row_data)
+        return RemoteChange(table.name, kind, new, old, list(body.tags))
+    if kind == "delete":
+        table = relations[op.delete.relation_id]
+        return RemoteChange(table.name, kind, _decode_row(table, op.delete.old_row_data), None, list(op.delete.tags))
+    if kind == "gone":
+        table = relations[op.gone.relation_id]
+        return RemoteChange(table.name, kind, _decode_row(table, op.gone.pk_data), None, [])
+    return None
+
+
+def decode_changes(ops: Sequence[pb.SatTransOp], relations: Mapping[int, Table]) -> list[RemoteChange]:
+    return [c for op in ops if (c := decode_change(op, relations)) is not None]
+
+
+def client_lsn(rowid: int) -> bytes:
+    """A client transaction's position as the server stores it: the last oplog rowid, big-endian."""
+    return rowid.to_bytes(4 if rowid < 1 << 32 else 8, "big")
+
+
+def _entry_op(table: Table, relation_id: int, e: OplogEntry) -> pb.SatTransOp:
+    if e.optype == "INSERT":
+        row = encode_row(table, e.new or {})
+        return pb.SatTransOp(insert=pb.SatOpInsert(relation_id=relation_id, row_data=row, tags=e.clear_tags))
+    if e.optype == "UPDATE":
+        return pb.SatTransOp(
+            update=pb.SatOpUpdate(
+                relation_id=relation_id,
+                row_data=encode_row(table, e.new or {}),
+                old_row_data=encode_row(table, e.old or {}),
+                tags=e.clear_tags,
+            )
+        )
+    if e.optype == "DELETE":
+        row = encode_row(table, e.old or {})
+        return pb.SatTransOp(delete=pb.SatOpDelete(relation_id=relation_id, old_row_data=row, tags=e.clear_tags))
+    row = encode_row(table, e.new or {})
+    return pb.SatTransOp(compensation=pb.SatOpCompensation(relation_id=relation_id, pk_data=row, tags=e.clear_tags))
+
+
+def transaction_oplog(
+    tx: LocalTransaction, tables: Mapping[str, Table], relation_id: Callable[[Table], int]
+) -> pb.SatOpLog:
+    """One local transaction as the ``SatOpLog`` that carries it (begin, one op per write, commit).
+
+    ``relation_id`` gives the id a table is sent under (the caller sends its relation first).
+    """
+    ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=tx.timestamp, lsn=client_lsn(tx.lsn)))]
+    for e in tx.entries:
+        table = tables[e.table]
+        ops.append(_entry_op(table, relation_id(table), e))
+    ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=tx.timestamp)))
+    return pb.SatOpLog(ops=ops)
+
+
+def subscription_request(subscription_id: str, shapes: Sequence[Shape]) -> pb.SatSubsReq:
+    return pb.SatSubsReq(
+        subscription_id=subscription_id,
+        shape_requests=[
+            pb.SatShapeReq(
+                request_id=f"r{i}",
+                shape_definition=pb.SatShapeDef(
+                    selects=[pb.SatShapeDef.Select(tablename=s["table"], where=s.get("where", ""))]
+                ),
+            )
+            for i, s in enumerate(shapes)
+        ],
+    )
+
+
+def subscription_refusal(resp: pb.SatSubsResp) -> str | None:
+    """The server's reason for refusing a subscription, or None if it accepted it."""
+    if not resp.HasField("err"):
+        return None
+    return "; ".join(e.message for e in resp.err.shape_request_error) or resp.err.message
