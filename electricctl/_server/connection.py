@@ -339,7 +339,9 @@ class Connection:
                 if isinstance(shape, str):
                     return refuse(START_ERR.SUBSCRIPTION_NOT_FOUND, f"cannot resume {sub.id}: {shape}")
                 engine.register(shape)
-        await self.server.store.save_async(state)
+        # the pruned state is saved in the background: the response does not wait for an fsync (the
+        # npm client gives startReplication 3 s), and saves of one client land in call order
+        self._saving = asyncio.ensure_future(self.server.store.save_async(state))
         engine.start(cursor)
         return S.StreamStarted(effect.request_id, cursor)
 
