@@ -283,3 +283,17 @@ adhoc_shapes: deny
         await subscribe(cl, "just_parents")  # a declared shape without one is served
         assert set(cl.table("parents")) == {(b"p1",)}
         await cl.close()
+
+
+async def test_a_value_python_cannot_hold_does_not_stop_the_stream(client: SatelliteClient, env: Env) -> None:
+    # Postgres stores timestamps Python's datetime cannot hold (+-infinity, BC, past year 9999).
+    # A clause on such a column cannot be decided for that row in the stream: the row does not
+    # match there, and the stream goes on (it used to fail, cutting off every client with a
+    # clause on the column, again at each reconnect).
+    await subscribe(client, "items", "this.at > '2020-01-01'")
+    env.sql("INSERT INTO items (id, at) VALUES ('inf', 'infinity'), ('bc', '0044-03-15 BC'), ('far', '10000-01-01')")
+    env.sql("INSERT INTO items (id, at) VALUES ('ok', '2024-05-01')")
+    await client.wait_for(lambda: (b"ok",) in client.table("items"))
+    assert {(b"inf",), (b"bc",), (b"far",)}.isdisjoint(client.table("items"))
+    env.sql("UPDATE items SET at = '2025-01-01' WHERE id = 'inf'")  # now decidable: moves in
+    await client.wait_for(lambda: (b"inf",) in client.table("items"))

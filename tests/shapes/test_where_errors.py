@@ -158,3 +158,14 @@ def test_the_equality_index_takes_constants_and_claims_never_another_column() ->
     assert compile_where("title = title", REL, claims).equality is None
     assert compile_where("n = auth.big", REL, claims).equality == ("n", "5")
     assert compile_where("title = 'x' AND n > 1", REL, claims).equality == ("title", "x")
+
+
+def test_a_stored_value_python_cannot_hold_makes_the_row_undecided_not_an_error() -> None:
+    where = compile_where("at > '2020-01-01' OR n = 1", REL, CLAIMS)
+    at, n = ([c.name for c in REL.columns].index(c) for c in ("at", "n"))
+    for stored in (b"infinity", b"-infinity", b"0044-03-15 00:00:00+00 BC", b"10000-01-01 00:00:00+00"):
+        row: list[bytes | None] = [None] * len(REL.columns)
+        row[at] = stored
+        assert where.matches(tuple(row)) is False
+        row[n] = b"1"  # the other operand of OR still decides
+        assert where.matches(tuple(row)) is True

@@ -16,7 +16,7 @@ from functools import singledispatch
 
 from electricctl._model.rows import Row
 from electricctl._shapes.where import ir
-from electricctl._shapes.where.errors import EvalError
+from electricctl._shapes.where.errors import EvalError, ShapeError
 from electricctl._shapes.where.functions import FUNCTIONS
 from electricctl._shapes.where.kinds import BOOL, FLOAT, INT, INT_RANGES, NUMBERS, NUMERIC, TEXT
 from electricctl._shapes.where.values import Value, parse_text, to_text
@@ -45,7 +45,13 @@ def _column(node: ir.ColumnRef) -> Getter:
         raw = row[i]
         if raw is None:
             return None
-        return parse_text(kind, raw.decode())
+        try:
+            return parse_text(kind, raw.decode())
+        except (ShapeError, ValueError, InvalidOperation) as exc:
+            # a stored value Python cannot hold (a timestamp of +-infinity, BC, or past 9999): the
+            # clause cannot be decided for this row, which then does not match; it must never
+            # stop the stream (every client with a clause on this column would be cut off)
+            raise EvalError(f"column {node.name}: {exc}") from None
 
     return get
 
