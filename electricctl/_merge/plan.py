@@ -12,7 +12,7 @@ transaction's echo carries). The writer reads the current states and runs the pl
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -162,7 +162,7 @@ def tag_order(t: Tag) -> tuple[int, str]:
     return (t.ts, t.origin or "")
 
 
-def tags_of(rows: Sequence[CurrentRow] | Any) -> dict[str, tuple[str, ...]]:
+def tags_of(rows: Iterable[CurrentRow]) -> dict[str, tuple[str, ...]]:
     return {row_key(r.rel.qualified, r.key): tuple(str(t) for t in sorted(r.state.tags, key=tag_order)) for r in rows}
 
 
@@ -220,7 +220,7 @@ def write_of(op: ClientOp, tag: Tag) -> Write:
     observed = frozenset(Tag.parse(t) for t in op.tags)
     if op.kind in ("delete", "compensation"):
         return Write(op.kind, tag, observed)
-    pk = {op.relation.columns[i].name for i in op.relation.pk_indexes}
+    pk = set(op.relation.pk_columns)
     if op.kind == "insert" or op.old is None:
         changed = frozenset(c for c in op.values if c not in pk)
     else:

@@ -38,6 +38,11 @@ class RelationDef:
     def pk_indexes(self) -> tuple[int, ...]:
         return tuple(i for i, c in enumerate(self.columns) if c.primary_key)
 
+    @property
+    def pk_columns(self) -> tuple[str, ...]:
+        """The primary key's column names, in the table's column order."""
+        return tuple(c.name for c in self.columns if c.primary_key)
+
 
 @dataclass(frozen=True, slots=True)
 class Change:

@@ -239,7 +239,7 @@ class Policy:
 
 
 def primary_key(rel: RelationDef) -> frozenset[str]:
-    return frozenset(rel.columns[i].name for i in rel.pk_indexes)
+    return frozenset(rel.pk_columns)
 
 
 def record(rel: RelationDef, row: Mapping[str, Any]) -> sql.Composed:
@@ -259,7 +259,7 @@ def _scope_id(g: GrantRule, rel: RelationDef, row: sql.Composable, describe: Des
     path: Sequence[Mapping[str, Any]] = g.scope_path
     if not path:
         # the table is the scope table: its own key
-        pk = [rel.columns[i].name for i in rel.pk_indexes]
+        pk = rel.pk_columns
         if len(pk) != 1:
             raise PolicyError(f"grant {g.name}: scope table {g.table} needs a single-column primary key")
         return sql.SQL("({})").format(_over(row, sql.Identifier(pk[0])))

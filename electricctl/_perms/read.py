@@ -215,7 +215,7 @@ def _read_term(
             if not keys:
                 return False
             if not g.scope_path:
-                pk = [rel.columns[i].name for i in rel.pk_indexes]
+                pk = rel.pk_columns
                 if len(pk) != 1:
                     return False
                 parts.append(in_set(rel, pk[0], keys))

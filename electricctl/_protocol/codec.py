@@ -102,6 +102,12 @@ def decode_row(row: pb.SatOpRow, ncols: int) -> list[Value]:
     return out
 
 
+def encode_client_lsn(position: int) -> bytes:
+    """Client LSNs (the client's oplog rowid) are big-endian unsigned integers: 4 bytes, as the
+    0.12 client sends them, or 8 past 2**32."""
+    return position.to_bytes(4 if position < 1 << 32 else 8, "big")
+
+
 def encode_server_lsn(position: int) -> bytes:
     """Server LSNs are the decimal ASCII form of the 64-bit WAL position."""
     return str(position).encode()

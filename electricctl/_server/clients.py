@@ -37,9 +37,6 @@ class ClientStore:
         self.error: str | None = None
         """Why the last save failed, until every failed save has been written."""
 
-    def prepare(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-
     def _path(self, client_id: str) -> Path:
         # client ids come from clients: never use them as file names directly
         return self.directory / (hashlib.sha256(client_id.encode()).hexdigest()[:32] + ".json")

@@ -39,7 +39,6 @@ from electricctl._server.common import (
     first_line,
     log_once,
 )
-from electricctl._server.inbound import encode_client_lsn
 from electricctl._server.satellite_sink import SatelliteSink
 from electricctl._server.services import Services
 from electricctl._server.writes import ClientWrites
@@ -396,7 +395,8 @@ class Connection:
         try:
             position = await self.server.writer.position(self.client_id)
             await self.call(
-                "startReplication", pb.SatInStartReplicationReq(lsn=encode_client_lsn(position) if position else b"")
+                "startReplication",
+                pb.SatInStartReplicationReq(lsn=codec.encode_client_lsn(position) if position else b""),
             )
         except (RpcError, TimeoutError, ConnectionClosed, psycopg.Error) as exc:
             self.phase = self.session.handle(self.phase, S.ClientStreamEnded()).state

@@ -45,10 +45,6 @@ def client_lsn(raw: bytes) -> int:
     return int.from_bytes(raw, "big")
 
 
-def encode_client_lsn(value: int) -> bytes:
-    return value.to_bytes(4 if value < 1 << 32 else 8, "big")
-
-
 def relation_from(msg: pb.SatRelation) -> ClientRelation:
     return ClientRelation(msg.schema_name or "public", msg.table_name, tuple(c.name for c in msg.columns))
 
@@ -211,7 +207,7 @@ def _decode_ops(
         unknown = [c for c in rel.columns if c not in known]
         if unknown:
             raise InvalidTransaction(f"{what}: unknown column(s) {', '.join(unknown)}")
-        missing = [server.columns[i].name for i in server.pk_indexes if server.columns[i].name not in rel.columns]
+        missing = [c for c in server.pk_columns if c not in rel.columns]
         if missing:
             raise InvalidTransaction(f"{what}: the relation lacks primary key column(s) {', '.join(missing)}")
         old: Values | None = None

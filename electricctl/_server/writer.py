@@ -232,7 +232,7 @@ async def _read(conn: psycopg.AsyncConnection[Any], ops: Sequence[ClientOp]) -> 
     for qualified, (rel, keys) in by_table.items():
         requested = list(keys)
         cur = await _run(conn, stmt.read_rows(rel, requested))
-        reads.append(_Read(qualified, rel, [rel.columns[i].name for i in rel.pk_indexes], requested, cur))
+        reads.append(_Read(qualified, rel, list(rel.pk_columns), requested, cur))
     return reads
 
 

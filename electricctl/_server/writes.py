@@ -23,9 +23,10 @@ from electricctl._auth.tokens import Identity
 from electricctl._model.client import ClientRelation, ClientTransaction, InvalidTransaction, PermissionDenied
 from electricctl._model.rows import RelationDef
 from electricctl._model.table import TableRef
+from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.common import CLOSE_INTERNAL_ERROR, ERR, ProtocolViolation, log_once
-from electricctl._server.inbound import MalformedTransaction, decode_transaction, encode_client_lsn, relation_from
+from electricctl._server.inbound import MalformedTransaction, decode_transaction, relation_from
 from electricctl._server.services import Services
 
 audit = logging.getLogger("electricctl.audit")
@@ -145,9 +146,9 @@ class ClientWrites:
                 await writer.refuse(tx, problem)
                 if self.native:
                     code = ERR.PERMISSION_DENIED if denied is not None else ERR.INVALID_REQUEST
-                    await self._send(ERR(error_type=code, lsn=encode_client_lsn(tx.lsn), message=problem))
+                    await self._send(ERR(error_type=code, lsn=codec.encode_client_lsn(tx.lsn), message=problem))
             else:
-                await self._send(pb.SatOpLogAck(ack_timestamp=tx.commit_ts_ms, lsn=encode_client_lsn(tx.lsn)))
+                await self._send(pb.SatOpLogAck(ack_timestamp=tx.commit_ts_ms, lsn=codec.encode_client_lsn(tx.lsn)))
         except ConnectionClosed:
             return False  # applied all the same; the client learns it from the echo
         except Exception as exc:

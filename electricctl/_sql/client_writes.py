@@ -22,10 +22,6 @@ from electricctl._sql import names
 Query = tuple[sql.SQL | sql.Composed, list[Any]]
 
 
-def _pk(rel: RelationDef) -> list[str]:
-    return [rel.columns[i].name for i in rel.pk_indexes]
-
-
 def _join(pk: Sequence[str]) -> sql.Composable:
     return sql.SQL(" AND ").join(sql.SQL("t.{c} = r.{c}").format(c=sql.Identifier(c)) for c in pk)
 
@@ -54,7 +50,7 @@ def read_rows(rel: RelationDef, keys: Sequence[Key]) -> Query:
     """The rows with ``keys`` and their shadow entries, one result row per key that exists or
     has a shadow entry: (ordinal of the key, canonical key..., present, column values...,
     row_tags, col_tags, tombstone)."""
-    pk = _pk(rel)
+    pk = rel.pk_columns
     table = sql.Identifier(rel.schema, rel.name)
     query = sql.SQL(
         """SELECT e.i, {r_key}, t.{first} IS NOT NULL, {t_cols}, s.row_tags, s.col_tags, s.tombstone
@@ -129,7 +125,7 @@ def batch(actions: Sequence[Action]) -> list[Query]:
     """Statements for one batch: actions of one kind on one table, each key once."""
     rel = actions[0].rel
     table = sql.Identifier(rel.schema, rel.name)
-    pk = _pk(rel)
+    pk = rel.pk_columns
     if actions[0].kind == "delete":
         payload = json.dumps([dict(zip(pk, a.key, strict=True)) for a in actions])
         query = sql.SQL(

@@ -74,9 +74,8 @@ def decode_changes(ops: Sequence[pb.SatTransOp], relations: Mapping[int, Table])
     return [c for op in ops if (c := decode_change(op, relations)) is not None]
 
 
-def client_lsn(rowid: int) -> bytes:
-    """A client transaction's position as the server stores it: the last oplog rowid, big-endian."""
-    return rowid.to_bytes(4 if rowid < 1 << 32 else 8, "big")
+client_lsn = codec.encode_client_lsn
+"""A client transaction's position as the server stores it: the last oplog rowid."""
 
 
 def _entry_op(table: Table, relation_id: int, e: OplogEntry) -> pb.SatTransOp:
