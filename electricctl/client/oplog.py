@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +66,12 @@ def stamp(db: sqlite3.Connection, client_id: str, limit: int = 10_000) -> int | 
     the row's shadow tags become the write's own tag (removed for a delete).
     """
     with Txn(db):
+        # each write's row with the shadow tags it had before this batch; one query, not one per write
         rows = db.execute(
-            f"SELECT rowid, tablename, optype, primaryKey FROM {OPLOG} WHERE timestamp IS NULL ORDER BY rowid LIMIT ?",
+            f"SELECT o.rowid, o.tablename, o.optype, o.primaryKey, s.tags FROM {OPLOG} o"
+            f" LEFT JOIN {SHADOW} s ON s.namespace = o.namespace AND s.tablename = o.tablename"
+            " AND s.primaryKey = o.primaryKey"
+            " WHERE o.timestamp IS NULL ORDER BY o.rowid LIMIT ?",
             [limit],
         ).fetchall()
         if not rows:
@@ -75,21 +79,29 @@ def stamp(db: sqlite3.Connection, client_id: str, limit: int = 10_000) -> int | 
         # strictly increasing, even if the clock steps back: a timestamp names one transaction
         previous = int(get_meta(db, LAST_TIMESTAMP_KEY) or 0)
         ts = max(int(time.time() * 1000), previous + 1)
-        tag = json.dumps([str(Tag(ts, client_id))])
-        for rowid, table, optype, pk in rows:
-            shadow = shadow_tags(db, table, pk)
-            db.execute(
-                f"UPDATE {OPLOG} SET timestamp = ?, clearTags = ? WHERE rowid = ?",
-                [str(ts), json.dumps(shadow), rowid],
-            )
+        stamp_text = str(ts)
+        own = json.dumps([str(Tag(ts, client_id))])
+        # the shadow as the writes go by, in order: a row written twice clears its first write's tag
+        shadow: dict[tuple[str, str], str | None] = {}
+        updates: list[tuple[str, str, int]] = []
+        for rowid, table, optype, pk, seen in rows:
+            key = (table, pk)
+            tags = shadow[key] if key in shadow else seen
+            updates.append((stamp_text, tags if tags is not None else "[]", rowid))
             if optype == "DELETE":
-                db.execute(
-                    f"DELETE FROM {SHADOW} WHERE namespace = ? AND tablename = ? AND primaryKey = ?",
-                    [NAMESPACE, table, pk],
-                )
+                shadow[key] = None
             elif optype != "COMPENSATION":  # a compensation re-asserts the tags seen; it adds none
-                set_shadow(db, table, pk, tag)
-        set_meta(db, LAST_TIMESTAMP_KEY, str(ts))
+                shadow[key] = own
+        db.executemany(f"UPDATE {OPLOG} SET timestamp = ?, clearTags = ? WHERE rowid = ?", updates)
+        db.executemany(
+            f"DELETE FROM {SHADOW} WHERE namespace = ? AND tablename = ? AND primaryKey = ?",
+            [(NAMESPACE, table, pk) for (table, pk), tags in shadow.items() if tags is None],
+        )
+        db.executemany(
+            f"INSERT OR REPLACE INTO {SHADOW} (namespace, tablename, primaryKey, tags) VALUES (?, ?, ?, ?)",
+            [(NAMESPACE, table, pk, tags) for (table, pk), tags in shadow.items() if tags is not None],
+        )
+        set_meta(db, LAST_TIMESTAMP_KEY, stamp_text)
         return ts
 
 
@@ -116,34 +128,25 @@ def transactions_after(db: sqlite3.Connection, tables: Mapping[str, Table], lsn:
     return out
 
 
-def pending_for(db: sqlite3.Connection, tables: Mapping[str, Table], table: str, pk: str) -> list[OplogEntry]:
-    """The stamped writes of one row still waiting for the server's echo, oldest first."""
+def pending_for_keys(
+    db: sqlite3.Connection, tables: Mapping[str, Table], table: str, keys: Collection[str]
+) -> dict[str, list[OplogEntry]]:
+    """The stamped writes of these rows still waiting for the server's echo, oldest first, by key."""
     rows = db.execute(
         f"SELECT {_COLUMNS} FROM {OPLOG}"
-        " WHERE namespace = ? AND tablename = ? AND primaryKey = ? AND timestamp IS NOT NULL ORDER BY rowid",
-        [NAMESPACE, table, pk],
+        " WHERE namespace = ? AND tablename = ? AND primaryKey IN (SELECT value FROM json_each(?))"
+        " AND timestamp IS NOT NULL ORDER BY rowid",
+        [NAMESPACE, table, json.dumps(list(keys))],
     ).fetchall()
-    return [_entry(tables, r) for r in rows]
+    out: dict[str, list[OplogEntry]] = {}
+    for r in rows:
+        out.setdefault(r[3], []).append(_entry(tables, r))
+    return out
 
 
 def forget_transaction(db: sqlite3.Connection, timestamp: int) -> None:
     """The server echoed our transaction: it is in Postgres now."""
     db.execute(f"DELETE FROM {OPLOG} WHERE timestamp = ?", [str(timestamp)])
-
-
-def shadow_tags(db: sqlite3.Connection, table: str, pk: str) -> list[str]:
-    row = db.execute(
-        f"SELECT tags FROM {SHADOW} WHERE namespace = ? AND tablename = ? AND primaryKey = ?",
-        [NAMESPACE, table, pk],
-    ).fetchone()
-    return list(json.loads(row[0])) if row else []
-
-
-def set_shadow(db: sqlite3.Connection, table: str, pk: str, tags_json: str) -> None:
-    db.execute(
-        f"INSERT OR REPLACE INTO {SHADOW} (namespace, tablename, primaryKey, tags) VALUES (?, ?, ?, ?)",
-        [NAMESPACE, table, pk, tags_json],
-    )
 
 
 def _entry(tables: Mapping[str, Table], r: Sequence[Any]) -> OplogEntry:

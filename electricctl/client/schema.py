@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 OPLOG = "_electric_oplog"
 SHADOW = "_electric_shadow"
@@ -95,13 +95,19 @@ class Table:
 
     name: str
     columns: tuple[Column, ...]
+    _by_name: dict[str, Column] = field(init=False, repr=False, compare=False, hash=False)
+    _pk: list[str] = field(init=False, repr=False, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {c.name: c for c in self.columns})
+        object.__setattr__(self, "_pk", [c.name for c in self.columns if c.primary_key])
 
     @property
     def pk(self) -> list[str]:
-        return [c.name for c in self.columns if c.primary_key]
+        return self._pk
 
     def column(self, name: str) -> Column:
-        return next(c for c in self.columns if c.name == name)
+        return self._by_name[name]
 
 
 class Txn:
@@ -191,10 +197,13 @@ def json_value(pg_type: str, ref: str) -> str:
 
 
 def json_cols(target: str, cols: Sequence[Column]) -> str:
-    """``json_object`` of ``cols`` of ``target`` (``new``/``old``), or of ``?`` parameters if no target."""
+    """``json_object`` of ``cols`` of ``target`` (``new``/``old``), or of parameters ``?1``, ``?2``... if no target.
+
+    The parameters are numbered (in the order of ``cols`` sorted by name) because a value may be
+    referred to twice (bytea's ``CASE``)."""
     parts = [
-        f"{lit(c.name)}, {json_value(c.pg_type, f'{target}.{q(c.name)}' if target else '?')}"
-        for c in sorted(cols, key=lambda c: c.name)
+        f"{lit(c.name)}, {json_value(c.pg_type, f'{target}.{q(c.name)}' if target else f'?{i}')}"
+        for i, c in enumerate(sorted(cols, key=lambda c: c.name), start=1)
     ]
     return f"json_object({', '.join(parts)})"
 
@@ -214,7 +223,7 @@ def compensation_statements(db: sqlite3.Connection, table: Table) -> list[str]:
         if parent_col is None:
             continue
         col_type = table.column(child_col).pg_type if any(c.name == child_col for c in table.columns) else "text"
-        pk_json = json_cols("", [Column(parent_col, col_type, True, False)]).replace("?", f"new.{q(child_col)}")
+        pk_json = f"json_object({lit(parent_col)}, {json_value(col_type, f'new.{q(child_col)}')})"
         when = (
             f"WHEN 1 = (SELECT flag from {TRIGGERS} WHERE namespace = {lit(NAMESPACE)} AND tablename = {lit(table.name)})"
             f" AND 1 = (SELECT value from {META} WHERE key = 'compensations')"
