@@ -84,17 +84,15 @@ class MergePlan:
     def batches(self) -> list[list[Action]]:
         """Consecutive actions of one kind on one table, each key at most once per batch."""
         out: list[list[Action]] = []
+        keys: set[Key] = set()  # the keys in the last batch
         for a in self.actions:
             last = out[-1] if out else None
-            if (
-                last is not None
-                and last[0].kind == a.kind
-                and last[0].rel is a.rel
-                and all(b.key != a.key for b in last)
-            ):
+            if last is not None and last[0].kind == a.kind and last[0].rel is a.rel and a.key not in keys:
                 last.append(a)
             else:
                 out.append([a])
+                keys.clear()
+            keys.add(a.key)
         return out
 
     def unique_rows(self) -> list[CurrentRow]:

@@ -100,6 +100,18 @@ def test_operations_on_one_row_chain_and_two_spellings_of_a_key_share_one_state(
     assert [[a.kind for a in b] for b in plan.batches()] == [["upsert"], ["delete"]]
 
 
+def test_batches_split_where_a_key_repeats_and_keep_every_action_in_order() -> None:
+    keys = [str(i) for i in range(300)] + ["7", "8", "300"]
+    current = {("public.items", (k,)): absent(k) for k in keys}
+    ops = [op("insert", k, title="a") for k in keys[:300]] + [op("update", k, title="b") for k in keys[300:]]
+    plan = plan_client_transaction(tx(*ops), current, None)
+    batches = plan.batches()
+    # one batch of the 300 new keys; the second writes of 7 and 8 (and then 300) start the next
+    assert [len(b) for b in batches] == [300, 3]
+    assert [a for b in batches for a in b] == plan.actions
+    assert all(len({a.key for a in b}) == len(b) for b in batches)
+
+
 def test_a_compensation_revives_a_deleted_row_only_when_it_is_complete() -> None:
     tag = Tag(TS - 10, "client-b")
     tombstone = CurrentRow(ITEMS, ("1",), RowState({"id": "1", "title": "t", "note": None}, {}, frozenset()), False)
