@@ -675,7 +675,7 @@ async def bench_initial_sync(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows:
             await cl.authenticate(db.token())
             await cl.start()
             t1 = time.perf_counter()
-            await cl.subscribe("wide")
+            await cl.subscribe("wide", timeout=600)  # a slow machine takes more than the default 20 s
             t2 = time.perf_counter()
             server_cpu.append(cpu_seconds(server.pid) - cpu0)
             client_cpu.append(time.process_time() - ccpu0)

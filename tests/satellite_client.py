@@ -116,7 +116,9 @@ class SatelliteClient:
             self.window = resp.unacked_window_size
         return resp
 
-    async def subscribe(self, *tables: str, subscription_id: str | None = None, wait: bool = True) -> str:
+    async def subscribe(
+        self, *tables: str, subscription_id: str | None = None, wait: bool = True, timeout: float = 20
+    ) -> str:
         sub_id = subscription_id or str(uuid.uuid4())
         req = pb.SatSubsReq(
             subscription_id=sub_id,
@@ -132,7 +134,7 @@ class SatelliteClient:
         if resp.HasField("err"):
             raise RpcError(pb.SatErrorResp(error_type=pb.SatErrorResp.INVALID_REQUEST, message=str(resp.err)))
         if wait:
-            await self.wait_for(lambda: sub_id in self.subscriptions_done)
+            await self.wait_for(lambda: sub_id in self.subscriptions_done, timeout)
         return sub_id
 
     async def unsubscribe(self, *ids: str) -> None:
