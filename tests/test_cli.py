@@ -50,7 +50,7 @@ def test_plan_against_a_real_database_exit_codes(demo_db: str, write_config) -> 
 def test_demo_runs_the_main_job_end_to_end() -> None:
     out = electricctl("demo")
     assert out.returncode == 0, out.stderr
-    assert "Plan: 50 to create, 0 to update, 0 to delete." in out.stdout
+    assert "Plan: 51 to create, 0 to update, 0 to delete." in out.stdout
     assert "No changes." in out.stdout
     assert "row tags [[" in out.stdout and "In sync" in out.stdout
     assert "Ada's laptop.db and phone.db subscribed to the shape 'team': ['Ada']" in out.stdout

@@ -171,6 +171,13 @@ def _inspect(conn: psycopg.Connection[Any], wanted: Iterable[TableRef], slots: b
         for r in cur.execute(_TRIGGERS, {"oids": oids}).fetchall()
     }
     functions = {r["name"]: r["source"] for r in cur.execute(_FUNCTIONS).fetchall()}
+    event_triggers = frozenset(
+        r["evtname"]
+        for r in cur.execute(
+            "SELECT evtname FROM pg_event_trigger WHERE evtname LIKE 'electric\\_%%' AND evtenabled <> 'D'"
+        ).fetchall()
+    )
+    superuser = cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()
     pub = cur.execute(_PUBLICATION, {"name": wire.PUBLICATION}).fetchone()
     publication = None
     publication_ok = False
@@ -212,6 +219,8 @@ def _inspect(conn: psycopg.Connection[Any], wanted: Iterable[TableRef], slots: b
         electric_schema_objects=settings["objects"],
         catalog=catalog,
         slots=slot_infos,
+        event_triggers=event_triggers,
+        superuser=bool(superuser and superuser["rolsuper"]),
     )
 
 

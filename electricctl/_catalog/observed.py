@@ -113,3 +113,7 @@ class ObservedState:
     catalog: CatalogState | None
     """None when the electric schema holds no electricctl catalog."""
     slots: tuple[SlotInfo, ...] = ()
+    event_triggers: frozenset[str] = frozenset()
+    """electricctl's event triggers that are enabled (the DDL guard)."""
+    superuser: bool = False
+    """The connected role is a superuser (only a superuser can create event triggers)."""

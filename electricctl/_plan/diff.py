@@ -22,7 +22,7 @@ from electricctl._model.table import TableRef
 from electricctl._plan.changes import Action, Change, RuleEdit
 from electricctl._plan.rules import ResolvedRules
 from electricctl._sql import catalog as catalog_sql
-from electricctl._sql import names, render
+from electricctl._sql import guard, names, render
 from electricctl._sql.render import Statement
 
 
@@ -50,7 +50,7 @@ def diff(desired: Desired, observed: ObservedState, *, prune: bool = False) -> D
     missing = [str(t) for t in desired.tables if t not in observed.tables]
     if missing:
         raise ValueError(f"desired tables missing from the observed state: {', '.join(missing)}; validate first")
-    changes = [*_catalog_changes(observed)]
+    changes = [*_catalog_changes(observed), *_guard_changes(observed)]
     catalog = observed.catalog
     electrified = catalog.electrified if catalog else {}
     for t in desired.tables:
@@ -78,6 +78,28 @@ def diff(desired: Desired, observed: ObservedState, *, prune: bool = False) -> D
             else:
                 orphans.append(f"table.{t}.publication")
     return Diff(tuple(changes), tuple(orphans))
+
+
+def _guard_changes(observed: ObservedState) -> Iterator[Change]:
+    """The DDL guard's event triggers (:mod:`electricctl._sql.guard`), if missing and we may create them.
+
+    Only a superuser can create event triggers; for anyone else the planner warns instead
+    (:func:`guard_missing`)."""
+    if not guard_missing(observed) or not observed.superuser:
+        return
+    catalog = observed.catalog
+    yield Change(
+        "guard.ddl",
+        Action.CREATE if not observed.event_triggers & set(guard.EVENT_TRIGGERS) else Action.UPDATE,
+        "event triggers that refuse DDL clients cannot follow on electrified tables"
+        " (dropping or renaming a table or column, a type change, NOT NULL, a foreign key to an unelectrified table)",
+        tuple(guard.install_event_triggers()),
+        drift=catalog is not None and catalog.version >= 4,
+    )
+
+
+def guard_missing(observed: ObservedState) -> bool:
+    return not set(guard.EVENT_TRIGGERS) <= observed.event_triggers
 
 
 def _catalog_changes(observed: ObservedState) -> Iterator[Change]:

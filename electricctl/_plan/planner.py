@@ -21,10 +21,11 @@ from electricctl._catalog.observed import ObservedState
 from electricctl._config.model import ElectricConfig
 from electricctl._model.table import TableRef
 from electricctl._plan.changes import Action, Change, Plan, RuleEdit
-from electricctl._plan.diff import Desired, diff
+from electricctl._plan.diff import Desired, diff, guard_missing
 from electricctl._plan.rules import ResolvedRules
 from electricctl._plan.validate import resolve
 from electricctl._sql import render
+from electricctl.errors import Diagnostic
 
 __all__ = ["Action", "Change", "Plan", "RuleEdit", "config_hash", "plan"]
 
@@ -35,6 +36,18 @@ def plan(config: ElectricConfig, observed: ObservedState, *, prune: bool = False
     desired = Desired(config.table_refs, resolved.rules)
     result = diff(desired, observed, prune=prune)
     warnings = (*config.warnings, *resolved.warnings)
+    if guard_missing(observed) and not observed.superuser and config.tables:
+        warnings = (
+            *warnings,
+            Diagnostic(
+                config.tables[0].location,
+                "the DDL guard is not installed: only a superuser can create its event triggers, so DDL that clients"
+                " cannot follow (dropping or renaming a column, changing its type) is not refused on electrified"
+                " tables; run electricctl apply once as a superuser to install it",
+                "plan.ddl_guard_missing",
+                "warning",
+            ),
+        )
     return Plan(result.changes, config_hash(config.table_refs, resolved.rules), result.orphans, warnings)
 
 

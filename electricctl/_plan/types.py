@@ -3,26 +3,8 @@
 from __future__ import annotations
 
 from electricctl._catalog.observed import ColumnInfo
+from electricctl._model.pgtypes import SUPPORTED_TYPES
 
-# ../shared/reference/electric-legacy.md §5: Electric.Postgres.supported_types, plus enums. Values travel as text in
-# Postgres' output format and map onto SQLite INTEGER/REAL/TEXT/BLOB.
-SUPPORTED_TYPES = (
-    "bool",
-    "bytea",
-    "date",
-    "float4",
-    "float8",
-    "int2",
-    "int4",
-    "int8",
-    "jsonb",
-    "text",
-    "time",
-    "timestamp",
-    "timestamptz",
-    "uuid",
-    "varchar",
-)
 SUPPORTED_DESCRIPTION = ", ".join(SUPPORTED_TYPES) + ", and enum types"
 
 _REASONS = {

@@ -6,7 +6,8 @@ missing versions first, in the same transaction as everything else.
 Tables:
 - ``catalog_migrations``: which catalog versions are installed; its presence marks the schema as ours.
 - ``applied_configs``: one row per apply that changed something: config hash, time, version, who.
-- ``electrified``: the electrified tables, with the replica identity to restore on removal.
+- ``electrified``: the electrified tables, with the replica identity to restore on removal and the
+  schema snapshot the DDL guard compares ALTER TABLE against (:mod:`electricctl._sql.guard`).
 - ``assignments``, ``grants``, ``shapes``, ``sqlite_statements``, ``settings``: the declared rules,
   keyed by a stable name, each with its canonical definition as jsonb.
 - ``shadow``: per-row sync metadata for the conflict rules (../shared/reference/electric-legacy.md §4): the add-wins
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
+from electricctl._sql import guard
 from electricctl._sql.render import Statement
 
 RULE_TABLES = ("assignments", "grants", "shapes", "sqlite_statements", "settings")
@@ -127,7 +129,16 @@ _V3: list[Statement] = [
     ),
 ]
 
-MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = ((1, tuple(_V1)), (2, tuple(_V2)), (3, tuple(_V3)))
+# the DDL guard (see electricctl._sql.guard): a snapshot of each electrified table, and the functions
+# that compare ALTER TABLE and DROP against it
+_V4: list[Statement] = guard.catalog_statements()
+
+MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = (
+    (1, tuple(_V1)),
+    (2, tuple(_V2)),
+    (3, tuple(_V3)),
+    (4, tuple(_V4)),
+)
 LATEST = MIGRATIONS[-1][0]
 
 

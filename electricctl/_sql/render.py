@@ -238,11 +238,20 @@ def drop_trigger(table: TableRef, trigger: str) -> Statement:
 
 
 def record_electrified(table: TableRef, replica_identity: str, replica_index: str | None) -> Statement:
+    """The table's catalog row, with the schema snapshot the DDL guard checks ALTER TABLE against."""
     return sql.SQL(
-        "INSERT INTO electric.electrified (schema_name, table_name, original_replica_identity, original_replica_index)"
-        " VALUES ({}, {}, {}, {})"
+        "INSERT INTO electric.electrified"
+        " (schema_name, table_name, original_replica_identity, original_replica_index, schema_snapshot)"
+        " VALUES ({schema}, {name}, {identity}, {index}, electric.table_snapshot({table}))"
     ).format(
-        sql.Literal(table.schema), sql.Literal(table.name), sql.Literal(replica_identity), sql.Literal(replica_index)
+        schema=sql.Literal(table.schema),
+        name=sql.Literal(table.name),
+        identity=sql.Literal(replica_identity),
+        index=sql.Literal(replica_index),
+        table=sql.SQL(
+            "(SELECT c.oid::regclass FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = {} AND c.relname = {})"
+        ).format(sql.Literal(table.schema), sql.Literal(table.name)),
     )
 
 

@@ -1,0 +1,202 @@
+"""The DDL guard: event triggers that refuse schema changes clients cannot follow.
+
+Electric 0.12 allowed only additive migrations on electrified tables
+(../shared/reference/electric-legacy.md §5): add a column, create or drop an index, electrify a new
+table. Everything else (dropping or renaming a table or a column, changing a column's type, adding
+NOT NULL, a foreign key to a table clients do not have) would leave clients with rows and pending
+writes the server can no longer take. Electric refused such DDL in its migrations proxy; we refuse
+it in Postgres itself, so it holds for every connection, psql included.
+
+- ``electric.electrified.schema_snapshot`` records each electrified table as ``apply`` (or the last
+  allowed ALTER) left it: its oid, its columns (attnum, name, type, NOT NULL) and the names of its
+  foreign keys.
+- ``electric.guard_alter()`` runs at the end of every ``ALTER TABLE``. For an electrified table it
+  compares the table with its snapshot and raises (rolling the whole statement back) on anything
+  but new nullable or defaulted columns of a supported type, then records the new snapshot.
+- ``electric.guard_drop()`` runs on ``sql_drop`` and refuses dropping an electrified table or one of
+  its columns (``DROP SCHEMA ... CASCADE`` included).
+
+Unelectrified tables are never looked at. Event triggers need a superuser to create, so they are
+installed by ``apply`` as a change of their own (see :mod:`electricctl._plan.diff`).
+"""
+
+from __future__ import annotations
+
+from psycopg import sql
+
+from electricctl._model.pgtypes import SUPPORTED_TYPES
+from electricctl._sql.render import Statement
+
+ALTER_TRIGGER = "electric_guard_alter"
+DROP_TRIGGER = "electric_guard_drop"
+EVENT_TRIGGERS = (ALTER_TRIGGER, DROP_TRIGGER)
+
+_HINT_REMOVE = (
+    "Only additive changes reach clients: add a nullable column (or one with a default), or an index. "
+    "To change the table otherwise, take it out of electric.yaml and run electricctl apply --prune first "
+    "(clients stop syncing it), make the change, then electrify it again."
+)
+
+_TABLE_SNAPSHOT = sql.SQL(
+    """CREATE FUNCTION electric.table_snapshot(rel regclass) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $body$
+SELECT CASE WHEN rel IS NULL THEN NULL ELSE jsonb_build_object(
+    'relid', rel::oid::bigint,
+    'columns', coalesce((
+        SELECT jsonb_agg(jsonb_build_object(
+                   'attnum', a.attnum, 'name', a.attname,
+                   'type', format_type(a.atttypid, a.atttypmod), 'notnull', a.attnotnull) ORDER BY a.attnum)
+          FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped), '[]'::jsonb),
+    'foreign_keys', coalesce((
+        SELECT jsonb_agg(c.conname::text ORDER BY c.conname)
+          FROM pg_constraint c WHERE c.conrelid = rel AND c.contype = 'f'), '[]'::jsonb)) END
+$body$"""
+)
+
+_GUARD_ALTER = sql.SQL(
+    """CREATE FUNCTION electric.guard_alter() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+DECLARE
+    cmd record;
+    e record;
+    col jsonb;
+    cur record;
+    fk record;
+    qualified text;
+    hint text := {hint};
+BEGIN
+    FOR cmd IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
+                WHERE classid = 'pg_class'::regclass LOOP
+        FOR e IN SELECT * FROM electric.electrified el
+                  WHERE (el.schema_snapshot->>'relid')::oid = cmd.objid
+                     OR to_regclass(format('%I.%I', el.schema_name, el.table_name)) = cmd.objid LOOP
+            qualified := format('%I.%I', e.schema_name, e.table_name);
+            IF to_regclass(qualified) IS DISTINCT FROM cmd.objid THEN
+                RAISE EXCEPTION 'electricctl: cannot rename electrified table %, or move it to another schema: '
+                    'clients know it by its name', qualified
+                    USING ERRCODE = 'feature_not_supported', HINT = hint;
+            END IF;
+            IF e.schema_snapshot IS NOT NULL THEN
+                FOR col IN SELECT * FROM jsonb_array_elements(e.schema_snapshot->'columns') LOOP
+                    SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull
+                      INTO cur FROM pg_attribute a
+                     WHERE a.attrelid = cmd.objid AND a.attnum = (col->>'attnum')::int2 AND NOT a.attisdropped;
+                    IF NOT FOUND THEN
+                        RAISE EXCEPTION 'electricctl: cannot drop column % of electrified table %: '
+                            'clients hold its values and may still write them', col->>'name', qualified
+                            USING ERRCODE = 'feature_not_supported', HINT = hint;
+                    ELSIF cur.name <> col->>'name' THEN
+                        RAISE EXCEPTION 'electricctl: cannot rename column % of electrified table % to %: '
+                            'clients know it by its name', col->>'name', qualified, cur.name
+                            USING ERRCODE = 'feature_not_supported', HINT = hint;
+                    ELSIF cur.type <> col->>'type' THEN
+                        RAISE EXCEPTION 'electricctl: cannot change the type of column % of electrified table % '
+                            'from % to %: clients hold values of the old type', col->>'name', qualified,
+                            col->>'type', cur.type
+                            USING ERRCODE = 'feature_not_supported', HINT = hint;
+                    ELSIF cur.attnotnull AND NOT (col->>'notnull')::boolean THEN
+                        RAISE EXCEPTION 'electricctl: cannot make column % of electrified table % NOT NULL: '
+                            'clients may hold writes with no value in it', col->>'name', qualified
+                            USING ERRCODE = 'feature_not_supported', HINT = hint;
+                    END IF;
+                END LOOP;
+                FOR cur IN SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type,
+                                  a.attnotnull, a.atthasdef, t.typname::text AS typname, t.typtype, t.typcategory
+                             FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+                            WHERE a.attrelid = cmd.objid AND a.attnum > 0 AND NOT a.attisdropped
+                              AND a.attnum NOT IN (SELECT (c->>'attnum')::int2
+                                                     FROM jsonb_array_elements(e.schema_snapshot->'columns') c) LOOP
+                    IF cur.attnotnull AND NOT cur.atthasdef THEN
+                        RAISE EXCEPTION 'electricctl: cannot add column % to electrified table % as NOT NULL '
+                            'without a default: clients on the older schema cannot fill it', cur.name, qualified
+                            USING ERRCODE = 'feature_not_supported',
+                                  HINT = 'Add it nullable, or with a DEFAULT.';
+                    ELSIF NOT (cur.typtype = 'e' OR (cur.typtype = 'b' AND cur.typcategory <> 'A'
+                                                     AND cur.typname = ANY ({supported}::text[]))) THEN
+                        RAISE EXCEPTION 'electricctl: cannot add column % of type % to electrified table %: '
+                            'clients cannot hold that type', cur.name, cur.type, qualified
+                            USING ERRCODE = 'feature_not_supported',
+                                  HINT = 'Supported types: ' || array_to_string({supported}::text[], ', ')
+                                         || ', and enum types.';
+                    END IF;
+                END LOOP;
+                FOR fk IN SELECT c.conname::text AS name, pn.nspname::text AS parent_schema,
+                                 pc.relname::text AS parent_name
+                            FROM pg_constraint c JOIN pg_class pc ON pc.oid = c.confrelid
+                            JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+                           WHERE c.conrelid = cmd.objid AND c.contype = 'f'
+                             AND NOT (e.schema_snapshot->'foreign_keys') ? c.conname::text LOOP
+                    IF NOT EXISTS (SELECT 1 FROM electric.electrified x
+                                    WHERE x.schema_name = fk.parent_schema AND x.table_name = fk.parent_name) THEN
+                        RAISE EXCEPTION 'electricctl: cannot add foreign key % to electrified table %: '
+                            'it references %, which is not electrified, so clients would not have the rows it needs',
+                            fk.name, qualified, format('%I.%I', fk.parent_schema, fk.parent_name)
+                            USING ERRCODE = 'feature_not_supported',
+                                  HINT = 'Electrify the referenced table in electric.yaml and apply first.';
+                    END IF;
+                END LOOP;
+            END IF;
+            UPDATE electric.electrified SET schema_snapshot = electric.table_snapshot(cmd.objid::regclass)
+             WHERE schema_name = e.schema_name AND table_name = e.table_name;
+        END LOOP;
+    END LOOP;
+END
+$body$"""
+)
+
+_GUARD_DROP = sql.SQL(
+    """CREATE FUNCTION electric.guard_drop() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+DECLARE
+    obj record;
+    hint text := {hint};
+BEGIN
+    FOR obj IN SELECT * FROM pg_event_trigger_dropped_objects() LOOP
+        IF obj.object_type = 'table' AND EXISTS (
+            SELECT 1 FROM electric.electrified e
+             WHERE e.schema_name = obj.schema_name AND e.table_name = obj.object_name) THEN
+            RAISE EXCEPTION 'electricctl: cannot drop electrified table %: clients hold its rows',
+                format('%I.%I', obj.schema_name, obj.object_name)
+                USING ERRCODE = 'feature_not_supported', HINT = hint;
+        ELSIF obj.object_type = 'table column' AND EXISTS (
+            SELECT 1 FROM electric.electrified e
+             WHERE e.schema_name = obj.address_names[1] AND e.table_name = obj.address_names[2]) THEN
+            RAISE EXCEPTION 'electricctl: cannot drop column % of electrified table %: '
+                'clients hold its values and may still write them', obj.address_names[3],
+                format('%I.%I', obj.address_names[1], obj.address_names[2])
+                USING ERRCODE = 'feature_not_supported', HINT = hint;
+        END IF;
+    END LOOP;
+END
+$body$"""
+)
+
+
+def catalog_statements() -> list[Statement]:
+    """Catalog version 4: the snapshot column, its function, and the guard functions."""
+    hint = sql.Literal(_HINT_REMOVE)
+    return [
+        sql.SQL("ALTER TABLE electric.electrified ADD COLUMN schema_snapshot jsonb"),
+        _TABLE_SNAPSHOT,
+        sql.SQL(
+            "UPDATE electric.electrified"
+            " SET schema_snapshot = electric.table_snapshot(to_regclass(format('%I.%I', schema_name, table_name)))"
+        ),
+        _GUARD_ALTER.format(hint=hint, supported=sql.Literal(list(SUPPORTED_TYPES))),
+        _GUARD_DROP.format(hint=hint),
+    ]
+
+
+def install_event_triggers() -> list[Statement]:
+    """(Re)create the guard's event triggers (a superuser only)."""
+    return [
+        sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(ALTER_TRIGGER)),
+        sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(sql.Identifier(DROP_TRIGGER)),
+        sql.SQL(
+            "CREATE EVENT TRIGGER {} ON ddl_command_end WHEN TAG IN ('ALTER TABLE')"
+            " EXECUTE FUNCTION electric.guard_alter()"
+        ).format(sql.Identifier(ALTER_TRIGGER)),
+        sql.SQL("CREATE EVENT TRIGGER {} ON sql_drop EXECUTE FUNCTION electric.guard_drop()").format(
+            sql.Identifier(DROP_TRIGGER)
+        ),
+    ]

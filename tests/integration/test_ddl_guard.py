@@ -1,0 +1,116 @@
+"""The DDL guard: after ``apply``, Postgres itself refuses schema changes clients cannot follow.
+
+Every refused statement leaves the table exactly as it was (the error rolls the statement back);
+additive changes and unelectrified tables are untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from electricctl._sql import guard
+from tests.conftest import DEMO_CONFIG
+
+
+def shape_of(url: str, table: str) -> list[tuple[Any, ...]]:
+    """Columns (name, type, NOT NULL) and constraints of ``table``: what a refused DDL must not change."""
+    with psycopg.connect(url) as conn:
+        cols = conn.execute(
+            "SELECT attname::text, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            [table],
+        ).fetchall()
+        cons = conn.execute(
+            "SELECT conname::text, contype::text FROM pg_constraint WHERE conrelid = %s::regclass ORDER BY conname",
+            [table],
+        ).fetchall()
+    return [*cols, *cons]
+
+
+def ddl(url: str, statement: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+@pytest.fixture
+def guarded(run_cli, demo_db, write_config) -> str:  # type: ignore[no-untyped-def]
+    applied = run_cli("apply", "-f", str(write_config(DEMO_CONFIG)), "--database-url", demo_db)
+    assert applied.code == 0, applied.err
+    return demo_db  # type: ignore[no-any-return]
+
+
+REFUSED = [
+    ("ALTER TABLE issues DROP COLUMN priority", "cannot drop column priority of electrified table public.issues"),
+    ("ALTER TABLE issues RENAME COLUMN title TO headline", "cannot rename column title of electrified table"),
+    ("ALTER TABLE issues RENAME TO tickets", "cannot rename electrified table public.issues"),
+    (
+        "CREATE SCHEMA archive; ALTER TABLE issues SET SCHEMA archive",
+        "cannot rename electrified table public.issues, or move it to another schema",
+    ),
+    ("ALTER TABLE issues ALTER COLUMN priority TYPE int8", "from integer to bigint"),
+    ("ALTER TABLE issues ALTER COLUMN priority SET NOT NULL", "cannot make column priority of electrified table"),
+    ("ALTER TABLE issues ADD COLUMN qty int4 NOT NULL", "as NOT NULL without a default"),
+    ("ALTER TABLE issues ADD COLUMN price numeric", "of type numeric to electrified table public.issues"),
+    ("ALTER TABLE issues ADD COLUMN tags text[]", "of type text[] to electrified table public.issues"),
+    (
+        "ALTER TABLE issues ADD COLUMN member_id uuid REFERENCES memberships (id)",
+        "it references public.memberships, which is not electrified",
+    ),
+    ("ALTER TABLE issues ADD COLUMN ok int4, DROP COLUMN status", "cannot drop column status"),
+    ("DROP TABLE comments", "cannot drop electrified table public.comments"),
+    ("DROP TABLE issues CASCADE", "cannot drop electrified table public.issues"),
+]
+
+
+@pytest.mark.parametrize(("statement", "message"), REFUSED, ids=[s for s, _ in REFUSED])
+def test_ddl_clients_cannot_follow_is_refused_and_changes_nothing(guarded: str, statement: str, message: str) -> None:
+    before = {t: shape_of(guarded, t) for t in ("issues", "comments")}
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
+        ddl(guarded, statement)
+    assert message in str(err.value)
+    assert err.value.diag.message_hint  # it says what to do instead
+    assert {t: shape_of(guarded, t) for t in ("issues", "comments")} == before
+
+
+def test_additive_changes_pass_and_unelectrified_tables_are_never_guarded(guarded: str) -> None:
+    ddl(guarded, "ALTER TABLE issues ADD COLUMN qty int4")
+    ddl(guarded, "ALTER TABLE issues ADD COLUMN archived bool NOT NULL DEFAULT false")
+    ddl(guarded, "ALTER TABLE comments ADD COLUMN parent_id uuid REFERENCES issues (id)")  # an electrified parent
+    ddl(guarded, "CREATE INDEX issues_qty ON issues (qty)")
+    ddl(guarded, "DROP INDEX issues_qty")
+    ddl(guarded, "ALTER TABLE issues REPLICA IDENTITY FULL")
+    # the added column is guarded from now on, like the others
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="cannot change the type of column qty"):
+        ddl(guarded, "ALTER TABLE issues ALTER COLUMN qty TYPE int8")
+    # tables that are not electrified: anything goes
+    ddl(guarded, "ALTER TABLE audit_log ADD COLUMN n numeric NOT NULL DEFAULT 0")
+    ddl(guarded, "ALTER TABLE audit_log RENAME COLUMN message TO text")
+    ddl(guarded, "ALTER TABLE audit_log DROP COLUMN n")
+    ddl(guarded, "ALTER TABLE memberships RENAME TO members")
+    ddl(guarded, "DROP TABLE audit_log")
+
+
+def test_plan_reinstalls_a_guard_dropped_by_hand(run_cli, guarded, write_config) -> None:  # type: ignore[no-untyped-def]
+    cfg = str(write_config(DEMO_CONFIG))
+    assert run_cli("plan", "-f", cfg, "--database-url", guarded, "--detailed-exitcode").code == 0
+    ddl(guarded, f"DROP EVENT TRIGGER {guard.DROP_TRIGGER}")
+    plan = run_cli("plan", "-f", cfg, "--database-url", guarded, "--detailed-exitcode")
+    assert "guard.ddl" in plan.out
+    applied = run_cli("apply", "-f", cfg, "--database-url", guarded)
+    assert applied.code == 0, applied.err
+    with pytest.raises(psycopg.errors.FeatureNotSupported):
+        ddl(guarded, "DROP TABLE comments")
+
+
+def test_a_role_that_cannot_create_event_triggers_is_warned(run_cli, demo_db, write_config) -> None:  # type: ignore[no-untyped-def]
+    with psycopg.connect(demo_db, autocommit=True) as conn:
+        conn.execute("CREATE ROLE guard_owner LOGIN NOSUPERUSER")
+        conn.execute("GRANT ALL ON SCHEMA public TO guard_owner")
+        conn.execute(sql.SQL("GRANT CREATE ON DATABASE {} TO guard_owner").format(sql.Identifier(conn.info.dbname)))
+    url = psycopg.conninfo.make_conninfo(demo_db, user="guard_owner")
+    plan = run_cli("plan", "-f", str(write_config(DEMO_CONFIG)), "--database-url", url)
+    assert "the DDL guard is not installed" in plan.out + plan.err
