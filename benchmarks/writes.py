@@ -11,9 +11,9 @@ of several rounds (runs in brackets).
 
 1. throughput: the app inserts N rows in transactions of T rows, as fast as SQLite takes them;
    timed from the first write until Postgres holds every row and the client's oplog is empty
-   (every transaction echoed back). Also with one row per app transaction: sent one by one
-   (``notify()`` after each), and as the client batches them (its sender polls every 20 ms and
-   takes every write made since into one client transaction).
+   (every transaction echoed back). Also with one row per app transaction: ``notify()`` after each
+   (the client's store thread takes every write committed by the time it looks into one client
+   transaction), and without it (the client looks every 20 ms).
 2. latency: A's app inserts one row and calls ``notify()``; timed until B has applied it (B's
    ``on_change``). Also without ``notify()``, when A's sender finds the write by polling (20 ms).
 3. offline: the app makes 10,000 single-row writes while the client is stopped; timed from
@@ -73,7 +73,7 @@ async def bench_throughput(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: i
                     )
                     conn.execute("COMMIT")
                     if notify:
-                        cl.notify()  # each app transaction goes out as its own client transaction
+                        cl.notify()  # send now: what was committed since the client last looked goes out together
                     await asyncio.sleep(0)
                 await cl.flush(timeout=600)
                 elapsed = time.perf_counter() - start

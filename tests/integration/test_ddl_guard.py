@@ -114,3 +114,25 @@ def test_a_role_that_cannot_create_event_triggers_is_warned(run_cli, demo_db, wr
     url = psycopg.conninfo.make_conninfo(demo_db, user="guard_owner")
     plan = run_cli("plan", "-f", str(write_config(DEMO_CONFIG)), "--database-url", url)
     assert "the DDL guard is not installed" in plan.out + plan.err
+
+
+def test_a_version_3_catalog_upgrades_with_snapshots_of_the_tables_already_electrified(  # type: ignore[no-untyped-def]
+    run_cli, guarded, write_config
+) -> None:
+    # take the database back to what an apply of the previous release left: catalog v3, no guard
+    with psycopg.connect(guarded, autocommit=True) as conn:
+        for trigger in guard.EVENT_TRIGGERS:
+            conn.execute(sql.SQL("DROP EVENT TRIGGER {}").format(sql.Identifier(trigger)))
+        conn.execute("DROP FUNCTION electric.guard_alter(), electric.guard_drop(), electric.table_snapshot(regclass)")
+        conn.execute("ALTER TABLE electric.electrified DROP COLUMN schema_snapshot")
+        conn.execute("DELETE FROM electric.catalog_migrations WHERE version = 4")
+    cfg = str(write_config(DEMO_CONFIG))
+    plan = run_cli("plan", "-f", cfg, "--database-url", guarded)
+    assert "version 3 -> 4" in plan.out and "guard.ddl" in plan.out
+    applied = run_cli("apply", "-f", cfg, "--database-url", guarded)
+    assert applied.code == 0, applied.err
+    with psycopg.connect(guarded) as conn:
+        snapshots = conn.execute("SELECT table_name, schema_snapshot FROM electric.electrified").fetchall()
+    assert snapshots and all(s is not None and s["columns"] for _, s in snapshots)
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="cannot drop column title"):
+        ddl(guarded, "ALTER TABLE issues DROP COLUMN title")
