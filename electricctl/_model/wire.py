@@ -9,6 +9,9 @@ ORIGIN_PREFIX = "electric.origin"
 """Logical message prefix: the client a transaction was written for (the writer emits it)."""
 WRITE_PREFIX = "electric.write"
 """Logical message prefix: a client transaction's timestamp and the tags of the rows it wrote."""
+MIGRATION_PREFIX = "electric.migration"
+"""Logical message prefix: a schema migration of an electrified table (JSON: version, schema,
+table, op, columns, snapshot), emitted in the DDL's own transaction (``electricctl._sql.guard``)."""
 MARKER_PREFIX = "electricctl.marker"
 """Logical message prefix: a caught-up marker (``Server.caught_up``); never sent to clients."""
 

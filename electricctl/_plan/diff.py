@@ -177,7 +177,7 @@ def _table_changes(info: TableInfo, observed: ObservedState, recorded: bool) -> 
             addr,
             Action.CREATE,
             f"electrify {t}",
-            (render.record_electrified(t, info.replica_identity, info.replica_index),),
+            (render.record_electrified(t, info.replica_identity, info.replica_index), guard.record_create_table(t)),
         )
     if info.replica_identity != "f":
         yield Change(

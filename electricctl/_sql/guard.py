@@ -25,6 +25,8 @@ from __future__ import annotations
 from psycopg import sql
 
 from electricctl._model.pgtypes import SUPPORTED_TYPES
+from electricctl._model.table import TableRef
+from electricctl._model.wire import MIGRATION_PREFIX
 from electricctl._sql.render import Statement
 
 ALTER_TRIGGER = "electric_guard_alter"
@@ -53,6 +55,76 @@ SELECT CASE WHEN rel IS NULL THEN NULL ELSE jsonb_build_object(
 $body$"""
 )
 
+_MIGRATIONS = sql.SQL(
+    """CREATE TABLE electric.migrations (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    version text NOT NULL,
+    txid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    recorded_at timestamptz NOT NULL DEFAULT now(),
+    schema_name text NOT NULL,
+    table_name text NOT NULL,
+    op text NOT NULL,
+    columns jsonb NOT NULL,
+    snapshot jsonb NOT NULL
+)"""
+)
+
+_MIGRATION_VERSION = sql.SQL(
+    """CREATE FUNCTION electric.migration_version() RETURNS text
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+DECLARE
+    given text := nullif(current_setting('electric.migration_version', true), '');
+    chosen text := nullif(current_setting('electric.transaction_migration', true), '');
+    last text;
+BEGIN
+    IF chosen IS NOT NULL THEN
+        RETURN chosen;  -- one version per transaction
+    END IF;
+    SELECT max(version) INTO last FROM electric.migrations WHERE txid <> pg_current_xact_id();
+    IF given IS NOT NULL THEN
+        IF given !~ '^[0-9_]+$' THEN
+            RAISE EXCEPTION 'electricctl: migration version % is not made of digits and underscores', given
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Clients compare versions as text: use fixed-width digits, such as 20261130120000.';
+        ELSIF last IS NOT NULL AND given <= last THEN
+            RAISE EXCEPTION 'electricctl: migration version % is not after the last one, %', given, last
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Versions must increase (compared as text); leave electric.migration_version unset '
+                             'to get one from the clock.';
+        END IF;
+        chosen := given;
+    ELSE
+        chosen := to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYYMMDDHH24MISSMS');
+        IF last IS NOT NULL AND chosen <= last THEN
+            chosen := last || '_1';  -- the clock stepped back, or a given version ran ahead of it
+        END IF;
+    END IF;
+    PERFORM set_config('electric.transaction_migration', chosen, true);
+    RETURN chosen;
+END
+$body$"""
+)
+
+_RECORD_MIGRATION = sql.SQL(
+    """CREATE FUNCTION electric.record_migration(rel regclass, op text, columns jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+DECLARE
+    version text := electric.migration_version();
+    snapshot jsonb := electric.table_snapshot(rel);
+    ns text;
+    nm text;
+BEGIN
+    SELECT n.nspname, c.relname INTO ns, nm FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.oid = rel;
+    INSERT INTO electric.migrations (version, schema_name, table_name, op, columns, snapshot)
+    VALUES (version, ns, nm, op, columns, snapshot);
+    -- transactional: the stream carries it in the DDL's transaction, in WAL order
+    PERFORM pg_logical_emit_message(true, {prefix}, jsonb_build_object(
+        'version', version, 'schema', ns, 'table', nm, 'op', op, 'columns', columns, 'snapshot', snapshot)::text);
+END
+$body$"""
+)
+
 _GUARD_ALTER = sql.SQL(
     """CREATE FUNCTION electric.guard_alter() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -63,6 +135,7 @@ DECLARE
     cur record;
     fk record;
     qualified text;
+    added jsonb;
     hint text := {hint};
 BEGIN
     FOR cmd IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
@@ -119,6 +192,8 @@ BEGIN
                                   HINT = 'Supported types: ' || array_to_string({supported}::text[], ', ')
                                          || ', and enum types.';
                     END IF;
+                    added := coalesce(added, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
+                        'name', cur.name, 'type', cur.type, 'type_name', cur.typname, 'notnull', cur.attnotnull));
                 END LOOP;
                 FOR fk IN SELECT c.conname::text AS name, pn.nspname::text AS parent_schema,
                                  pc.relname::text AS parent_name
@@ -138,6 +213,10 @@ BEGIN
             END IF;
             UPDATE electric.electrified SET schema_snapshot = electric.table_snapshot(cmd.objid::regclass)
              WHERE schema_name = e.schema_name AND table_name = e.table_name;
+            IF added IS NOT NULL THEN
+                PERFORM electric.record_migration(cmd.objid::regclass, 'add_column', added);
+                added := NULL;
+            END IF;
         END LOOP;
     END LOOP;
 END
@@ -173,7 +252,7 @@ $body$"""
 
 
 def catalog_statements() -> list[Statement]:
-    """Catalog version 4: the snapshot column, its function, and the guard functions."""
+    """Catalog version 4: the snapshot column, the migrations table, and the guard's functions."""
     hint = sql.Literal(_HINT_REMOVE)
     return [
         sql.SQL("ALTER TABLE electric.electrified ADD COLUMN schema_snapshot jsonb"),
@@ -182,9 +261,21 @@ def catalog_statements() -> list[Statement]:
             "UPDATE electric.electrified"
             " SET schema_snapshot = electric.table_snapshot(to_regclass(format('%I.%I', schema_name, table_name)))"
         ),
+        _MIGRATIONS,
+        _MIGRATION_VERSION,
+        _RECORD_MIGRATION.format(prefix=sql.Literal(MIGRATION_PREFIX)),
         _GUARD_ALTER.format(hint=hint, supported=sql.Literal(list(SUPPORTED_TYPES))),
         _GUARD_DROP.format(hint=hint),
     ]
+
+
+def record_create_table(table: TableRef) -> Statement:
+    """The migration that creates ``table`` on clients (``apply`` electrifying it), in apply's transaction."""
+    return sql.SQL(
+        "SELECT electric.record_migration(c.oid::regclass, 'create_table', electric.table_snapshot(c.oid::regclass)"
+        "->'columns') FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = {} AND c.relname = {}"
+    ).format(sql.Literal(table.schema), sql.Literal(table.name))
 
 
 def install_event_triggers() -> list[Statement]:

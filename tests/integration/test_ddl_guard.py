@@ -1,4 +1,5 @@
-"""The DDL guard: after ``apply``, Postgres itself refuses schema changes clients cannot follow.
+"""The DDL guard: after ``apply``, Postgres itself refuses schema changes clients cannot follow,
+and records the ones they can as migrations, in the DDL's own transaction.
 
 Every refused statement leaves the table exactly as it was (the error rolls the statement back);
 additive changes and unelectrified tables are untouched.
@@ -6,12 +7,16 @@ additive changes and unelectrified tables are untouched.
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
+from electricctl._model import wire
+from electricctl._replication import pgoutput as po
 from electricctl._sql import guard
 from tests.conftest import DEMO_CONFIG
 
@@ -69,11 +74,13 @@ REFUSED = [
 @pytest.mark.parametrize(("statement", "message"), REFUSED, ids=[s for s, _ in REFUSED])
 def test_ddl_clients_cannot_follow_is_refused_and_changes_nothing(guarded: str, statement: str, message: str) -> None:
     before = {t: shape_of(guarded, t) for t in ("issues", "comments")}
+    recorded = migrations(guarded)
     with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
         ddl(guarded, statement)
     assert message in str(err.value)
     assert err.value.diag.message_hint  # it says what to do instead
     assert {t: shape_of(guarded, t) for t in ("issues", "comments")} == before
+    assert migrations(guarded) == recorded
 
 
 def test_additive_changes_pass_and_unelectrified_tables_are_never_guarded(guarded: str) -> None:
@@ -123,7 +130,11 @@ def test_a_version_3_catalog_upgrades_with_snapshots_of_the_tables_already_elect
     with psycopg.connect(guarded, autocommit=True) as conn:
         for trigger in guard.EVENT_TRIGGERS:
             conn.execute(sql.SQL("DROP EVENT TRIGGER {}").format(sql.Identifier(trigger)))
-        conn.execute("DROP FUNCTION electric.guard_alter(), electric.guard_drop(), electric.table_snapshot(regclass)")
+        conn.execute(
+            "DROP FUNCTION electric.guard_alter(), electric.guard_drop(), electric.table_snapshot(regclass),"
+            " electric.record_migration(regclass, text, jsonb), electric.migration_version()"
+        )
+        conn.execute("DROP TABLE electric.migrations")
         conn.execute("ALTER TABLE electric.electrified DROP COLUMN schema_snapshot")
         conn.execute("DELETE FROM electric.catalog_migrations WHERE version = 4")
     cfg = str(write_config(DEMO_CONFIG))
@@ -136,3 +147,94 @@ def test_a_version_3_catalog_upgrades_with_snapshots_of_the_tables_already_elect
     assert snapshots and all(s is not None and s["columns"] for _, s in snapshots)
     with pytest.raises(psycopg.errors.FeatureNotSupported, match="cannot drop column title"):
         ddl(guarded, "ALTER TABLE issues DROP COLUMN title")
+
+
+# -- migrations captured in the DDL's transaction ----------------------------------------------------
+
+
+def migrations(url: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT version, schema_name, table_name, op, columns, snapshot FROM electric.migrations ORDER BY id"
+        ).fetchall()
+
+
+def test_apply_records_one_baseline_version_for_the_tables_it_electrifies(guarded: str) -> None:
+    rows = migrations(guarded)
+    assert {r[2] for r in rows} == {"users", "projects", "issues", "comments"}
+    assert {r[3] for r in rows} == {"create_table"}
+    assert len({r[0] for r in rows}) == 1 and re.fullmatch(r"[0-9]{17}", rows[0][0])
+    issues = next(r for r in rows if r[2] == "issues")
+    assert [(c["name"], c["type"]) for c in issues[4]][:3] == [
+        ("id", "uuid"),
+        ("project_id", "uuid"),
+        ("title", "text"),
+    ]
+    assert issues[5]["columns"] == issues[4]
+
+
+def test_an_added_column_is_a_migration_in_the_stream_before_the_rows_that_use_it(guarded: str) -> None:
+    (baseline,) = {r[0] for r in migrations(guarded)}
+    with psycopg.connect(guarded, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot('capture_test', 'pgoutput')")
+        try:
+            conn.execute("INSERT INTO users (id, name) VALUES (gen_random_uuid(), 'before')")
+            with conn.transaction():
+                conn.execute("ALTER TABLE users ADD COLUMN nickname text")
+                conn.execute("INSERT INTO users (id, name, nickname) VALUES (gen_random_uuid(), 'with', 'n')")
+            conn.execute("INSERT INTO users (id, name) VALUES (gen_random_uuid(), 'after')")
+            data = [
+                po.decode(bytes(r[0]))
+                for r in conn.execute(
+                    "SELECT data FROM pg_logical_slot_get_binary_changes('capture_test', NULL, NULL,"
+                    " 'proto_version', '1', 'publication_names', %s, 'messages', 'true')",
+                    [wire.PUBLICATION],
+                ).fetchall()
+            ]
+        finally:
+            conn.execute("SELECT pg_drop_replication_slot('capture_test')")
+    kinds = [
+        msg.prefix if isinstance(msg, po.LogicalMessage) else type(msg).__name__
+        for msg in data
+        if isinstance(msg, po.Begin | po.Commit | po.Insert | po.LogicalMessage)
+    ]
+    # three transactions; the migration opens the second, before its row
+    assert kinds == [
+        "Begin",
+        "Insert",
+        "Commit",
+        "Begin",
+        wire.MIGRATION_PREFIX,
+        "Insert",
+        "Commit",
+        "Begin",
+        "Insert",
+        "Commit",
+    ]
+    message = next(m for m in data if isinstance(m, po.LogicalMessage) and m.prefix == wire.MIGRATION_PREFIX)
+    assert message.transactional
+    body = json.loads(message.content)
+    assert body["op"] == "add_column" and (body["schema"], body["table"]) == ("public", "users")
+    assert [(c["name"], c["type"], c["notnull"]) for c in body["columns"]] == [("nickname", "text", False)]
+    assert body["snapshot"]["columns"][-1]["name"] == "nickname"
+    assert body["version"] > baseline
+    last = migrations(guarded)[-1]
+    assert (last[0], last[2], last[3]) == (body["version"], "users", "add_column")
+
+
+def test_migration_versions_one_per_transaction_given_or_from_the_clock_and_increasing(guarded: str) -> None:
+    with psycopg.connect(guarded) as conn:
+        conn.execute("SET LOCAL electric.migration_version = '30000101000000000'")
+        conn.execute("ALTER TABLE issues ADD COLUMN a int4")
+        conn.execute("ALTER TABLE comments ADD COLUMN b int4")
+    added = [r for r in migrations(guarded) if r[3] == "add_column"]
+    assert [(r[0], r[2]) for r in added] == [("30000101000000000", "issues"), ("30000101000000000", "comments")]
+    for version, reason in (("20000101000000000", "is not after the last one, 30000101000000000"), ("v2", "digits")):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match=reason):
+            with psycopg.connect(guarded) as conn:
+                conn.execute(sql.SQL("SET LOCAL electric.migration_version = {}").format(sql.Literal(version)))
+                conn.execute("ALTER TABLE issues ADD COLUMN c int4")
+    assert "c" not in [row[0] for row in shape_of(guarded, "issues")]
+    # without a given version, the clock's is used, kept after the last one
+    ddl(guarded, "ALTER TABLE issues ADD COLUMN d int4")
+    assert migrations(guarded)[-1][0] == "30000101000000000_1"
