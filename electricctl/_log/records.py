@@ -7,17 +7,20 @@ transaction that uses a (new or changed) definition, so a reader rebuilds them i
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
+from electricctl._model.migrations import Migration
 from electricctl._model.rows import Change, ClientWrite, Column, RelationDef, Row, Transaction
 
 HEADER = struct.Struct("!II")
 KIND_RELATION = 0x52  # 'R'
 KIND_TRANSACTION = 0x54  # 'T'
 KIND_TAGGED_TRANSACTION = 0x55  # 'U': a client's transaction: followed by its ClientWrite (JSON)
+_MIGRATIONS_TRAILER = b"M"  # after a transaction: its schema migrations (u32 length, JSON array)
 
 _TX = struct.Struct("!BQQqQI")
 _STR = struct.Struct("!H")
@@ -102,6 +105,12 @@ def encode_transaction(tx: Transaction) -> bytes:
         raw = tx.write.to_json().encode()
         out += _U32.pack(len(raw))
         out += raw
+    if tx.migrations:
+        # an optional trailer (logs written before migrations existed simply end before it)
+        raw = ("[" + ",".join(m.to_json() for m in tx.migrations) + "]").encode()
+        out += _MIGRATIONS_TRAILER
+        out += _U32.pack(len(raw))
+        out += raw
     return bytes(out)
 
 
@@ -138,7 +147,13 @@ def decode(payload: bytes, relations: dict[int, RelationDef]) -> RelationDef | T
         if kind == KIND_TAGGED_TRANSACTION:
             (size,) = _U32.unpack_from(payload, pos)
             write = ClientWrite.from_json(payload[pos + 4 : pos + 4 + size])
-        return Transaction(lsn, end_lsn, xid, ts, origin or None, tuple(changes), write)
+            pos += 4 + size
+        migrations: tuple[Migration, ...] = ()
+        if payload[pos : pos + 1] == _MIGRATIONS_TRAILER:
+            (size,) = _U32.unpack_from(payload, pos + 1)
+            raw = payload[pos + 5 : pos + 5 + size]
+            migrations = tuple(Migration.from_json(json.dumps(m)) for m in json.loads(raw))
+        return Transaction(lsn, end_lsn, xid, ts, origin or None, tuple(changes), write, migrations)
     raise CorruptRecord(f"unknown record kind {kind}")
 
 

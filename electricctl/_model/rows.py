@@ -7,6 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from electricctl._model.migrations import Migration
+
 Value: TypeAlias = bytes | None
 Row: TypeAlias = tuple[Value, ...]
 
@@ -65,6 +67,9 @@ class Transaction:
     changes: tuple[Change, ...]
     write: ClientWrite | None = None
     """Set for transactions the sync worker wrote for a client (see ``_server.writer``)."""
+    migrations: tuple[Migration, ...] = ()
+    """Schema migrations of electrified tables made in this transaction, in order (additive only,
+    so a client applies them before the transaction's rows)."""
 
     @property
     def timestamp_ms(self) -> int:

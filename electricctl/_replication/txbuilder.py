@@ -4,9 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from electricctl._model.migrations import Migration
 from electricctl._model.rows import Change, ClientWrite, RelationDef, Row, Transaction
-from electricctl._model.wire import ORIGIN_PREFIX, WRITE_PREFIX
+from electricctl._model.wire import MIGRATION_PREFIX, ORIGIN_PREFIX, WRITE_PREFIX
 from electricctl._replication import pgoutput as po
+
+
+def _migration(content: bytes) -> Migration:
+    try:
+        return Migration.from_json(content)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise po.DecodeError(f"malformed {MIGRATION_PREFIX} message: {exc}") from None
 
 
 def _client_write(content: bytes) -> ClientWrite:
@@ -22,11 +30,12 @@ Resolver = Callable[[po.Relation], RelationDef]
 class _Streamed:
     """A large transaction that pgoutput (proto 2) sends in blocks before it commits."""
 
-    __slots__ = ("changes", "origin", "write")
+    __slots__ = ("changes", "migrations", "origin", "write")
 
     def __init__(self) -> None:
         self.changes: list[tuple[int, Change]] = []
         """(sub)transaction xid of each change, so a subtransaction's abort can drop its changes."""
+        self.migrations: list[tuple[int, Migration]] = []
         self.origin: str | None = None
         self.write: ClientWrite | None = None
 
@@ -47,6 +56,7 @@ class TxBuilder:
         self._changes: list[Change] = []
         self._origin: str | None = None
         self._write: ClientWrite | None = None
+        self._migrations: list[Migration] = []
         self._streams: dict[int, _Streamed] = {}
         self._stream: int | None = None
 
@@ -82,6 +92,7 @@ class TxBuilder:
                         del self._streams[msg.xid]
                     else:
                         streamed.changes = [(x, c) for x, c in streamed.changes if x != msg.subxid]
+                        streamed.migrations = [(x, m) for x, m in streamed.migrations if x != msg.subxid]
                 return None
             case po.StreamCommit():
                 done = self._streams.pop(msg.xid, None) or _Streamed()
@@ -93,6 +104,7 @@ class TxBuilder:
                     origin=done.origin,
                     changes=tuple(c for _, c in done.changes),
                     write=done.write,
+                    migrations=tuple(m for _, m in done.migrations),
                 )
         match msg:
             case po.Begin():
@@ -100,6 +112,7 @@ class TxBuilder:
                 self._changes = []
                 self._origin = None
                 self._write = None
+                self._migrations = []
             case po.Relation():
                 self.relations[msg.relid] = self._resolve(msg)
             case po.Insert() | po.Update() | po.Delete() | po.Truncate():
@@ -109,6 +122,8 @@ class TxBuilder:
                     self._origin = msg.content.decode()
                 elif msg.prefix == WRITE_PREFIX:
                     self._write = _client_write(msg.content)
+                elif msg.prefix == MIGRATION_PREFIX and msg.transactional:
+                    self._migrations.append(_migration(msg.content))
             case po.Commit():
                 begin = self._begin
                 if begin is None:
@@ -122,6 +137,7 @@ class TxBuilder:
                     origin=self._origin,
                     changes=tuple(self._changes),
                     write=self._write,
+                    migrations=tuple(self._migrations),
                 )
         return None
 
@@ -133,6 +149,8 @@ class TxBuilder:
                 streamed.origin = msg.content.decode()
             elif msg.prefix == WRITE_PREFIX:
                 streamed.write = _client_write(msg.content)
+            elif msg.prefix == MIGRATION_PREFIX and msg.transactional:
+                streamed.migrations.append((xid, _migration(msg.content)))
             return
         for change in self._changes_of(msg):
             streamed.changes.append((xid, change))

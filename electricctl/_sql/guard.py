@@ -46,12 +46,30 @@ SELECT CASE WHEN rel IS NULL THEN NULL ELSE jsonb_build_object(
     'relid', rel::oid::bigint,
     'columns', coalesce((
         SELECT jsonb_agg(jsonb_build_object(
-                   'attnum', a.attnum, 'name', a.attname,
-                   'type', format_type(a.atttypid, a.atttypmod), 'notnull', a.attnotnull) ORDER BY a.attnum)
-          FROM pg_attribute a WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped), '[]'::jsonb),
+                   'attnum', a.attnum, 'name', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
+                   'type_name', t.typname, 'notnull', a.attnotnull) ORDER BY a.attnum)
+          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+         WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped), '[]'::jsonb),
+    'primary_key', coalesce((
+        SELECT jsonb_agg(a.attname ORDER BY k.n)
+          FROM pg_constraint c, unnest(c.conkey) WITH ORDINALITY AS k(attnum, n), pg_attribute a
+         WHERE c.conrelid = rel AND c.contype = 'p' AND a.attrelid = rel AND a.attnum = k.attnum), '[]'::jsonb),
     'foreign_keys', coalesce((
         SELECT jsonb_agg(c.conname::text ORDER BY c.conname)
-          FROM pg_constraint c WHERE c.conrelid = rel AND c.contype = 'f'), '[]'::jsonb)) END
+          FROM pg_constraint c WHERE c.conrelid = rel AND c.contype = 'f'), '[]'::jsonb),
+    'references', coalesce((
+        SELECT jsonb_agg(jsonb_build_object(
+                   'name', c.conname, 'parent_schema', pn.nspname, 'parent_table', pc.relname,
+                   'columns', (SELECT jsonb_agg(a.attname ORDER BY k.n)
+                                 FROM unnest(c.conkey) WITH ORDINALITY AS k(attnum, n)
+                                 JOIN pg_attribute a ON a.attrelid = rel AND a.attnum = k.attnum),
+                   'parent_columns', (SELECT jsonb_agg(a.attname ORDER BY k.n)
+                                        FROM unnest(c.confkey) WITH ORDINALITY AS k(attnum, n)
+                                        JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.attnum))
+                   ORDER BY c.conname)
+          FROM pg_constraint c JOIN pg_class pc ON pc.oid = c.confrelid
+          JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+         WHERE c.conrelid = rel AND c.contype = 'f'), '[]'::jsonb)) END
 $body$"""
 )
 

@@ -16,7 +16,9 @@ import pytest
 from psycopg import sql
 
 from electricctl._model import wire
+from electricctl._model.migrations import Migration
 from electricctl._replication import pgoutput as po
+from electricctl._server.satellite_migrations import migrate_op
 from electricctl._sql import guard
 from tests.conftest import DEMO_CONFIG
 
@@ -171,6 +173,13 @@ def test_apply_records_one_baseline_version_for_the_tables_it_electrifies(guarde
         ("title", "text"),
     ]
     assert issues[5]["columns"] == issues[4]
+    fields = ("version", "schema", "table", "op", "columns", "snapshot")
+    migration = Migration.from_json(json.dumps(dict(zip(fields, issues, strict=True))))
+    assert migration.primary_key == ("id",)
+    assert [(f.columns, f.parent_table, f.parent_columns) for f in migration.foreign_keys] == [
+        (("project_id",), "projects", ("id",))
+    ]
+    assert migrate_op(migration).stmts[0].sql.startswith('CREATE TABLE "issues" (\n  "id" TEXT NOT NULL,')
 
 
 def test_an_added_column_is_a_migration_in_the_stream_before_the_rows_that_use_it(guarded: str) -> None:
@@ -218,6 +227,9 @@ def test_an_added_column_is_a_migration_in_the_stream_before_the_rows_that_use_i
     assert [(c["name"], c["type"], c["notnull"]) for c in body["columns"]] == [("nickname", "text", False)]
     assert body["snapshot"]["columns"][-1]["name"] == "nickname"
     assert body["version"] > baseline
+    op = migrate_op(Migration.from_json(message.content))
+    assert [s.sql for s in op.stmts] == ['ALTER TABLE "users" ADD COLUMN "nickname" TEXT;\n']
+    assert [c.name for c in op.table.columns] == ["id", "name", "email", "nickname"] and list(op.table.pks) == ["id"]
     last = migrations(guarded)[-1]
     assert (last[0], last[2], last[3]) == (body["version"], "users", "add_column")
 
