@@ -29,11 +29,13 @@ from electricctl._config.model import ElectricConfig
 from electricctl._engine.engine import ShapeEngine
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog, LogWriteError
+from electricctl._model.migrations import Migration
 from electricctl._model.rows import Transaction
 from electricctl._model.wire import MARKER_PREFIX
 from electricctl._perms.read import path_tables
 from electricctl._replication import lsn as lsnmod
 from electricctl._replication.source import PermanentReplicationError, ReplicationSource
+from electricctl._server import migrations_api
 from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
 from electricctl._server.common import CLOSE_SERVICE_RESTART, first_line
@@ -85,7 +87,7 @@ class Server:
         self.options = options = options or ServeOptions()
         self.data_dir = Path(options.data_dir)
         self.slot = options.slot
-        self.gate = Gate(options, self.health)
+        self.gate = Gate(options, self.health, self.migrations)
         """HTTP answers and per-address connection limits, before a WebSocket is accepted."""
         self.writer = Writer(url)
         self.catalog = CatalogCache(url)
@@ -269,6 +271,13 @@ class Server:
             conn.drop(CLOSE_SERVICE_RESTART, "the server's stream has a gap: reconnect to resync")
 
     # -- http and websockets -----------------------------------------------------------------
+    async def migrations(self, after: str) -> list[Migration]:
+        """The migrations recorded after version ``after`` ("" for all), for ``/api/migrations``."""
+        try:
+            return await migrations_api.load(self.catalog.rows, after)
+        except psycopg.Error as exc:
+            raise migrations_api.Unavailable(str(exc).strip()) from None
+
     def health(self) -> tuple[int, dict[str, Any]]:
         problems = [p for p in (self.log_error, self.store.error) if p is not None]
         if not self.replication_ok and self.replication_error is not None and self.log_error is None:

@@ -1,4 +1,5 @@
-"""The door to the Satellite endpoint: plain HTTP answers (``/health``, 404s), the subprotocol
+"""The door to the Satellite endpoint: plain HTTP answers (``/health``, ``/api/status``,
+``/api/migrations``, 404s), the subprotocol
 check, refusals while the server is not ready, and per-address limits on connections (pending
 authentication and in all), all before a WebSocket is accepted."""
 
@@ -8,7 +9,7 @@ import collections
 import http
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection
@@ -16,6 +17,8 @@ from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
+from electricctl._model.migrations import Migration
+from electricctl._server import migrations_api
 from electricctl._server.options import ServeOptions
 
 SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
@@ -41,19 +44,28 @@ def response(status: int, body: str) -> Response:
 
 
 class Gate:
-    def __init__(self, options: ServeOptions, health: Callable[[], tuple[int, dict[str, Any]]]) -> None:
+    def __init__(
+        self,
+        options: ServeOptions,
+        health: Callable[[], tuple[int, dict[str, Any]]],
+        migrations: Callable[[str], Awaitable[list[Migration]]],
+    ) -> None:
         self.options = options
         self.health = health
+        self.migrations = migrations
+        """The migrations after a version (``/api/migrations``); raises migrations_api.Unavailable."""
         self._open: collections.Counter[str] = collections.Counter()
         self._pending: collections.Counter[str] = collections.Counter()
         """Per address: connections open, and those not authenticated yet."""
 
     # -- websockets' hooks ---------------------------------------------------------------------
-    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path = request.path.split("?", 1)[0]
-        if path == "/health":
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path, _, query = request.path.partition("?")
+        if path in ("/health", "/api/status"):
             status, body = self.health()
             return response(status, json.dumps(body))
+        if path == "/api/migrations":
+            return await self._migrations(query)
         if path != "/ws":
             return response(404, "not found: the Satellite endpoint is /ws\n")
         refused = self._refusal(str(connection.remote_address[0]) if connection.remote_address else "?")
@@ -71,6 +83,22 @@ class Gate:
             reasons = "; ".join(body["reasons"]) or "replication is not running"
             return response(503, f"the server is not ready: {reasons}\n")
         return None
+
+    async def _migrations(self, query: str) -> Response:
+        try:
+            dialect, version = migrations_api.parse_query(query)
+            data = migrations_api.migrations_zip(await self.migrations(version), dialect)
+        except migrations_api.BadRequest as exc:
+            return response(400, f"{exc}\n")
+        except migrations_api.Unavailable as exc:
+            return response(503, f"cannot read the migrations: {exc}\n")
+        if data is None:
+            return Response(204, "No Content", Headers(), b"")
+        headers = Headers()
+        headers["Content-Type"] = "application/zip"
+        headers["Content-Disposition"] = 'attachment; filename="migrations.zip"'
+        headers["Content-Length"] = str(len(data))
+        return Response(200, "OK", headers, data)
 
     def select_subprotocol(
         self, connection: ServerConnection, subprotocols: Sequence[Subprotocol]

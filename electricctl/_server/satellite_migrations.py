@@ -62,13 +62,37 @@ def add_column_sql(m: Migration, col: MigrationColumn) -> str:
     return f"ALTER TABLE {_q(m.table)} ADD COLUMN {_q(col.name)} {sqlite_type(col)};\n"
 
 
-def migrate_op(m: Migration) -> pb.SatOpMigrate:
-    """One migration as a ``SatOpMigrate`` (a ValueError for an operation clients cannot take)."""
+def pg_create_table_sql(m: Migration) -> str:
+    """The Postgres dialect (``sql_dialect=POSTGRES``, ``/api/migrations?dialect=postgresql``)."""
+    parts = [f"{_q(c.name)} {c.type}" + (" NOT NULL" if c.notnull else "") for c in m.table_columns]
+    for fk in m.foreign_keys:
+        parts.append(
+            f"CONSTRAINT {_q(fk.name)} FOREIGN KEY ({', '.join(map(_q, fk.columns))})"
+            f" REFERENCES {_q(fk.parent_table)} ({', '.join(map(_q, fk.parent_columns))})"
+        )
+    if m.primary_key:
+        parts.append(f"CONSTRAINT {_q(m.table + '_pkey')} PRIMARY KEY ({', '.join(map(_q, m.primary_key))})")
+    body = ",\n  ".join(parts)
+    return f"CREATE TABLE {_q(m.table)} (\n  {body}\n);\n"
+
+
+def pg_add_column_sql(m: Migration, col: MigrationColumn) -> str:
+    return f"ALTER TABLE {_q(m.table)} ADD COLUMN {_q(col.name)} {col.type};\n"
+
+
+def migrate_op(m: Migration, dialect: str = "sqlite") -> pb.SatOpMigrate:
+    """One migration as a ``SatOpMigrate`` with DDL in ``dialect`` (``sqlite`` or ``postgresql``);
+    a ValueError for an operation clients cannot take."""
+    pg = dialect == "postgresql"
     if m.op == "create_table":
-        stmts = [pb.SatOpMigrate.Stmt(type=pb.SatOpMigrate.CREATE_TABLE, sql=create_table_sql(m))]
+        sql = pg_create_table_sql(m) if pg else create_table_sql(m)
+        stmts = [pb.SatOpMigrate.Stmt(type=pb.SatOpMigrate.CREATE_TABLE, sql=sql)]
     elif m.op == "add_column":
         stmts = [
-            pb.SatOpMigrate.Stmt(type=pb.SatOpMigrate.ALTER_ADD_COLUMN, sql=add_column_sql(m, c)) for c in m.columns
+            pb.SatOpMigrate.Stmt(
+                type=pb.SatOpMigrate.ALTER_ADD_COLUMN, sql=pg_add_column_sql(m, c) if pg else add_column_sql(m, c)
+            )
+            for c in m.columns
         ]
     else:
         raise ValueError(f"migration {m.version} of {m.schema}.{m.table}: unknown operation {m.op!r}")
