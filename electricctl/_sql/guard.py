@@ -15,6 +15,9 @@ it in Postgres itself, so it holds for every connection, psql included.
   but new nullable or defaulted columns of a supported type, then records the new snapshot.
 - ``electric.guard_drop()`` runs on ``sql_drop`` and refuses dropping an electrified table or one of
   its columns (``DROP SCHEMA ... CASCADE`` included).
+- ``TRUNCATE`` of an electrified table is refused by its ``electric_stamp_truncate`` trigger: the WAL
+  carries no rows for it and the Satellite protocol no operation, so clients would keep rows that
+  are gone. ``DELETE`` reaches them row by row.
 
 Unelectrified tables are never looked at. Event triggers need a superuser to create, so they are
 installed by ``apply`` as a change of their own (see :mod:`electricctl._plan.diff`).
@@ -269,6 +272,20 @@ $body$"""
 )
 
 
+_REFUSE_TRUNCATE = sql.SQL(
+    """CREATE OR REPLACE FUNCTION electric.stamp_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+BEGIN
+    RAISE EXCEPTION 'electricctl: cannot truncate electrified table %: clients would keep its rows',
+        format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+        USING ERRCODE = 'feature_not_supported',
+              HINT = 'Delete the rows with DELETE instead: clients receive each delete. Or take the table out of '
+                     'electric.yaml and run electricctl apply --prune first.';
+END
+$body$"""
+)
+
+
 def catalog_statements() -> list[Statement]:
     """Catalog version 4: the snapshot column, the migrations table, and the guard's functions."""
     hint = sql.Literal(_HINT_REMOVE)
@@ -284,6 +301,9 @@ def catalog_statements() -> list[Statement]:
         _RECORD_MIGRATION.format(prefix=sql.Literal(MIGRATION_PREFIX)),
         _GUARD_ALTER.format(hint=hint, supported=sql.Literal(list(SUPPORTED_TYPES))),
         _GUARD_DROP.format(hint=hint),
+        # TRUNCATE has no rows in the WAL and no Satellite operation: a client cannot learn which of
+        # its rows are gone, so it is refused (the per-table AFTER TRUNCATE trigger calls this)
+        _REFUSE_TRUNCATE,
     ]
 
 

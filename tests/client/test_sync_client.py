@@ -14,6 +14,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import psycopg
+import pytest
 import pytest_asyncio
 
 from electricctl._auth.tokens import mint
@@ -325,3 +327,17 @@ async def test_subscribing_offline_and_many_offline_writes(
     await again.flush(timeout=120)
     assert env.sql("SELECT count(*) FROM other") == [(25_000,)]
     assert server.writer.stats["client_transactions"] - before == 3  # 10,000 + 10,000 + 5,000
+
+
+async def test_truncate_is_refused_so_clients_never_keep_rows_that_are_gone(
+    server: Server, env: Env, clients: Callable[[str], SyncClient], tmp_path: Path
+) -> None:
+    a = clients("t")
+    await a.start()
+    await a.synced(await a.subscribe("items"))
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match=r"cannot truncate electrified table public\.items"):
+        env.sql("TRUNCATE items")
+    assert env.sql("SELECT count(*) FROM items") == [(2,)]
+    # what the refusal's hint says to do instead reaches the client row by row
+    env.sql("DELETE FROM items")
+    await until(lambda: local(tmp_path / "t.db", "SELECT count(*) FROM items") == [(0,)], what="the deletes arrive")

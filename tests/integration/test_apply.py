@@ -140,9 +140,11 @@ def test_direct_writes_are_stamped(run_cli, demo_db, cfg) -> None:  # type: igno
     assert shadow()[2] is True
     assert one(demo_db, "SELECT deleted FROM electric.shadow WHERE pk = %s", [[third]]) is False
 
-    with psycopg.connect(demo_db, autocommit=True) as conn:
-        conn.execute("TRUNCATE users CASCADE")
-    assert one(demo_db, "SELECT bool_and(deleted) FROM electric.shadow WHERE table_name = 'users'") is True
+    # TRUNCATE is refused (clients could not learn which rows are gone); nothing changes
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match=r"cannot truncate electrified table public\.users"):
+        with psycopg.connect(demo_db, autocommit=True) as conn:
+            conn.execute("TRUNCATE users CASCADE")
+    assert one(demo_db, "SELECT count(*) FROM users") == 2
 
 
 def test_drift_is_reported_and_repaired(run_cli, demo_db, cfg) -> None:  # type: ignore[no-untyped-def]
