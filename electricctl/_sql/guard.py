@@ -195,12 +195,18 @@ BEGIN
                     END IF;
                 END LOOP;
                 FOR cur IN SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type,
-                                  a.attnotnull, a.atthasdef, t.typname::text AS typname, t.typtype, t.typcategory
+                                  a.attnotnull, a.atthasdef, a.attgenerated::text AS generated,
+                                  t.typname::text AS typname, t.typtype, t.typcategory
                              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                             WHERE a.attrelid = cmd.objid AND a.attnum > 0 AND NOT a.attisdropped
                               AND a.attnum NOT IN (SELECT (c->>'attnum')::int2
                                                      FROM jsonb_array_elements(e.schema_snapshot->'columns') c) LOOP
-                    IF cur.attnotnull AND NOT cur.atthasdef THEN
+                    IF cur.generated <> '' THEN
+                        RAISE EXCEPTION 'electricctl: cannot add generated column % to electrified table %: '
+                            'clients write every column of the rows they write', cur.name, qualified
+                            USING ERRCODE = 'feature_not_supported',
+                                  HINT = 'Add a plain column, or compute the value in a view or in the app.';
+                    ELSIF cur.attnotnull AND NOT cur.atthasdef THEN
                         RAISE EXCEPTION 'electricctl: cannot add column % to electrified table % as NOT NULL '
                             'without a default: clients on the older schema cannot fill it', cur.name, qualified
                             USING ERRCODE = 'feature_not_supported',

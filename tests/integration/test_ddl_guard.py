@@ -64,6 +64,10 @@ REFUSED = [
     ("ALTER TABLE issues ADD COLUMN price numeric", "of type numeric to electrified table public.issues"),
     ("ALTER TABLE issues ADD COLUMN tags text[]", "of type text[] to electrified table public.issues"),
     (
+        "ALTER TABLE issues ADD COLUMN p2 int4 GENERATED ALWAYS AS (priority * 2) STORED",
+        "cannot add generated column p2 to electrified table public.issues",
+    ),
+    (
         "ALTER TABLE issues ADD COLUMN member_id uuid REFERENCES memberships (id)",
         "it references public.memberships, which is not electrified",
     ),
