@@ -112,11 +112,11 @@ class CatalogCache:
         self._electrified = (tables, now)
         return tables
 
-    async def describe(self, table: TableRef) -> RelationDef | None:
-        """The table's columns as the stream sends them (cached for a few seconds)."""
+    async def describe(self, table: TableRef, *, fresh: bool = False) -> RelationDef | None:
+        """The table's columns as the stream sends them (cached for a few seconds, unless ``fresh``)."""
         now = time.monotonic()
         hit = self._relations.get(table)
-        if hit is not None and now - hit[1] < RULES_TTL:
+        if hit is not None and now - hit[1] < RULES_TTL and not fresh:
             return hit[0]
         rel = await self.run(lambda conn: describe(conn, table))
         self._relations[table] = (rel, now)

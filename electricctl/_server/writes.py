@@ -70,7 +70,10 @@ class ClientWrites:
         for rel in self.relations.values():
             table = TableRef(rel.schema, rel.table)
             if table in await catalog.electrified_tables():
-                relations[rel] = await catalog.describe(table)
+                known = await catalog.describe(table)
+                if known is not None and not set(rel.columns) <= {c.name for c in known.columns}:
+                    known = await catalog.describe(table, fresh=True)  # a column added since it was cached
+                relations[rel] = known
         try:
             tx: ClientTransaction | InvalidTransaction = decode_transaction(
                 self.client_id,

@@ -175,12 +175,19 @@ def save_tables(db: sqlite3.Connection, tables: Mapping[str, Table]) -> None:
 
 
 def create_table(db: sqlite3.Connection, table: Table) -> None:
-    """Create ``table`` (if the app has not) and its oplog triggers, as the npm client does."""
+    """Create ``table`` (if the app has not) and its oplog triggers, as the npm client does; add the
+    columns a table created earlier lacks (a column added in Postgres since), and rebuild the triggers."""
     cols = ",\n  ".join(
         f"{q(c.name)} {c.affinity}{'' if c.nullable or c.primary_key else ' NOT NULL'}" for c in table.columns
     )
     pk = ", ".join(q(c) for c in table.pk)
     db.execute(f"CREATE TABLE IF NOT EXISTS {q(table.name)} (\n  {cols},\n  PRIMARY KEY ({pk})\n) WITHOUT ROWID")
+    # a column added in Postgres (the server's guard allows only additive changes): add it here too,
+    # nullable (SQLite cannot add NOT NULL without a default; its rows arrive with their values)
+    have = {row[1] for row in db.execute(f"PRAGMA table_info({q(table.name)})").fetchall()}
+    for c in table.columns:
+        if c.name not in have:
+            db.execute(f"ALTER TABLE {q(table.name)} ADD COLUMN {q(c.name)} {c.affinity}")
     for stmt in trigger_statements(table):
         db.execute(stmt)
     for stmt in compensation_statements(db, table):

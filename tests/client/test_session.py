@@ -143,6 +143,11 @@ def test_the_server_says_where_to_send_from_and_relations_are_sent_once_per_conn
     session.connection_made()  # a new connection: the server knows no relation of ours yet
     assert session.outbound is None
     assert [type(m).__name__ for m in session.outgoing(tx, {"items": ITEMS})] == ["SatRelation", "SatOpLog"]
+    # a column added in Postgres since: the relation is announced again, under the same id
+    wider = Table("items", (*ITEMS.columns, Column("qty", "int4", False, True)))
+    again = session.outgoing(tx, {"items": wider})
+    assert [type(m).__name__ for m in again] == ["SatRelation", "SatOpLog"]
+    assert isinstance(again[0], pb.SatRelation) and again[0].relation_id == 1 and again[0].columns[-1].name == "qty"
     stop = pb.SatRpcRequest(method="stopReplication", request_id=1, message=b"")
     assert len(session.receive(stop)) == 1 and session.outbound is None
 

@@ -169,20 +169,52 @@ async def test_sync_command(server: Server, env: Env, tmp_path: Path) -> None:
 
 
 async def test_sync_once_fails_when_it_could_not_do_what_it_promised(server: Server, env: Env, tmp_path: Path) -> None:
-    """Issue 11, defect 1: a change the client cannot apply (a column added in Postgres; migrations
-    in the stream come later) made `sync --once` print a traceback and exit 0 anyway."""
+    """Issue 11, defect 1: a change the client cannot apply made `sync --once` print a traceback and
+    exit 0 anyway. Here the app's own local table refuses a row (a CHECK the server does not have)."""
     path = tmp_path / "once.db"
+    local(
+        path,
+        "CREATE TABLE items (id TEXT PRIMARY KEY, n INTEGER CHECK (n < 100), flag INTEGER, data BLOB, at TEXT,"
+        " doc TEXT, price REAL) WITHOUT ROWID",
+    )
     url = ws_url(server)
     args = ("sync", url, "--db", str(path), "--shape", "items", "--token", env.token(), "--once")
     code, out = await _cli(*args)
     assert code == 0, out
-    env.sql("ALTER TABLE items ADD COLUMN qty int4")
-    env.sql("INSERT INTO items (id, n, qty) VALUES ('new', 1, 2)")
+    env.sql("INSERT INTO items (id, n) VALUES ('new', 500)")
     local(path, "UPDATE items SET n = 12 WHERE id = 'a'")  # a local write to send
     code, out = await _cli(*args)
     assert code == 1, out
-    assert "sync failed:" in out and "qty" in out, out
+    assert "sync failed:" in out and "CHECK constraint failed" in out, out
     assert "Traceback" not in out
+
+
+async def test_a_column_added_in_postgres_reaches_the_client_and_its_writes(
+    server: Server, env: Env, clients: Callable[[str], SyncClient], tmp_path: Path
+) -> None:
+    """Issue 12's opening report: after ALTER TABLE ... ADD COLUMN the new row never reached the
+    client, its trigger failed (no such column: new.qty), and a local write was never sent."""
+    path = tmp_path / "mig.db"
+    a = clients("mig")
+    await a.start()
+    await a.synced(await a.subscribe("items"))
+    local(path, "UPDATE items SET n = 2 WHERE id = 'a'")  # pending across the migration
+    env.sql("ALTER TABLE items ADD COLUMN qty int4")
+    env.sql("INSERT INTO items (id, n, qty) VALUES ('new', 1, 7)")
+
+    def arrived() -> bool:
+        columns = {r[1] for r in local(path, "PRAGMA table_info(items)")}
+        return "qty" in columns and local(path, "SELECT qty FROM items WHERE id = 'new'") == [(7,)]
+
+    await until(arrived, what="the new column, and the new row with its value")
+    local(path, "UPDATE items SET qty = 8 WHERE id = 'a'")
+    local(path, "INSERT INTO items (id, qty) VALUES ('mine', 9)")
+    await a.flush()
+    assert env.sql("SELECT id, n, qty FROM items WHERE id IN ('a', 'mine') ORDER BY id") == [
+        ("a", 2, 8),
+        ("mine", None, 9),
+    ]
+    assert a.status().pending == 0
 
 
 async def test_sync_says_at_once_what_is_wrong_with_the_token_or_the_url(
