@@ -106,10 +106,14 @@ class SatelliteClient:
         assert isinstance(resp, pb.SatAuthResp)
         return resp
 
-    async def start(self, lsn: bytes = b"", subscription_ids: Sequence[str] = ()) -> pb.SatInStartReplicationResp:
+    async def start(
+        self, lsn: bytes = b"", subscription_ids: Sequence[str] = (), schema_version: str = "1"
+    ) -> pb.SatInStartReplicationResp:
         resp = await self.rpc(
             "startReplication",
-            pb.SatInStartReplicationReq(lsn=lsn, subscription_ids=list(subscription_ids), schema_version="1"),
+            pb.SatInStartReplicationReq(
+                lsn=lsn, subscription_ids=list(subscription_ids), schema_version=schema_version
+            ),
         )
         assert isinstance(resp, pb.SatInStartReplicationResp)
         if resp.HasField("unacked_window_size"):

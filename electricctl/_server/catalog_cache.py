@@ -102,6 +102,11 @@ class CatalogCache:
             # another connection inserted it after this statement's snapshot: read it again
         raise RuntimeError(f"the owner of client id {client_id!r} could not be read")  # pragma: no cover
 
+    async def newest_migration(self) -> str | None:
+        """The newest schema migration version recorded (None if there is none)."""
+        rows = await self.rows("SELECT max(version) FROM electric.migrations")
+        return str(rows[0][0]) if rows and rows[0][0] is not None else None
+
     async def electrified_tables(self) -> set[TableRef]:
         """Electrified tables, as applied (cached for RULES_TTL seconds)."""
         now = time.monotonic()

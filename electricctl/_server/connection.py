@@ -314,6 +314,15 @@ class Connection:
 
         state = self.state
         assert state is not None
+        if effect.schema_version:
+            newest = await self.server.catalog.newest_migration()
+            if newest and effect.schema_version > newest:  # versions compare as text, as the client does
+                return refuse(
+                    START_ERR.UNKNOWN_SCHEMA_VSN,
+                    f"this client's schema is at version {effect.schema_version}, newer than any migration this"
+                    f" server has ({newest}); was the database restored from an older backup? Point the client"
+                    " at the database its schema came from, or start it with a fresh local database",
+                )
         engine = self._engine()
         logf = self.server.log
         if effect.lsn is None:

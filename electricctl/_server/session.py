@@ -313,7 +313,8 @@ class Session:
                 lsn = codec.decode_server_lsn(req.lsn)
             except (ValueError, UnicodeDecodeError):
                 return Step(state, [_start_error(rid, START_ERR.MALFORMED_LSN, f"malformed LSN {req.lsn[:40]!r}")])
-        return Step(state, [], [StartStream(rid, lsn, tuple(req.subscription_ids))])
+        version = req.schema_version if req.HasField("schema_version") else ""
+        return Step(state, [], [StartStream(rid, lsn, tuple(req.subscription_ids), version)])
 
     def _subscribe(self, state: Authenticated | Replicating, rid: int, req: pb.SatSubsReq) -> Step:
         sub_id = req.subscription_id

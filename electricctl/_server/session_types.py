@@ -160,6 +160,8 @@ class StartStream:
     request_id: int
     lsn: int | None
     subscription_ids: tuple[str, ...]
+    schema_version: str = ""
+    """The newest migration the client has ("" if it did not say): one newer than the server's is refused."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -307,6 +307,12 @@ def catalog_statements() -> list[Statement]:
         _RECORD_MIGRATION.format(prefix=sql.Literal(MIGRATION_PREFIX)),
         _GUARD_ALTER.format(hint=hint, supported=sql.Literal(list(SUPPORTED_TYPES))),
         _GUARD_DROP.format(hint=hint),
+        # the baseline for tables electrified before this catalog version: one create_table each
+        sql.SQL(
+            "SELECT electric.record_migration(t.rel, 'create_table', electric.table_snapshot(t.rel)->'columns')"
+            " FROM (SELECT to_regclass(format('%I.%I', schema_name, table_name)) AS rel FROM electric.electrified"
+            " ORDER BY schema_name, table_name) t WHERE t.rel IS NOT NULL"
+        ),
         # TRUNCATE has no rows in the WAL and no Satellite operation: a client cannot learn which of
         # its rows are gone, so it is refused (the per-table AFTER TRUNCATE trigger calls this)
         _REFUSE_TRUNCATE,

@@ -151,6 +151,8 @@ def test_a_version_3_catalog_upgrades_with_snapshots_of_the_tables_already_elect
     with psycopg.connect(guarded) as conn:
         snapshots = conn.execute("SELECT table_name, schema_snapshot FROM electric.electrified").fetchall()
     assert snapshots and all(s is not None and s["columns"] for _, s in snapshots)
+    # and a baseline migration for each table it had electrified
+    assert {(r[2], r[3]) for r in migrations(guarded)} == {(t, "create_table") for t, _ in snapshots}
     with pytest.raises(psycopg.errors.FeatureNotSupported, match="cannot drop column title"):
         ddl(guarded, "ALTER TABLE issues DROP COLUMN title")
 

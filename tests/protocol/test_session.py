@@ -186,6 +186,11 @@ def test_start_replication_with_a_malformed_lsn_or_subscriptions_without_one() -
         state, rpc("startReplication", pb.SatInStartReplicationReq(lsn=b"42", subscription_ids=["s"]))
     )
     assert step.effects == [S.StartStream(1, 42, ("s",))]
+    # the client's schema version travels with the request, for the driver to compare
+    versioned = pb.SatInStartReplicationReq(lsn=b"42", subscription_ids=["s"], schema_version="20240101000000")
+    assert SESSION.handle(state, rpc("startReplication", versioned)).effects == [
+        S.StartStream(1, 42, ("s",), "20240101000000")
+    ]
     # the driver found the position behind the log's window: the session stays authenticated
     step = SESSION.handle(step.state, S.Refused(1, "startReplication", S.START_ERR.BEHIND_WINDOW, "resync", start=True))
     assert isinstance(step.state, S.Authenticated)

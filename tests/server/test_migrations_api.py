@@ -78,3 +78,23 @@ async def test_bad_requests_say_what_is_wrong_and_status_answers(server: Server)
     assert status == 400 and b"version must be digits and underscores" in body
     status, _, body = await fetch(server, "/api/status")
     assert status == 200 and json.loads(body)["status"] == "ok"
+
+
+async def test_a_client_with_a_schema_newer_than_the_servers_is_refused(server: Server, env: Env) -> None:
+    """Issue 12: a client on a newer schema than the server has seen (a database restored from an
+    older backup) is refused at startReplication with a clear error; an older or equal one is not."""
+    from tests.satellite_client import SatelliteClient
+    from tests.server_fixtures import ws_url
+
+    (newest,) = env.sql("SELECT max(version) FROM electric.migrations")[0]
+    for version, refused in (("99991231235959999", True), (newest, False), ("1", False)):
+        cl = await SatelliteClient(ws_url(server)).connect()
+        try:
+            await cl.authenticate(env.token())
+            resp = await cl.start(schema_version=version)
+            assert resp.HasField("err") is refused, version
+            if refused:
+                assert resp.err.code == pb.SatInStartReplicationResp.ReplicationError.UNKNOWN_SCHEMA_VSN
+                assert f"newer than any migration this server has ({newest})" in resp.err.message
+        finally:
+            await cl.close()

@@ -380,3 +380,18 @@ async def test_the_npm_style_client_gets_no_error_frame_and_its_refused_rows_are
     assert ("gone", b"new") in kinds and ("update", b"b") in kinds  # back to the server's state
     assert a.cl.errors == [] and a.cl.closed_with is None
     assert items(env)["b"] == (None, False)
+
+
+async def test_a_client_on_the_older_schema_keeps_writing_and_the_new_column_keeps_its_values(
+    server: Server, env: Env, writers: list[Writer]
+) -> None:
+    """Issue 12, writes across versions: a client that does not know a column added in Postgres
+    sends its narrower relation; its writes merge, and the column it does not know is untouched."""
+    a = await connected(server, env)
+    writers.append(a)
+    env.sql("ALTER TABLE items ADD COLUMN qty int4 DEFAULT 5")
+    env.sql("UPDATE items SET qty = 42 WHERE id = 'a'")
+    await a.echo(await a.send(ITEMS, update(ITEMS, ["a", "9", "t"], ["a", "1", "t"])))
+    await a.echo(await a.send(ITEMS, insert(ITEMS, "old-schema", "3", "f")))
+    rows = {r[0]: r[1:] for r in env.sql("SELECT id, n, qty FROM items WHERE id IN ('a', 'old-schema')")}
+    assert rows == {"a": (9, 42), "old-schema": (3, 5)}  # the update kept qty; the insert got its default
