@@ -166,7 +166,7 @@ class ClientSession:
         self.unacked = 0
         self._ack_armed = False
         self._relations: dict[int, Table] = {}
-        self._sent_relations: dict[str, tuple[int, Table]] = {}
+        self._sent_relations: dict[tuple[str, tuple[str, ...]], int] = {}
         self._incoming: _Batch | None = None
         self._unsubs: _Batch | None = None
         self._start_lsn = ""
@@ -298,14 +298,14 @@ class ClientSession:
         out: list[Message] = []
 
         def relation_id(table: Table) -> int:
-            sent = self._sent_relations.get(table.name)
-            if sent is None or sent[1] != table:
-                # new on this connection, or changed since (a column added in Postgres): (re)announce it
-                rel_id = sent[0] if sent is not None else len(self._sent_relations) + 1
-                self._sent_relations[table.name] = (rel_id, table)
+            # one relation id per table and set of columns: a table that gained a column (a migration)
+            # is announced again, and writes made before it still go under the narrower relation
+            key = (table.name, tuple(c.name for c in table.columns))
+            rel_id = self._sent_relations.get(key)
+            if rel_id is None:
+                rel_id = self._sent_relations[key] = len(self._sent_relations) + 1
                 out.append(relation_message(table, rel_id))
-                return rel_id
-            return sent[0]
+            return rel_id
 
         oplog = transaction_oplog(tx, tables, relation_id)
         out.append(oplog)

@@ -98,6 +98,22 @@ def _entry_op(table: Table, relation_id: int, e: OplogEntry) -> pb.SatTransOp:
     return pb.SatTransOp(compensation=pb.SatOpCompensation(relation_id=relation_id, pk_data=row, tags=e.clear_tags))
 
 
+def written_columns(table: Table, e: OplogEntry) -> Table:
+    """``table`` narrowed to the columns the write knew: a write made before a column was added
+    locally (a migration) is sent under a relation without it, so Postgres keeps that column's
+    value, or gives an inserted row its default, instead of taking a NULL the app never wrote."""
+    if e.optype == "COMPENSATION":
+        return table
+    row = e.old if e.optype == "DELETE" else e.new
+    if not row or all(c.name in row for c in table.columns):
+        return table
+    if e.optype == "UPDATE" and e.old is not None:
+        row = {k: v for k, v in row.items() if k in e.old}
+    if not all(c in row for c in table.pk):
+        return table
+    return Table(table.name, tuple(c for c in table.columns if c.name in row))
+
+
 def transaction_oplog(
     tx: LocalTransaction, tables: Mapping[str, Table], relation_id: Callable[[Table], int]
 ) -> pb.SatOpLog:
@@ -107,7 +123,7 @@ def transaction_oplog(
     """
     ops = [pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=tx.timestamp, lsn=client_lsn(tx.lsn)))]
     for e in tx.entries:
-        table = tables[e.table]
+        table = written_columns(tables[e.table], e)
         ops.append(_entry_op(table, relation_id(table), e))
     ops.append(pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=tx.timestamp)))
     return pb.SatOpLog(ops=ops)

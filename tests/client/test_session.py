@@ -143,11 +143,21 @@ def test_the_server_says_where_to_send_from_and_relations_are_sent_once_per_conn
     session.connection_made()  # a new connection: the server knows no relation of ours yet
     assert session.outbound is None
     assert [type(m).__name__ for m in session.outgoing(tx, {"items": ITEMS})] == ["SatRelation", "SatOpLog"]
-    # a column added in Postgres since: the relation is announced again, under the same id
+    # a column added since (a migration): a write that knows it goes under a new, wider relation;
+    # a write made before it still goes under the one without it
+    session.connection_made()
+    session.receive(req)
     wider = Table("items", (*ITEMS.columns, Column("qty", "int4", False, True)))
-    again = session.outgoing(tx, {"items": wider})
-    assert [type(m).__name__ for m in again] == ["SatRelation", "SatOpLog"]
-    assert isinstance(again[0], pb.SatRelation) and again[0].relation_id == 1 and again[0].columns[-1].name == "qty"
+    row = {"id": "x", "n": 1, "flag": 1, "data": None, "price": None}
+    before = OplogEntry(5, "items", "INSERT", '{"id":"x"}', row, None, 78, [])
+    after = OplogEntry(6, "items", "INSERT", '{"id":"y"}', {**row, "id": "y", "qty": 3}, None, 78, [])
+    out = session.outgoing(LocalTransaction(78, [before, after]), {"items": wider})
+    assert [type(m).__name__ for m in out] == ["SatRelation", "SatRelation", "SatOpLog"]
+    narrow, wide, oplog = out
+    assert isinstance(narrow, pb.SatRelation) and isinstance(wide, pb.SatRelation) and isinstance(oplog, pb.SatOpLog)
+    assert [c.name for c in narrow.columns] == [c.name for c in ITEMS.columns]
+    assert [c.name for c in wide.columns] == [c.name for c in wider.columns]
+    assert [op.insert.relation_id for op in oplog.ops[1:-1]] == [narrow.relation_id, wide.relation_id]
     stop = pb.SatRpcRequest(method="stopReplication", request_id=1, message=b"")
     assert len(session.receive(stop)) == 1 and session.outbound is None
 

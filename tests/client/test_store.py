@@ -159,3 +159,31 @@ def test_a_remote_update_merges_with_a_pending_local_write_column_by_column(tmp_
     )  # fmt: skip
     assert st.db.execute("SELECT id, a, b FROM two").fetchall() == [(1, "mine", "theirs")]
     assert st.pending_count() == 1  # still waiting for its echo
+
+
+def test_a_write_made_before_a_column_was_added_is_sent_without_it(store: Store) -> None:
+    """A migration lands (the table's relation grows) while a local insert waits to be sent: that
+    insert goes under a relation without the new column, so Postgres gives the row the column's
+    default rather than a NULL the app never wrote; a later write goes under the wider relation."""
+    from electricctl._protocol import satellite_pb2 as pb
+    from electricctl.client.session import ClientSession
+
+    conn = app(store)
+    conn.execute("INSERT INTO items VALUES (1, 'before')")
+    wider = Table("items", (*ITEMS.columns, Column("qty", "int4", False, True)))
+    store.ensure_table(wider)  # what a relation with the new column does
+    conn.execute("INSERT INTO items (id, note, qty) VALUES (2, 'after', 3)")
+    store.stamp(ME)
+    session = ClientSession(ME, clock=lambda: 0.0)
+    session.connection_made()
+    session.receive(
+        pb.SatRpcRequest(
+            method="startReplication", request_id=0, message=pb.SatInStartReplicationReq().SerializeToString()
+        )
+    )
+    (tx,) = store.transactions_after(0)
+    narrow, wide, oplog = session.outgoing(tx, store.tables)
+    assert isinstance(narrow, pb.SatRelation) and isinstance(wide, pb.SatRelation) and isinstance(oplog, pb.SatOpLog)
+    assert [c.name for c in narrow.columns] == ["id", "note"]
+    assert [c.name for c in wide.columns] == ["id", "note", "qty"]
+    assert [op.insert.relation_id for op in oplog.ops[1:-1]] == [narrow.relation_id, wide.relation_id]
