@@ -152,7 +152,7 @@ def decode(payload: bytes, relations: dict[int, RelationDef]) -> RelationDef | T
         if payload[pos : pos + 1] == _MIGRATIONS_TRAILER:
             (size,) = _U32.unpack_from(payload, pos + 1)
             raw = payload[pos + 5 : pos + 5 + size]
-            migrations = tuple(Migration.from_json(json.dumps(m)) for m in json.loads(raw))
+            migrations = tuple(Migration.from_dict(m) for m in json.loads(raw))
         return Transaction(lsn, end_lsn, xid, ts, origin or None, tuple(changes), write, migrations)
     raise CorruptRecord(f"unknown record kind {kind}")
 

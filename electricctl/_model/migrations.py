@@ -49,7 +49,11 @@ class Migration:
     @classmethod
     def from_json(cls, raw: str | bytes) -> Migration:
         """The migration message's JSON; a ValueError, KeyError or TypeError if it is not one."""
-        data = json.loads(raw)
+        return cls.from_dict(json.loads(raw))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Migration:
+        """The message's JSON once parsed (a catalog row, or an element of the log's array)."""
         snapshot = data["snapshot"]
         return cls(
             version=str(data["version"]),

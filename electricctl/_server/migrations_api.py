@@ -58,7 +58,7 @@ def parse_query(query: str) -> tuple[str, str]:
 
 def from_rows(rows: Sequence[tuple[Any, ...]]) -> list[Migration]:
     fields = ("version", "schema", "table", "op", "columns", "snapshot")
-    return [Migration.from_json(json.dumps(dict(zip(fields, row, strict=True)))) for row in rows]
+    return [Migration.from_dict(dict(zip(fields, row, strict=True))) for row in rows]
 
 
 def migrations_zip(migrations: Sequence[Migration], dialect: str) -> bytes | None:

@@ -15,6 +15,8 @@ to TEXT.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from electricctl._model.migrations import Migration, MigrationColumn
 from electricctl._protocol import satellite_pb2 as pb
 
@@ -39,12 +41,8 @@ def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _column_def(col: MigrationColumn) -> str:
-    return f"{_q(col.name)} {sqlite_type(col)}" + (" NOT NULL" if col.notnull else "")
-
-
-def create_table_sql(m: Migration) -> str:
-    parts = [_column_def(c) for c in m.table_columns]
+def _create_table(m: Migration, column_type: Callable[[MigrationColumn], str], options: str) -> str:
+    parts = [f"{_q(c.name)} {column_type(c)}" + (" NOT NULL" if c.notnull else "") for c in m.table_columns]
     for fk in m.foreign_keys:
         parts.append(
             f"CONSTRAINT {_q(fk.name)} FOREIGN KEY ({', '.join(map(_q, fk.columns))})"
@@ -53,27 +51,26 @@ def create_table_sql(m: Migration) -> str:
     if m.primary_key:
         parts.append(f"CONSTRAINT {_q(m.table + '_pkey')} PRIMARY KEY ({', '.join(map(_q, m.primary_key))})")
     body = ",\n  ".join(parts)
-    return f"CREATE TABLE {_q(m.table)} (\n  {body}\n) WITHOUT ROWID;\n"
+    return f"CREATE TABLE {_q(m.table)} (\n  {body}\n){options};\n"
+
+
+def _pg_type(col: MigrationColumn) -> str:
+    return col.type
+
+
+def create_table_sql(m: Migration) -> str:
+    return _create_table(m, sqlite_type, " WITHOUT ROWID")
+
+
+def pg_create_table_sql(m: Migration) -> str:
+    """The Postgres dialect (``sql_dialect=POSTGRES``, ``/api/migrations?dialect=postgresql``)."""
+    return _create_table(m, _pg_type, "")
 
 
 def add_column_sql(m: Migration, col: MigrationColumn) -> str:
     # SQLite cannot add a NOT NULL column without a default; the guard only lets through NOT NULL
     # columns that have one in Postgres, whose rows arrive with their values
     return f"ALTER TABLE {_q(m.table)} ADD COLUMN {_q(col.name)} {sqlite_type(col)};\n"
-
-
-def pg_create_table_sql(m: Migration) -> str:
-    """The Postgres dialect (``sql_dialect=POSTGRES``, ``/api/migrations?dialect=postgresql``)."""
-    parts = [f"{_q(c.name)} {c.type}" + (" NOT NULL" if c.notnull else "") for c in m.table_columns]
-    for fk in m.foreign_keys:
-        parts.append(
-            f"CONSTRAINT {_q(fk.name)} FOREIGN KEY ({', '.join(map(_q, fk.columns))})"
-            f" REFERENCES {_q(fk.parent_table)} ({', '.join(map(_q, fk.parent_columns))})"
-        )
-    if m.primary_key:
-        parts.append(f"CONSTRAINT {_q(m.table + '_pkey')} PRIMARY KEY ({', '.join(map(_q, m.primary_key))})")
-    body = ",\n  ".join(parts)
-    return f"CREATE TABLE {_q(m.table)} (\n  {body}\n);\n"
 
 
 def pg_add_column_sql(m: Migration, col: MigrationColumn) -> str:

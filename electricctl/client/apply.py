@@ -48,7 +48,7 @@ class Applier:
     def __init__(self, db: sqlite3.Connection, tables: Mapping[str, Table]) -> None:
         self.db = db
         self.tables = tables
-        self._pk_sql: dict[str, tuple[str, list[str]]] = {}
+        self._pk_sql: dict[str, tuple[str, list[tuple[str, str]], bool]] = {}
 
     def apply(
         self,
@@ -149,15 +149,24 @@ class Applier:
         cached = self._pk_sql.get(table.name)
         if cached is None:
             cols = sorted((c for c in table.columns if c.primary_key), key=lambda c: c.name)
-            cached = self._pk_sql[table.name] = ("SELECT " + json_cols("", cols), [c.name for c in cols])
-        sql, order = cached
-        parts: list[str] = []
-        for name in order:
-            text = _plain_json(table.column(name).pg_type, values[name]) if _PLAIN.fullmatch(name) else None
-            if text is None:
-                return str(self.db.execute(sql, [values[c] for c in order]).fetchone()[0])
-            parts.append(f'"{name}":{text}')
-        return "{" + ",".join(parts) + "}"
+            # names that JSON quotes as they are are formatted here; otherwise every key goes to SQLite
+            plain = all(_PLAIN.fullmatch(c.name) for c in cols)
+            cached = self._pk_sql[table.name] = (
+                "SELECT " + json_cols("", cols),
+                [(c.name, c.pg_type) for c in cols],
+                plain,
+            )
+        sql, order, plain = cached
+        if plain:
+            parts: list[str] = []
+            for name, pg_type in order:
+                text = _plain_json(pg_type, values[name])
+                if text is None:
+                    break
+                parts.append(f'"{name}":{text}')
+            else:
+                return "{" + ",".join(parts) + "}"
+        return str(self.db.execute(sql, [values[name] for name, _ in order]).fetchone()[0])
 
     def reset_tables(self, names: Iterable[str]) -> None:
         """Forget synced rows of ``names`` (the server cannot resume us); pending writes stay."""

@@ -180,7 +180,7 @@ def test_apply_records_one_baseline_version_for_the_tables_it_electrifies(guarde
     ]
     assert issues[5]["columns"] == issues[4]
     fields = ("version", "schema", "table", "op", "columns", "snapshot")
-    migration = Migration.from_json(json.dumps(dict(zip(fields, issues, strict=True))))
+    migration = Migration.from_dict(dict(zip(fields, issues, strict=True)))
     assert migration.primary_key == ("id",)
     assert [(f.columns, f.parent_table, f.parent_columns) for f in migration.foreign_keys] == [
         (("project_id",), "projects", ("id",))
