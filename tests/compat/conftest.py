@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import select
@@ -88,9 +89,9 @@ class Driver:
             self.proc.stdin.flush()
         except BrokenPipeError:
             self.proc.wait(timeout=10)
-            err = self.proc.stderr.read() if self.proc.stderr else ""
+            self._drain.join(5)  # stderr is read by the drain thread: its lines are in the log
             raise AssertionError(
-                f"the npm client exited ({self.proc.returncode}) before {cmd!r}: {err[-3000:]}"
+                f"the npm client exited ({self.proc.returncode}) before {cmd!r}: {self.log_tail()}"
             ) from None
         answer = self.read(timeout)
         assert answer.get("ok"), answer
@@ -123,7 +124,10 @@ class Driver:
         self._drain.join(5)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if stream is not None:
-                stream.close()
+                # stdin may still hold a command the dead process never read: closing flushes it and
+                # fails, and must not leave the other pipes open (their ResourceWarnings fail a later test)
+                with contextlib.suppress(OSError):
+                    stream.close()
 
 
 @pytest.fixture
