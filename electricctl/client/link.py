@@ -5,7 +5,9 @@ WebSocket and the RPC calls on it, feeds every frame to the session and performs
 returns (store work on the store thread, frames on the socket). It reconnects with backoff until
 stopped: quickly after a lost connection, ever more slowly (up to 5 minutes) while the server
 refuses the token; a token function is called again at each attempt. Local writes are found by
-polling ``PRAGMA data_version`` (cheap) and sent when there are new ones.
+the store thread polling ``PRAGMA data_version`` between its calls; when another connection has
+committed, it stamps the writes and reads them for sending in the same step, and only then hands
+them to the loop.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import inspect
 import logging
 import random
 import time
+from dataclasses import dataclass
 
 from google.protobuf.message import Message
 from websockets.asyncio.client import ClientConnection, connect
@@ -25,8 +28,9 @@ import electricctl.client.session as s
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
+from electricctl.client.oplog import LocalTransaction
 from electricctl.client.state import ClientState, Subscription
-from electricctl.client.store import LSN_KEY, Store
+from electricctl.client.store import LSN_KEY, Poll, Store
 from electricctl.client.wire import subscription_refusal, subscription_request
 from electricctl.errors import (
     AuthenticationFailed,
@@ -47,6 +51,14 @@ AUTH_RETRY_MAX = 300.0
 """Longest wait between reconnects while the server refuses the token (it keeps growing to this)."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Collected:
+    poll: Poll
+    after: int | None
+    """``session.outbound`` when the transactions were read."""
+    ready: list[LocalTransaction] | None
+
+
 class Link:
     """The background work of one started client: polling the file, and the connection."""
 
@@ -57,6 +69,8 @@ class Link:
         self._rpc = RpcCalls(first_id=1)
         self._ack_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Future[None]] = set()
+        self._ready: _Collected | None = None
+        """Transactions a poll read for sending, and the outbound position they follow."""
 
     async def close(self) -> None:
         """Close the connection (the task running :meth:`run` is then cancelled by the caller)."""
@@ -78,19 +92,51 @@ class Link:
                 await poller
 
     async def _poll_loop(self) -> None:
-        """Offline too: local writes get their timestamps when they are made, not at reconnect."""
-        store, client_id, force = self.st.store, self.st.client_id, True
-        assert store is not None and client_id is not None
-        while True:
-            found = await self.st.io(store.poll, client_id, force=force)
+        """Offline too: local writes get their timestamps when they are made, not at reconnect.
+
+        The store thread polls by itself between calls (no trip through the loop while nothing
+        happens); this task only runs the forced polls: the first one, and :meth:`SyncClient.notify`.
+        Either way, what a poll stamped is read for sending in the same trip to the thread.
+        """
+        thread = self.st.thread
+        assert thread is not None
+        loop = asyncio.get_running_loop()
+
+        def poll_on_thread() -> None:
+            found = self._collect(force=False)
             if found is not None:
-                self.st.pending = found.pending
-                if found.stamped:
-                    self.st.wake_sender.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.st.poll_now.wait(), self.st.poll_interval)
-            force = self.st.poll_now.is_set()
-            self.st.poll_now.clear()
+                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                    loop.call_soon_threadsafe(self._polled, found)
+
+        try:
+            self._polled(await self.st.io(self._collect, force=True))
+            thread.poll_with(poll_on_thread, self.st.poll_interval)
+            while True:
+                await self.st.poll_now.wait()
+                self.st.poll_now.clear()
+                self._polled(await self.st.io(self._collect, force=True))
+        finally:
+            thread.poll_with(None)
+
+    def _collect(self, *, force: bool) -> _Collected | None:
+        """On the store thread: stamp other connections' writes and read the transactions to send."""
+        store, client_id, session = self.st.store, self.st.client_id, self._session
+        assert store is not None and client_id is not None and session is not None
+        found = store.poll(client_id, force=force)
+        if found is None:
+            return None
+        after = session.outbound  # read once: the loop may move it on meanwhile
+        ready = store.transactions_after(after) if found.stamped and after is not None else None
+        return _Collected(found, after, ready)
+
+    def _polled(self, collected: _Collected | None) -> None:
+        if collected is None:
+            return
+        self.st.pending = collected.poll.pending
+        if collected.poll.stamped:
+            if collected.ready is not None:
+                self._ready = collected
+            self.st.wake_sender.set()
 
     async def _connect_loop(self) -> None:
         delay = 0.1
@@ -257,8 +303,14 @@ class Link:
         assert session is not None and store is not None
         while True:
             self.st.wake_sender.clear()
-            if session.outbound is not None:
-                for tx in await self.st.io(store.transactions_after, session.outbound):
+            ready, self._ready = self._ready, None
+            after = session.outbound
+            if after is not None:
+                if ready is not None and ready.after is not None and ready.ready is not None and ready.after <= after:
+                    txs = [tx for tx in ready.ready if tx.lsn > after]  # read by the poll, on the thread
+                else:
+                    txs = await self.st.io(store.transactions_after, after)
+                for tx in txs:
                     if session.outbound is None:
                         break  # the server stopped our stream meanwhile
                     for msg in session.outgoing(tx, store.tables):

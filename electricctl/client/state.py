@@ -9,17 +9,16 @@ loop never waits for SQLite and the store's one connection is never used by two 
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import ParamSpec, TypeVar
 
 from electricctl.client.store import LSN_KEY, Store
 from electricctl.client.values import RemoteChange
+from electricctl.client.worker import StoreThread
 from electricctl.errors import ConnectionLost, SyncError
 
 SUBSCRIPTIONS_KEY = "electricctl.subscriptions"
@@ -80,7 +79,7 @@ class ClientState:
         self.connected = asyncio.Event()
         self.stopping = False
         self.store: Store | None = None
-        self.executor: ThreadPoolExecutor | None = None
+        self.thread: StoreThread | None = None
         self.opening = asyncio.Lock()
         self.pending = 0
         self.server_lsn = ""
@@ -101,18 +100,16 @@ class ClientState:
         async with self.opening:
             if self.store is not None:
                 return self.store
-            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="electricctl-sqlite")
+            thread = StoreThread()
             try:
-                opened = await asyncio.get_running_loop().run_in_executor(
-                    executor, _open_store, self.path, self.client_id
-                )
+                opened = await thread.call(_open_store, self.path, self.client_id)
             except sqlite3.Error as exc:
-                executor.shutdown(wait=False)
+                thread.shutdown()
                 raise SyncError(f"cannot open {self.path}: {exc}") from None
             except BaseException:
-                executor.shutdown(wait=False)
+                thread.shutdown()
                 raise
-            self.store, self.executor = opened.store, executor
+            self.store, self.thread = opened.store, thread
             self.client_id, self.server_lsn, self.pending = opened.client_id, opened.lsn, opened.pending
             for sub_id, shapes in opened.subscriptions.items():
                 if sub_id not in self.subscriptions:
@@ -123,18 +120,19 @@ class ClientState:
     async def close(self) -> None:
         """Close the store (after the calls already queued on its thread) and end the thread."""
         async with self.opening:
-            store, executor = self.store, self.executor
-            self.store = self.executor = None
-            if store is not None and executor is not None:
-                await asyncio.get_running_loop().run_in_executor(executor, store.close)
-            if executor is not None:
-                executor.shutdown(wait=False)
+            store, thread = self.store, self.thread
+            self.store = self.thread = None
+            if store is not None and thread is not None:
+                thread.poll_with(None)
+                await thread.call(store.close)
+            if thread is not None:
+                thread.shutdown()
 
     async def io(self, fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
         """Run ``fn`` on the store thread."""
-        if self.executor is None:
+        if self.thread is None:
             raise ConnectionLost("the client is stopped (its file is closed)")
-        return await asyncio.get_running_loop().run_in_executor(self.executor, functools.partial(fn, *args, **kwargs))
+        return await self.thread.call(fn, *args, **kwargs)
 
     async def save_subscriptions(self) -> None:
         if self.store is None:
