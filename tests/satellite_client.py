@@ -56,6 +56,8 @@ class SatelliteClient:
     relations: dict[int, Relation] = field(default_factory=dict)
     rows: dict[str, dict[tuple[bytes | None, ...], dict[str, bytes | None]]] = field(default_factory=dict)
     transactions: list[ReceivedTx] = field(default_factory=list)
+    migrations: list[ReceivedTx] = field(default_factory=list)
+    """Migration transactions (``SatOpMigrate`` ops), kept apart from the data in ``transactions``."""
     messages: list[Message] = field(default_factory=list)
     last_lsn: bytes = b""
     subscriptions_done: dict[str, bytes] = field(default_factory=dict)
@@ -244,9 +246,12 @@ class SatelliteClient:
                 return
             begin = msg.ops[0].begin
             tx = ReceivedTx(begin.lsn, begin.transaction_id, begin.commit_timestamp, begin.origin, list(msg.ops))
-            for op in msg.ops[1:-1]:
-                self._apply(op)
-            self.transactions.append(tx)
+            if any(op.HasField("migrate") for op in msg.ops):
+                self.migrations.append(tx)
+            else:
+                for op in msg.ops[1:-1]:
+                    self._apply(op)
+                self.transactions.append(tx)
             self.last_lsn = begin.lsn
             self._last_xid = begin.transaction_id
             self._unacked += 1

@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -28,6 +29,7 @@ from electricctl._engine.ports import EngineServices, Snapshot
 from electricctl._engine.projection import ReadProjection
 from electricctl._engine.sink import Sink
 from electricctl._engine.state import ClientState, SubscriptionRecord
+from electricctl._model.migrations import Migration
 from electricctl._model.rows import Change, RelationDef, Row, Transaction, change_key
 from electricctl._model.table import TableRef
 from electricctl._perms.read import read_roles
@@ -88,6 +90,8 @@ class ShapeEngine:
         self.control: deque[_Subscribe | _Unsubscribe | _Reassess] = deque()
         self.inflight: set[str] = set()
         """Subscriptions requested and not yet recorded (delivered or failed)."""
+        self.schema: list[Migration] = []
+        """Migrations a starting client lacks, sent before anything else (:meth:`start`)."""
 
     # -- requests (from the protocol session) ----------------------------------------------
     async def resolve(self, tablename: str, where: str) -> tuple[TableRef | Refused | None, str]:
@@ -140,10 +144,13 @@ class ShapeEngine:
         self.shapes.setdefault(str(shape.table), TableShapes()).add(shape)
         self.services.router.add(self, str(shape.table), shape)
 
-    def start(self, cursor: int) -> None:
-        """Stream from ``cursor`` (the client has everything up to it)."""
+    def start(self, cursor: int, schema: Sequence[Migration] = ()) -> None:
+        """Stream from ``cursor`` (the client has everything up to it), after the migrations in
+        ``schema`` (those a client starting afresh lacks: every one after its schema version)."""
         self.cursor = cursor
+        self.schema = list(schema)
         self.services.scanning.add(self)
+        self.wake.set()
 
     def subscribe(self, subscription_id: str, shapes: list[Shape]) -> None:
         self.control.append(_Subscribe(subscription_id, shapes))
@@ -170,6 +177,9 @@ class ShapeEngine:
         """Serve the client until cancelled (or until the sink fails)."""
         sink = self.sink
         while True:
+            if self.schema:
+                schema, self.schema = self.schema, []
+                await self._send_schema(schema)
             while self.control:
                 item = self.control.popleft()
                 self._leave_live()
@@ -204,14 +214,33 @@ class ShapeEngine:
                 self.cursor = max(self.cursor, tx.lsn)
                 await self._send_transaction(tx)
 
+    async def _send_schema(self, migrations: Sequence[Migration]) -> None:
+        """Migrations the client lacks, one transaction per version, at the stream's start point."""
+        by_version: dict[str, list[Migration]] = {}
+        for m in migrations:
+            by_version.setdefault(m.version, []).append(m)
+        now = int(time.time() * 1000)
+        for group in by_version.values():
+            await self.sink.migration(self.cursor, now, 0, group)
+
     async def _send_transaction(self, tx: Transaction) -> None:
         changes = route_transaction(self.shapes, tx)
         if tx.origin is not None and tx.origin == self.client_id:
             # the client's own transaction always goes back to it (it clears its oplog with it),
             # with rows it wrote that none of its shapes hold as GONE: it must not keep them
             changes = await self._own_echo(tx, changes)
-        elif not changes:
+        elif not changes and not tx.migrations:
             return
+        if tx.migrations:
+            # every client gets the schema of every electrified table, in the stream's order. With
+            # data of its own, the transaction goes in two: the migration first, at a position just
+            # before the transaction's, then its rows. A client that has the migration's version
+            # already skips a migration transaction whole (the npm client does), so its rows must
+            # not be in it; and a client that resumes between the two gets the rows again.
+            await self.sink.migration(tx.lsn - 1 if changes else tx.lsn, tx.timestamp_ms, tx.xid, tx.migrations)
+            self.services.stats["migrations_sent"] += 1
+            if not changes:
+                return
         await self.sink.transaction(tx, [self.projection.change(ch) for ch in changes])
         self.services.stats["transactions_sent"] += 1
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Protocol
 
+from electricctl._model.migrations import Migration
 from electricctl._model.rows import Change, RelationDef, Row, Transaction
 
 
@@ -31,6 +32,11 @@ class Sink(Protocol):
 
     async def transaction(self, tx: Transaction, changes: Sequence[Change]) -> None:
         """One logged transaction, filtered to the client's shapes (its own may carry GONE)."""
+        ...
+
+    async def migration(self, lsn: int, timestamp_ms: int, xid: int, migrations: Sequence[Migration]) -> None:
+        """Schema changes (all of one version) as a transaction of their own at ``lsn``: the client
+        applies them before any data that follows."""
         ...
 
     async def subscription_begin(self, subscription_id: str, lsn: int, relations: Sequence[RelationDef]) -> None: ...

@@ -121,7 +121,12 @@ class Server:
         self.source.on_marker = self._on_marker
         self._ws: WsServer | None = None
         self.bound_port = options.port
-        self.stats: dict[str, int] = {"subscription_deliveries": 0, "transactions_sent": 0, "replication_restarts": 0}
+        self.stats: dict[str, int] = {
+            "subscription_deliveries": 0,
+            "transactions_sent": 0,
+            "migrations_sent": 0,
+            "replication_restarts": 0,
+        }
 
     def _prepare_data_dir(self) -> None:
         """Lock the data dir for this process (one serve per data dir) and create what it holds."""
@@ -154,6 +159,9 @@ class Server:
         self.log.publish(written)
         for tx in written:
             woken = self.router.candidates(tx.changes)
+            if tx.migrations:
+                # a schema change reaches every client, whatever its shapes
+                woken = {*woken, *(c.engine for c in self.connections if c.engine is not None)}
             if tx.origin is not None:
                 # a client's own transaction is echoed to it whatever its shapes
                 origin = self.clients.get(tx.origin)

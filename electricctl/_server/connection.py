@@ -24,6 +24,7 @@ from websockets.exceptions import ConnectionClosed
 from electricctl._auth.tokens import Identity
 from electricctl._engine.engine import Refused as EngineRefused
 from electricctl._engine.engine import ShapeEngine
+from electricctl._model.migrations import Migration
 from electricctl._model.table import TableRef
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
@@ -39,6 +40,7 @@ from electricctl._server.common import (
     first_line,
     log_once,
 )
+from electricctl._server.migrations_api import Unavailable as MigrationsUnavailable
 from electricctl._server.satellite_sink import SatelliteSink
 from electricctl._server.services import Services
 from electricctl._server.writes import ClientWrites
@@ -325,8 +327,16 @@ class Connection:
                 )
         engine = self._engine()
         logf = self.server.log
+        schema: list[Migration] = []
         if effect.lsn is None:
+            # a client starting afresh gets every migration after its schema version first. The
+            # position is read before the migrations: one committed in between is in both, and
+            # sent twice (a client skips a version it has), never in neither
             cursor = logf.last_lsn
+            try:
+                schema = await self.server.migrations(effect.schema_version)
+            except MigrationsUnavailable as exc:
+                return refuse(START_ERR.CODE_UNSPECIFIED, f"the server cannot read the schema migrations: {exc}")
         else:
             cursor = effect.lsn
             if cursor > logf.last_lsn:
@@ -350,7 +360,7 @@ class Connection:
         # the pruned state is saved in the background: the response does not wait for an fsync (the
         # npm client gives startReplication 3 s), and saves of one client land in call order
         self._saving = asyncio.ensure_future(self.server.store.save_async(state))
-        engine.start(cursor)
+        engine.start(cursor, schema)
         return S.StreamStarted(effect.request_id, cursor)
 
     async def _subscribe(self, effect: S.Subscribe) -> S.Subscribed:

@@ -8,6 +8,7 @@ from typing import Any, Protocol
 
 from electricctl._config.model import ElectricConfig
 from electricctl._log.base import TransactionLog
+from electricctl._model.migrations import Migration
 from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
 from electricctl._server.options import ServeOptions
@@ -41,6 +42,11 @@ class Services(Protocol):
 
     async def caught_up(self, timeout: float = 30.0) -> None:
         """Return once every transaction committed before the call is in the log."""
+        ...
+
+    async def migrations(self, after: str) -> list[Migration]:
+        """The migrations recorded after version ``after`` ("" for all), oldest first; raises
+        :class:`~electricctl._server.migrations_api.Unavailable` when Postgres cannot be read."""
         ...
 
     def peer_authenticated(self, conn: Any) -> None:

@@ -30,7 +30,7 @@ from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
 from electricctl.client.oplog import LocalTransaction
 from electricctl.client.state import ClientState, Subscription
-from electricctl.client.store import LSN_KEY, Poll, Store
+from electricctl.client.store import LSN_KEY, SCHEMA_VERSION_KEY, Poll, Store
 from electricctl.client.wire import subscription_refusal, subscription_request
 from electricctl.errors import (
     AuthenticationFailed,
@@ -228,7 +228,8 @@ class Link:
         session, store = self._session, self.st.store
         assert session is not None and store is not None
         lsn = await self.st.io(store.meta, LSN_KEY) or ""
-        req = session.start_request(lsn, list(self.st.subscriptions))
+        version = await self.st.io(store.meta, SCHEMA_VERSION_KEY) or ""
+        req = session.start_request(lsn, list(self.st.subscriptions), version)
         while True:
             resp = await self._call_replication(req)
             if session.started(resp) is s.Start.STARTED:
@@ -240,7 +241,7 @@ class Link:
             self.st.server_lsn = ""
             for sub in self.st.subscriptions.values():
                 sub.synced.clear()
-            req = session.start_request("", [])
+            req = session.start_request("", [], version)
 
     async def _call_replication(self, req: pb.SatInStartReplicationReq) -> pb.SatInStartReplicationResp:
         try:
@@ -339,6 +340,8 @@ class Link:
                 self._rpc.resolve(eff.response)
             elif isinstance(eff, s.EnsureTable):
                 await self.st.io(store.ensure_table, eff.table)
+            elif isinstance(eff, s.Migrate):
+                await self.st.io(store.migrate, eff.version, eff.tables)
             elif isinstance(eff, s.Apply):
                 await self._apply(store, client_id, eff)
             elif isinstance(eff, s.Delivered):

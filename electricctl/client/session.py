@@ -38,6 +38,7 @@ from electricctl.client.wire import (
     decode_changes,
     relation_message,
     subscription_request,
+    table_from_migration,
     table_from_relation,
     transaction_oplog,
 )
@@ -73,6 +74,15 @@ class EnsureTable:
     """Create the table locally (and its triggers) if it is not there as described."""
 
     table: Table
+
+
+@dataclass(frozen=True, slots=True)
+class Migrate:
+    """Apply a schema migration (create the tables, or add the columns) and record its version."""
+
+    version: str
+    tables: tuple[Table, ...]
+    """Each affected table as it is after the migration (every column)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +140,19 @@ class AckLater:
     delay: float
 
 
-Effect = Send | Resolve | EnsureTable | Apply | Delivered | DeliveryFailed | Progress | Refused | WakeSender | AckLater
+Effect = (
+    Send
+    | Resolve
+    | EnsureTable
+    | Migrate
+    | Apply
+    | Delivered
+    | DeliveryFailed
+    | Progress
+    | Refused
+    | WakeSender
+    | AckLater
+)
 
 
 class Start(enum.Enum):
@@ -185,11 +207,19 @@ class ClientSession:
     def auth_request(self, token: str) -> pb.SatAuthReq:
         return pb.SatAuthReq(id=self.client_id, token=token)
 
-    def start_request(self, lsn: str, subscription_ids: Sequence[str]) -> pb.SatInStartReplicationReq:
-        """Resume from ``lsn`` with the subscriptions held there (or start afresh if there is none)."""
+    def start_request(
+        self, lsn: str, subscription_ids: Sequence[str], schema_version: str = ""
+    ) -> pb.SatInStartReplicationReq:
+        """Resume from ``lsn`` with the subscriptions held there, or start afresh if there is none.
+
+        Starting afresh, the client says which schema version it has: the server sends every
+        migration after it first. Resuming, it does not (as the npm client): the migrations after
+        ``lsn`` come in the stream, in their place.
+        """
         self._start_lsn = lsn
-        ids = list(subscription_ids) if lsn else []
-        return pb.SatInStartReplicationReq(lsn=lsn.encode(), subscription_ids=ids, schema_version="")
+        if lsn:
+            return pb.SatInStartReplicationReq(lsn=lsn.encode(), subscription_ids=list(subscription_ids))
+        return pb.SatInStartReplicationReq(schema_version=schema_version)
 
     def started(self, resp: pb.SatInStartReplicationResp) -> Start:
         """The answer to :meth:`start_request`. Raises :class:`SyncError` if the server will not start us."""
@@ -257,9 +287,17 @@ class ClientSession:
             self._unsubs.changes.extend(decode_changes(msg.ops, self._relations))
             return []
         begin = msg.ops[0].begin
+        out: list[Effect] = []
+        migrations = [op.migrate for op in msg.ops if op.HasField("migrate")]
+        if migrations:
+            out.append(Migrate(migrations[0].version, tuple(table_from_migration(m.table) for m in migrations)))
         changes = decode_changes(msg.ops[1:-1], self._relations)
         origin = begin.origin or None
-        out: list[Effect] = [Apply(changes, origin, begin.commit_timestamp, begin.lsn.decode(), transaction=True)]
+        out.append(
+            Apply(
+                changes, origin, begin.commit_timestamp, begin.lsn.decode(), transaction=bool(changes) or not migrations
+            )
+        )
         self.last_lsn = begin.lsn
         self.last_xid = begin.transaction_id
         self.unacked += 1

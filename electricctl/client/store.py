@@ -12,7 +12,7 @@ every method, on one dedicated thread. Apps use their own connections to the sam
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from electricctl.client.apply import Applier
 from electricctl.client.oplog import (
@@ -24,13 +24,24 @@ from electricctl.client.oplog import (
     stamp_all,
     transactions_after,
 )
-from electricctl.client.schema import LSN_KEY, Column, Table, Txn, create_table, load_tables, open_db, save_tables
+from electricctl.client.schema import (
+    LSN_KEY,
+    SCHEMA_VERSION_KEY,
+    Column,
+    Table,
+    Txn,
+    create_table,
+    load_tables,
+    open_db,
+    save_tables,
+)
 from electricctl.client.schema import get_meta as _get_meta
 from electricctl.client.schema import set_meta as _set_meta
 from electricctl.client.values import LocalValue, RemoteChange, Wire, to_local, to_wire
 
 __all__ = [
     "LSN_KEY",
+    "SCHEMA_VERSION_KEY",
     "Column",
     "LocalTransaction",
     "LocalValue",
@@ -87,6 +98,26 @@ class Store:
             create_table(self.db, table)
             self.tables[table.name] = table
             save_tables(self.db, self.tables)
+
+    def migrate(self, version: str, tables: Iterable[Table]) -> None:
+        """A schema migration from the server: create each table, or add the columns it lacks,
+        rebuild the oplog triggers, and record the version (pending local writes are kept)."""
+        with self.transaction():
+            for table in tables:
+                have = self.tables.get(table.name)
+                if have is not None:
+                    # widen what the client holds; never narrow it (its relation may show fewer
+                    # columns, when grants hide some)
+                    known = {c.name for c in have.columns}
+                    added = tuple(replace(c, nullable=True) for c in table.columns if c.name not in known)
+                    if not added:
+                        continue
+                    table = Table(have.name, have.columns + added)
+                create_table(self.db, table)
+                self.tables[table.name] = table
+            save_tables(self.db, self.tables)
+            if version > (self.meta(SCHEMA_VERSION_KEY) or ""):
+                self.set_meta(SCHEMA_VERSION_KEY, version)
 
     # -- local writes --------------------------------------------------------------------------
     def has_unstamped(self) -> bool:

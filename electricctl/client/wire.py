@@ -24,6 +24,16 @@ def table_from_relation(msg: pb.SatRelation) -> Table:
     return Table(msg.table_name, tuple(Column(c.name, c.type, c.primaryKey, c.is_nullable) for c in msg.columns))
 
 
+def table_from_migration(msg: pb.SatOpMigrate.Table) -> Table:
+    """A migrated table as ``SatOpMigrate`` describes it: every column, with its Postgres type.
+
+    The message does not say which columns are NOT NULL, so only the key is: the local table
+    accepts what the server sends, and Postgres keeps its own constraints on writes.
+    """
+    pks = set(msg.pks)
+    return Table(msg.name, tuple(Column(c.name, c.pg_type.name, c.name in pks, c.name not in pks) for c in msg.columns))
+
+
 def relation_message(table: Table, relation_id: int) -> pb.SatRelation:
     return pb.SatRelation(
         schema_name="public",

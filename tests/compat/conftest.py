@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import io
 import json
 import os
 import select
 import subprocess
 import threading
 import time
+import urllib.parse
+import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,10 +36,39 @@ def node_modules() -> Path:
     return HERE / "node_modules"
 
 
+def bundled_migrations(ws_url: str, timeout: float = 20) -> list[dict[str, Any]]:
+    """What ``electric-sql generate`` bundles with an app: every migration's ``metadata.json``
+    from the server's ``/api/migrations?dialect=sqlite`` zip, oldest first."""
+    parts = urllib.parse.urlsplit(ws_url)
+    url = urllib.parse.urlunsplit(
+        ("https" if parts.scheme == "wss" else "http", parts.netloc, "/api/migrations", "dialect=sqlite", "")
+    )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - a test server on loopback
+                body = resp.read()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    if not body:
+        return []
+    with zipfile.ZipFile(io.BytesIO(body)) as zf:
+        names = sorted(n for n in zf.namelist() if n.endswith("/metadata.json"))
+        return [json.loads(zf.read(n)) for n in names]
+
+
 class Driver:
-    """tests/compat/electrify-driver.mjs as a subprocess speaking JSON lines."""
+    """tests/compat/electrify-driver.mjs as a subprocess speaking JSON lines.
+
+    Its app bundles the migrations the server has when it starts (as an app built with
+    ``electric-sql generate`` against that server would); later ones arrive in the stream.
+    """
 
     def __init__(self, url: str, token: str, sqlite_file: str = ":memory:", tables: str | None = None) -> None:
+        migrations = json.dumps(bundled_migrations(url))
         self.proc = subprocess.Popen(
             ["node", str(HERE / "electrify-driver.mjs")],
             cwd=HERE,
@@ -47,6 +80,7 @@ class Driver:
                 "ELECTRIC_URL": url,
                 "ELECTRIC_TOKEN": token,
                 "SQLITE_FILE": sqlite_file,
+                "ELECTRIC_MIGRATIONS": migrations,
                 **({"ELECTRIC_TABLES": tables} if tables else {}),
             },
             text=True,

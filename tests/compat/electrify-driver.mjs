@@ -6,43 +6,37 @@
 //   {"cmd":"rows","table":"items"}       -> {"ok":true,"rows":[...]}
 //   {"cmd":"meta"}                       -> {"ok":true,"meta":{...}} (lsn, subscriptions)
 //   {"cmd":"exec","sql":"...","args":[]} -> {"ok":true} a local write, as an app makes it
+//                                           ("fk":false: with SQLite's foreign-key checks off)
 //   {"cmd":"oplog"}                      -> {"ok":true,"n":<rows in _electric_oplog>} (0: all echoed)
 //   {"cmd":"exit"}
 import readline from 'node:readline'
 import Database from 'better-sqlite3'
 import * as z from 'zod'
-import * as Pb from './node_modules/electric-sql/dist/_generated/protocol/satellite.js'
 import { electrify } from 'electric-sql/node'
 import { DbSchema } from 'electric-sql/client/model'
-import { makeMigration, sqliteBuilder } from 'electric-sql/migrators/builder'
+import { makeMigration, parseMetadata, sqliteBuilder } from 'electric-sql/migrators/builder'
 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
 
-// what `electric-sql generate` would produce for the test tables: `items` unless ELECTRIC_TABLES
-// (JSON: {table: [[column, sqlite type, pg type, field type], ...]}, primary key first) says otherwise
+// the DAL's description of the test tables (`electric-sql generate` writes it too): `items` unless
+// ELECTRIC_TABLES (JSON: {table: [[column, sqlite type, pg type, field type], ...]}, primary key first)
+// says otherwise
 const ITEMS = [
   ['id', 'TEXT', 'text', 'TEXT'], ['n', 'INTEGER', 'int4', 'INT4'], ['flag', 'INTEGER', 'bool', 'BOOL'],
   ['data', 'BLOB', 'bytea', 'BYTEA'], ['at', 'TEXT', 'timestamptz', 'TIMESTAMPTZ'],
   ['doc', 'TEXT_JSON', 'jsonb', 'JSONB'], ['price', 'REAL', 'float8', 'FLOAT8'],
 ]
 const TABLES = process.env.ELECTRIC_TABLES ? JSON.parse(process.env.ELECTRIC_TABLES) : { items: ITEMS }
-const migrateOp = (name, columns) => {
-  const createSql = `CREATE TABLE "${name}" (\n` + columns.map(([n, s], i) => `  "${n}" ${s}${i === 0 ? ' NOT NULL' : ''},\n`).join('') +
-    `  CONSTRAINT "${name}_pkey" PRIMARY KEY ("${columns[0][0]}")\n) WITHOUT ROWID;\n`
-  return Pb.SatOpMigrate.fromPartial({
-    version: '20240101000000',
-    stmts: [{ type: Pb.SatOpMigrate_Type.CREATE_TABLE, sql: createSql }],
-    table: { name, pks: [columns[0][0]], fks: [], columns: columns.map(([n, sqliteType, pg]) => ({ name: n, sqliteType, pgType: { name: pg, array: [], size: [] } })) },
-  })
-}
-const migration = makeMigration({ format: 'SatOpMigrate', ops: Object.entries(TABLES).map(([n, c]) => migrateOp(n, c)), protocolVersion: 'Electric.Satellite', version: '20240101000000' }, sqliteBuilder)
+// the app's bundled migrations: ELECTRIC_MIGRATIONS holds the metadata.json of each version from
+// the server's /api/migrations zip, as `electric-sql generate` bundles them (tests/compat/conftest.py)
+const migrations = JSON.parse(process.env.ELECTRIC_MIGRATIONS || '[]').map((m) => makeMigration(parseMetadata(m), sqliteBuilder))
 const anyObj = z.object({ where: z.any().optional(), include: z.object({}).passthrough().optional(), select: z.object({}).passthrough().optional(), data: z.any().optional() })
 const tables = Object.fromEntries(Object.entries(TABLES).map(([name, columns]) => [name, {
   fields: new Map(columns.map(([n, , , f]) => [n, f])), relations: [],
   modelSchema: z.object({}).passthrough(),
   createSchema: anyObj, createManySchema: anyObj, findUniqueSchema: anyObj, findSchema: anyObj, updateSchema: anyObj,
   updateManySchema: anyObj, upsertSchema: anyObj, deleteSchema: anyObj, deleteManySchema: anyObj }]))
-const schema = new DbSchema(tables, [migration], [])
+const schema = new DbSchema(tables, migrations, [])
 
 const conn = new Database(process.env.SQLITE_FILE || ':memory:')
 const electric = await electrify(conn, schema, { url: process.env.ELECTRIC_URL, debug: false })
@@ -66,7 +60,14 @@ for await (const line of rl) {
       const meta = await electric.db.rawQuery({ sql: "SELECT key, value FROM _electric_meta WHERE key IN ('lsn', 'subscriptions', 'clientId')" })
       out({ ok: true, meta: Object.fromEntries(meta.map((m) => [m.key, m.value instanceof Uint8Array ? Buffer.from(m.value).toString() : m.value])) })
     } else if (cmd.cmd === 'exec') {
-      await electric.adapter.run({ sql: cmd.sql, args: cmd.args ?? [] })
+      // fk: false runs the write with SQLite's foreign-key checks off, as a client that bypasses
+      // them could (the server must refuse what it may not write whatever the client checked)
+      if (cmd.fk === false) await electric.adapter.run({ sql: 'PRAGMA foreign_keys = OFF' })
+      try {
+        await electric.adapter.run({ sql: cmd.sql, args: cmd.args ?? [] })
+      } finally {
+        if (cmd.fk === false) await electric.adapter.run({ sql: 'PRAGMA foreign_keys = ON' })
+      }
       electric.notifier.potentiallyChanged()
       out({ ok: true })
     } else if (cmd.cmd === 'oplog') {
