@@ -31,6 +31,7 @@ from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog, LogWriteError
 from electricctl._model.migrations import Migration
 from electricctl._model.rows import Transaction
+from electricctl._model.table import TableRef
 from electricctl._model.wire import MARKER_PREFIX
 from electricctl._perms.read import path_tables
 from electricctl._replication import lsn as lsnmod
@@ -154,6 +155,9 @@ class Server:
         if self.log_error is not None:
             log.info("the transaction log is writable again")
             self.log_error = None
+        migrated = {TableRef(m.schema, m.table) for tx in written for m in tx.migrations}
+        if migrated:
+            self.catalog.schema_changed(migrated)
         # publish and route with no await in between: a connection that is live has seen every
         # transaction before live_head, and the router queues each later one that may concern it
         self.log.publish(written)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
@@ -116,6 +116,14 @@ class CatalogCache:
         tables = {TableRef(r[0], r[1]) for r in rows}
         self._electrified = (tables, now)
         return tables
+
+    def schema_changed(self, tables: Iterable[TableRef]) -> None:
+        """A migration of ``tables`` reached the log: what is cached of them (and of the rules that
+        name tables) is read again at its next use, so no client is served the old columns."""
+        for table in tables:
+            self._relations.pop(table, None)
+        self._electrified = None
+        self._policy = None
 
     async def describe(self, table: TableRef, *, fresh: bool = False) -> RelationDef | None:
         """The table's columns as the stream sends them (cached for a few seconds, unless ``fresh``)."""

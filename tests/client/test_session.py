@@ -183,3 +183,52 @@ def test_wire_round_trips_values_and_builds_one_oplog_per_transaction() -> None:
     assert oplog.ops[0].begin.lsn == (2**33).to_bytes(8, "big") and client_lsn(4) == b"\x00\x00\x00\x04"
     refused = pb.SatSubsResp(err=pb.SatSubsResp.SatSubsError(message="whole", shape_request_error=[]))
     assert subscription_refusal(refused) == "whole" and subscription_refusal(pb.SatSubsResp()) is None
+
+
+def test_schema_version_is_sent_when_starting_afresh_and_not_when_resuming() -> None:
+    session = s.ClientSession("me")
+    session.connection_made()
+    fresh = session.start_request("", ["ignored"], "20261130000000000")
+    assert fresh.schema_version == "20261130000000000" and not fresh.lsn and not fresh.subscription_ids
+    resumed = session.start_request("AAAB", ["sub"], "20261130000000000")
+    assert resumed.schema_version == "" and resumed.lsn == b"AAAB" and list(resumed.subscription_ids) == ["sub"]
+
+
+def test_a_migration_transaction_is_applied_before_its_position_is_stored() -> None:
+    session = new_session()
+    table = pb.SatOpMigrate.Table(
+        name="items",
+        columns=[
+            pb.SatOpMigrate.Column(name="id", sqlite_type="TEXT", pg_type=pb.SatOpMigrate.PgColumnType(name="text")),
+            pb.SatOpMigrate.Column(
+                name="qty", sqlite_type="INTEGER", pg_type=pb.SatOpMigrate.PgColumnType(name="int4")
+            ),
+        ],
+        pks=["id"],
+    )
+    migrate = pb.SatOpMigrate(
+        version="20261130000000001",
+        stmts=[
+            pb.SatOpMigrate.Stmt(
+                type=pb.SatOpMigrate.ALTER_ADD_COLUMN, sql='ALTER TABLE "items" ADD COLUMN "qty" INTEGER;\n'
+            )
+        ],
+        table=table,
+    )
+    lsn = codec.encode_server_lsn(42)
+    msg = pb.SatOpLog(
+        ops=[
+            pb.SatTransOp(begin=pb.SatOpBegin(commit_timestamp=5, lsn=lsn, is_migration=True)),
+            pb.SatTransOp(migrate=migrate),
+            pb.SatTransOp(commit=pb.SatOpCommit(commit_timestamp=5, lsn=lsn)),
+        ]
+    )
+    effects = session.receive(msg)
+    assert effects[0] == s.Migrate(
+        "20261130000000001",
+        (Table("items", (Column("id", "text", True, False), Column("qty", "int4", False, True))),),
+    )
+    apply = effects[1]
+    assert isinstance(apply, s.Apply)
+    # no rows, not reported to on_change as a transaction, but its position is stored after it
+    assert apply.changes == [] and apply.transaction is False and apply.lsn == lsn.decode()
