@@ -46,7 +46,7 @@ def bundled_migrations(ws_url: str, timeout: float = 20) -> list[dict[str, Any]]
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=10) as resp:  # noqa: S310 - a test server on loopback
+            with urllib.request.urlopen(url, timeout=10) as resp:
                 body = resp.read()
             break
         except OSError:
