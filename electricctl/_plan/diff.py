@@ -189,9 +189,10 @@ def _table_changes(info: TableInfo, observed: ObservedState, recorded: bool) -> 
             locks_table=locks,
         )
     fn = names.stamp_function(t)
-    source = render.stamp_function_source(info.primary_key, [c.name for c in info.columns])
+    columns = [c.name for c in info.columns]
+    source = render.stamp_function_source(info.primary_key, columns)
     current = observed.functions.get(fn)
-    if current != source:
+    if not render.stamp_function_current(current, info.primary_key, columns):
         yield Change(
             f"function.{names.SCHEMA}.{fn}",
             Action.CREATE if current is None else Action.UPDATE,

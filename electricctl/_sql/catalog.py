@@ -133,11 +133,15 @@ _V3: list[Statement] = [
 # that compare ALTER TABLE and DROP against it
 _V4: list[Statement] = guard.catalog_statements()
 
+# the guard turns on a stamp function's generic path when a column is added (_sql.render)
+_V5: list[Statement] = [guard.guard_alter()]
+
 MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = (
     (1, tuple(_V1)),
     (2, tuple(_V2)),
     (3, tuple(_V3)),
     (4, tuple(_V4)),
+    (5, tuple(_V5)),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -30,6 +30,7 @@ from psycopg import sql
 from electricctl._model.pgtypes import SUPPORTED_TYPES
 from electricctl._model.table import TableRef
 from electricctl._model.wire import MIGRATION_PREFIX
+from electricctl._sql import names
 from electricctl._sql.render import Statement
 
 ALTER_TRIGGER = "electric_guard_alter"
@@ -147,7 +148,7 @@ $body$"""
 )
 
 _GUARD_ALTER = sql.SQL(
-    """CREATE FUNCTION electric.guard_alter() RETURNS event_trigger
+    """CREATE OR REPLACE FUNCTION electric.guard_alter() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
 DECLARE
     cmd record;
@@ -157,6 +158,7 @@ DECLARE
     fk record;
     qualified text;
     added jsonb;
+    stamp record;
     hint text := {hint};
 BEGIN
     FOR cmd IN SELECT DISTINCT objid FROM pg_event_trigger_ddl_commands()
@@ -243,6 +245,16 @@ BEGIN
             IF added IS NOT NULL THEN
                 PERFORM electric.record_migration(cmd.objid::regclass, 'add_column', added);
                 added := NULL;
+                -- the table's stamp function names the columns it had when it was written: turn on
+                -- its generic path, which tags the added ones too (electricctl._sql.render)
+                SELECT p.proname::text AS name, p.prosrc AS source INTO stamp
+                  FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+                 WHERE t.tgrelid = cmd.objid AND t.tgname = {row_trigger};
+                IF FOUND AND position({fast} IN stamp.source) > 0 THEN
+                    EXECUTE format('CREATE OR REPLACE FUNCTION %I.%I() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER'
+                                   ' SET search_path = pg_catalog, pg_temp AS %L', {schema}, stamp.name,
+                                   replace(stamp.source, {fast}, {generic}));
+                END IF;
             END IF;
         END LOOP;
     END LOOP;
@@ -292,6 +304,17 @@ $body$"""
 )
 
 
+def guard_alter() -> Statement:
+    return _GUARD_ALTER.format(
+        hint=sql.Literal(_HINT_REMOVE),
+        supported=sql.Literal(list(SUPPORTED_TYPES)),
+        row_trigger=sql.Literal(names.ROW_TRIGGER),
+        schema=sql.Literal(names.SCHEMA),
+        fast=sql.Literal(names.STAMP_FAST),
+        generic=sql.Literal(names.STAMP_GENERIC),
+    )
+
+
 def catalog_statements() -> list[Statement]:
     """Catalog version 4: the snapshot column, the migrations table, and the guard's functions."""
     hint = sql.Literal(_HINT_REMOVE)
@@ -305,7 +328,7 @@ def catalog_statements() -> list[Statement]:
         _MIGRATIONS,
         _MIGRATION_VERSION,
         _RECORD_MIGRATION.format(prefix=sql.Literal(MIGRATION_PREFIX)),
-        _GUARD_ALTER.format(hint=hint, supported=sql.Literal(list(SUPPORTED_TYPES))),
+        guard_alter(),
         _GUARD_DROP.format(hint=hint),
         # the baseline for tables electrified before this catalog version: one create_table each
         sql.SQL(

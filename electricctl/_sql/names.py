@@ -10,6 +10,10 @@ SCHEMA = "electric"
 ROW_TRIGGER = "electric_stamp_row"
 TRUNCATE_TRIGGER = "electric_stamp_truncate"
 TRUNCATE_FUNCTION = "stamp_truncate"
+STAMP_FAST = "generic CONSTANT boolean := false;"
+"""The line of a stamp function's body that the DDL guard swaps for :data:`STAMP_GENERIC` when a
+column is added (see ``electricctl._sql.render.stamp_function_source``)."""
+STAMP_GENERIC = "generic CONSTANT boolean := true;"
 WRITER_SETTING = "electric.writer"
 """The sync worker sets this (SET LOCAL) on its own writes, which it tags itself."""
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"electricctl:apply").digest()[:8], "big", signed=True)

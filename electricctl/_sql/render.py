@@ -108,7 +108,7 @@ _UPSERT = """    INSERT INTO electric.shadow AS s (schema_name, table_name, pk, 
     ON CONFLICT (schema_name, table_name, pk) DO UPDATE SET {set};"""
 
 
-def stamp_function_source(pk: Sequence[str], columns: Sequence[str]) -> str:
+def stamp_function_source(pk: Sequence[str], columns: Sequence[str], *, generic: bool = False) -> str:
     """Body of the per-table trigger function that keeps ``electric.shadow`` in step with direct writes.
 
     A direct write has observed the row as it is, so it replaces the row's tag set with its own
@@ -121,6 +121,18 @@ def stamp_function_source(pk: Sequence[str], columns: Sequence[str]) -> str:
     The sync worker sets ``electric.writer`` and tags the rows it writes itself, so inserts and
     updates are skipped for it; deletes are recorded in all cases, because a delete the worker
     makes can cascade to rows it does not track.
+
+    ``columns`` are written into the body, which is fastest. A column added to the table later
+    (the DDL guard lets additive changes through) must be tagged from the DDL's own transaction:
+    the guard then turns on the body's ``generic`` path (:data:`~electricctl._sql.names.STAMP_FAST`
+    becomes :data:`~electricctl._sql.names.STAMP_GENERIC`, a text swap it can make in plpgsql),
+    where the row's columns this body does not name (``to_jsonb(row) - names``) are tagged the same
+    way, more slowly. Two values compare equal as ``jsonb`` exactly when they do as their types,
+    for every supported type. A tombstone's added columns keep their text forms, but for booleans
+    and timestamps, which are in JSON's forms (Postgres reads them back the same). The planner
+    takes such a body, written for a prefix of the table's columns, as in step
+    (:func:`stamp_function_current`), so ``status`` shows no drift after an added column; the table
+    keeps the generic path until its function is written again.
     """
     old_row, old_key = _key("OLD", pk)
     new_row, new_key = _key("NEW", pk)
@@ -131,48 +143,70 @@ def stamp_function_source(pk: Sequence[str], columns: Sequence[str]) -> str:
         ).format(c=sql.Identifier(c), lit=sql.Literal(c))
         for c in non_key
     ]
+    known = sql.SQL("ARRAY[{}]::text[]").format(sql.SQL(", ").join(sql.Literal(c) for c in columns))
     body = sql.SQL(
         """
 DECLARE
     tag jsonb;
     changed jsonb := '{{}}'::jsonb;
+    added jsonb;
+    {generic}
 BEGIN
     IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND {old_row} IS DISTINCT FROM {new_row}) THEN
+        IF generic THEN
+            -- the values of the columns added to the table since this function was written
+            added := to_jsonb(OLD) - {known};
+            changed := (SELECT coalesce(jsonb_object_agg(key, value), '{{}}') FROM json_each_text(row_to_json(OLD))
+                        WHERE added ? key);
+        END IF;
 {delete}
         IF TG_OP = 'DELETE' THEN
             RETURN NULL;
         END IF;
+        changed := '{{}}';
     END IF;
     IF coalesce(current_setting({writer}, true), '') <> '' THEN
         RETURN NULL;
     END IF;
     -- legacy Electric tags Postgres writes with a time in ms and no origin
     tag := jsonb_build_array(floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint, NULL::text);
+    IF generic THEN
+        added := to_jsonb(NEW) - {known};
+    END IF;
     IF TG_OP = 'INSERT' OR {old_row} IS DISTINCT FROM {new_row} THEN
+        IF generic THEN
+            changed := (SELECT coalesce(jsonb_object_agg(key, tag), '{{}}') FROM jsonb_object_keys(added) AS key);
+        END IF;
 {insert}
     ELSE
 {changed}
+        IF generic THEN
+            changed := changed || (SELECT coalesce(jsonb_object_agg(key, tag), '{{}}') FROM jsonb_each(added)
+                                   WHERE value IS DISTINCT FROM to_jsonb(OLD) -> key);
+        END IF;
 {update}
     END IF;
     RETURN NULL;
 END
 """
     ).format(
+        generic=sql.SQL(names.STAMP_GENERIC if generic else names.STAMP_FAST),
         writer=sql.Literal(names.WRITER_SETTING),
         old_row=old_row,
         new_row=new_row,
+        known=known,
         delete=sql.SQL(_UPSERT).format(
             key=old_key,
             row_tags=sql.SQL("'[]'"),
             col_tags=sql.SQL("'{}'"),
             deleted=sql.SQL("true"),
-            tombstone=_value_map("OLD", non_key),
+            tombstone=sql.SQL("{} || changed").format(_value_map("OLD", non_key)),
             set=sql.SQL("row_tags = '[]', deleted = true, tombstone = EXCLUDED.tombstone"),
         ),
         insert=sql.SQL(_UPSERT).format(
             key=new_key,
             row_tags=sql.SQL("jsonb_build_array(tag)"),
-            col_tags=_tag_map(non_key),
+            col_tags=sql.SQL("{} || changed").format(_tag_map(non_key)),
             deleted=sql.SQL("false"),
             tombstone=sql.SQL("NULL"),
             set=sql.SQL(
@@ -193,6 +227,16 @@ END
         ),
     )
     return text(body)
+
+
+def stamp_function_current(current: str | None, pk: Sequence[str], columns: Sequence[str]) -> bool:
+    """Is ``current`` (an installed body) the one for these columns, or for the columns the table
+    had before some were added (a prefix: added columns come last)? It tags both alike."""
+    if current is None:
+        return False
+    if current == stamp_function_source(pk, columns):
+        return True
+    return any(current == stamp_function_source(pk, columns[:n], generic=True) for n in range(len(columns), 0, -1))
 
 
 def create_stamp_function(table: TableRef, source: str) -> Statement:
