@@ -38,13 +38,16 @@ class Migration:
     schema: str
     table: str
     op: str
-    """``create_table`` (the table was electrified) or ``add_column``."""
+    """``create_table`` (the table was electrified), ``add_column``, or ``sqlite`` (a statement of
+    electric.yaml's ``sqlite`` section, for the clients' own databases; no table)."""
     columns: tuple[MigrationColumn, ...]
     """The columns this migration adds (every column for ``create_table``)."""
     table_columns: tuple[MigrationColumn, ...]
     """The whole table after the migration."""
     primary_key: tuple[str, ...]
     foreign_keys: tuple[ForeignKeyRef, ...]
+    sql: str = ""
+    """The statement of a ``sqlite`` migration."""
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> Migration:
@@ -73,6 +76,7 @@ class Migration:
                 )
                 for f in snapshot.get("references", ())
             ),
+            sql=str(snapshot.get("sql", "")),
         )
 
     def to_json(self) -> str:
@@ -97,6 +101,7 @@ class Migration:
                         }
                         for f in self.foreign_keys
                     ],
+                    **({"sql": self.sql} if self.sql else {}),
                 },
             },
             separators=(",", ":"),

@@ -139,14 +139,21 @@ def _rule_changes(
     orphans: list[str] = []
     for table in catalog_sql.RULE_TABLES:
         have = observed.get(table, {})
-        for name, definition in wanted[table].items():
+        items = wanted[table].items()
+        if table == "sqlite_statements":
+            items = sorted(items, key=lambda item: item[1]["position"])  # type: ignore[assignment]
+        for name, definition in items:
             if have.get(name) != definition:
+                statements = [render.upsert_rule(table, name, definition)]
+                if table == "sqlite_statements" and name not in have:
+                    # a new statement reaches every client as a migration (one removed stays there)
+                    statements.append(guard.record_sqlite(definition["sql"]))
                 changes.append(
                     Change(
                         f"{table}.{name}",
                         Action.CREATE if name not in have else Action.UPDATE,
                         "",
-                        (render.upsert_rule(table, name, definition),),
+                        tuple(statements),
                         rule=RuleEdit(table, name, definition),
                     )
                 )

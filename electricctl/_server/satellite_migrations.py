@@ -91,6 +91,14 @@ def migrate_op(m: Migration, dialect: str = "sqlite") -> pb.SatOpMigrate:
             )
             for c in m.columns
         ]
+    elif m.op == "sqlite":
+        # electric.yaml's statements for the clients' own databases (indexes, triggers, views): the
+        # protocol has no type for them but CREATE_INDEX, whose statement a client runs as it is,
+        # with no table to rebuild triggers for. The Postgres dialect has nothing to run.
+        sql = "" if pg else m.sql.rstrip().rstrip(";") + ";\n"
+        return pb.SatOpMigrate(
+            version=m.version, stmts=[pb.SatOpMigrate.Stmt(type=pb.SatOpMigrate.CREATE_INDEX, sql=sql)]
+        )
     else:
         raise ValueError(f"migration {m.version} of {m.schema}.{m.table}: unknown operation {m.op!r}")
     table = pb.SatOpMigrate.Table(

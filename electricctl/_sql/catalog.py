@@ -133,8 +133,9 @@ _V3: list[Statement] = [
 # that compare ALTER TABLE and DROP against it
 _V4: list[Statement] = guard.catalog_statements()
 
-# the guard turns on a stamp function's generic path when a column is added (_sql.render)
-_V5: list[Statement] = [guard.guard_alter()]
+# the guard turns on a stamp function's generic path when a column is added (_sql.render); the
+# statements of electric.yaml's sqlite section become migrations
+_V5: list[Statement] = [guard.guard_alter(), guard.record_sqlite_function()]
 
 MIGRATIONS: tuple[tuple[int, tuple[Statement, ...]], ...] = (
     (1, tuple(_V1)),

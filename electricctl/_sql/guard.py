@@ -147,6 +147,22 @@ END
 $body$"""
 )
 
+_RECORD_SQLITE = sql.SQL(
+    """CREATE FUNCTION electric.record_sqlite(statement text) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+DECLARE
+    version text := electric.migration_version();
+    snapshot jsonb := jsonb_build_object('columns', '[]'::jsonb, 'sql', statement);
+BEGIN
+    INSERT INTO electric.migrations (version, schema_name, table_name, op, columns, snapshot)
+    VALUES (version, '', '', 'sqlite', '[]', snapshot);
+    PERFORM pg_logical_emit_message(true, {prefix}, jsonb_build_object(
+        'version', version, 'schema', '', 'table', '', 'op', 'sqlite', 'columns', '[]'::jsonb,
+        'snapshot', snapshot)::text);
+END
+$body$"""
+)
+
 _GUARD_ALTER = sql.SQL(
     """CREATE OR REPLACE FUNCTION electric.guard_alter() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -313,6 +329,15 @@ def guard_alter() -> Statement:
         fast=sql.Literal(names.STAMP_FAST),
         generic=sql.Literal(names.STAMP_GENERIC),
     )
+
+
+def record_sqlite_function() -> Statement:
+    """``electric.record_sqlite(statement)``: a ``sqlite`` migration, recorded and in the stream."""
+    return _RECORD_SQLITE.format(prefix=sql.Literal(MIGRATION_PREFIX))
+
+
+def record_sqlite(statement: str) -> Statement:
+    return sql.SQL("SELECT electric.record_sqlite({})").format(sql.Literal(statement))
 
 
 def catalog_statements() -> list[Statement]:

@@ -341,7 +341,7 @@ class Link:
             elif isinstance(eff, s.EnsureTable):
                 await self.st.io(store.ensure_table, eff.table)
             elif isinstance(eff, s.Migrate):
-                await self.st.io(store.migrate, eff.version, eff.tables)
+                await self.st.io(store.migrate, eff.version, eff.tables, eff.statements)
             elif isinstance(eff, s.Apply):
                 await self._apply(store, client_id, eff)
             elif isinstance(eff, s.Delivered):

@@ -83,6 +83,8 @@ class Migrate:
     version: str
     tables: tuple[Table, ...]
     """Each affected table as it is after the migration (every column)."""
+    statements: tuple[str, ...] = ()
+    """Statements for the local database alone (electric.yaml's ``sqlite`` section), run as they are."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +292,14 @@ class ClientSession:
         out: list[Effect] = []
         migrations = [op.migrate for op in msg.ops if op.HasField("migrate")]
         if migrations:
-            out.append(Migrate(migrations[0].version, tuple(table_from_migration(m.table) for m in migrations)))
+            with_table = [m for m in migrations if m.HasField("table") and m.table.name]
+            out.append(
+                Migrate(
+                    migrations[0].version,
+                    tuple(table_from_migration(m.table) for m in with_table),
+                    tuple(st.sql for m in migrations if m not in with_table for st in m.stmts if st.sql.strip()),
+                )
+            )
         changes = decode_changes(msg.ops[1:-1], self._relations)
         origin = begin.origin or None
         out.append(

@@ -11,6 +11,8 @@ every method, on one dedicated thread. Apps use their own connections to the sam
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
@@ -56,6 +58,10 @@ __all__ = [
 ]
 
 
+log = logging.getLogger("electricctl.client")
+_STATEMENT = "electricctl_migration_statement"
+
+
 @dataclass(frozen=True, slots=True)
 class Poll:
     """What :meth:`Store.poll` found."""
@@ -99,9 +105,11 @@ class Store:
             self.tables[table.name] = table
             save_tables(self.db, self.tables)
 
-    def migrate(self, version: str, tables: Iterable[Table]) -> None:
+    def migrate(self, version: str, tables: Iterable[Table], statements: Iterable[str] = ()) -> None:
         """A schema migration from the server: create each table, or add the columns it lacks,
-        rebuild the oplog triggers, and record the version (pending local writes are kept)."""
+        rebuild the oplog triggers, run the local-only statements, and record the version (pending
+        local writes are kept). A statement SQLite refuses is logged and skipped: the client keeps
+        syncing (``validate`` checked its syntax, not what the local database holds)."""
         with self.transaction():
             for table in tables:
                 have = self.tables.get(table.name)
@@ -115,6 +123,15 @@ class Store:
                     table = Table(have.name, have.columns + added)
                 create_table(self.db, table)
                 self.tables[table.name] = table
+            for statement in statements:
+                try:
+                    self.db.execute(f"SAVEPOINT {_STATEMENT}")
+                    self.db.execute(statement)
+                    self.db.execute(f"RELEASE {_STATEMENT}")
+                except sqlite3.Error as exc:
+                    self.db.execute(f"ROLLBACK TO {_STATEMENT}")
+                    self.db.execute(f"RELEASE {_STATEMENT}")
+                    log.warning("skipping the local statement of migration %s (%s): %s", version, exc, statement)
             save_tables(self.db, self.tables)
             if version > (self.meta(SCHEMA_VERSION_KEY) or ""):
                 self.set_meta(SCHEMA_VERSION_KEY, version)

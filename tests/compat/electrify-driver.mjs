@@ -4,6 +4,7 @@
 // Reads one command per line on stdin and answers with one JSON line on stdout:
 //   {"cmd":"subscribe","table":"items","where":"this.n > 1"}  -> {"ok":true,"key":...} once synced
 //   {"cmd":"rows","table":"items"}       -> {"ok":true,"rows":[...]}
+//   {"cmd":"query","sql":"..."}         -> {"ok":true,"rows":[...]} a read of the local database
 //   {"cmd":"meta"}                       -> {"ok":true,"meta":{...}} (lsn, subscriptions)
 //   {"cmd":"exec","sql":"...","args":[]} -> {"ok":true} a local write, as an app makes it
 //                                           ("fk":false: with SQLite's foreign-key checks off)
@@ -56,6 +57,8 @@ for await (const line of rl) {
       const key = TABLES[cmd.table] ? TABLES[cmd.table][0][0] : 'id'
       const rows = await electric.db.rawQuery({ sql: `SELECT * FROM "${cmd.table}" ORDER BY "${key}"` })
       out({ ok: true, rows: rows.map((r) => Object.fromEntries(Object.entries(r).map(([k, v]) => [k, v instanceof Uint8Array ? Array.from(v) : v]))) })
+    } else if (cmd.cmd === 'query') {
+      out({ ok: true, rows: await electric.db.rawQuery({ sql: cmd.sql, args: cmd.args ?? [] }) })
     } else if (cmd.cmd === 'meta') {
       const meta = await electric.db.rawQuery({ sql: "SELECT key, value FROM _electric_meta WHERE key IN ('lsn', 'subscriptions', 'clientId')" })
       out({ ok: true, meta: Object.fromEntries(meta.map((m) => [m.key, m.value instanceof Uint8Array ? Buffer.from(m.value).toString() : m.value])) })

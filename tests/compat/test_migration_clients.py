@@ -9,6 +9,7 @@ new column and the same rows as Postgres.
 from __future__ import annotations
 
 import asyncio
+import base64
 import sqlite3
 import time
 from collections.abc import Awaitable, Callable
@@ -16,10 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from electricctl._apply import applier
+from electricctl._config.loader import load_text
+from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from electricctl.client import SyncClient
-from tests.compat.conftest import Driver
-from tests.server_fixtures import Env, ws_url
+from tests.compat.conftest import Driver, bundled_migrations
+from tests.server_fixtures import CONFIG, Env, ws_url
+
+MigrateOp = pb.SatOpMigrate
 
 pytestmark = pytest.mark.asyncio
 
@@ -44,6 +50,10 @@ async def until(predicate: Callable[[], bool], timeout: float = 30, what: str = 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{what} not met in {timeout}s")
         await asyncio.sleep(0.05)
+
+
+def columns_of_tables(path: Path) -> set[str]:
+    return {r[0] for r in local(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
 
 
 def columns(path: Path) -> list[str]:
@@ -145,3 +155,37 @@ async def test_a_migration_while_two_python_clients_and_the_npm_client_write(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_sqlite_statements_of_electric_yaml_reach_every_client_as_migrations(
+    server: Server, env: Env, drivers: list[Driver], tmp_path: Path
+) -> None:
+    path = tmp_path / "py.db"
+    py = SyncClient(str(path), ws_url(server), env.token())
+    npm = await asyncio.to_thread(Driver, base_url(server), env.token("user-n"))
+    drivers.append(npm)
+    try:
+        await py.start()
+        await until(lambda: "items" in columns_of_tables(path), what="the tables at the Python client")
+        statement = "CREATE INDEX IF NOT EXISTS items_n ON items(n)"
+        text = CONFIG + f'sqlite:\n  - "{statement}"\n'
+        await asyncio.to_thread(applier.apply, load_text(text, str(env.config_path), env={}), env.url)
+
+        def npm_indexes() -> list[object]:
+            found = npm.call("query", sql="SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'items_n'")
+            return [r["name"] for r in found["rows"]]
+
+        await until(
+            lambda: local(path, "SELECT name FROM sqlite_master WHERE name = 'items_n'") != [],
+            what="index at the Python client",
+        )
+        deadline = time.monotonic() + 30
+        while not await asyncio.to_thread(npm_indexes):
+            assert time.monotonic() < deadline, f"the npm client never got the index: {npm.log_tail(20)}"
+            await asyncio.sleep(0.1)
+        # and an app built after it bundles it: /api/migrations has it as its own version
+        newest = (await asyncio.to_thread(bundled_migrations, ws_url(server)))[-1]
+        (op,) = [MigrateOp.FromString(base64.b64decode(o)) for o in newest["ops"]]
+        assert (op.stmts[0].type, op.stmts[0].sql) == (MigrateOp.CREATE_INDEX, statement + ";\n")
+    finally:
+        await py.stop()

@@ -154,7 +154,7 @@ def test_shapes_warn_that_include_trees_are_not_served_and_refuse_cycles() -> No
     # an invalid include tree is reported as an error only, not also as "not served yet"
 
 
-def test_sqlite_statements_are_normalised_and_warned_about_once() -> None:
+def test_sqlite_statements_are_normalised_and_checked() -> None:
     s = sink("""
         sqlite:
           - "CREATE INDEX a ON t(x);"
@@ -165,7 +165,6 @@ def test_sqlite_statements_are_normalised_and_warned_about_once() -> None:
     (stmt,) = validate_sqlite(s.value("sqlite"), s)
     assert stmt.sql == "CREATE INDEX a ON t(x)"
     assert found(s) == [
-        ("warning", 1, 1, "sqlite", "not_enforced.sqlite"),
         ("error", 3, 5, "sqlite[1]", "sqlite.duplicate"),
         ("error", 4, 5, "sqlite[2]", "sqlite.invalid"),
         ("error", 5, 5, "sqlite[3]", "sqlite.invalid"),
@@ -202,6 +201,8 @@ def test_settings_default_and_the_command_line_url_wins() -> None:
 def test_warnings_alone_are_not_errors() -> None:
     s = sink("sqlite: ['CREATE INDEX a ON t(x)']\n")
     validate_sqlite(s.value("sqlite"), s)
+    assert not s.items  # a valid statement: nothing to say
+    s.warn("sqlite", "a warning", "test")
     assert s.items and not s.has_errors
     s.error("sqlite[0]", "boom", "test")
     assert s.has_errors

@@ -1,8 +1,10 @@
 """The ``sqlite`` section: statements (indexes, triggers, views) for the clients' SQLite databases.
 
 Each item must be exactly one statement that SQLite can parse; statements are compared after
-trimming whitespace and a trailing semicolon, and each may appear once. They are stored but not
-yet sent to clients, which a ``not_enforced.sqlite`` warning says whenever there are any.
+trimming whitespace and a trailing semicolon, and each may appear once. ``apply`` records each
+new one as a migration, which every client runs on its own database in the stream's order (the
+Python client skips, with a warning, one its database refuses). Removing a statement from the file
+does not undo it on clients: migrations only go forward.
 """
 
 from __future__ import annotations
@@ -34,14 +36,6 @@ def validate_sqlite(items: list[Any] | None, sink: DiagnosticSink) -> tuple[Sqli
             out.append(SqliteStatement(text, sink.at(path)))
     finally:
         probe.close()
-    if out:
-        sink.warn(
-            "sqlite",
-            "sqlite statements are validated and stored, but clients do not receive them yet"
-            " (they arrive with migrations in the stream, a later release)",
-            "not_enforced.sqlite",
-            key=True,
-        )
     return tuple(out)
 
 
