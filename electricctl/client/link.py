@@ -342,6 +342,8 @@ class Link:
                 await self.st.io(store.ensure_table, eff.table)
             elif isinstance(eff, s.Migrate):
                 await self.st.io(store.migrate, eff.version, eff.tables, eff.statements)
+                if self.st.on_migrate is not None:
+                    self.st.on_migrate(eff.version, [t.name for t in eff.tables])
             elif isinstance(eff, s.Apply):
                 await self._apply(store, client_id, eff)
             elif isinstance(eff, s.Delivered):

@@ -72,6 +72,7 @@ class ClientState:
         self.on_refused = on_refused
         self.on_progress = on_progress
         self.on_change = on_change
+        self.on_migrate: Callable[[str, list[str]], None] | None = None
         self.failure: Exception | None = None
         self.failed = asyncio.Event()
         self.refused: list[str] = []

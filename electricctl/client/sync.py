@@ -51,7 +51,9 @@ class SyncClient:
     ``on_refused`` is called with the server's reason when it refuses one of this client's
     transactions, ``on_progress`` with (subscription id, rows so far) while a subscription's
     initial data arrives, ``on_change`` after each server transaction is applied, with its changes
-    and origin (for live queries). Callbacks run on the event loop.
+    and origin (for live queries), ``on_migrate`` after a schema migration is applied, with its
+    version and the tables it created or widened (an app may re-read its schema then). Callbacks
+    run on the event loop.
     """
 
     def __init__(
@@ -65,8 +67,10 @@ class SyncClient:
         on_refused: Callable[[str], None] | None = None,
         on_progress: Callable[[str, int], None] | None = None,
         on_change: Callable[[list[RemoteChange], str | None], None] | None = None,
+        on_migrate: Callable[[str, list[str]], None] | None = None,
     ) -> None:
         self._st = ClientState(path, url, token, client_id, poll_interval, on_refused, on_progress, on_change)
+        self._st.on_migrate = on_migrate
         self._link: Link | None = None
         self._task: asyncio.Task[None] | None = None
 

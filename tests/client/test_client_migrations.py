@@ -67,12 +67,14 @@ async def test_a_new_client_gets_every_table_from_the_migrations_and_later_ones_
         "BEGIN; SET LOCAL electric.migration_version = '30000101000000000'; ALTER TABLE other ADD COLUMN extra text; COMMIT"
     )
     env.sql("INSERT INTO other (id, label, extra) VALUES (2, 'pg', 'x')")
-    again = SyncClient(str(path), ws_url(server), env.token())
+    migrated: list[tuple[str, list[str]]] = []
+    again = SyncClient(str(path), ws_url(server), env.token(), on_migrate=lambda v, t: migrated.append((v, t)))
     await again.start()
     try:
         await again.synced(await again.subscribe("other"))
         await until(lambda: "extra" in schema(path)["other"], "the added column after reconnecting")
         assert version(path) == "30000101000000000"
+        assert migrated == [("30000101000000000", ["other"])]
         # the row written with the new column arrived with its value (the server read the table
         # again when the migration reached its log, not its cached columns)
         assert local(path, "SELECT extra FROM other WHERE id = 2") == [("x",)]

@@ -132,13 +132,14 @@ def test_a_role_that_cannot_create_event_triggers_is_warned(run_cli, demo_db, wr
 def test_a_version_3_catalog_upgrades_with_snapshots_of_the_tables_already_electrified(  # type: ignore[no-untyped-def]
     run_cli, guarded, write_config
 ) -> None:
-    # take the database back to what an apply of the previous release left: catalog v3, no guard
+    # take the database back to what an apply of an older release left: catalog v3, no guard
     with psycopg.connect(guarded, autocommit=True) as conn:
         for trigger in guard.EVENT_TRIGGERS:
             conn.execute(sql.SQL("DROP EVENT TRIGGER {}").format(sql.Identifier(trigger)))
         conn.execute(
             "DROP FUNCTION electric.guard_alter(), electric.guard_drop(), electric.table_snapshot(regclass),"
-            " electric.record_migration(regclass, text, jsonb), electric.migration_version()"
+            " electric.record_migration(regclass, text, jsonb), electric.migration_version(),"
+            " electric.record_sqlite(text)"
         )
         conn.execute("DROP TABLE electric.migrations")
         conn.execute("ALTER TABLE electric.electrified DROP COLUMN schema_snapshot")
