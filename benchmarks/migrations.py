@@ -51,7 +51,8 @@ async def bench(pg: EmbeddedPostgres, tmp: Path, clients: int, rounds: int) -> N
             )
             await cl.start()
             started.append(cl)
-        await asyncio.gather(*(cl.synced(await cl.subscribe("items")) for cl in started))
+        subscriptions = [await cl.subscribe("items") for cl in started]
+        await asyncio.gather(*(cl.synced(sub) for cl, sub in zip(started, subscriptions, strict=True)))
         print(f"   {clients:,} clients connected and subscribed in {time.perf_counter() - t0:.1f} s")
         try:
             for r in range(rounds):
