@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-# ../shared/reference/electric-legacy.md §5: Electric.Postgres.supported_types, plus enums. Values travel as text in
-# Postgres' output format and map onto SQLite INTEGER/REAL/TEXT/BLOB.
+# ../shared/reference/electric-legacy.md §5: Electric.Postgres.supported_types, plus enums, plus numeric. Values
+# travel as text in Postgres' output format and map onto SQLite INTEGER/REAL/TEXT/BLOB. numeric is
+# TEXT on clients (Electric's dialect said REAL, which is not exact): its text form round-trips as is.
 SUPPORTED_TYPES = (
     "bool",
     "bytea",
@@ -14,6 +15,7 @@ SUPPORTED_TYPES = (
     "int4",
     "int8",
     "jsonb",
+    "numeric",
     "text",
     "time",
     "timestamp",

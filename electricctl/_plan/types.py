@@ -8,7 +8,6 @@ from electricctl._model.pgtypes import SUPPORTED_TYPES
 SUPPORTED_DESCRIPTION = ", ".join(SUPPORTED_TYPES) + ", and enum types"
 
 _REASONS = {
-    "numeric": "numeric has no exact SQLite type; use float8, or text for exact decimals",
     "json": "use jsonb: json keeps duplicate keys and formatting that clients cannot round-trip",
     "timetz": "time with time zone is not supported; use timestamptz or time",
     "interval": "interval has no SQLite type; store a number of seconds, or text",

@@ -197,8 +197,15 @@ def create_table(db: sqlite3.Connection, table: Table) -> None:
 
 
 def json_value(pg_type: str, ref: str) -> str:
-    """A value as the oplog's JSON holds it (the npm client's forms: int8 and floats as text, bytea as hex)."""
-    if pg_type in ("int8", "float4", "float8"):
+    """A value as the oplog's JSON holds it (the npm client's forms: int8 and floats as text, bytea as hex).
+
+    A float is written with ``quote()``, the form SQLite reads back as the same double (``cast(x
+    as TEXT)`` keeps 15 digits: 1.7976931348623157e308 would come back as infinity); NaN, which
+    SQLite cannot hold as a REAL, is the text ``NaN`` (as the npm client stores it).
+    """
+    if pg_type in ("float4", "float8"):
+        return f"CASE typeof({ref}) WHEN 'real' THEN quote({ref}) ELSE cast({ref} as TEXT) END"
+    if pg_type == "int8":
         return f"cast({ref} as TEXT)"
     if pg_type == "bytea":
         return f"CASE WHEN {ref} IS NOT NULL THEN hex({ref}) ELSE NULL END"

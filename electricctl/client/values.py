@@ -1,8 +1,9 @@
 """Values between the wire and the local file, and the decoded form of a server change.
 
 On the wire (Satellite rows) every value is Postgres' text form, bytea raw. Locally values are
-stored as the npm client stores them: integers and booleans (0/1) as INTEGER, floats as REAL,
-bytea as BLOB, everything else as TEXT in Postgres' text form. The oplog's JSON (written by the
+stored as the npm client stores them: integers and booleans (0/1) as INTEGER, floats as REAL
+(NaN as the text ``NaN``), bytea as BLOB, everything else as TEXT in Postgres' text form (numeric
+included, so it stays exact). The oplog's JSON (written by the
 triggers) holds int8 and floats as text and bytea as hex.
 """
 
@@ -41,7 +42,8 @@ def to_local(col: Column, value: Wire) -> LocalValue:
     if col.pg_type in INTS:
         return int(text)
     if col.pg_type in FLOATS:
-        return float(text)
+        number = float(text)
+        return "NaN" if number != number else number  # SQLite stores a NaN REAL as NULL: keep it as text
     if col.pg_type == "bool":
         return 1 if text == "t" else 0
     return text

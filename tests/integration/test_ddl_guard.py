@@ -61,7 +61,7 @@ REFUSED = [
     ("ALTER TABLE issues ALTER COLUMN priority TYPE int8", "from integer to bigint"),
     ("ALTER TABLE issues ALTER COLUMN priority SET NOT NULL", "cannot make column priority of electrified table"),
     ("ALTER TABLE issues ADD COLUMN qty int4 NOT NULL", "as NOT NULL without a default"),
-    ("ALTER TABLE issues ADD COLUMN price numeric", "of type numeric to electrified table public.issues"),
+    ("ALTER TABLE issues ADD COLUMN price money", "of type money to electrified table public.issues"),
     ("ALTER TABLE issues ADD COLUMN tags text[]", "of type text[] to electrified table public.issues"),
     (
         "ALTER TABLE issues ADD COLUMN p2 int4 GENERATED ALWAYS AS (priority * 2) STORED",

@@ -16,6 +16,7 @@ _TYPES = {
     "bool": ("boolean", "b"),
     "timestamptz": ("timestamp with time zone", "b"),
     "numeric": ("numeric", "b"),
+    "money": ("money", "b"),
     "json": ("json", "b"),
     "_int4": ("integer[]", "b"),
     "mood": ("mood", "e"),
