@@ -23,3 +23,7 @@ SUPPORTED_TYPES = (
     "uuid",
     "varchar",
 )
+
+ARRAY_ELEMENT_TYPES = tuple(t for t in SUPPORTED_TYPES if t != "jsonb")
+"""Arrays of these are supported (JSON on clients; see ``electricctl._model.arrays``). Not of jsonb:
+in JSON its ``null`` element could not be told from SQL NULL."""

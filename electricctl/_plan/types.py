@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from electricctl._catalog.observed import ColumnInfo
-from electricctl._model.pgtypes import SUPPORTED_TYPES
+from electricctl._model.arrays import element_type
+from electricctl._model.pgtypes import ARRAY_ELEMENT_TYPES, SUPPORTED_TYPES
 
-SUPPORTED_DESCRIPTION = ", ".join(SUPPORTED_TYPES) + ", and enum types"
+SUPPORTED_DESCRIPTION = ", ".join(SUPPORTED_TYPES) + ", enum types, and arrays of them but jsonb and enums"
 
 _REASONS = {
     "json": "use jsonb: json keeps duplicate keys and formatting that clients cannot round-trip",
@@ -23,7 +24,12 @@ def unsupported_reason(col: ColumnInfo) -> str | None:
     if col.generated:
         return "generated columns cannot be written by clients"
     if col.is_array:
-        return f"{col.type_display} is an array; arrays are not supported (use jsonb or a child table)"
+        if element_type(col.type_name) in ARRAY_ELEMENT_TYPES:
+            return None
+        return (
+            f"{col.type_display} is an array of a type clients cannot hold in one (arrays of "
+            f"{', '.join(ARRAY_ELEMENT_TYPES)} are supported; use jsonb or a child table)"
+        )
     if col.type_kind == "e":
         return None
     if col.type_kind == "d":

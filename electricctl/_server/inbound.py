@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from electricctl._model import arrays
 from electricctl._model.client import (
     ClientOp,
     ClientRelation,
@@ -136,6 +137,13 @@ def _decode_row(
             text = bytes(raw).decode()
         except UnicodeDecodeError:
             raise InvalidTransaction(f"{what}: column {name}: the value is not UTF-8") from None
+        element = arrays.element_type(col.type_name)
+        if element is not None:
+            # clients hold arrays as JSON; Postgres' array input is what the rest of the server keeps
+            try:
+                text = arrays.json_to_pg(text, element)
+            except ValueError as exc:
+                raise InvalidTransaction(f"{what}: column {name} ({element}[]): {exc}") from None
         check = _CHECKS.get(col.type_name)
         problem = check(text) if check is not None else None
         if problem is not None:

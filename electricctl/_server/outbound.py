@@ -2,7 +2,7 @@
 
 Values arrive in Postgres' text output (DateStyle ISO, TimeZone UTC, bytea hex) and leave as the
 0.12 client expects them (../shared/reference/electric-legacy.md §1.2 item 6): bytea as raw bytes, timestamptz with a
-``Z`` suffix; everything else unchanged.
+``Z`` suffix, arrays as JSON (``electricctl._model.arrays``); everything else unchanged.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from electricctl._model import arrays
 from electricctl._model.rows import Change, RelationDef, Row, Transaction, change_key
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
@@ -34,9 +35,26 @@ def _timestamptz(value: bytes) -> bytes:
 _TRANSFORMS: dict[str, Transform] = {"bytea": _bytea, "timestamptz": _timestamptz}
 
 
+def _array(element: str) -> Transform:
+    def convert(value: bytes) -> bytes:
+        text = value.decode()
+        try:
+            return arrays.pg_to_json(text, element).encode()
+        except (ValueError, IndexError):
+            # a lower bound other than 1 ('[0:2]={...}') has no JSON form: the client gets the text
+            return json.dumps(text, ensure_ascii=False).encode()
+
+    return convert
+
+
+def _transform(type_name: str) -> Transform | None:
+    element = arrays.element_type(type_name)
+    return _array(element) if element is not None else _TRANSFORMS.get(type_name)
+
+
 def row_transform(rel: RelationDef) -> Callable[[Row], Row]:
-    """A function converting a row of ``rel`` from Postgres text to the wire form."""
-    fns = [(i, _TRANSFORMS[c.type_name]) for i, c in enumerate(rel.columns) if c.type_name in _TRANSFORMS]
+    """A function converting a row of ``rel`` from Postgres text to the wire form (arrays as JSON)."""
+    fns = [(i, fn) for i, c in enumerate(rel.columns) if (fn := _transform(c.type_name)) is not None]
     if not fns:
         return lambda row: row
 

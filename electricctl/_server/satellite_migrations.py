@@ -34,6 +34,8 @@ _SQLITE_TYPES = {
 
 
 def sqlite_type(col: MigrationColumn) -> str:
+    if col.type_name.startswith("_"):
+        return "TEXT_JSON"  # an array, held as JSON (electricctl._model.arrays)
     return _SQLITE_TYPES.get(col.type_name, "TEXT")
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from psycopg import sql
 
-from electricctl._model.pgtypes import SUPPORTED_TYPES
+from electricctl._model.pgtypes import ARRAY_ELEMENT_TYPES, SUPPORTED_TYPES
 from electricctl._model.table import TableRef
 from electricctl._model.wire import MIGRATION_PREFIX
 from electricctl._sql import names
@@ -214,7 +214,8 @@ BEGIN
                 END LOOP;
                 FOR cur IN SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type,
                                   a.attnotnull, a.atthasdef, a.attgenerated::text AS generated,
-                                  t.typname::text AS typname, t.typtype, t.typcategory
+                                  t.typname::text AS typname, t.typtype, t.typcategory,
+                                  (SELECT et.typname::text FROM pg_type et WHERE et.oid = t.typelem) AS elemname
                              FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
                             WHERE a.attrelid = cmd.objid AND a.attnum > 0 AND NOT a.attisdropped
                               AND a.attnum NOT IN (SELECT (c->>'attnum')::int2
@@ -230,12 +231,15 @@ BEGIN
                             USING ERRCODE = 'feature_not_supported',
                                   HINT = 'Add it nullable, or with a DEFAULT.';
                     ELSIF NOT (cur.typtype = 'e' OR (cur.typtype = 'b' AND cur.typcategory <> 'A'
-                                                     AND cur.typname = ANY ({supported}::text[]))) THEN
+                                                     AND cur.typname = ANY ({supported}::text[]))
+                               OR (cur.typtype = 'b' AND cur.typcategory = 'A'
+                                   AND cur.elemname = ANY ({array_elements}::text[]))) THEN
                         RAISE EXCEPTION 'electricctl: cannot add column % of type % to electrified table %: '
                             'clients cannot hold that type', cur.name, cur.type, qualified
                             USING ERRCODE = 'feature_not_supported',
                                   HINT = 'Supported types: ' || array_to_string({supported}::text[], ', ')
-                                         || ', and enum types.';
+                                         || ', enum types, and arrays of '
+                                         || array_to_string({array_elements}::text[], ', ') || '.';
                     END IF;
                     added := coalesce(added, '[]'::jsonb) || jsonb_build_array(jsonb_build_object(
                         'name', cur.name, 'type', cur.type, 'type_name', cur.typname, 'notnull', cur.attnotnull));
@@ -324,6 +328,7 @@ def guard_alter() -> Statement:
     return _GUARD_ALTER.format(
         hint=sql.Literal(_HINT_REMOVE),
         supported=sql.Literal(list(SUPPORTED_TYPES)),
+        array_elements=sql.Literal(list(ARRAY_ELEMENT_TYPES)),
         row_trigger=sql.Literal(names.ROW_TRIGGER),
         schema=sql.Literal(names.SCHEMA),
         fast=sql.Literal(names.STAMP_FAST),

@@ -46,6 +46,14 @@ COLUMNS = {
     "v": "varchar",
     "n": "numeric",
     "e": "mood",
+    "ai": "int8[]",
+    "at": "text[]",
+    "af": "float8[]",
+    "a2": "int4[]",
+    "ab": "bool[]",
+    "aby": "bytea[]",
+    "an": "numeric[]",
+    "ats": "timestamptz[]",
 }
 ROWS = [
     # id, then the columns in COLUMNS' order
@@ -55,20 +63,26 @@ ROWS = [
         'line\nbreak "q" \\ \u00e9 \U0001f600', "23:59:59.999999", "2200-01-01 00:00:00.000001",
         "2200-06-01 12:00:00.5+00", "ffffffff-ffff-ffff-ffff-ffffffffffff", "v\u00e9",
         "123456789012345678901234567890.123456789012345678901234567890", "happy",
+        [9223372036854775807, None, -9223372036854775808], ["a b", 'q"uote', "back\\slash", "", None, "NULL", "{}", "\u00e9,"],
+        [float("nan"), float("inf"), -float("inf"), 1.7976931348623157e308, 5e-324], [[1, 2], [3, None]],
+        [True, False, None], [b"\x00\xff", b""], ["1.50", "NaN", "-1e-30"], ["2200-01-01 00:00:00.5+00", "-infinity"],
     ),
     (
         "lo", False, b"\x00", "0044-03-15 BC", "-3.4028235e38", "-1.7976931348623157e308", -32768, -2147483648,
         -9223372036854775808, "[]", "", "00:00:00", "1900-01-01 00:00:00", "1901-12-13 20:45:52+00",
         "00000000-0000-0000-0000-000000000000", "", "-0.000000000000000000000000000001", "sad",
+        [], [], [], [], [], [], [], [],
     ),
     (
         "special", True, b"", "infinity", "NaN", "Infinity", 0, 0, 0, '{"": ""}', " ", "12:00:00", "-infinity",
         "infinity", "01234567-89ab-cdef-0123-456789abcdef", " ", "NaN", "happy",
+        [None], [None], [None], [[None]], [None], [None], [None], [None],
     ),
     (
         "tiny", False, bytes(range(256)), "-infinity", "-Infinity", "-Infinity", 1, -1, 1, "0.1", "\t",
         "00:00:00.000001", "1969-12-31 23:59:59.999999", "1969-12-31 23:59:59.999999+00",
         "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "x", "0.1", "sad",
+        [0], ["\U0001f600"], [0.30000000000000004, -0.0], [[7]], [False], [b"\x00"], ["0"], ["1969-12-31 23:59:59.999999+00"],
     ),
     ("nulls", *([None] * len(COLUMNS))),
 ]  # fmt: skip
@@ -120,6 +134,13 @@ async def test_every_type_round_trips_exactly_through_the_python_client(
         await cl.synced(await cl.subscribe("typed"))
         conn = sqlite3.connect(path, isolation_level=None)
         try:
+            # arrays are JSON on the client
+            held = conn.execute("SELECT ai, a2, af FROM typed WHERE id = 'hi'").fetchone()
+            assert held == (
+                "[9223372036854775807, null, -9223372036854775808]",
+                "[[1, 2], [3, null]]",
+                '["NaN", "Infinity", "-Infinity", 1.7976931348623157e+308, 5e-324]',
+            )
             conn.execute(copy_statement("copy-py-"))
         finally:
             conn.close()
@@ -138,6 +159,8 @@ async def test_every_type_round_trips_exactly_through_the_npm_client(
     d = await asyncio.to_thread(Driver, base, env.token())
     drivers.append(d)
     await asyncio.to_thread(d.call, "subscribe", table="typed")
+    held = await asyncio.to_thread(d.call, "query", sql="SELECT at FROM typed WHERE id = 'hi'")
+    assert held["rows"] == [{"at": '["a b", "q\\"uote", "back\\\\slash", "", null, "NULL", "{}", "\u00e9,"]'}]
     await asyncio.to_thread(d.call, "exec", sql=copy_statement("copy-npm-"))
 
     async def acknowledged() -> bool:

@@ -330,7 +330,7 @@ def test_failed_apply_rolls_everything_back(run_cli, demo_db, cfg) -> None:  # t
 def test_bad_live_schema_is_refused_with_locations(run_cli, demo_db, write_config) -> None:  # type: ignore[no-untyped-def]
     with psycopg.connect(demo_db, autocommit=True) as conn:
         conn.execute("CREATE TABLE nopk (a text)")
-        conn.execute("CREATE TABLE money (id uuid PRIMARY KEY, amount money, tags text[])")
+        conn.execute("CREATE TABLE money (id uuid PRIMARY KEY, amount money, tags jsonb[])")
     bad = write_config(
         """
         version: 1
@@ -349,7 +349,7 @@ def test_bad_live_schema_is_refused_with_locations(run_cli, demo_db, write_confi
     err = result.err
     assert f"{bad}:3:17: table public.nopk has no primary key" in err
     assert "column money.amount has an unsupported type: money" in err
-    assert "column money.tags has an unsupported type: text[] is an array" in err
+    assert "column money.tags has an unsupported type: jsonb[] is an array of a type clients cannot hold" in err
     assert f"{bad}:3:30: table public.missing does not exist" in err
     assert f"{bad}:7:13: column 'nickname' does not exist in public.users" in err
     assert "no foreign key joins public.money to public.users" in err

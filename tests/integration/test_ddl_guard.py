@@ -62,7 +62,7 @@ REFUSED = [
     ("ALTER TABLE issues ALTER COLUMN priority SET NOT NULL", "cannot make column priority of electrified table"),
     ("ALTER TABLE issues ADD COLUMN qty int4 NOT NULL", "as NOT NULL without a default"),
     ("ALTER TABLE issues ADD COLUMN price money", "of type money to electrified table public.issues"),
-    ("ALTER TABLE issues ADD COLUMN tags text[]", "of type text[] to electrified table public.issues"),
+    ("ALTER TABLE issues ADD COLUMN tags jsonb[]", "of type jsonb[] to electrified table public.issues"),
     (
         "ALTER TABLE issues ADD COLUMN p2 int4 GENERATED ALWAYS AS (priority * 2) STORED",
         "cannot add generated column p2 to electrified table public.issues",
@@ -92,6 +92,7 @@ def test_ddl_clients_cannot_follow_is_refused_and_changes_nothing(guarded: str, 
 def test_additive_changes_pass_and_unelectrified_tables_are_never_guarded(guarded: str) -> None:
     ddl(guarded, "ALTER TABLE issues ADD COLUMN qty int4")
     ddl(guarded, "ALTER TABLE issues ADD COLUMN archived bool NOT NULL DEFAULT false")
+    ddl(guarded, "ALTER TABLE issues ADD COLUMN labels text[], ADD COLUMN amount numeric")  # arrays, numeric
     ddl(guarded, "ALTER TABLE comments ADD COLUMN parent_id uuid REFERENCES issues (id)")  # an electrified parent
     ddl(guarded, "CREATE INDEX issues_qty ON issues (qty)")
     ddl(guarded, "DROP INDEX issues_qty")

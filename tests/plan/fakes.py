@@ -19,6 +19,7 @@ _TYPES = {
     "money": ("money", "b"),
     "json": ("json", "b"),
     "_int4": ("integer[]", "b"),
+    "_json": ("json[]", "b"),
     "mood": ("mood", "e"),
 }
 

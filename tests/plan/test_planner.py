@@ -122,13 +122,14 @@ def test_dropping_a_table_from_the_file_is_an_orphan_until_prune() -> None:
 
 def test_live_schema_errors_point_at_the_yaml() -> None:
     no_pk = fakes.table("users", "id:uuid", "name:text", pk=())
-    bad_types = fakes.table("projects", "id:uuid", "owner_id:uuid", "price:money", "doc:json", "tags:_int4")
+    bad_types = fakes.table("projects", "id:uuid", "owner_id:uuid", "price:money", "doc:json", "tags:_json", "ok:_int4")
     errs = errors(CFG, fakes.observed(no_pk, bad_types, fks=FKS))
     assert "electric.yaml:3:10: table public.users has no primary key" in errs[0]
     joined = "\n".join(errs)
     assert "column projects.price has an unsupported type: money: money depends on lc_monetary" in joined
     assert "column projects.doc has an unsupported type: json: use jsonb" in joined
-    assert "column projects.tags has an unsupported type: integer[] is an array" in joined
+    assert "column projects.tags has an unsupported type: json[] is an array of a type clients cannot hold" in joined
+    assert "projects.ok" not in joined  # an array of a supported type is fine
     assert "table public.issues does not exist in database test" in joined
 
 
