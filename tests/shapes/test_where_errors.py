@@ -169,3 +169,12 @@ def test_a_stored_value_python_cannot_hold_makes_the_row_undecided_not_an_error(
         assert where.matches(tuple(row)) is False
         row[n] = b"1"  # the other operand of OR still decides
         assert where.matches(tuple(row)) is True
+
+
+def test_numeric_and_array_columns_are_refused_in_where_clauses() -> None:
+    """Postgres compares them by value, the stream carries their text: refused until both agree."""
+    rel = RelationDef(8, "public", "t", (Column("id", 0, "int4", True, False), Column("amount", 0, "numeric", False, True),
+                                         Column("tags", 0, "_text", False, True)))  # fmt: skip
+    for clause, what in (("amount = '1.5'", "numeric"), ("tags IS NULL", "an array")):
+        with pytest.raises(ShapeError, match=f"is {what}: where clauses cannot use numeric or array columns yet"):
+            compile_where(clause, rel)
