@@ -111,8 +111,10 @@ async def test_a_migration_while_two_python_clients_and_the_npm_client_write(
 
         writers = asyncio.gather(writes("a", a_write, 15), writes("npm", npm_write, 15))
         await asyncio.sleep(0.1)
-        env.sql("ALTER TABLE items ADD COLUMN qty int4")
-        env.sql("INSERT INTO items (id, n, qty) VALUES ('pg', 1, 100)")
+        # off the event loop: the ALTER waits for the in-process server's open write transactions,
+        # which need the loop to commit
+        await asyncio.to_thread(env.sql, "ALTER TABLE items ADD COLUMN qty int4")
+        await asyncio.to_thread(env.sql, "INSERT INTO items (id, n, qty) VALUES ('pg', 1, 100)")
         await writers
 
         # the column reaches the online clients, and they write it with plain SQL
@@ -136,7 +138,7 @@ async def test_a_migration_while_two_python_clients_and_the_npm_client_write(
         while (await asyncio.to_thread(npm.call, "oplog"))["n"]:
             assert time.monotonic() < deadline, "the npm client's writes were never acknowledged"
             await asyncio.sleep(0.05)
-        pg = set(env.sql("SELECT id, n, qty FROM items"))
+        pg = set(await asyncio.to_thread(env.sql, "SELECT id, n, qty FROM items"))
         assert {("a", 11), ("b-offline", 1)} <= {(r[0], r[1]) for r in pg}
         assert {(r[0], r[2]) for r in pg} >= {("a-0", 1), ("npm-0", 2), ("npm-new", 3), ("b-offline", 4), ("pg", 100)}
         assert len(pg) == 2 + 1 + 15 + 15 + 1 + 1  # the fixture's rows, b's, a's, the npm client's, psql's, npm-new
