@@ -67,8 +67,16 @@ class Driver:
     ``electric-sql generate`` against that server would); later ones arrive in the stream.
     """
 
-    def __init__(self, url: str, token: str, sqlite_file: str = ":memory:", tables: str | None = None) -> None:
-        migrations = json.dumps(bundled_migrations(url))
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        sqlite_file: str = ":memory:",
+        tables: str | None = None,
+        migrations: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.migrations = bundled_migrations(url) if migrations is None else migrations
+        """The app's bundle (pass it to a restarted driver: an app restarts with the bundle it has)."""
         self.proc = subprocess.Popen(
             ["node", str(HERE / "electrify-driver.mjs")],
             cwd=HERE,
@@ -80,7 +88,7 @@ class Driver:
                 "ELECTRIC_URL": url,
                 "ELECTRIC_TOKEN": token,
                 "SQLITE_FILE": sqlite_file,
-                "ELECTRIC_MIGRATIONS": migrations,
+                "ELECTRIC_MIGRATIONS": json.dumps(self.migrations),
                 **({"ELECTRIC_TABLES": tables} if tables else {}),
             },
             text=True,

@@ -70,6 +70,13 @@ def _local_write(path: Path, kind: str, key: str, n: int, flag: bool) -> None:
         conn.close()
 
 
+NPM_THROTTLE_CRASH = "sending a transaction while outbound replication has not started"
+"""electric-sql 0.12.1 throws this from a timer, and the app dies, when the trailing call of its push
+throttle fires after the connection dropped (a write made just before a server restart): a bug of
+the npm client that no server can prevent. The scenario restarts the app on its file, as its
+supervisor would, once the server is up (the app would not get further before that anyway)."""
+
+
 class Scenario:
     def __init__(self, env: Env, tmp: Path) -> None:
         self.env = env
@@ -78,6 +85,7 @@ class Scenario:
         self.up = False
         self.ours: list[SyncClient | None] = [None, None]
         self.npm: Driver | None = None
+        self.npm_crashed = False
         self.serial = 0
         self.history: list[str] = []
 
@@ -104,6 +112,31 @@ class Scenario:
         base = self.serve.url.replace("ws://", "http://").removesuffix("/ws")
         self.npm = await asyncio.to_thread(Driver, base, self.env.token("npm"), str(self.tmp / "npm.db"))
         await asyncio.to_thread(self.npm.call, "subscribe", table="items")
+
+    def _npm_call(self, cmd: str, **args: Any) -> dict[str, Any] | None:
+        """The npm client's answer, or None if it died of :data:`NPM_THROTTLE_CRASH` (then restarted
+        right away if the server is up, or at the next start of the server)."""
+        assert self.npm is not None
+        if not self.npm_crashed:
+            try:
+                return self.npm.call(cmd, **args)
+            except AssertionError as exc:
+                if NPM_THROTTLE_CRASH not in str(exc):
+                    raise
+                self.npm_crashed = True
+                self.history.append("npm client crashed (its push-throttle bug)")
+        if not self.up:
+            return None
+        self._restart_npm()
+        return self.npm.call(cmd, **args)
+
+    def _restart_npm(self) -> None:
+        assert self.npm is not None
+        self.npm.close()
+        base = self.serve.url.replace("ws://", "http://").removesuffix("/ws")
+        self.npm = Driver(base, self.env.token("npm"), str(self.tmp / "npm.db"), migrations=self.npm.migrations)
+        self.npm_crashed = False
+        self.history.append("npm client restarted on its file")
 
     async def step(self, step: Step) -> None:
         kind = step[0]
@@ -142,6 +175,8 @@ class Scenario:
             if step[1] == "start" and not self.up:
                 self.history.append("server start")
                 await self.start_serve()
+                if self.npm_crashed:
+                    await asyncio.to_thread(self._restart_npm)
             elif step[1] != "start" and self.up:
                 self.history.append(f"server {step[1]}")
                 await asyncio.to_thread(self.serve.stop, signal.SIGKILL if step[1] == "kill" else signal.SIGTERM)
@@ -156,11 +191,12 @@ class Scenario:
         raise AssertionError(f"unknown step {step}")
 
     def _npm_write(self, op: str, key: str, n: int, flag: bool) -> None:
-        assert self.npm is not None
         if op == "upsert":
-            self.npm.call("exec", sql=UPSERT, args=[key, n, int(flag)])
+            done = self._npm_call("exec", sql=UPSERT, args=[key, n, int(flag)])
         else:
-            self.npm.call("exec", sql="DELETE FROM items WHERE id = ?", args=[key])
+            done = self._npm_call("exec", sql="DELETE FROM items WHERE id = ?", args=[key])
+        if done is None:
+            self.history.append(f"(the npm client is down: its {op} {key} was not made)")
 
     async def quiesce(self) -> None:
         if not self.up:
@@ -173,7 +209,7 @@ class Scenario:
             await cl.flush(timeout=60)
         assert self.npm is not None
         deadline = time.monotonic() + 60
-        while self.npm.call("oplog")["n"]:
+        while (await asyncio.to_thread(self._npm_call, "oplog") or {"n": 1})["n"]:
             assert time.monotonic() < deadline, (
                 f"the npm client's writes never cleared; its log:\n{self.npm.log_tail()}"
             )
