@@ -29,7 +29,7 @@ from electricctl._engine.ports import EngineServices, Snapshot
 from electricctl._engine.projection import ReadProjection
 from electricctl._engine.sink import Sink
 from electricctl._engine.state import ClientState, SubscriptionRecord
-from electricctl._model.migrations import Migration
+from electricctl._model.migrations import Migration, by_version
 from electricctl._model.rows import Change, RelationDef, Row, Transaction, change_key
 from electricctl._model.table import TableRef
 from electricctl._perms.read import read_roles
@@ -216,11 +216,8 @@ class ShapeEngine:
 
     async def _send_schema(self, migrations: Sequence[Migration]) -> None:
         """Migrations the client lacks, one transaction per version, at the stream's start point."""
-        by_version: dict[str, list[Migration]] = {}
-        for m in migrations:
-            by_version.setdefault(m.version, []).append(m)
         now = int(time.time() * 1000)
-        for group in by_version.values():
+        for group in by_version(migrations).values():
             await self.sink.migration(self.cursor, now, 0, group)
 
     async def _send_transaction(self, tx: Transaction) -> None:

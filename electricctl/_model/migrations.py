@@ -9,6 +9,7 @@ decoded. It is protocol-free: the Satellite output turns it into ``SatOpMigrate`
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,6 +107,14 @@ class Migration:
             },
             separators=(",", ":"),
         )
+
+
+def by_version(migrations: Iterable[Migration]) -> dict[str, list[Migration]]:
+    """``migrations`` grouped by version, in their order (a version is one transaction's)."""
+    grouped: dict[str, list[Migration]] = {}
+    for m in migrations:
+        grouped.setdefault(m.version, []).append(m)
+    return grouped
 
 
 def _column(c: dict[str, Any]) -> MigrationColumn:

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import parse_qs
 
-from electricctl._model.migrations import Migration
+from electricctl._model.migrations import Migration, by_version
 from electricctl._server.satellite_migrations import migrate_op
 
 DIALECTS = ("sqlite", "postgresql")
@@ -63,14 +63,12 @@ def from_rows(rows: Sequence[tuple[Any, ...]]) -> list[Migration]:
 
 def migrations_zip(migrations: Sequence[Migration], dialect: str) -> bytes | None:
     """The zip of ``migrations`` (in order, grouped by version), or None if there are none."""
-    by_version: dict[str, list[Migration]] = {}
-    for m in migrations:
-        by_version.setdefault(m.version, []).append(m)
-    if not by_version:
+    versions = by_version(migrations)
+    if not versions:
         return None
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for version, group in by_version.items():
+        for version, group in versions.items():
             ops = [migrate_op(m, dialect) for m in group]
             zf.writestr(f"{version}/migration.sql", "".join(s.sql for op in ops for s in op.stmts))
             metadata = {

@@ -8,13 +8,18 @@ Values arrive in Postgres' text output (DateStyle ISO, TimeZone UTC, bytea hex) 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from electricctl._model import arrays
+from electricctl._model.migrations import Migration
 from electricctl._model.rows import Change, RelationDef, Row, Transaction, change_key
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
+from electricctl._server.satellite_migrations import migrate_op
+
+logger = logging.getLogger("electricctl.server")
 
 Transform = Callable[[bytes], bytes]
 
@@ -140,6 +145,24 @@ def transaction_oplog(
     commit.commit_timestamp = ts
     commit.lsn = lsn
     commit.transaction_id = tx.xid
+    return log
+
+
+def migration_oplog(lsn: int, timestamp_ms: int, xid: int, migrations: Iterable[Migration]) -> pb.SatOpLog:
+    """One migration transaction (``is_migration``): begin, a ``SatOpMigrate`` per migration, commit."""
+    wire_lsn = codec.encode_server_lsn(lsn)
+    log = pb.SatOpLog()
+    begin = log.ops.add().begin
+    begin.commit_timestamp, begin.lsn, begin.transaction_id, begin.is_migration = timestamp_ms, wire_lsn, xid, True
+    for m in migrations:
+        try:
+            op = migrate_op(m)
+        except ValueError as exc:  # pragma: no cover - the catalog records only operations we know
+            logger.warning("not sending a migration: %s", exc)
+            continue
+        log.ops.add().migrate.CopyFrom(op)
+    commit = log.ops.add().commit
+    commit.commit_timestamp, commit.lsn, commit.transaction_id = timestamp_ms, wire_lsn, xid
     return log
 
 

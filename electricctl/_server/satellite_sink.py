@@ -20,7 +20,6 @@ from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server import outbound
 from electricctl._server.options import ServeOptions
-from electricctl._server.satellite_migrations import migrate_op
 from electricctl._server.spool import Spool
 
 log = logging.getLogger("electricctl.server")
@@ -138,21 +137,7 @@ class SatelliteSink:
         self._delivered(tx.lsn, True)
 
     async def migration(self, lsn: int, timestamp_ms: int, xid: int, migrations: Sequence[Migration]) -> None:
-        ops: list[pb.SatOpMigrate] = []
-        for m in migrations:
-            try:
-                ops.append(migrate_op(m))
-            except ValueError as exc:  # pragma: no cover - the catalog records only operations we know
-                log.warning("not sending a migration to %s: %s", self.who, exc)
-        wire_lsn = codec.encode_server_lsn(lsn)
-        oplog = pb.SatOpLog()
-        oplog.ops.add().begin.CopyFrom(
-            pb.SatOpBegin(commit_timestamp=timestamp_ms, lsn=wire_lsn, transaction_id=xid, is_migration=True)
-        )
-        for op in ops:
-            oplog.ops.add().migrate.CopyFrom(op)
-        oplog.ops.add().commit.CopyFrom(pb.SatOpCommit(commit_timestamp=timestamp_ms, lsn=wire_lsn, transaction_id=xid))
-        await self._emit(oplog)
+        await self._emit(outbound.migration_oplog(lsn, timestamp_ms, xid, migrations))
         self._delivered(lsn, True)
 
     async def subscription_begin(self, subscription_id: str, lsn: int, relations: Sequence[RelationDef]) -> None:

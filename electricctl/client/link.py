@@ -52,11 +52,19 @@ AUTH_RETRY_MAX = 300.0
 
 
 @dataclass(frozen=True, slots=True)
+class _Ready:
+    """Local transactions a poll read for sending, on the store thread."""
+
+    after: int
+    """``session.outbound`` when they were read: they are every one after it."""
+    transactions: list[LocalTransaction]
+
+
+@dataclass(frozen=True, slots=True)
 class _Collected:
     poll: Poll
-    after: int | None
-    """``session.outbound`` when the transactions were read."""
-    ready: list[LocalTransaction] | None
+    ready: _Ready | None
+    """None when the poll stamped nothing, or the server has not asked for writes."""
 
 
 class Link:
@@ -69,8 +77,7 @@ class Link:
         self._rpc = RpcCalls(first_id=1)
         self._ack_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Future[None]] = set()
-        self._ready: _Collected | None = None
-        """Transactions a poll read for sending, and the outbound position they follow."""
+        self._ready: _Ready | None = None
 
     async def close(self) -> None:
         """Close the connection (the task running :meth:`run` is then cancelled by the caller)."""
@@ -126,8 +133,9 @@ class Link:
         if found is None:
             return None
         after = session.outbound  # read once: the loop may move it on meanwhile
-        ready = store.transactions_after(after) if found.stamped and after is not None else None
-        return _Collected(found, after, ready)
+        if not found.stamped or after is None:
+            return _Collected(found, None)
+        return _Collected(found, _Ready(after, store.transactions_after(after)))
 
     def _polled(self, collected: _Collected | None) -> None:
         if collected is None:
@@ -135,7 +143,7 @@ class Link:
         self.st.pending = collected.poll.pending
         if collected.poll.stamped:
             if collected.ready is not None:
-                self._ready = collected
+                self._ready = collected.ready
             self.st.wake_sender.set()
 
     async def _connect_loop(self) -> None:
@@ -307,8 +315,8 @@ class Link:
             ready, self._ready = self._ready, None
             after = session.outbound
             if after is not None:
-                if ready is not None and ready.after is not None and ready.ready is not None and ready.after <= after:
-                    txs = [tx for tx in ready.ready if tx.lsn > after]  # read by the poll, on the thread
+                if ready is not None and ready.after <= after:
+                    txs = [tx for tx in ready.transactions if tx.lsn > after]  # read by the poll, on the thread
                 else:
                     txs = await self.st.io(store.transactions_after, after)
                 for tx in txs:

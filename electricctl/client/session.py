@@ -292,14 +292,14 @@ class ClientSession:
         out: list[Effect] = []
         migrations = [op.migrate for op in msg.ops if op.HasField("migrate")]
         if migrations:
-            with_table = [m for m in migrations if m.HasField("table") and m.table.name]
-            out.append(
-                Migrate(
-                    migrations[0].version,
-                    tuple(table_from_migration(m.table) for m in with_table),
-                    tuple(st.sql for m in migrations if m not in with_table for st in m.stmts if st.sql.strip()),
-                )
-            )
+            tables: list[Table] = []
+            statements: list[str] = []
+            for m in migrations:
+                if m.HasField("table") and m.table.name:
+                    tables.append(table_from_migration(m.table))
+                else:  # a statement for the local database alone (electric.yaml's sqlite section)
+                    statements.extend(st.sql for st in m.stmts if st.sql.strip())
+            out.append(Migrate(migrations[0].version, tuple(tables), tuple(statements)))
         changes = decode_changes(msg.ops[1:-1], self._relations)
         origin = begin.origin or None
         out.append(
