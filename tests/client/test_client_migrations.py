@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
-import time
 from pathlib import Path
 
 from electricctl._server.app import Server
 from electricctl.client import SyncClient
+from tests.client.test_sync_client import local, until
 from tests.server_fixtures import Env, ws_url
-
-
-def local(path: Path, query: str) -> list[tuple[object, ...]]:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-    try:
-        return conn.execute(query).fetchall()
-    finally:
-        conn.close()
 
 
 def schema(path: Path) -> dict[str, list[str]]:
@@ -33,13 +23,6 @@ def version(path: Path) -> object:
     return rows[0][0] if rows else None
 
 
-async def until(predicate, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not met in {timeout}s"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_new_client_gets_every_table_from_the_migrations_and_later_ones_after_an_outage(
     server: Server, env: Env, tmp_path: Path
 ) -> None:
@@ -49,7 +32,7 @@ async def test_a_new_client_gets_every_table_from_the_migrations_and_later_ones_
     await cl.start()
     try:
         # no subscription: the tables exist locally all the same, as Postgres has them
-        await until(lambda: "children" in schema(path), "the tables from the baseline migration")
+        await until(lambda: "children" in schema(path), what="the tables from the baseline migration")
         assert schema(path)["items"] == ["id", "n", "flag", "data", "at", "doc", "price"]
         assert set(schema(path)) >= {"items", "other", "big", "parents", "children"}
         assert version(path) == newest
@@ -72,7 +55,7 @@ async def test_a_new_client_gets_every_table_from_the_migrations_and_later_ones_
     await again.start()
     try:
         await again.synced(await again.subscribe("other"))
-        await until(lambda: "extra" in schema(path)["other"], "the added column after reconnecting")
+        await until(lambda: "extra" in schema(path)["other"], what="the added column after reconnecting")
         assert version(path) == "30000101000000000"
         assert migrated == [("30000101000000000", ["other"])]
         # the row written with the new column arrived with its value (the server read the table

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from electricctl._config.loader import load_text
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from electricctl.client import SyncClient
+from tests.client.test_sync_client import local, until
 from tests.compat.conftest import Driver, bundled_migrations
 from tests.server_fixtures import CONFIG, Env, ws_url
 
@@ -34,22 +34,6 @@ Row = tuple[object, ...]
 
 def base_url(srv: Server) -> str:
     return ws_url(srv).replace("ws://", "http://").removesuffix("/ws")
-
-
-def local(path: Path, query: str, params: tuple[object, ...] = ()) -> list[Row]:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=10)
-    try:
-        return conn.execute(query, params).fetchall()
-    finally:
-        conn.close()
-
-
-async def until(predicate: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met in {timeout}s")
-        await asyncio.sleep(0.05)
 
 
 def columns_of_tables(path: Path) -> set[str]:
@@ -118,7 +102,7 @@ async def test_a_migration_while_two_python_clients_and_the_npm_client_write(
         await writers
 
         # the column reaches the online clients, and they write it with plain SQL
-        await until(lambda: "qty" in columns(a_path), what="qty at client a")
+        await until(lambda: "qty" in columns(a_path), timeout=30, what="qty at client a")
         await until_npm(npm, lambda rows: ("pg", 1, 100) in rows, "the new row with qty at the npm client")
         local(a_path, "UPDATE items SET qty = 1 WHERE id = 'a-0'")
         await asyncio.to_thread(npm.call, "exec", sql="UPDATE items SET qty = 2 WHERE id = 'npm-0'")
@@ -127,7 +111,7 @@ async def test_a_migration_while_two_python_clients_and_the_npm_client_write(
 
         # b comes back: its old-schema writes merge, then the migration reaches it
         await b.start()
-        await until(lambda: "qty" in columns(b_path), what="qty at client b")
+        await until(lambda: "qty" in columns(b_path), timeout=30, what="qty at client b")
         local(b_path, "UPDATE items SET qty = 4 WHERE id = 'b-offline'")
         b.notify()
 
@@ -143,7 +127,7 @@ async def test_a_migration_while_two_python_clients_and_the_npm_client_write(
         assert {(r[0], r[2]) for r in pg} >= {("a-0", 1), ("npm-0", 2), ("npm-new", 3), ("b-offline", 4), ("pg", 100)}
         assert len(pg) == 2 + 1 + 15 + 15 + 1 + 1  # the fixture's rows, b's, a's, the npm client's, psql's, npm-new
         for name, read in (("a", lambda: py_rows(a_path)), ("b", lambda: py_rows(b_path))):
-            await until(lambda read=read: read() == pg, what=f"client {name} equal to Postgres")  # type: ignore[misc]
+            await until(lambda read=read: read() == pg, timeout=30, what=f"client {name} equal to Postgres")  # type: ignore[misc]
         await until_npm(npm, lambda rows: rows == pg, "the npm client equal to Postgres")
         pg_columns = [
             r[0]
@@ -168,7 +152,7 @@ async def test_sqlite_statements_of_electric_yaml_reach_every_client_as_migratio
     drivers.append(npm)
     try:
         await py.start()
-        await until(lambda: "items" in columns_of_tables(path), what="the tables at the Python client")
+        await until(lambda: "items" in columns_of_tables(path), timeout=30, what="the tables at the Python client")
         statement = "CREATE INDEX IF NOT EXISTS items_n ON items(n)"
         text = CONFIG + f'sqlite:\n  - "{statement}"\n'
         await asyncio.to_thread(applier.apply, load_text(text, str(env.config_path), env={}), env.url)
@@ -179,6 +163,7 @@ async def test_sqlite_statements_of_electric_yaml_reach_every_client_as_migratio
 
         await until(
             lambda: local(path, "SELECT name FROM sqlite_master WHERE name = 'items_n'") != [],
+            timeout=30,
             what="index at the Python client",
         )
         deadline = time.monotonic() + 30
