@@ -6,7 +6,8 @@ is not electrified, 1,000 times, with and without them. The guard's triggers fir
 COLUMN`` and ``DROP TABLE`` on unelectrified tables, and ``ADD COLUMN`` on an electrified one (the
 guard compares it with its snapshot and records a migration). Each round runs on a fresh database
 of a durable embedded cluster, as one client connection in autocommit (one transaction per
-statement, as a migration tool runs them one by one). Medians of several rounds, runs in brackets.
+statement, as a migration tool runs them one by one). Medians of several rounds, runs in brackets;
+the baseline is the same statements with the guard's event triggers dropped.
 
 This measures Postgres and the guard's PL/pgSQL only: no sync client is involved.
 """
@@ -14,8 +15,8 @@ This measures Postgres and the guard's PL/pgSQL only: no sync client is involved
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,9 +24,13 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from benchmarks.serve import make_database
+from benchmarks.report import REPORT
+from benchmarks.serve import make_database, runs
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._sql import guard
+
+SECTION = "ddl_guard"
+TITLE = "DDL guard: what the event triggers cost unrelated DDL (Postgres only)"
 
 
 def _time(url: str, statements: list[sql.Composable]) -> float:
@@ -59,28 +64,49 @@ def one_round(pg: EmbeddedPostgres, tmp: Path, name: str, n: int, guarded: bool)
     }
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--statements", type=int, default=1000)
+
+
+QUICK = {"statements": 50}
+"""What ``python -m benchmarks --quick`` changes."""
+
+
+async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None:
+    """Blocking work (psycopg), run on the caller's loop: nothing else runs meanwhile."""
+    print(
+        f"DDL guard: {args.statements:,} statements per kind, {'fsync-off' if args.fast else 'durable'} embedded"
+        f" cluster, {args.rounds} rounds, {os.cpu_count()} cores"
+    )
+    print("   Postgres only (no sync client); ms per statement")
+    results: dict[bool, list[dict[str, float]]] = {True: [], False: []}
+    for r in range(args.rounds):
+        for guarded in (False, True):
+            results[guarded].append(one_round(pg, tmp, f"guard_{int(guarded)}_{r}", args.statements, guarded))
+    for kind in results[True][0]:
+        without = [x[kind] / args.statements * 1000 for x in results[False]]
+        with_ = [x[kind] / args.statements * 1000 for x in results[True]]
+        print(f"   {kind}")
+        print(f"     without the guard  {runs(without, '{:.3f}')} ms")
+        print(f"     with the guard     {runs(with_, '{:.3f}')} ms")
+        REPORT.figure(
+            SECTION,
+            f"{kind}, with the guard's event triggers",
+            with_,
+            "ms",
+            baseline_runs=without,
+            baseline_label="without them",
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--statements", type=int, default=1000)
+    parser.add_argument("--fast", action="store_true", help="fsync=off cluster (default: a durable cluster)")
+    add_arguments(parser)
     args = parser.parse_args()
-    print(
-        f"DDL guard: {args.statements:,} statements per kind, durable embedded cluster, {args.rounds} rounds, {os.cpu_count()} cores"
-    )
-    print("   Postgres only (no sync client); ms per statement, median over rounds")
-    with EmbeddedPostgres(durable=True) as pg, tempfile.TemporaryDirectory(prefix="bench-guard-") as tmp:
-        results: dict[bool, list[dict[str, float]]] = {True: [], False: []}
-        for r in range(args.rounds):
-            for guarded in (False, True):
-                results[guarded].append(one_round(pg, Path(tmp), f"guard_{int(guarded)}_{r}", args.statements, guarded))
-        for kind in results[True][0]:
-            without = [x[kind] / args.statements * 1000 for x in results[False]]
-            with_ = [x[kind] / args.statements * 1000 for x in results[True]]
-            runs = ", ".join(f"{v:.3f}" for v in with_)
-            print(
-                f"   {kind:42s} without the guard {statistics.median(without):.3f}, "
-                f"with it {statistics.median(with_):.3f} [{runs}] ms"
-            )
+    with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-guard-") as tmp:
+        asyncio.run(run(args, pg, Path(tmp)))
 
 
 if __name__ == "__main__":

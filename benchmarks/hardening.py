@@ -7,7 +7,7 @@ against `electricctl serve` as a subprocess (log fsync on) and a durable embedde
    sends N transactions of 20 rows of 30 KB without waiting for acks. Measured: serve's RSS
    growth at its peak until the whole flood is applied, and how long a bystander's `SyncClient`
    write takes to come back from Postgres meanwhile.
-2. slow readers: four hostile clients subscribe to a 40 MB table and read one frame a second.
+2. slow readers: four hostile clients subscribe to a 40 MB table (--slow-rows) and read one frame a second.
    Measured: the time for an ordinary `SyncClient` to subscribe to a small table and have it
    synced (`subscribe` + `synced`), from a fresh start.
 3. pre-auth frames: 30 unauthenticated connections each send the header of a 64 MiB frame (no
@@ -24,7 +24,6 @@ import os
 import sqlite3
 import statistics
 import struct
-import sys
 import tempfile
 import time
 import uuid
@@ -33,6 +32,7 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from benchmarks.report import REPORT
 from benchmarks.serve import Database, Parts, make_database, pct, rss_kb, runs, serving, sql
 from electricctl._auth.tokens import mint
 from electricctl._embedded.postgres import EmbeddedPostgres
@@ -47,6 +47,8 @@ CREATE TABLE small (id int4 PRIMARY KEY, label text);
 CREATE TABLE notes (id text PRIMARY KEY, body text);
 INSERT INTO small SELECT i, 'row ' || i FROM generate_series(1, 10) i;
 """
+SECTION = "hardening"
+TITLE = "Hardening: what attacks cost the server, and whether other users notice"
 BIG = pb.SatRelation(
     schema_name="public",
     table_name="big",
@@ -134,6 +136,8 @@ async def bench_flood(pg: EmbeddedPostgres, tmp: Path, rounds: int, transactions
     print(f"   serve RSS growth at peak          {runs(growths, '{:.0f}')} MB")
     print(f"   bystander write -> Postgres, p50  {runs(p50s, '{:.0f}')} ms")
     print(f"   bystander write -> Postgres, p99  {runs(p99s, '{:.0f}')} ms")
+    REPORT.figure(SECTION, f"write flood of {mb:.0f} MB: serve RSS growth at peak", growths, "MB")
+    REPORT.figure(SECTION, "write flood: a bystander SyncClient's write -> Postgres, p99", p99s, "ms")
 
 
 # -- 2. slow readers ---------------------------------------------------------------------------
@@ -154,10 +158,11 @@ async def slow_reader(url: str, db: Database, sub: str, stop: asyncio.Event) -> 
         ws.transport.abort()
 
 
-async def bench_slow_readers(pg: EmbeddedPostgres, tmp: Path, rounds: int) -> None:
+async def bench_slow_readers(pg: EmbeddedPostgres, tmp: Path, rounds: int, big_rows: int, wait: float) -> None:
     db = make_database(pg, tmp, "slow", SCHEMA, ["big", "small", "notes"])
-    sql(db.url, "INSERT INTO big SELECT i, repeat(md5(i::text), 60) FROM generate_series(1, 20000) i")
-    print("2. a small subscription (SyncClient: subscribe + synced) while 4 clients read 40 MB at 1 frame/s")
+    sql(db.url, "INSERT INTO big SELECT i, repeat(md5(i::text), 60) FROM generate_series(1, %s) i", [big_rows])
+    mb = big_rows * 1920 / 1e6
+    print(f"2. a small subscription (SyncClient: subscribe + synced) while 4 clients read {mb:.0f} MB at 1 frame/s")
     alone, contended = [], []
     for r in range(rounds):
         with serving(db, tmp, f"slow{r}", ["--send-timeout", "120s"]) as server:
@@ -166,7 +171,7 @@ async def bench_slow_readers(pg: EmbeddedPostgres, tmp: Path, rounds: int) -> No
                 readers = []
                 if label == "contended":
                     readers = [asyncio.create_task(slow_reader(server.ws_url, db, f"slow-{i}", stop)) for i in range(4)]
-                    await asyncio.sleep(3.0)  # their deliveries are under way
+                    await asyncio.sleep(wait)  # their deliveries are under way
                 cl = SyncClient(str(tmp / f"slow{r}-{label}.db"), server.ws_url, token(db, f"app-{label}"))
                 started = time.perf_counter()
                 await cl.start()
@@ -179,6 +184,14 @@ async def bench_slow_readers(pg: EmbeddedPostgres, tmp: Path, rounds: int) -> No
                 await asyncio.gather(*readers, return_exceptions=True)
     print(f"   no slow readers         {runs(alone, '{:.0f}')} ms")
     print(f"   with 4 slow readers     {runs(contended, '{:.0f}')} ms")
+    REPORT.figure(
+        SECTION,
+        "a SyncClient's small subscription (start -> synced) while 4 slow readers hold big deliveries",
+        contended,
+        "ms",
+        baseline_runs=alone,
+        baseline_label="no slow readers",
+    )
 
 
 # -- 3. pre-auth frames ------------------------------------------------------------------------
@@ -209,26 +222,36 @@ async def bench_preauth(pg: EmbeddedPostgres, tmp: Path, rounds: int) -> None:
     print(f"   time to close, median   {runs(p50s, '{:.0f}')} ms")
     print(f"   time to close, slowest  {runs(maxes, '{:.0f}')} ms")
     print(f"   serve RSS growth        {runs(growths, '{:.0f}')} MB")
+    REPORT.figure(SECTION, "30 pre-auth 64 MiB frame headers: the slowest close", maxes, "ms")
 
 
 async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None:
+    print(
+        f"hardening: `electricctl serve` subprocess (log fsync on), {'fsync-off' if args.fast else 'durable'}"
+        f" embedded cluster, {args.rounds} rounds, {os.cpu_count()} cores"
+    )
     parts = Parts(args.only, "123")
     await parts.step("1", bench_flood(pg, tmp, args.rounds, args.flood))
-    await parts.step("2", bench_slow_readers(pg, tmp, args.rounds))
+    await parts.step("2", bench_slow_readers(pg, tmp, args.rounds, args.slow_rows, args.slow_wait))
     await parts.step("3", bench_preauth(pg, tmp, args.rounds))
     print(parts.summary())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flood", type=int, default=600, help="1: transactions in the flood")
+    parser.add_argument("--slow-rows", type=int, default=20_000, help="2: rows (of 1.9 KB) the slow readers read")
+    parser.add_argument("--slow-wait", type=float, default=3.0, help="2: seconds the slow readers read first")
+
+
+QUICK = {"flood": 20, "slow_rows": 2000, "slow_wait": 1.0}
+"""What ``python -m benchmarks --quick`` changes."""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     Parts.add_arguments(parser)
-    parser.add_argument("--flood", type=int, default=600, help="1: transactions in the flood")
+    add_arguments(parser)
     args = parser.parse_args()
-    print(
-        f"hardening: `electricctl serve` subprocess (log fsync on), {'fsync-off' if args.fast else 'durable'}"
-        f" embedded cluster, {args.rounds} rounds, {os.cpu_count()} cores"
-    )
-    sys.stdout.flush()
     with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-hard-") as tmp:
         asyncio.run(run(args, pg, Path(tmp)))
 

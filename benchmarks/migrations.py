@@ -24,9 +24,13 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.report import REPORT
 from benchmarks.serve import make_database, pct, runs, serving, sql
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl.client import SyncClient
+
+SECTION = "migrations"
+TITLE = "Migrations: ALTER TABLE committed -> the column usable on every connected SyncClient"
 
 
 async def bench(pg: EmbeddedPostgres, tmp: Path, clients: int, rounds: int) -> None:
@@ -81,6 +85,9 @@ async def bench(pg: EmbeddedPostgres, tmp: Path, clients: int, rounds: int) -> N
     print(f"   first client: {runs(firsts, '{:.0f}')} ms")
     print(f"   median client: {runs(medians, '{:.0f}')} ms")
     print(f"   last client: {runs(lasts, '{:.0f}')} ms")
+    what = f"ALTER TABLE ADD COLUMN committed -> usable in every one of {clients:,} SyncClients"
+    REPORT.figure(SECTION, f"{what}: the median client", medians, "ms")
+    REPORT.figure(SECTION, f"{what}: the last client", lasts, "ms")
 
 
 def _alter(url: str, version: str, statement: str) -> float:
@@ -103,20 +110,32 @@ def _local_write(path: Path, r: int) -> None:
         conn.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clients", type=int, default=1000)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--fast", action="store_true", help="fsync=off cluster (default: a durable cluster)")
-    args = parser.parse_args()
+
+
+QUICK = {"clients": 5}
+"""What ``python -m benchmarks --quick`` changes."""
+
+
+async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None:
     print(
         f"migrations: `electricctl serve` subprocess, {'fsync-off' if args.fast else 'durable'} embedded cluster,"
         f" {args.clients:,} SyncClients in this process, {args.rounds} rounds, {os.cpu_count()} cores"
     )
     print("ALTER TABLE ... ADD COLUMN committed -> the column usable in each client's SQLite file (on_migrate)")
+    await bench(pg, tmp, args.clients, args.rounds)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--fast", action="store_true", help="fsync=off cluster (default: a durable cluster)")
+    add_arguments(parser)
+    args = parser.parse_args()
     sys.stdout.flush()
     with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-mig-") as tmp:
-        asyncio.run(bench(pg, Path(tmp), args.clients, args.rounds))
+        asyncio.run(run(args, pg, Path(tmp)))
 
 
 if __name__ == "__main__":

@@ -11,27 +11,32 @@ several rounds, runs in brackets.
 1. write path: a member inserts issues of its project in transactions of 100 rows (the client
    library, as in benchmarks/writes.py), timed until Postgres holds them and the oplog is empty.
 2. stream latency: Postgres inserts issues of the member's project at 50/s; timed from the
-   INSERT's commit to the client having it (the Satellite test client, in this process).
+   INSERT's commit to the row committed in the member's ``SyncClient`` file (its ``on_change``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.serve import Parts, pct, runs, serving, sql
+import psycopg
+
+from benchmarks.report import REPORT
+from benchmarks.serve import Parts, pct, runs, serving, sql, until
 from electricctl._apply import applier
 from electricctl._auth.tokens import mint
 from electricctl._config.loader import load_text
 from electricctl._embedded.postgres import EmbeddedPostgres
-from electricctl.client import SyncClient
-from tests.satellite_client import SatelliteClient
+from electricctl.client import RemoteChange, SyncClient
+
+SECTION = "perms"
+TITLE = "Permissions: the same workloads with and without grants"
 
 SCHEMA = """
 CREATE TABLE projects (id text PRIMARY KEY, name text);
@@ -71,6 +76,7 @@ class Db:
 
 async def bench_writes(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: int) -> None:
     print(f"1. write path: {rows:,} issue inserts in transactions of 100, one member")
+    by_label: dict[str, list[float]] = {}
     for label, config in (("open", OPEN), ("with grants", GRANTS)):
         rates = []
         for r in range(rounds):
@@ -99,60 +105,90 @@ async def bench_writes(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: int) 
                 conn.close()
                 await cl.stop()
         print(f"   {label:>12}: {runs(rates, '{:,.0f}')} row operations/s")
+        by_label[label] = rates
+    REPORT.figure(
+        SECTION,
+        f"member writes through SyncClient -> Postgres, with grants ({rows:,} rows, 100 per transaction)",
+        by_label["with grants"],
+        "rows/s",
+        baseline_runs=by_label["open"],
+        baseline_label="no grants",
+        ratio_goal=1 / 1.2,
+    )
+
+
+def contains_all(seen: dict[object, float], keys: list[str]) -> bool:
+    return all(k in seen for k in keys)
 
 
 async def bench_latency(pg: EmbeddedPostgres, tmp: Path, rounds: int, samples: int) -> None:
-    print(f"2. stream latency: {samples} single-row Postgres transactions at 50/s to one member")
+    print(f"2. stream latency: {samples} single-row Postgres transactions at 50/s to one member's SyncClient")
+    medians: dict[str, list[float]] = {}
     for label, config in (("open", OPEN), ("with grants", GRANTS)):
         p50s, p99s = [], []
         for r in range(rounds):
             name = f"pl_{label.replace(' ', '_')}_{r}"
             db = Db(pg, tmp, name, config)
             with serving(db, tmp, f"slot_{name}") as server:  # type: ignore[arg-type]
-                cl = await SatelliteClient(server.ws_url).connect()
-                await cl.authenticate(db.token())
-                await cl.start()
-                await cl.subscribe("issues")
-                sent: dict[bytes, float] = {}
-                seen: dict[bytes, float] = {}
-                import psycopg
+                seen: dict[object, float] = {}
 
+                def on_change(
+                    changes: list[RemoteChange], origin: str | None, seen: dict[object, float] = seen
+                ) -> None:
+                    now = time.perf_counter()
+                    for ch in changes:
+                        seen.setdefault(ch.values["id"], now)
+
+                cl = SyncClient(str(tmp / f"{name}.db"), server.ws_url, db.token(), on_change=on_change)
+                await cl.start()
+                await cl.synced(await cl.subscribe("issues"))
+                sent: dict[str, float] = {}
                 with psycopg.connect(db.url, autocommit=True) as conn:
                     for i in range(samples):
-                        key = f"l{i}".encode()
-                        conn.execute("INSERT INTO issues VALUES (%s, %s, 't')", [key.decode(), PROJECT])
-                        sent[key] = time.perf_counter()
-                        deadline = time.perf_counter() + 0.02
-                        while time.perf_counter() < deadline:
-                            for k in cl.table("issues"):
-                                if k[0] not in seen:
-                                    seen[k[0]] = time.perf_counter()  # type: ignore[index]
-                            await asyncio.sleep(0.0005)
-                await cl.wait_for(lambda c=cl: len(c.table("issues")) >= samples, timeout=30)
-                for k in cl.table("issues"):
-                    seen.setdefault(k[0], time.perf_counter())  # type: ignore[arg-type]
+                        key = f"l{i}"
+                        conn.execute("INSERT INTO issues VALUES (%s, %s, 't')", [key, PROJECT])
+                        sent[key] = time.perf_counter()  # the commit returned (autocommit)
+                        await asyncio.sleep(0.02)
+                await until(functools.partial(contains_all, seen, list(sent)), 30, "every issue in the client")
                 lat = [(seen[k] - sent[k]) * 1000 for k in sent]
                 p50s.append(pct(lat, 50))
                 p99s.append(pct(lat, 99))
-                await cl.close()
+                await cl.stop()
         print(f"   {label:>12}: p50 {runs(p50s)} ms, p99 {runs(p99s)} ms")
+        medians[label] = p50s
+    REPORT.figure(
+        SECTION,
+        "stream latency to a member's SyncClient, p50, with grants (1,000 users, 10,000 assignments)",
+        medians["with grants"],
+        "ms",
+        baseline_runs=medians["open"],
+        baseline_label="no grants",
+        ratio_goal=1 / 1.2,
+    )
 
 
 async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None:
+    print(f"permissions: 1,000 users, 10,000 assignments; {args.rounds} rounds, {os.cpu_count()} cores")
     parts = Parts(args.only, "12")
     await parts.step("1", bench_writes(pg, tmp, args.rounds, args.rows))
     await parts.step("2", bench_latency(pg, tmp, args.rounds, args.samples))
     print(parts.summary())
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--samples", type=int, default=200)
+
+
+QUICK = {"rows": 500, "samples": 20}
+"""What ``python -m benchmarks --quick`` changes."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     Parts.add_arguments(parser)
-    parser.add_argument("--rows", type=int, default=10_000)
-    parser.add_argument("--samples", type=int, default=200)
+    add_arguments(parser)
     args = parser.parse_args()
-    print(f"permissions: 1,000 users, 10,000 assignments; {args.rounds} rounds, {os.cpu_count()} cores")
-    sys.stdout.flush()
     with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-perms-") as tmp:
         asyncio.run(run(args, pg, Path(tmp)))
 

@@ -13,7 +13,9 @@ of several rounds (runs in brackets).
    timed from the first write until Postgres holds every row and the client's oplog is empty
    (every transaction echoed back). Also with one row per app transaction: ``notify()`` after each
    (the client's store thread takes every write committed by the time it looks into one client
-   transaction), and without it (the client looks every 20 ms).
+   transaction), and without it (the client looks every 20 ms). Baseline, in each round: the same
+   inserts made straight into Postgres with psycopg from this process, in transactions of the
+   same size (one each for the 1-row modes), into a plain table of the same columns.
 2. latency: A's app inserts one row and calls ``notify()``; timed until B has applied it (B's
    ``on_change``). Also without ``notify()``, when A's sender finds the write by polling (20 ms).
 3. offline: the app makes 10,000 single-row writes while the client is stopped; timed from
@@ -31,9 +33,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+
+from benchmarks.report import REPORT
 from benchmarks.serve import Parts, make_database, pct, runs, serving, sql
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl.client import SyncClient
+
+SECTION = "writes"
+TITLE = "Write path: SyncClient writes merged into Postgres, client-to-client latency, offline catch-up"
 
 
 def app_db(path: Path) -> sqlite3.Connection:
@@ -50,16 +58,35 @@ async def started(path: Path, url: str, token: str, table: str, **kw: object) ->
     return cl
 
 
+def direct_writes(url: str, table: str, n: int, per_tx: int) -> float:
+    """The baseline: the same inserts made directly in Postgres with psycopg from this process, in
+    transactions of ``per_tx`` rows (one each for 1), into a plain table of the same columns."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {table} (id int8 PRIMARY KEY, note text, n int4)")
+        insert = f"INSERT INTO {table} (id, note, n) VALUES (%s, %s, %s)"
+        start = time.perf_counter()
+        for i in range(0, n, per_tx):
+            rows = [(j, f"note {j}", j % 1000) for j in range(i, min(n, i + per_tx))]
+            if per_tx == 1:
+                conn.execute(insert, rows[0], prepare=True)  # autocommit: the statement is the transaction
+            else:
+                with conn.transaction():
+                    conn.cursor().executemany(insert, rows)
+        return n / (time.perf_counter() - start)
+
+
 async def bench_throughput(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: int, tx_rows: int) -> None:
-    print(f"1. client writes merged into Postgres ({rows:,} inserts per round)")
+    print(f"1. client writes merged into Postgres ({rows:,} inserts per round; the 1-row modes {max(1, rows // 4):,})")
     modes = ((tx_rows, True, "rows per app transaction"), (1, True, "row per app transaction, notify()"),
              (1, False, "row per app transaction, polled"))  # fmt: skip
     for per_tx, notify, label in modes:
         n = rows if per_tx > 1 else max(1, rows // 4)
         rates: list[float] = []
+        direct: list[float] = []
         for r in range(rounds):
             name = f"wt_{per_tx}_{int(notify)}_{r}"
             db = make_database(pg, tmp, name, f"CREATE TABLE {name} (id int8 PRIMARY KEY, note text, n int4)", [name])
+            direct.append(await asyncio.to_thread(direct_writes, db.url, f"{name}_direct", n, per_tx))
             with serving(db, tmp, f"slot_{name}") as server:
                 path = tmp / f"{name}.db"
                 cl = await started(path, server.ws_url, db.token(), name)
@@ -83,6 +110,20 @@ async def bench_throughput(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: i
                 conn.close()
                 await cl.stop()
         print(f"   {per_tx:>5} {label}: {runs(rates, '{:,.0f}')} row operations/s (goal >= 2,000)")
+        print(
+            f"   {'':>5} baseline, psycopg straight into Postgres ({per_tx} row(s) per transaction, this process):"
+            f" {runs(direct, '{:,.0f}')} rows/s"
+        )
+        REPORT.figure(
+            SECTION,
+            f"client writes -> Postgres through SyncClient, {per_tx} {label} ({n:,} rows)",
+            rates,
+            "rows/s",
+            goal=(">=", 2000.0),
+            baseline_runs=direct,
+            baseline_label=f"psycopg inserts straight into Postgres, {per_tx} per transaction",
+            key=7 if per_tx == 1 and notify else 0,
+        )
 
 
 async def bench_latency(pg: EmbeddedPostgres, tmp: Path, rounds: int, samples: int) -> None:
@@ -123,6 +164,13 @@ async def bench_latency(pg: EmbeddedPostgres, tmp: Path, rounds: int, samples: i
                 await b.stop()
         how = "with notify()" if notify else "polling (20 ms)"
         print(f"   {how:>16}: p50 {runs(p50s, '{:.1f}')} ms, p99 {runs(p99s, '{:.1f}')} ms (goal p50 <= 20 ms)")
+        REPORT.figure(
+            SECTION,
+            f"client A writes -> client B has it, p50 ({how})",
+            p50s,
+            "ms",
+            goal=("<=", 20.0) if notify else None,
+        )
 
 
 async def bench_offline(pg: EmbeddedPostgres, tmp: Path, rounds: int, writes: int) -> None:
@@ -148,9 +196,32 @@ async def bench_offline(pg: EmbeddedPostgres, tmp: Path, rounds: int, writes: in
             assert count == writes, f"Postgres has {count} of {writes}"
             await again.stop()
     print(f"   fully synced after reconnecting: {runs(times, '{:.2f}')} s (goal <= 10 s)")
+    REPORT.figure(
+        SECTION,
+        f"{writes:,} offline writes: start() -> all in Postgres",
+        times,
+        "s",
+        goal=("<=", 10.0) if writes == 10_000 else None,
+        note="" if writes == 10_000 else "goal is for 10,000 writes",
+    )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rows", type=int, default=20_000, help="1: rows per round")
+    parser.add_argument("--tx-rows", type=int, default=100, help="1: rows per transaction")
+    parser.add_argument("--samples", type=int, default=200, help="2: writes per round")
+    parser.add_argument("--offline", type=int, default=10_000, help="3: offline writes")
+
+
+QUICK = {"rows": 800, "samples": 20, "offline": 300}
+"""What ``python -m benchmarks --quick`` changes."""
 
 
 async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None:
+    print(
+        f"write path: `electricctl serve` subprocess, {'fsync-off' if args.fast else 'durable'} embedded cluster, "
+        f"SyncClients in this process, {args.rounds} rounds, {os.cpu_count()} cores"
+    )
     parts = Parts(args.only, "123")
     await parts.step("1", bench_throughput(pg, tmp, args.rounds, args.rows, args.tx_rows))
     await parts.step("2", bench_latency(pg, tmp, args.rounds, args.samples))
@@ -161,15 +232,8 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     Parts.add_arguments(parser)
-    parser.add_argument("--rows", type=int, default=20_000, help="1: rows per round")
-    parser.add_argument("--tx-rows", type=int, default=100, help="1: rows per transaction")
-    parser.add_argument("--samples", type=int, default=200, help="2: writes per round")
-    parser.add_argument("--offline", type=int, default=10_000, help="3: offline writes")
+    add_arguments(parser)
     args = parser.parse_args()
-    print(
-        f"write path: `electricctl serve` subprocess, {'fsync-off' if args.fast else 'durable'} embedded cluster, "
-        f"SyncClients in this process, {args.rounds} rounds, {os.cpu_count()} cores"
-    )
     sys.stdout.flush()
     with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
         asyncio.run(run(args, pg, Path(tmp)))

@@ -30,7 +30,8 @@ from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
 from electricctl.client.oplog import LocalTransaction
 from electricctl.client.state import ClientState, Subscription
-from electricctl.client.store import LSN_KEY, SCHEMA_VERSION_KEY, Poll, Store
+from electricctl.client.store import LSN_KEY, SCHEMA_VERSION_KEY, Poll, RemoteTransaction
+from electricctl.client.values import RemoteChange
 from electricctl.client.wire import subscription_refusal, subscription_request
 from electricctl.errors import (
     AuthenticationFailed,
@@ -47,6 +48,8 @@ NATIVE_HEADER = "X-Electricctl-Client"
 MAX_FRAME = 256 << 20
 RETRY_MAX = 5.0
 """Longest wait between reconnects after a lost connection."""
+PIPELINE_FRAMES = 64
+"""Frames read ahead of the store thread (and the most applied in one SQLite transaction)."""
 AUTH_RETRY_MAX = 300.0
 """Longest wait between reconnects while the server refuses the token (it keeps growing to this)."""
 
@@ -67,6 +70,10 @@ class _Collected:
     """None when the poll stamped nothing, or the server has not asked for writes."""
 
 
+_EffectQueue = asyncio.Queue[list[s.Effect] | None]
+"""The session's effects, frame by frame, on their way from the reader to the performer (None: the end)."""
+
+
 class Link:
     """The background work of one started client: polling the file, and the connection."""
 
@@ -76,8 +83,9 @@ class Link:
         self._ws: ClientConnection | None = None
         self._rpc = RpcCalls(first_id=1)
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._background: set[asyncio.Future[None]] = set()
         self._ready: _Ready | None = None
+        self._effects: _EffectQueue | None = None
+        self._holding = False
 
     async def close(self) -> None:
         """Close the connection (the task running :meth:`run` is then cancelled by the caller)."""
@@ -212,8 +220,11 @@ class Link:
         self._ws = ws
         self._rpc = rpc = RpcCalls(first_id=1)
         self._session.connection_made()
-        reader = asyncio.create_task(self._read(ws, self._rpc))
+        self._effects = queue = _EffectQueue(PIPELINE_FRAMES + 1)
+        reader = asyncio.create_task(self._read(ws, self._rpc, queue))
+        performer = asyncio.create_task(self._perform_queued(queue))
         sender = asyncio.create_task(self._send_loop())
+        tasks = (reader, performer, sender)
         try:
             try:
                 await self.call("authenticate", self._session.auth_request(token))
@@ -222,15 +233,25 @@ class Link:
             await self._start_replication()
             self.st.connected.set()
             await self._request_pending_subscriptions()
-            done, _ = await asyncio.wait({reader, sender}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                task.result()
+            waiting: set[asyncio.Task[None]] = set(tasks)
+            while True:  # the reader ends first when the server closes; the performer, once it applied the rest
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    task.result()
+                if sender in done or performer in done:
+                    break
         finally:
+            self._effects = None
             rpc.fail_all(self._lost_error)
-            for task in (reader, sender):
+            for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+            if self.st.store is not None:
+                # subscription data cut off with the connection: none of it stays
+                with contextlib.suppress(Exception):
+                    await self.st.io(self.st.store.abandon)
+            self._holding = False
 
     async def _start_replication(self) -> None:
         session, store = self._session, self.st.store
@@ -327,21 +348,51 @@ class Link:
             await self.st.wake_sender.wait()
 
     # -- inbound ---------------------------------------------------------------------------------
-    async def _read(self, ws: ClientConnection, rpc: RpcCalls) -> None:
+    async def _read(self, ws: ClientConnection, rpc: RpcCalls, queue: _EffectQueue) -> None:
+        """Read frames and queue the session's effects for :meth:`_perform_queued`, in order.
+
+        The reader only parses frames and steps the session; the rows are decoded and written on
+        the store thread meanwhile, so reading the next frames overlaps writing the last ones. The
+        queue is bounded: a client that cannot keep up stops reading, and the server waits. When
+        the server closes the connection, None is queued last: what it sent is applied first.
+        """
         assert self._session is not None
         try:
             async for frame in ws:
                 if isinstance(frame, str):
                     raise SyncError("the server sent a text frame")
-                await self._perform(self._session.receive(codec.decode(frame)))
-                self.st.changed.set()
+                await queue.put(self._session.receive(codec.decode(frame)))
+            await queue.put(None)
         finally:
             rpc.fail_all(self._lost_error)  # calls waiting for an answer learn at once
 
+    async def _perform_queued(self, queue: _EffectQueue) -> None:
+        while True:
+            first = await queue.get()
+            if first is None:
+                return
+            effects = list(first)
+            taken = 1
+            # what else has arrived meanwhile goes too: consecutive transactions are applied together
+            while taken < PIPELINE_FRAMES and not queue.empty():
+                more = queue.get_nowait()
+                if more is None:
+                    queue.put_nowait(None)  # the end: after these
+                    break
+                effects.extend(more)
+                taken += 1
+            await self._perform(effects)
+            self.st.changed.set()
+
     async def _perform(self, effects: list[s.Effect]) -> None:
-        store, client_id = self.st.store, self.st.client_id
-        assert store is not None and client_id is not None
-        for eff in effects:
+        """Carry out ``effects`` in order; runs of applies are written in one call (see :func:`_apply_runs`)."""
+        store = self.st.store
+        assert store is not None
+        for item in _apply_runs(effects):
+            if isinstance(item, list):
+                await self._apply(item)
+                continue
+            eff = item
             if isinstance(eff, s.Send):
                 await self._send(eff.message)
             elif isinstance(eff, s.Resolve):
@@ -352,8 +403,9 @@ class Link:
                 await self.st.io(store.migrate, eff.version, eff.tables, eff.statements)
                 if self.st.on_migrate is not None:
                     self.st.on_migrate(eff.version, [t.name for t in eff.tables])
-            elif isinstance(eff, s.Apply):
-                await self._apply(store, client_id, eff)
+            elif isinstance(eff, s.Abandon):
+                await self.st.io(store.abandon)
+                self.st.wake_sender.set()
             elif isinstance(eff, s.Delivered):
                 delivered = self.st.subscriptions.get(eff.subscription_id)
                 if delivered is not None:
@@ -378,38 +430,73 @@ class Link:
             elif isinstance(eff, s.AckLater):
                 self._ack_timer = asyncio.get_running_loop().call_later(eff.delay, self._ack_due)
 
-    async def _apply(self, store: Store, client_id: str, eff: s.Apply) -> None:
-        found = await self.st.io(
-            store.apply_remote,
-            eff.changes,
-            client_id=client_id,
-            origin=eff.origin,
-            timestamp=eff.timestamp,
-            lsn=eff.lsn,
-        )
-        self.st.pending = found.pending
-        if found.stamped:
-            self.st.wake_sender.set()
-        if eff.lsn is not None:
-            self.st.server_lsn = eff.lsn
-        if eff.transaction:
-            if eff.timestamp is not None:
-                self.st.lag_ms = max(0.0, time.time() * 1000 - eff.timestamp)
-            if self.st.on_change is not None:
-                self.st.on_change(eff.changes, eff.origin)
+    async def _apply(self, run: list[s.Apply]) -> None:
+        """Decode and write a run of applies on the store thread, in one SQLite transaction."""
+        store, client_id = self.st.store, self.st.client_id
+        assert store is not None and client_id is not None
+        hold = run[-1].hold
+
+        def on_thread() -> tuple[Poll | None, list[list[RemoteChange]]]:
+            decoded: list[list[RemoteChange]] = []
+            txs: list[RemoteTransaction] = []
+            for a in run:
+                rows, changes = a.data() if not a.transaction else ([], a.changes())
+                decoded.append(changes)
+                txs.append(RemoteTransaction(changes, a.origin, a.timestamp, a.lsn, rows))
+            return store.apply_transactions(txs, client_id=client_id, hold=hold), decoded
+
+        found, decoded = await self.st.io(on_thread)
+        if found is not None:
+            self.st.pending = found.pending
+            if found.stamped or self._holding:
+                self.st.wake_sender.set()  # after subscription data, what the sender skipped meanwhile too
+        self._holding = hold
+        for eff, changes in zip(run, decoded, strict=True):
+            if eff.lsn is not None:
+                self.st.server_lsn = eff.lsn
+            if eff.transaction:
+                if eff.timestamp is not None:
+                    self.st.lag_ms = max(0.0, time.time() * 1000 - eff.timestamp)
+                if self.st.on_change is not None:
+                    self.st.on_change(changes, eff.origin)
 
     def _ack_due(self) -> None:
+        """The ack timer fired: ack what has arrived, once all of it is applied (it queues behind)."""
         self._ack_timer = None
-        if self._session is None or self._ws is None:
+        if self._session is None or self._ws is None or self._effects is None:
             return
         effects = self._session.ack_due()
         if effects:
-            task = asyncio.ensure_future(self._ack_quietly(effects))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            with contextlib.suppress(asyncio.QueueFull):
+                self._effects.put_nowait(effects)  # a full queue: the next transaction acks anyway
 
-    async def _ack_quietly(self, effects: list[s.Effect]) -> None:
-        with contextlib.suppress(ConnectionClosed, ConnectionLost):
-            for eff in effects:
-                if isinstance(eff, s.Send):
-                    await self._send(eff.message)
+
+def _apply_runs(effects: list[s.Effect]) -> list[s.Effect | list[s.Apply]]:
+    """``effects`` with each run of applies of one kind (live transactions, or subscription data)
+    gathered into a list, to be written in one SQLite transaction.
+
+    Acks, ack timers and progress reports inside a run move after it: an ack is sent only once
+    what it acknowledges is written. Any other effect ends the run, and keeps its place.
+    """
+    out: list[s.Effect | list[s.Apply]] = []
+    run: list[s.Apply] = []
+    deferred: list[s.Effect] = []
+    for eff in effects:
+        if isinstance(eff, s.Apply):
+            if run and run[-1].transaction != eff.transaction:
+                out.append(run)
+                out.extend(deferred)
+                run, deferred = [], []
+            run.append(eff)
+        elif run and isinstance(eff, s.Send | s.AckLater | s.Progress):
+            deferred.append(eff)
+        else:
+            if run:
+                out.append(run)
+                out.extend(deferred)
+                run, deferred = [], []
+            out.append(eff)
+    if run:
+        out.append(run)
+        out.extend(deferred)
+    return out

@@ -287,6 +287,15 @@ def trigger_statements(table: Table) -> list[str]:
     return out
 
 
+def own_trigger_names(db: sqlite3.Connection, table: Table) -> set[str]:
+    """The names of the triggers electricctl made on ``table`` (never an app's own triggers)."""
+    names = {f"update_ensure_{NAMESPACE}_{table.name}_primarykey"}
+    names.update(f"{op}_{NAMESPACE}_{table.name}_into_oplog" for op in ("insert", "update", "delete"))
+    for fk in db.execute(f"PRAGMA foreign_key_list({q(table.name)})").fetchall():
+        names.update(f"compensation_{op}_{NAMESPACE}_{table.name}_{fk[3]}_into_oplog" for op in ("insert", "update"))
+    return names
+
+
 def set_trigger(db: sqlite3.Connection, table: str, flag: int) -> None:
     """Switch ``table``'s oplog triggers on (1) or off (0, while remote changes are applied)."""
     db.execute(

@@ -10,8 +10,9 @@ The decisions made here:
 * after authenticating, ``startReplication`` from the stored position (with the subscription ids
   when resuming); a refusal with BEHIND_WINDOW, INVALID_POSITION or SUBSCRIPTION_NOT_FOUND (or any
   refusal of a fresh start) means: forget the synced rows and start afresh, once;
-* subscription data (begin, rows, end or error) is gathered and applied as one batch, then acked;
-  so is the data of an unsubscribe (GONE rows);
+* subscription data (begin, rows, end or error) is applied part by part as it arrives, in one
+  local transaction that its end commits (then acked) and an error abandons; so is the data of
+  an unsubscribe (GONE rows);
 * each server transaction is applied, then acked once 70% of the server's window is unacked, or
   0.2 s after the first unacked one;
 * an error reply naming a transaction is a refused local transaction (its echo puts the rows
@@ -32,10 +33,11 @@ from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import client_answer
 from electricctl.client.oplog import LocalTransaction
 from electricctl.client.schema import Table
-from electricctl.client.values import RemoteChange
+from electricctl.client.values import RemoteChange, RowBatch
 from electricctl.client.wire import (
     Shape,
     decode_changes,
+    decode_data,
     relation_message,
     subscription_request,
     table_from_migration,
@@ -52,6 +54,7 @@ DEFAULT_WINDOW = 30
 
 _ERR = pb.SatInStartReplicationResp.ReplicationError
 RESET_CODES = frozenset({_ERR.BEHIND_WINDOW, _ERR.INVALID_POSITION, _ERR.SUBSCRIPTION_NOT_FOUND})
+_ROW_OPS = frozenset({"insert", "update", "delete", "gone"})
 
 
 # -- effects: what the driver is to do, in order ------------------------------------------------
@@ -89,15 +92,37 @@ class Migrate:
 
 @dataclass(frozen=True, slots=True)
 class Apply:
-    """Apply these changes in one local transaction (stamping pending local writes first)."""
+    """Apply these server operations in one local transaction (stamping pending local writes first).
 
-    changes: list[RemoteChange]
+    The operations stay as they came: the driver decodes them (:meth:`changes`) off the event loop,
+    on the thread that writes them.
+    """
+
+    ops: Sequence[pb.SatTransOp]
+    relations: Mapping[int, Table]
+    """The relations as they were when the operations arrived (a later relation message does not change it)."""
     origin: str | None
     timestamp: int | None
     lsn: str | None
     """The server position to store with them (None: keep the stored one)."""
     transaction: bool
     """A live server transaction (report it to ``on_change``), not subscription data."""
+    hold: bool = False
+    """Part of subscription data that is still arriving: leave the local transaction open for the
+    rest; the part without ``hold`` commits it (a subscription's rows land together, or not at all)."""
+
+    def changes(self) -> list[RemoteChange]:
+        """The row changes the operations carry (begin, commit and migrations carry none)."""
+        return decode_changes(self.ops, self.relations)
+
+    def data(self) -> tuple[list[RowBatch], list[RemoteChange]]:
+        """Subscription data: its inserted rows in bulk, and its other changes (GONE)."""
+        return decode_data(self.ops, self.relations)
+
+
+@dataclass(frozen=True, slots=True)
+class Abandon:
+    """Roll back the local transaction held open for subscription data: not all of it will come."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +173,7 @@ Effect = (
     | EnsureTable
     | Migrate
     | Apply
+    | Abandon
     | Delivered
     | DeliveryFailed
     | Progress
@@ -167,12 +193,14 @@ class Start(enum.Enum):
 
 @dataclass(slots=True)
 class _Batch:
-    """Subscription or unsubscribe data being gathered."""
+    """Subscription or unsubscribe data being received (its rows are applied part by part)."""
 
     subscription: str | None = None
-    changes: list[RemoteChange] = field(default_factory=list)
     lsn: str = ""
     gone: list[str] = field(default_factory=list)
+    rows: int = 0
+    started: bool = False
+    """A part was handed to the driver: the local transaction it opened is to be committed or abandoned."""
 
 
 class ClientSession:
@@ -189,7 +217,8 @@ class ClientSession:
         self.last_xid = 0
         self.unacked = 0
         self._ack_armed = False
-        self._relations: dict[int, Table] = {}
+        self._relations: Mapping[int, Table] = {}
+        """Replaced, never changed in place: an :class:`Apply` keeps the one its operations need."""
         self._sent_relations: dict[tuple[str, tuple[str, ...]], int] = {}
         self._incoming: _Batch | None = None
         self._unsubs: _Batch | None = None
@@ -254,7 +283,7 @@ class ClientSession:
             return [Send(response), WakeSender()]
         if isinstance(msg, pb.SatRelation):
             table = table_from_relation(msg)
-            self._relations[msg.relation_id] = table
+            self._relations = {**self._relations, msg.relation_id: table}
             return [EnsureTable(table)]
         if isinstance(msg, pb.SatSubsDataBegin):
             self._incoming = _Batch(msg.subscription_id, lsn=msg.lsn.decode())
@@ -262,15 +291,16 @@ class ClientSession:
         if isinstance(msg, pb.SatSubsDataEnd):
             return self._subscription_delivered()
         if isinstance(msg, pb.SatSubsDataError):
-            self._incoming = None
-            return [DeliveryFailed(msg.subscription_id, msg.message or "the server could not deliver the subscription")]
+            incoming, self._incoming = self._incoming, None
+            failed = DeliveryFailed(msg.subscription_id, msg.message or "the server could not deliver the subscription")
+            return [Abandon(), failed] if incoming is not None and incoming.started else [failed]
         if isinstance(msg, pb.SatUnsubsDataBegin):
             self._unsubs = _Batch(gone=list(msg.subscription_ids))
             return []
         if isinstance(msg, pb.SatUnsubsDataEnd):
             batch, self._unsubs = self._unsubs or _Batch(), None
             ack = pb.SatOpLogAck(lsn=self.last_lsn, gone_subscription_ids=batch.gone)
-            return [Apply(batch.changes, None, None, None, transaction=False), Send(ack)]
+            return [Apply((), self._relations, None, None, None, transaction=False), Send(ack)]
         if isinstance(msg, pb.SatOpLog):
             return self._oplog(msg)
         if isinstance(msg, pb.SatErrorResp):
@@ -280,14 +310,14 @@ class ClientSession:
         return []
 
     def _oplog(self, msg: pb.SatOpLog) -> list[Effect]:
-        if self._incoming is not None:
-            self._incoming.changes.extend(decode_changes(msg.ops, self._relations))
-            if self._incoming.subscription is None:
-                return []
-            return [Progress(self._incoming.subscription, len(self._incoming.changes))]
-        if self._unsubs is not None:
-            self._unsubs.changes.extend(decode_changes(msg.ops, self._relations))
-            return []
+        batch = self._incoming if self._incoming is not None else self._unsubs
+        if batch is not None:
+            batch.started = True
+            part = Apply(msg.ops, self._relations, None, None, None, transaction=False, hold=True)
+            if batch.subscription is None:
+                return [part]
+            batch.rows += len(msg.ops)
+            return [part, Progress(batch.subscription, batch.rows)]
         begin = msg.ops[0].begin
         out: list[Effect] = []
         migrations = [op.migrate for op in msg.ops if op.HasField("migrate")]
@@ -300,13 +330,9 @@ class ClientSession:
                 else:  # a statement for the local database alone (electric.yaml's sqlite section)
                     statements.extend(st.sql for st in m.stmts if st.sql.strip())
             out.append(Migrate(migrations[0].version, tuple(tables), tuple(statements)))
-        changes = decode_changes(msg.ops[1:-1], self._relations)
-        origin = begin.origin or None
-        out.append(
-            Apply(
-                changes, origin, begin.commit_timestamp, begin.lsn.decode(), transaction=bool(changes) or not migrations
-            )
-        )
+        ops = msg.ops[1:-1]
+        rows = not migrations or any(op.WhichOneof("op") in _ROW_OPS for op in ops)
+        out.append(Apply(ops, self._relations, begin.origin or None, begin.commit_timestamp, begin.lsn.decode(), rows))
         self.last_lsn = begin.lsn
         self.last_xid = begin.transaction_id
         self.unacked += 1
@@ -324,7 +350,7 @@ class ClientSession:
         if incoming.lsn:
             self.last_lsn = incoming.lsn.encode()
         return [
-            Apply(incoming.changes, None, None, incoming.lsn or None, transaction=False),
+            Apply((), self._relations, None, None, incoming.lsn or None, transaction=False),
             Delivered(incoming.subscription),
             Send(pb.SatOpLogAck(lsn=self.last_lsn, subscription_ids=[incoming.subscription])),
         ]

@@ -39,7 +39,7 @@ from electricctl.client.schema import (
 )
 from electricctl.client.schema import get_meta as _get_meta
 from electricctl.client.schema import set_meta as _set_meta
-from electricctl.client.values import LocalValue, RemoteChange, Wire, to_local, to_wire
+from electricctl.client.values import LocalValue, RemoteChange, RowBatch, Wire, to_local, to_wire
 
 __all__ = [
     "LSN_KEY",
@@ -50,6 +50,8 @@ __all__ = [
     "OplogEntry",
     "Poll",
     "RemoteChange",
+    "RemoteTransaction",
+    "RowBatch",
     "Store",
     "Table",
     "Wire",
@@ -60,6 +62,19 @@ __all__ = [
 
 log = logging.getLogger("electricctl.client")
 _STATEMENT = "electricctl_migration_statement"
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteTransaction:
+    """One server transaction (or a part of subscription data) to apply."""
+
+    changes: Iterable[RemoteChange]
+    origin: str | None
+    timestamp: int | None
+    lsn: str | None
+    """The server position to store with it (None: keep the stored one)."""
+    rows: Iterable[RowBatch] = ()
+    """Inserted rows (subscription data), written in bulk before ``changes``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +96,8 @@ class Store:
         self.tables: dict[str, Table] = load_tables(self.db)
         self._applier = Applier(self.db, self.tables)
         self._data_version: int | None = None
+        self._held = False
+        self._held_stamped = 0
 
     def close(self) -> None:
         self.db.close()
@@ -100,6 +117,7 @@ class Store:
         """Create ``table`` (if the app has not) and its oplog triggers, as the npm client does."""
         if self.tables.get(table.name) == table:
             return
+        self._rehook()
         with self.transaction():
             create_table(self.db, table)
             self.tables[table.name] = table
@@ -110,6 +128,7 @@ class Store:
         rebuild the oplog triggers, run the local-only statements, and record the version (pending
         local writes are kept). A statement SQLite refuses is logged and skipped: the client keeps
         syncing (``validate`` checked its syntax, not what the local database holds)."""
+        self._rehook()
         with self.transaction():
             for table in tables:
                 have = self.tables.get(table.name)
@@ -153,6 +172,8 @@ class Store:
         Cheap when nothing happened: only ``data_version`` is read. ``force`` looks anyway (the
         first poll, or :meth:`SyncClient.notify`).
         """
+        if self._held:
+            return None
         version = self.data_version()
         if not force and version == self._data_version:
             return None
@@ -160,7 +181,10 @@ class Store:
         return Poll(stamp_all(self.db, client_id), pending_count(self.db))
 
     def transactions_after(self, lsn: int) -> list[LocalTransaction]:
-        """Stamped local transactions not yet sent past ``lsn`` (the server's last applied)."""
+        """Stamped local transactions not yet sent past ``lsn`` (the server's last applied); none
+        while subscription data holds a transaction open."""
+        if self._held:
+            return []
         return transactions_after(self.db, self.tables, lsn)
 
     def pending_count(self) -> int:
@@ -175,17 +199,71 @@ class Store:
         origin: str | None,
         timestamp: int | None,
         lsn: str | None,
-    ) -> Poll:
-        """Apply one server transaction (or a batch of subscription data) in one SQLite transaction.
+        hold: bool = False,
+    ) -> Poll | None:
+        """Apply one server transaction (or a part of subscription data): see :meth:`apply_transactions`."""
+        return self.apply_transactions(
+            [RemoteTransaction(changes, origin, timestamp, lsn)], client_id=client_id, hold=hold
+        )
+
+    def apply_transactions(
+        self, transactions: Iterable[RemoteTransaction], *, client_id: str, hold: bool = False
+    ) -> Poll | None:
+        """Apply server transactions, in order, in one SQLite transaction.
 
         The local writes made so far are first taken into transactions, in the same SQLite
         transaction (so none slips in between), and the remote changes merged with them. Returns
         how many local transactions that made, and how many writes are still pending after it.
+
+        With ``hold`` (subscription data still arriving) the SQLite transaction stays open, and
+        None is returned: the next call goes on in it, and the first one without ``hold`` commits
+        it; :meth:`abandon` rolls it back. Meanwhile the app's writes wait for the lock, and
+        :meth:`poll` and :meth:`transactions_after` find nothing (nothing is sent from a state
+        that may yet be rolled back).
         """
-        with self.transaction():
-            stamped = stamp_all(self.db, client_id)
-            self._applier.apply(changes, client_id=client_id, origin=origin, timestamp=timestamp, lsn=lsn)
-        return Poll(stamped, pending_count(self.db))
+        if not self._held:
+            self.db.execute("BEGIN IMMEDIATE")
+            self._held = True
+            self._held_stamped = 0
+            self._applier.begin_bulk()
+            try:
+                self._held_stamped = stamp_all(self.db, client_id)
+            except BaseException:
+                self.abandon()
+                raise
+        try:
+            for tx in transactions:
+                self._applier.apply(
+                    tx.changes, client_id=client_id, origin=tx.origin, timestamp=tx.timestamp, lsn=tx.lsn, rows=tx.rows
+                )
+            if hold:
+                return None
+            self._applier.end_bulk()
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.abandon()
+            raise
+        self._held = False
+        return Poll(self._held_stamped, pending_count(self.db))
+
+    def _rehook(self) -> None:
+        """Before a schema change inside held subscription data: put the dropped triggers back first."""
+        if self._held:
+            self._applier.end_bulk()
+            self._applier.begin_bulk()
+
+    def abandon(self) -> None:
+        """Roll back the transaction :meth:`apply_transactions` holds open, if there is one."""
+        if self._held:
+            self._held = False
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            self._applier.forget_bulk()
+
+    @property
+    def holding(self) -> bool:
+        """Is a transaction of subscription data open (see :meth:`apply_transactions`)?"""
+        return self._held
 
     def pk_json(self, table: Table, values: dict[str, LocalValue]) -> str:
         return self._applier.pk_json(table, values)

@@ -9,10 +9,11 @@ triggers) holds int8 and floats as text and bytea as hex.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from electricctl.client.schema import FLOATS, INTS, Column
+from electricctl.client.schema import FLOATS, INTS, Column, Table
 
 LocalValue = int | float | str | bytes | None
 """A value as SQLite holds it."""
@@ -33,20 +34,49 @@ class RemoteChange:
     tags: list[str]
 
 
-def to_local(col: Column, value: Wire) -> LocalValue:
-    if value is None:
-        return None
+@dataclass(slots=True)
+class RowBatch:
+    """Rows a server inserts into one table (subscription data), each a list of local values in the
+    relation's column order, with each row's tags: written in bulk, with no dict per row."""
+
+    table: Table
+    """The relation the rows came under (its columns, in order)."""
+    rows: list[list[LocalValue]]
+    tags: list[list[str]]
+
+    def changes(self) -> list[RemoteChange]:
+        """The same rows as :class:`RemoteChange` inserts (for rows that must be merged)."""
+        names = [c.name for c in self.table.columns]
+        return [
+            RemoteChange(self.table.name, "insert", dict(zip(names, row, strict=True)), None, tags)
+            for row, tags in zip(self.rows, self.tags, strict=True)
+        ]
+
+
+_BOOLS = {b"t": 1, b"f": 0}
+
+
+def _float(value: bytes) -> float | str:
+    number = float(value)
+    return "NaN" if number != number else number  # SQLite stores a NaN REAL as NULL: keep it as text
+
+
+def converter(col: Column) -> Callable[[bytes], LocalValue]:
+    """The function that turns ``col``'s non-NULL wire values into local ones (one lookup per
+    column, not per value: a decoder applies it to every row of a batch)."""
     if col.pg_type == "bytea":
-        return bytes(value)
-    text = value.decode()
+        return bytes
     if col.pg_type in INTS:
-        return int(text)
+        return int  # int() reads the ASCII digits of a bytes value as they are
     if col.pg_type in FLOATS:
-        number = float(text)
-        return "NaN" if number != number else number  # SQLite stores a NaN REAL as NULL: keep it as text
+        return _float
     if col.pg_type == "bool":
-        return 1 if text == "t" else 0
-    return text
+        return _BOOLS.__getitem__
+    return bytes.decode
+
+
+def to_local(col: Column, value: Wire) -> LocalValue:
+    return None if value is None else converter(col)(value)
 
 
 def to_wire(col: Column, value: LocalValue) -> Wire:

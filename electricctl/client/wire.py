@@ -7,14 +7,14 @@ transaction to one ``SatOpLog``, and subscription requests. No I/O and no state.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl.client.oplog import LocalTransaction, OplogEntry
 from electricctl.client.schema import Column, Table
-from electricctl.client.values import RemoteChange, Wire, to_local, to_wire
+from electricctl.client.values import LocalValue, RemoteChange, RowBatch, Wire, converter, to_wire
 
 Shape = Mapping[str, str]
 """One shape of a subscription: ``{"table": name}`` and optionally ``"where"``."""
@@ -52,36 +52,102 @@ def encode_row(table: Table, values: Mapping[str, Any]) -> pb.SatOpRow:
     return codec.encode_row(wire)
 
 
-def _decode_row(table: Table, row: pb.SatOpRow) -> dict[str, Any]:
-    raw = codec.decode_row(row, len(table.columns))
-    return {c.name: to_local(c, v) for c, v in zip(table.columns, raw, strict=True)}
+class RowDecoder:
+    """Decodes a table's Satellite rows to local values: the columns' converters are looked up
+    once, and a row with no NULL (the common case) skips the bitmask."""
+
+    __slots__ = ("_converters", "_count", "_names")
+
+    def __init__(self, table: Table) -> None:
+        self._names = [c.name for c in table.columns]
+        self._converters = [converter(c) for c in table.columns]
+        self._count = len(table.columns)
+
+    def __call__(self, row: pb.SatOpRow) -> dict[str, Any]:
+        return dict(zip(self._names, self.values(row), strict=True))
+
+    def values(self, row: pb.SatOpRow) -> list[LocalValue]:
+        """The row's values in column order."""
+        values = row.values
+        if len(values) != self._count:
+            raise codec.FrameError(f"row has {len(values)} values for {self._count} columns")
+        mask = row.nulls_bitmask
+        if not any(mask):
+            return [conv(v) for conv, v in zip(self._converters, values, strict=True)]
+        out: list[LocalValue] = []
+        for i, (conv, v) in enumerate(zip(self._converters, values, strict=True)):
+            byte = i >> 3
+            null = byte < len(mask) and mask[byte] & (0x80 >> (i & 7))
+            out.append(None if null else conv(v))
+        return out
 
 
-def decode_change(op: pb.SatTransOp, relations: Mapping[int, Table]) -> RemoteChange | None:
+def decode_change(
+    op: pb.SatTransOp, relations: Mapping[int, Table], decoders: dict[int, RowDecoder] | None = None
+) -> RemoteChange | None:
     """The change an operation carries (None for begin, commit and other non-row operations).
 
+    ``decoders`` caches a :class:`RowDecoder` per relation across the operations of a batch.
     Raises KeyError for a relation the server has not described.
     """
     kind = op.WhichOneof("op")
     if kind == "insert":
-        table = relations[op.insert.relation_id]
-        return RemoteChange(table.name, kind, _decode_row(table, op.insert.row_data), None, list(op.insert.tags))
+        body = op.insert
+        table, decode = _decoder(relations, decoders, body.relation_id)
+        return RemoteChange(table.name, kind, decode(body.row_data), None, list(body.tags))
     if kind == "update":
-        table = relations[op.update.relation_id]
-        body = op.update
-        new, old = _decode_row(table, body.row_data), _decode_row(table, body.old_row_data)
-        return RemoteChange(table.name, kind, new, old, list(body.tags))
+        upd = op.update
+        table, decode = _decoder(relations, decoders, upd.relation_id)
+        return RemoteChange(table.name, kind, decode(upd.row_data), decode(upd.old_row_data), list(upd.tags))
     if kind == "delete":
-        table = relations[op.delete.relation_id]
-        return RemoteChange(table.name, kind, _decode_row(table, op.delete.old_row_data), None, list(op.delete.tags))
+        dlt = op.delete
+        table, decode = _decoder(relations, decoders, dlt.relation_id)
+        return RemoteChange(table.name, kind, decode(dlt.old_row_data), None, list(dlt.tags))
     if kind == "gone":
-        table = relations[op.gone.relation_id]
-        return RemoteChange(table.name, kind, _decode_row(table, op.gone.pk_data), None, [])
+        table, decode = _decoder(relations, decoders, op.gone.relation_id)
+        return RemoteChange(table.name, kind, decode(op.gone.pk_data), None, [])
     return None
 
 
-def decode_changes(ops: Sequence[pb.SatTransOp], relations: Mapping[int, Table]) -> list[RemoteChange]:
-    return [c for op in ops if (c := decode_change(op, relations)) is not None]
+def _decoder(
+    relations: Mapping[int, Table], decoders: dict[int, RowDecoder] | None, relation_id: int
+) -> tuple[Table, RowDecoder]:
+    table = relations[relation_id]
+    if decoders is None:
+        return table, RowDecoder(table)
+    decode = decoders.get(relation_id)
+    if decode is None:
+        decode = decoders[relation_id] = RowDecoder(table)
+    return table, decode
+
+
+def decode_changes(ops: Iterable[pb.SatTransOp], relations: Mapping[int, Table]) -> list[RemoteChange]:
+    decoders: dict[int, RowDecoder] = {}
+    return [c for op in ops if (c := decode_change(op, relations, decoders)) is not None]
+
+
+def decode_data(
+    ops: Iterable[pb.SatTransOp], relations: Mapping[int, Table]
+) -> tuple[list[RowBatch], list[RemoteChange]]:
+    """Subscription or unsubscribe data: its inserts as one :class:`RowBatch` per relation, and any
+    other row operation (GONE) as changes. (Inserts of a row are never mixed with its removal in
+    one part of data.)"""
+    decoders: dict[int, RowDecoder] = {}
+    batches: dict[int, tuple[RowBatch, Callable[[pb.SatOpRow], list[LocalValue]]]] = {}
+    changes: list[RemoteChange] = []
+    for op in ops:
+        if op.HasField("insert"):
+            body = op.insert
+            entry = batches.get(body.relation_id)
+            if entry is None:
+                table, decode = _decoder(relations, decoders, body.relation_id)
+                entry = batches[body.relation_id] = (RowBatch(table, [], []), decode.values)
+            batch, values = entry
+            batch.rows.append(values(body.row_data))
+            batch.tags.append(list(body.tags))
+        elif (change := decode_change(op, relations, decoders)) is not None:
+            changes.append(change)
+    return [batch for batch, _ in batches.values()], changes
 
 
 client_lsn = codec.encode_client_lsn

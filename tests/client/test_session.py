@@ -78,29 +78,57 @@ def test_start_resumes_with_the_subscriptions_and_resets_when_the_server_cannot_
         session.started(pb.SatInStartReplicationResp(err=ERR(code=ERR.MALFORMED_LSN)))
 
 
-def test_subscription_data_is_applied_as_one_batch_then_acked() -> None:
+def test_subscription_data_is_applied_part_by_part_in_one_local_transaction_then_acked() -> None:
     session = new_session()
     assert session.receive(pb.SatSubsDataBegin(subscription_id="sub", lsn=b"0/9")) == []
-    progress = session.receive(pb.SatOpLog(ops=[insert("a", 1), insert("b", 2)]))
-    assert progress == [s.Progress("sub", 2)]
+    first, progress = session.receive(pb.SatOpLog(ops=[insert("a", 1), insert("b", 2)]))
+    # each part as it arrives, the local transaction held open for the rest
+    assert isinstance(first, s.Apply) and first.hold and not first.transaction and first.lsn is None
+    assert [c.values["id"] for c in first.changes()] == ["a", "b"]
+    assert progress == s.Progress("sub", 2)
+    second, progress = session.receive(pb.SatOpLog(ops=[insert("c", 3)]))
+    assert isinstance(second, s.Apply) and second.hold and [c.values["id"] for c in second.changes()] == ["c"]
+    assert progress == s.Progress("sub", 3)
+    # the end commits it, with the subscription's position; then it is synced, then acked
     effects = session.receive(pb.SatSubsDataEnd())
-    apply, delivered, ack = effects
-    assert isinstance(apply, s.Apply) and apply.lsn == "0/9" and not apply.transaction
-    assert [c.values["id"] for c in apply.changes] == ["a", "b"]
+    end, delivered, ack = effects
+    assert isinstance(end, s.Apply) and end.lsn == "0/9" and not end.hold and not end.transaction
+    assert end.changes() == []
     assert delivered == s.Delivered("sub")
     assert isinstance(ack, s.Send) and ack.message == pb.SatOpLogAck(lsn=b"0/9", subscription_ids=["sub"])
-    # an error instead of the data
+    # an error instead of the data: nothing was applied, so there is nothing to abandon
     session.receive(pb.SatSubsDataBegin(subscription_id="bad"))
     assert session.receive(pb.SatSubsDataError(subscription_id="bad", message="no")) == [s.DeliveryFailed("bad", "no")]
+    # an error after some rows: the held local transaction is abandoned
+    session.receive(pb.SatSubsDataBegin(subscription_id="half"))
+    session.receive(pb.SatOpLog(ops=[insert("d", 4)]))
+    failed = session.receive(pb.SatSubsDataError(subscription_id="half", message="cut"))
+    assert failed == [s.Abandon(), s.DeliveryFailed("half", "cut")]
+
+
+def test_a_part_keeps_the_relations_it_arrived_under() -> None:
+    session = new_session()
+    session.receive(pb.SatSubsDataBegin(subscription_id="sub", lsn=b"0/9"))
+    part = session.receive(pb.SatOpLog(ops=[insert("a", 1)]))[0]
+    wider = relation_message(Table("items", (*ITEMS.columns, Column("qty", "int4", False, True))), 7)
+    session.receive(wider)  # the same relation id, now with another column
+    assert isinstance(part, s.Apply) and [list(c.values) for c in part.changes()] == [
+        ["id", "n", "flag", "data", "price"]
+    ]
 
 
 def test_unsubscribe_data_removes_rows_then_acks_the_gone_subscriptions() -> None:
     session = new_session()
     assert session.receive(pb.SatUnsubsDataBegin(subscription_ids=["old"])) == []
     gone = pb.SatTransOp(gone=pb.SatOpGone(relation_id=7, pk_data=encode_row(ITEMS, {"id": "a"})))
-    assert session.receive(pb.SatOpLog(ops=[gone])) == []
-    apply, ack = session.receive(pb.SatUnsubsDataEnd())
-    assert isinstance(apply, s.Apply) and [(c.kind, c.values["id"]) for c in apply.changes] == [("gone", "a")]
+    (part,) = session.receive(pb.SatOpLog(ops=[gone]))
+    assert (
+        isinstance(part, s.Apply)
+        and part.hold
+        and [(c.kind, c.values["id"]) for c in part.changes()] == [("gone", "a")]
+    )
+    end, ack = session.receive(pb.SatUnsubsDataEnd())
+    assert isinstance(end, s.Apply) and not end.hold and end.changes() == []
     assert isinstance(ack, s.Send) and list(ack.message.gone_subscription_ids) == ["old"]  # type: ignore[attr-defined]
 
 
@@ -231,4 +259,4 @@ def test_a_migration_transaction_is_applied_before_its_position_is_stored() -> N
     apply = effects[1]
     assert isinstance(apply, s.Apply)
     # no rows, not reported to on_change as a transaction, but its position is stored after it
-    assert apply.changes == [] and apply.transaction is False and apply.lsn == lsn.decode()
+    assert apply.changes() == [] and apply.transaction is False and apply.lsn == lsn.decode()
