@@ -50,6 +50,8 @@ RETRY_MAX = 5.0
 """Longest wait between reconnects after a lost connection."""
 PIPELINE_FRAMES = 64
 """Frames read ahead of the store thread (and the most applied in one SQLite transaction)."""
+ACK_RETRY = 0.05
+"""Seconds before a due ack is queued again, when the queue of frames is full."""
 AUTH_RETRY_MAX = 300.0
 """Longest wait between reconnects while the server refuses the token (it keeps growing to this)."""
 
@@ -465,10 +467,12 @@ class Link:
         self._ack_timer = None
         if self._session is None or self._ws is None or self._effects is None:
             return
+        if self._effects.full():  # try again shortly: the ack must not be lost (the server may be waiting for it)
+            self._ack_timer = asyncio.get_running_loop().call_later(ACK_RETRY, self._ack_due)
+            return
         effects = self._session.ack_due()
         if effects:
-            with contextlib.suppress(asyncio.QueueFull):
-                self._effects.put_nowait(effects)  # a full queue: the next transaction acks anyway
+            self._effects.put_nowait(effects)
 
 
 def _apply_runs(effects: list[s.Effect]) -> list[s.Effect | list[s.Apply]]:

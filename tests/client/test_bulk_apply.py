@@ -1,0 +1,129 @@
+"""Subscription data on a real SQLite file: written part by part in one held transaction, in bulk.
+
+A subscription's rows arrive in parts; the store writes each as it comes (memory stays bounded)
+in one SQLite transaction that the last part commits, so the app sees all of them or none. Rows
+with nothing to merge are written in bulk, with the table's oplog triggers dropped inside that
+transaction; these tests pin that nothing of that leaks: the app's own triggers still fire, ours
+are back afterwards (and after a rollback), and rows with pending local writes are still merged.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from electricctl.client.apply import BULK_ROWS
+from electricctl.client.store import Column, RemoteTransaction, RowBatch, Store, Table
+
+ME = "me"
+ITEMS = Table("items", (Column("id", "int8", True, False), Column("note", "text", False, True)))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    st = Store(str(tmp_path / "local.db"))
+    st.ensure_table(ITEMS)
+    return st
+
+
+def app(st: Store) -> sqlite3.Connection:
+    return sqlite3.connect(st.path, isolation_level=None, timeout=0.2)
+
+
+def part(first: int, count: int, tag: str = "@0") -> RemoteTransaction:
+    batch = RowBatch(ITEMS, [[i, f"row {i}"] for i in range(first, first + count)], [[tag]] * count)
+    return RemoteTransaction([], None, None, None, [batch])
+
+
+def triggers(st: Store) -> list[str]:
+    return sorted(r[0] for r in st.db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall())
+
+
+def count(conn: sqlite3.Connection, table: str = "items") -> int:
+    return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_parts_are_committed_together_by_the_last_one(store: Store) -> None:
+    before = triggers(store)
+    reader = app(store)
+    assert store.apply_transactions([part(0, BULK_ROWS)], client_id=ME, hold=True) is None
+    assert store.holding
+    assert count(store.db) == BULK_ROWS  # written already, in the open transaction...
+    assert count(reader) == 0  # ...which nobody else sees yet
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        reader.execute("INSERT INTO items VALUES (-1, 'app')")  # the app's writes wait for the lock
+    assert store.apply_transactions([part(BULK_ROWS, 10)], client_id=ME, hold=True) is None
+    end = RemoteTransaction([], None, None, "0/9")
+    found = store.apply_transactions([end], client_id=ME)
+    assert found is not None and found.pending == 0 and not store.holding
+    assert count(reader) == BULK_ROWS + 10
+    assert store.meta("electricctl.lsn") == "0/9"
+    shadow = dict(store.db.execute("SELECT primaryKey, tags FROM _electric_shadow").fetchall())
+    assert len(shadow) == BULK_ROWS + 10 and shadow['{"id":"3"}'] == '["@0"]'
+    # the oplog triggers dropped for the bulk part are back, and record the app's writes again
+    assert triggers(store) == before
+    assert store.pending_count() == 0
+    reader.execute("UPDATE items SET note = 'mine' WHERE id = 3")
+    reader.execute("INSERT INTO items VALUES (-1, 'app')")
+    assert [r[0] for r in store.db.execute("SELECT optype FROM _electric_oplog ORDER BY rowid")] == ["UPDATE", "INSERT"]
+
+
+def test_abandoned_parts_leave_nothing_behind(store: Store) -> None:
+    before = triggers(store)
+    store.apply_transactions([part(0, BULK_ROWS * 2)], client_id=ME, hold=True)
+    store.abandon()
+    assert not store.holding and count(app(store)) == 0
+    assert store.db.execute("SELECT count(*) FROM _electric_shadow").fetchone()[0] == 0
+    assert triggers(store) == before
+    app(store).execute("INSERT INTO items VALUES (1, 'app')")
+    assert store.pending_count() == 1
+
+
+def test_nothing_is_stamped_or_sent_while_parts_are_held(store: Store) -> None:
+    app(store).execute("INSERT INTO items VALUES (1, 'before')")
+    store.apply_transactions([part(10, 5)], client_id=ME, hold=True)
+    # stamped inside the held transaction (merged with the parts), but not handed out before commit
+    assert store.poll(ME, force=True) is None
+    assert store.transactions_after(0) == []
+    found = store.apply_transactions([RemoteTransaction([], None, None, None)], client_id=ME)
+    assert found is not None and found.stamped == 1 and found.pending == 1
+    assert [len(tx.entries) for tx in store.transactions_after(0)] == [1]
+
+
+def test_the_apps_own_triggers_still_fire_for_bulk_rows(store: Store) -> None:
+    conn = app(store)
+    conn.execute("CREATE TABLE audit (id INTEGER)")
+    conn.execute("CREATE TRIGGER app_audit AFTER INSERT ON items BEGIN INSERT INTO audit VALUES (new.id); END")
+    store.apply_transactions([part(0, BULK_ROWS)], client_id=ME, hold=True)
+    store.apply_transactions([RemoteTransaction([], None, None, None)], client_id=ME)
+    assert count(conn, "audit") == BULK_ROWS
+    assert "app_audit" in triggers(store)
+    assert store.pending_count() == 0
+
+
+def test_bulk_rows_with_a_pending_local_write_are_merged(store: Store) -> None:
+    conn = app(store)
+    conn.execute("INSERT INTO items VALUES (5, 'local')")
+    store.stamp(ME)
+    store.apply_transactions([part(0, BULK_ROWS)], client_id=ME)
+    # the local insert is newer than the server's row: it stays, until the server echoes it
+    assert conn.execute("SELECT note FROM items WHERE id = 5").fetchone() == ("local",)
+    assert conn.execute("SELECT note FROM items WHERE id = 6").fetchone() == ("row 6",)
+    assert count(conn) == BULK_ROWS
+    tags = json.loads(conn.execute('SELECT tags FROM _electric_shadow WHERE primaryKey = \'{"id":"5"}\'').fetchone()[0])
+    # both inserts' tags: the local one did not observe the server's (the rules, not a bulk write)
+    assert len(tags) == 2 and tags[0] == "@0" and tags[1].startswith(f"{ME}@")
+
+
+def test_a_schema_change_while_parts_are_held_keeps_the_triggers(store: Store) -> None:
+    store.apply_transactions([part(0, BULK_ROWS)], client_id=ME, hold=True)
+    wider = Table("items", (*ITEMS.columns, Column("qty", "int4", False, True)))
+    store.ensure_table(wider)  # a relation message in the middle of the data
+    store.apply_transactions([RemoteTransaction([], None, None, None)], client_id=ME)
+    app(store).execute("INSERT INTO items (id, note, qty) VALUES (-1, 'app', 2)")
+    entry = store.transactions_after(0) or []
+    assert store.pending_count() == 1 and not entry  # recorded, not yet stamped
+    assert '"qty":2' in store.db.execute("SELECT newRow FROM _electric_oplog").fetchone()[0]
