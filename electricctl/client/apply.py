@@ -34,7 +34,7 @@ from electricctl.client.schema import (
 from electricctl.client.values import LocalValue, RemoteChange, RowBatch
 
 BULK_ROWS = 256
-"""Parts of subscription data this large are written with the table's oplog triggers dropped."""
+"""Once this many rows of a table are written in bulk in one transaction, its oplog triggers are dropped."""
 
 
 @dataclass(slots=True)
@@ -55,6 +55,8 @@ class Applier:
         self.tables = tables
         self._pk_sql: dict[str, tuple[str, list[tuple[str, str]], bool]] = {}
         self._bulk = False
+        self._bulk_rows: dict[str, int] = {}
+        """Rows written in bulk per table in the open transaction."""
         self._unhooked: dict[str, list[str]] = {}
         """Tables whose oplog triggers are dropped in the open transaction, with the SQL that restores them."""
 
@@ -66,6 +68,7 @@ class Applier:
         sees the table without them: the change is inside the transaction, and undone by a rollback."""
         self._bulk = True
         self._unhooked = {}
+        self._bulk_rows = {}
 
     def end_bulk(self) -> None:
         """Put back the triggers dropped since :meth:`begin_bulk` (call it before committing)."""
@@ -137,7 +140,11 @@ class Applier:
         if not batch.rows or not all(batch.tags) or self._has_pending(table):
             return not batch.rows
         names = tuple(c.name for c in batch.table.columns)
-        positions = [names.index(name) for name, _ in self._pk_order(table)]
+        _, order, plain = self._pk_format(table)
+        positions = [names.index(name) for name, _ in order]
+        # a one-column key under a plain name (the usual id) is formatted inline
+        single = positions[0] if len(positions) == 1 and plain else None
+        prefix, key_type = '{"' + order[0][0] + '":', order[0][1]
         tag_sets: dict[tuple[str, ...], str] = {}
         shadow: list[tuple[str, str, str, str]] = []
         for row, tags in zip(batch.rows, batch.tags, strict=True):
@@ -145,9 +152,13 @@ class Applier:
             tags_json = tag_sets.get(seen)
             if tags_json is None:
                 tags_json = tag_sets[seen] = _tags_json(map(Tag.parse, seen))
-            shadow.append((NAMESPACE, table.name, self._pk_json_of(table, [row[i] for i in positions]), tags_json))
-        if self._bulk and len(batch.rows) >= BULK_ROWS:
-            self._unhook(table)
+            text = None if single is None else _plain_json(key_type, row[single])
+            key = prefix + text + "}" if text is not None else self._pk_json_of(table, [row[i] for i in positions])
+            shadow.append((NAMESPACE, table.name, key, tags_json))
+        if self._bulk:
+            self._bulk_rows[table.name] = rows = self._bulk_rows.get(table.name, 0) + len(batch.rows)
+            if rows >= BULK_ROWS:
+                self._unhook(table)
         set_trigger(self.db, table.name, 0)
         self.db.executemany(_upsert_sql(table, names), batch.rows)
         self.db.executemany(

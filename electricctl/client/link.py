@@ -441,10 +441,13 @@ class Link:
         def on_thread() -> tuple[Poll | None, list[list[RemoteChange]]]:
             decoded: list[list[RemoteChange]] = []
             txs: list[RemoteTransaction] = []
+            report = self.st.on_change is not None
             for a in run:
-                rows, changes = a.data() if not a.transaction else ([], a.changes())
-                decoded.append(changes)
+                rows, changes = a.decode()
                 txs.append(RemoteTransaction(changes, a.origin, a.timestamp, a.lsn, rows))
+                if report and a.transaction and rows:  # only then: a dict per row costs
+                    changes = changes + [ch for batch in rows for ch in batch.changes()]
+                decoded.append(changes)
             return store.apply_transactions(txs, client_id=client_id, hold=hold), decoded
 
         found, decoded = await self.st.io(on_thread)

@@ -38,6 +38,7 @@ from electricctl.client.wire import (
     Shape,
     decode_changes,
     decode_data,
+    decode_transaction,
     relation_message,
     subscription_request,
     table_from_migration,
@@ -115,8 +116,11 @@ class Apply:
         """The row changes the operations carry (begin, commit and migrations carry none)."""
         return decode_changes(self.ops, self.relations)
 
-    def data(self) -> tuple[list[RowBatch], list[RemoteChange]]:
-        """Subscription data: its inserted rows in bulk, and its other changes (GONE)."""
+    def decode(self) -> tuple[list[RowBatch], list[RemoteChange]]:
+        """The rows to write in bulk, and the changes to merge one by one: subscription data's
+        inserts are written in bulk, and so is a transaction that only inserts into one table."""
+        if self.transaction:
+            return decode_transaction(self.ops, self.relations)
         return decode_data(self.ops, self.relations)
 
 

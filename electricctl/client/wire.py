@@ -126,6 +126,19 @@ def decode_changes(ops: Iterable[pb.SatTransOp], relations: Mapping[int, Table])
     return [c for op in ops if (c := decode_change(op, relations, decoders)) is not None]
 
 
+def decode_transaction(
+    ops: Sequence[pb.SatTransOp], relations: Mapping[int, Table]
+) -> tuple[list[RowBatch], list[RemoteChange]]:
+    """A live transaction: one :class:`RowBatch` when it only inserts into one table (its rows are
+    written in bulk, in order), otherwise its changes."""
+    relation_id: int | None = None
+    for op in ops:
+        if not op.HasField("insert") or (relation_id is not None and op.insert.relation_id != relation_id):
+            return [], decode_changes(ops, relations)
+        relation_id = op.insert.relation_id
+    return decode_data(ops, relations)
+
+
 def decode_data(
     ops: Iterable[pb.SatTransOp], relations: Mapping[int, Table]
 ) -> tuple[list[RowBatch], list[RemoteChange]]:

@@ -127,3 +127,31 @@ def test_a_schema_change_while_parts_are_held_keeps_the_triggers(store: Store) -
     entry = store.transactions_after(0) or []
     assert store.pending_count() == 1 and not entry  # recorded, not yet stamped
     assert '"qty":2' in store.db.execute("SELECT newRow FROM _electric_oplog").fetchone()[0]
+
+
+@pytest.mark.parametrize(
+    ("pg_type", "keys"),
+    [
+        ("int2", [1, -32768]),
+        ("int4", [7, 2147483647]),
+        ("int8", [9, -(2**63)]),
+        ("text", ["plain", 'quote "q"', "é 中文", "back\\\\slash", ""]),
+        ("uuid", ["6f1c2b52-0d3c-4d9e-9a8e-0c0de0c0de00"]),
+        ("bytea", [b"\x00\xff", b""]),
+    ],
+)
+def test_keys_of_bulk_rows_are_the_ones_the_triggers_write(tmp_path: Path, pg_type: str, keys: list[object]) -> None:
+    """The shadow row a bulk write makes must be the one the oplog's triggers name, or a later
+    local write would not observe the server's tags."""
+    st = Store(str(tmp_path / "local.db"))
+    table = Table("k", (Column("id", pg_type, True, False), Column("v", "text", False, True)))
+    st.ensure_table(table)
+    batch = RowBatch(table, [[k, "server"] for k in keys], [["@5"]] * len(keys))
+    st.apply_transactions([RemoteTransaction([], None, None, None, [batch])], client_id=ME)
+    conn = app(st)
+    conn.execute("UPDATE k SET v = 'mine'")
+    written = sorted(r[0] for r in conn.execute("SELECT primaryKey FROM _electric_oplog").fetchall())
+    assert written == sorted(r[0] for r in conn.execute("SELECT primaryKey FROM _electric_shadow").fetchall())
+    assert len(written) == len(keys)
+    st.stamp(ME)
+    assert [json.loads(r[0]) for r in conn.execute("SELECT clearTags FROM _electric_oplog")] == [["@5"]] * len(keys)
