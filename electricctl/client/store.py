@@ -11,9 +11,11 @@ every method, on one dedicated thread. Apps use their own connections to the sam
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 from electricctl.client.apply import Applier
@@ -61,6 +63,10 @@ __all__ = [
 
 
 log = logging.getLogger("electricctl.client")
+SYNCED_KEY = "electricctl.synced_at"
+"""Written by a commit made only to sync the log to disk."""
+_FULL = 2
+"""``PRAGMA synchronous``'s value for FULL."""
 _STATEMENT = "electricctl_migration_statement"
 
 
@@ -93,6 +99,11 @@ class Store:
     def __init__(self, path: str) -> None:
         self.path = path
         self.db = open_db(path)
+        # Remote changes are committed without an fsync of their own (WAL with synchronous=NORMAL):
+        # after a power cut they are lost together with the position stored beside them, and the
+        # server sends them again. Stamps are different: a stamped transaction may be sent at once,
+        # so a commit that stamps anything is made durable before it returns (see _durably).
+        self.db.execute("PRAGMA synchronous = NORMAL")
         self.tables: dict[str, Table] = load_tables(self.db)
         self._applier = Applier(self.db, self.tables)
         self._data_version: int | None = None
@@ -160,7 +171,17 @@ class Store:
         return has_unstamped(self.db)
 
     def stamp(self, client_id: str, limit: int = 10_000) -> int | None:
-        return stamp(self.db, client_id, limit)
+        with self._durably():
+            return stamp(self.db, client_id, limit)
+
+    @contextlib.contextmanager
+    def _durably(self) -> Iterator[None]:
+        """Commits in the block are synced to disk before they return (synchronous=FULL)."""
+        self.db.execute("PRAGMA synchronous = FULL")
+        try:
+            yield
+        finally:
+            self.db.execute("PRAGMA synchronous = NORMAL")
 
     def data_version(self) -> int:
         """SQLite's ``PRAGMA data_version``: it changes when another connection commits to the file."""
@@ -178,7 +199,9 @@ class Store:
         if not force and version == self._data_version:
             return None
         self._data_version = version
-        return Poll(stamp_all(self.db, client_id), pending_count(self.db))
+        with self._durably():
+            stamped = stamp_all(self.db, client_id)
+        return Poll(stamped, pending_count(self.db))
 
     def transactions_after(self, lsn: int) -> list[LocalTransaction]:
         """Stamped local transactions not yet sent past ``lsn`` (the server's last applied); none
@@ -222,6 +245,8 @@ class Store:
         that may yet be rolled back).
         """
         if not self._held:
+            if has_unstamped(self.db):  # this commit will stamp them: it must reach the disk
+                self.db.execute("PRAGMA synchronous = FULL")
             self.db.execute("BEGIN IMMEDIATE")
             self._held = True
             self._held_stamped = 0
@@ -243,8 +268,20 @@ class Store:
         except BaseException:
             self.abandon()
             raise
+        finally:
+            if not self.db.in_transaction:
+                self._sync_normally()
         self._held = False
         return Poll(self._held_stamped, pending_count(self.db))
+
+    def _sync_normally(self) -> None:
+        """After a commit of remote changes: if it stamped writes that an app committed after the
+        check before it began (so it ran at synchronous=NORMAL), sync the log now, before any of
+        them can be sent; then back to NORMAL."""
+        if self._held_stamped and self.db.execute("PRAGMA synchronous").fetchone()[0] != _FULL:
+            with self._durably(), self.transaction():  # a commit at FULL syncs the log up to it
+                self.set_meta(SYNCED_KEY, str(time.time()))
+        self.db.execute("PRAGMA synchronous = NORMAL")
 
     def _rehook(self) -> None:
         """Before a schema change inside held subscription data: put the dropped triggers back first."""
@@ -259,6 +296,7 @@ class Store:
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             self._applier.forget_bulk()
+            self.db.execute("PRAGMA synchronous = NORMAL")
 
     @property
     def holding(self) -> bool:

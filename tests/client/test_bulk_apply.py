@@ -155,3 +155,43 @@ def test_keys_of_bulk_rows_are_the_ones_the_triggers_write(tmp_path: Path, pg_ty
     assert len(written) == len(keys)
     st.stamp(ME)
     assert [json.loads(r[0]) for r in conn.execute("SELECT clearTags FROM _electric_oplog")] == [["@5"]] * len(keys)
+
+
+def test_a_commit_that_stamps_local_writes_reaches_the_disk_before_they_can_be_sent(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Remote changes commit without an fsync (a power cut loses them with their position, and the
+    server sends them again); a stamped local transaction may be sent as soon as its commit returns,
+    so that commit is made at synchronous=FULL."""
+    import electricctl.client.store as store_module
+
+    seen: list[str] = []
+    store.db.set_trace_callback(seen.append)
+
+    def commits_at() -> list[str]:
+        """The synchronous level in force at each COMMIT since the last call."""
+        level, out = "NORMAL", []
+        for statement in seen:
+            if statement.startswith("PRAGMA synchronous = "):
+                level = statement.rsplit(" ", 1)[1]
+            elif statement == "COMMIT":
+                out.append(level)
+        seen.clear()
+        return out
+
+    store.apply_transactions([part(0, 3)], client_id=ME)
+    assert commits_at() == ["NORMAL"]
+    app(store).execute("INSERT INTO items VALUES (-1, 'local')")
+    store.apply_transactions([part(10, 3)], client_id=ME)  # stamps the local write in the same commit
+    assert commits_at() == ["FULL"]
+    app(store).execute("INSERT INTO items VALUES (-2, 'local')")
+    assert store.poll(ME, force=True) is not None
+    assert set(commits_at()) == {"FULL"}  # (the last commit of stamp_all's loop finds nothing more)
+    # an app commits between the check and BEGIN: the commit that stamped it is followed by one at FULL
+    app(store).execute("INSERT INTO items VALUES (-3, 'local')")
+    monkeypatch.setattr(store_module, "has_unstamped", lambda db: False)
+    found = store.apply_transactions([part(20, 3)], client_id=ME)
+    assert found is not None and found.stamped == 1
+    assert commits_at() == ["NORMAL", "FULL"]
+    assert store.meta(store_module.SYNCED_KEY)
+    assert store.db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL again
