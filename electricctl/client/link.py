@@ -32,6 +32,7 @@ from electricctl.client.oplog import LocalTransaction
 from electricctl.client.state import ClientState, Subscription
 from electricctl.client.store import LSN_KEY, SCHEMA_VERSION_KEY, Poll, RemoteTransaction
 from electricctl.client.values import RemoteChange
+from electricctl.client.watch import FileWatch
 from electricctl.client.wire import subscription_refusal, subscription_request
 from electricctl.errors import (
     AuthenticationFailed,
@@ -48,6 +49,10 @@ NATIVE_HEADER = "X-Electricctl-Client"
 MAX_FRAME = 256 << 20
 RETRY_MAX = 5.0
 """Longest wait between reconnects after a lost connection."""
+WATCH_FOLLOWUPS = (0.002, 0.01, 0.05)
+"""After a reported write, look again this many seconds later (its commit may become visible late)."""
+WATCHED_POLL_INTERVAL = 0.5
+"""Seconds between polls when inotify reports the file's writes (the poll only catches what it cannot see)."""
 PIPELINE_FRAMES = 64
 """Frames read ahead of the store thread (and the most applied in one SQLite transaction)."""
 ACK_RETRY = 0.05
@@ -125,15 +130,38 @@ class Link:
                 with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
                     loop.call_soon_threadsafe(self._polled, found)
 
+        assert self.st.store is not None
+        watch = FileWatch.open(self.st.store.path)
+        interval = self.st.poll_interval
+        if watch is not None:
+            # told of writes as they happen: the poll is only a safety net (a network file system)
+            interval = max(interval, WATCHED_POLL_INTERVAL)
+
+            followups: list[asyncio.TimerHandle] = []
+
+            def written() -> None:
+                if not watch.written():
+                    return
+                thread.poll_soon()
+                # the commit may not be visible yet when its last write is reported (the WAL index
+                # is updated after the fsync, through shared memory, which inotify does not see):
+                # look again a little later, unless looks are already due
+                if not any(not h.cancelled() and h.when() > loop.time() for h in followups):
+                    followups[:] = [loop.call_later(delay, thread.poll_soon) for delay in WATCH_FOLLOWUPS]
+
+            loop.add_reader(watch.fileno(), written)
         try:
             self._polled(await self.st.io(self._collect, force=True))
-            thread.poll_with(poll_on_thread, self.st.poll_interval)
+            thread.poll_with(poll_on_thread, interval)
             while True:
                 await self.st.poll_now.wait()
                 self.st.poll_now.clear()
                 self._polled(await self.st.io(self._collect, force=True))
         finally:
             thread.poll_with(None)
+            if watch is not None:
+                loop.remove_reader(watch.fileno())
+                watch.close()
 
     def _collect(self, *, force: bool) -> _Collected | None:
         """On the store thread: stamp other connections' writes and read the transactions to send."""
@@ -260,7 +288,9 @@ class Link:
         assert session is not None and store is not None
         lsn = await self.st.io(store.meta, LSN_KEY) or ""
         version = await self.st.io(store.meta, SCHEMA_VERSION_KEY) or ""
-        req = session.start_request(lsn, list(self.st.subscriptions), version)
+        # resume only what this client holds: a subscription still waiting for its data is asked
+        # for again (the server may have sent all of it before the connection broke)
+        req = session.start_request(lsn, self.st.held(), version)
         while True:
             resp = await self._call_replication(req)
             if session.started(resp) is s.Start.STARTED:
@@ -411,7 +441,7 @@ class Link:
             elif isinstance(eff, s.Delivered):
                 delivered = self.st.subscriptions.get(eff.subscription_id)
                 if delivered is not None:
-                    await self.st.save_subscriptions()
+                    await self.st.save_subscriptions(delivered.id)
                     delivered.synced.set()
             elif isinstance(eff, s.DeliveryFailed):
                 failed = self.st.subscriptions.pop(eff.subscription_id, None)

@@ -135,10 +135,22 @@ class ClientState:
             raise ConnectionLost("the client is stopped (its file is closed)")
         return await self.thread.call(fn, *args, **kwargs)
 
-    async def save_subscriptions(self) -> None:
+    def held(self) -> list[str]:
+        """The subscriptions whose rows this client holds (their data was delivered and applied)."""
+        return [sub.id for sub in self.subscriptions.values() if sub.synced.is_set() and sub.error is None]
+
+    async def save_subscriptions(self, delivered: str | None = None) -> None:
+        """Record the subscriptions held, and ``delivered`` (whose data was just applied): not the
+        ones still waiting for their data, which a restart would otherwise take as held."""
         if self.store is None:
             return
-        saved = json.dumps({sub.id: sub.shapes for sub in self.subscriptions.values() if sub.error is None})
+        saved = json.dumps(
+            {
+                sub.id: sub.shapes
+                for sub in self.subscriptions.values()
+                if sub.error is None and (sub.synced.is_set() or sub.id == delivered)
+            }
+        )
         await self.io(self.store.set_meta, SUBSCRIPTIONS_KEY, saved)
 
 

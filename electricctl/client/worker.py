@@ -26,6 +26,8 @@ _T = TypeVar("_T")
 _Job = tuple["concurrent.futures.Future[object]", Callable[[], object]]
 _WAKE = "wake"
 """Queued to make the thread look at its poller again (it may have been waiting without a timeout)."""
+_POLL = "poll"
+"""Queued to make the thread run its poller now (something was written)."""
 
 
 class StoreThread:
@@ -35,6 +37,7 @@ class StoreThread:
         self._jobs: queue.SimpleQueue[_Job | str | None] = queue.SimpleQueue()
         self._poller: Callable[[], None] | None = None
         self._interval = 0.02
+        self._poll_queued = False
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -52,6 +55,13 @@ class StoreThread:
         self._interval = interval
         self._poller = poller
         self._jobs.put(_WAKE)
+
+    def poll_soon(self) -> None:
+        """Run the poller as soon as the thread is free (thread-safe; cheap to call often: calls
+        made before the thread gets to it make one poll)."""
+        if not self._poll_queued:
+            self._poll_queued = True
+            self._jobs.put(_POLL)
 
     def shutdown(self) -> None:
         """End the thread after the calls already queued."""
@@ -77,7 +87,11 @@ class StoreThread:
             if job is None:
                 return
             if isinstance(job, str):
-                next_poll = time.monotonic() + self._interval
+                if job == _POLL:
+                    self._poll_queued = False  # a write after this point queues another poll
+                    next_poll = 0.0
+                else:
+                    next_poll = time.monotonic() + self._interval
                 continue
             future, fn = job
             if not future.set_running_or_notify_cancel():

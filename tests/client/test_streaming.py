@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sqlite3
 from pathlib import Path
 
@@ -19,16 +20,19 @@ from electricctl.client import RemoteChange, SyncClient
 from electricctl.client import session as s
 from electricctl.client.link import _apply_runs
 from electricctl.client.schema import Column, Table
+from electricctl.client.state import SUBSCRIPTIONS_KEY, ClientState, Subscription
 from tests.client.test_sync_client import local, until
 from tests.server_fixtures import Env
 
 
 class CuttingProxy:
-    """Forwards TCP connections to the server; :meth:`cut` breaks them, and while ``refusing``
-    new connections are closed at once."""
+    """Forwards TCP connections to the server, but stops passing the server's bytes on after
+    ``stall_after`` of them (the rest of the data is on its way); :meth:`cut` breaks the
+    connections, and while ``refusing`` new ones are closed at once."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, stall_after: int) -> None:
         self.target = target
+        self.stall_after = stall_after
         self.refusing = False
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -44,11 +48,14 @@ class CuttingProxy:
         assert self._server is not None
         self._server.close()
         self.cut()
+        for task in self._tasks:
+            task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def cut(self) -> None:
-        """Break every connection now (both ways), and refuse new ones."""
+        """Break every connection now (both ways), refuse new ones, and pass everything on from now on."""
         self.refusing = True
+        self.stall_after = 1 << 62
         for w in self._writers:
             w.transport.abort()
 
@@ -59,15 +66,22 @@ class CuttingProxy:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
         self._writers.update((writer, up_writer))
 
-        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, stall: bool) -> None:
+            passed = 0
             with contextlib.suppress(ConnectionError):
-                while data := await src.read(65536):
+                while data := await src.read(4096):
+                    if stall and passed + len(data) > self.stall_after:
+                        return  # the rest never comes on this connection (cut() breaks it)
                     dst.write(data)
                     await dst.drain()
+                    passed += len(data)
             for w in (writer, up_writer):
                 w.close()
 
-        for task in (asyncio.create_task(pump(reader, up_writer)), asyncio.create_task(pump(up_reader, writer))):
+        for task in (
+            asyncio.create_task(pump(reader, up_writer, False)),
+            asyncio.create_task(pump(up_reader, writer, True)),
+        ):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -79,19 +93,17 @@ async def test_a_subscription_cut_off_in_the_middle_leaves_no_rows_then_syncs_wh
     env.sql("INSERT INTO other SELECT g, 'label ' || g FROM generate_series(1, %s) g", [rows])
     progress: list[int] = []
     path = tmp_path / "cut.db"
-    async with CuttingProxy(server.bound_port) as proxy:
-
-        def on_progress(_: str, received: int) -> None:
-            if not progress:
-                proxy.cut()  # some of the rows are written (in the held transaction): break the connection
-            progress.append(received)
-
-        cl = SyncClient(str(path), f"ws://127.0.0.1:{proxy.port}/ws", env.token(), on_progress=on_progress)
+    async with CuttingProxy(server.bound_port, stall_after=150_000) as proxy:
+        cl = SyncClient(
+            str(path), f"ws://127.0.0.1:{proxy.port}/ws", env.token(), on_progress=lambda _, n: progress.append(n)
+        )
         await cl.start()
         try:
             sub = await cl.subscribe("other")
-            await until(lambda: bool(progress) and not cl.connected, what="the cut, and the client noticing it")
-            assert progress[0] < rows
+            await until(lambda: bool(progress), what="the first rows written (in the held transaction)")
+            proxy.cut()  # the rest of the data was still on its way
+            await until(lambda: not cl.connected, what="the client noticing the cut")
+            assert progress[-1] < rows
 
             def app_can_write() -> bool:
                 try:
@@ -148,3 +160,21 @@ def test_acks_wait_for_the_writes_they_acknowledge_and_other_effects_keep_their_
     a1, a2, a3, data = apply("1"), apply("2"), apply("3"), apply("4", transaction=False)
     runs = _apply_runs([a1, s.AckLater(0.2), a2, ack, table, a3, data, s.Delivered("sub")])
     assert runs == [[a1, a2], s.AckLater(0.2), ack, table, [a3], [data], s.Delivered("sub")]
+
+
+async def test_a_subscription_still_waiting_for_its_data_is_neither_resumed_nor_remembered(tmp_path: Path) -> None:
+    """Resuming names only the subscriptions whose rows the client holds: one still waiting for its
+    data is asked for again (the server may have sent all of it before the connection broke, and
+    would otherwise refuse the new request as a duplicate), and a restart does not take it as held."""
+    st = ClientState(str(tmp_path / "state.db"), "ws://unused", "token", None, 0.02, None, None, None)
+    await st.open()
+    try:
+        held, waiting = Subscription("held", [{"table": "a"}]), Subscription("waiting", [{"table": "b"}])
+        st.subscriptions.update({"held": held, "waiting": waiting})
+        await st.save_subscriptions(delivered="held")  # as the driver does, just before it marks it synced
+        held.synced.set()
+        assert st.held() == ["held"]
+        saved = await st.io(lambda: st.store.meta(SUBSCRIPTIONS_KEY) if st.store else None)
+        assert saved is not None and json.loads(saved) == {"held": [{"table": "a"}]}
+    finally:
+        await st.close()
