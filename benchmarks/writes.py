@@ -13,11 +13,12 @@ of several rounds (runs in brackets).
    timed from the first write until Postgres holds every row and the client's oplog is empty
    (every transaction echoed back). Also with one row per app transaction: ``notify()`` after each
    (the client's store thread takes every write committed by the time it looks into one client
-   transaction), and without it (the client looks every 20 ms). Baseline, in each round: the same
+   transaction), and without it (the client is told of the write by inotify, or finds it by its poll). Baseline, in each round: the same
    inserts made straight into Postgres with psycopg from this process, in transactions of the
    same size (one each for the 1-row modes), into a plain table of the same columns.
 2. latency: A's app inserts one row and calls ``notify()``; timed until B has applied it (B's
-   ``on_change``). Also without ``notify()``, when A's sender finds the write by polling (20 ms).
+   ``on_change``). Also without ``notify()``: A's client is told of the write by inotify on Linux
+   (elsewhere it finds it at its next poll, every 20 ms).
 3. offline: the app makes 10,000 single-row writes while the client is stopped; timed from
    ``start()`` until Postgres holds them all and the oplog is empty.
 """
@@ -78,7 +79,7 @@ def direct_writes(url: str, table: str, n: int, per_tx: int) -> float:
 async def bench_throughput(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: int, tx_rows: int) -> None:
     print(f"1. client writes merged into Postgres ({rows:,} inserts per round; the 1-row modes {max(1, rows // 4):,})")
     modes = ((tx_rows, True, "rows per app transaction"), (1, True, "row per app transaction, notify()"),
-             (1, False, "row per app transaction, polled"))  # fmt: skip
+             (1, False, "row per app transaction, no notify()"))  # fmt: skip
     for per_tx, notify, label in modes:
         n = rows if per_tx > 1 else max(1, rows // 4)
         rates: list[float] = []
@@ -162,7 +163,7 @@ async def bench_latency(pg: EmbeddedPostgres, tmp: Path, rounds: int, samples: i
                 conn.close()
                 await a.stop()
                 await b.stop()
-        how = "with notify()" if notify else "polling (20 ms)"
+        how = "with notify()" if notify else "no notify()"
         print(f"   {how:>16}: p50 {runs(p50s, '{:.1f}')} ms, p99 {runs(p99s, '{:.1f}')} ms (goal p50 <= 20 ms)")
         REPORT.figure(
             SECTION,

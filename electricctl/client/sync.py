@@ -14,9 +14,10 @@ and sends each local transaction exactly once (the server skips one it already h
 :class:`~electricctl.client.link.Link` (the connection) and the SQLite work by
 :class:`~electricctl.client.store.Store`. The network runs on the caller's event loop; every
 SQLite call runs on one dedicated thread (one connection, calls serialised), never on the loop.
-Other connections' commits are noticed through ``PRAGMA data_version``, checked by the store
-thread itself every ``poll_interval`` (an idle client costs no event-loop wakeups);
-:meth:`SyncClient.notify` sends at once. The constructor does no I/O.
+Other connections' commits are noticed as they happen: inotify reports writes to the file
+(:mod:`~electricctl.client.watch`), and the store thread checks ``PRAGMA data_version``; where
+inotify is not available it checks every ``poll_interval`` by itself (an idle client costs no
+event-loop wakeups). :meth:`SyncClient.notify` sends at once. The constructor does no I/O.
 
 Errors a caller sees are electricctl's: :class:`~electricctl.errors.ConnectionLost`,
 :class:`~electricctl.errors.Timeout`, :class:`~electricctl.errors.SubscriptionRefused`,
