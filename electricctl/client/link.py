@@ -4,10 +4,9 @@
 WebSocket and the RPC calls on it, feeds every frame to the session and performs the effects it
 returns (store work on the store thread, frames on the socket). It reconnects with backoff until
 stopped: quickly after a lost connection, ever more slowly (up to 5 minutes) while the server
-refuses the token; a token function is called again at each attempt. Local writes are found by
-the store thread polling ``PRAGMA data_version`` between its calls; when another connection has
-committed, it stamps the writes and reads them for sending in the same step, and only then hands
-them to the loop.
+refuses the token; a token function is called again at each attempt. The app's writes are found
+by :class:`~electricctl.client.outbox.Outbox`; frames are read ahead of the store thread, and runs
+of server transactions are written in one SQLite transaction.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import inspect
 import logging
 import random
 import time
-from dataclasses import dataclass
 
 from google.protobuf.message import Message
 from websockets.asyncio.client import ClientConnection, connect
@@ -28,11 +26,10 @@ import electricctl.client.session as s
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcCalls, RpcError
-from electricctl.client.oplog import LocalTransaction
+from electricctl.client.outbox import Outbox
 from electricctl.client.state import ClientState, Subscription
 from electricctl.client.store import LSN_KEY, SCHEMA_VERSION_KEY, Poll, RemoteTransaction
 from electricctl.client.values import RemoteChange
-from electricctl.client.watch import FileWatch
 from electricctl.client.wire import subscription_refusal, subscription_request
 from electricctl.errors import (
     AuthenticationFailed,
@@ -49,32 +46,12 @@ NATIVE_HEADER = "X-Electricctl-Client"
 MAX_FRAME = 256 << 20
 RETRY_MAX = 5.0
 """Longest wait between reconnects after a lost connection."""
-WATCH_FOLLOWUPS = (0.002, 0.01, 0.05)
-"""After a reported write, look again this many seconds later (its commit may become visible late)."""
-WATCHED_POLL_INTERVAL = 0.5
-"""Seconds between polls when inotify reports the file's writes (the poll only catches what it cannot see)."""
 PIPELINE_FRAMES = 64
 """Frames read ahead of the store thread (and the most applied in one SQLite transaction)."""
 ACK_RETRY = 0.05
 """Seconds before a due ack is queued again, when the queue of frames is full."""
 AUTH_RETRY_MAX = 300.0
 """Longest wait between reconnects while the server refuses the token (it keeps growing to this)."""
-
-
-@dataclass(frozen=True, slots=True)
-class _Ready:
-    """Local transactions a poll read for sending, on the store thread."""
-
-    after: int
-    """``session.outbound`` when they were read: they are every one after it."""
-    transactions: list[LocalTransaction]
-
-
-@dataclass(frozen=True, slots=True)
-class _Collected:
-    poll: Poll
-    ready: _Ready | None
-    """None when the poll stamped nothing, or the server has not asked for writes."""
 
 
 _EffectQueue = asyncio.Queue[list[s.Effect] | None]
@@ -90,7 +67,7 @@ class Link:
         self._ws: ClientConnection | None = None
         self._rpc = RpcCalls(first_id=1)
         self._ack_timer: asyncio.TimerHandle | None = None
-        self._ready: _Ready | None = None
+        self._outbox: Outbox | None = None
         self._effects: _EffectQueue | None = None
         self._holding = False
 
@@ -105,84 +82,14 @@ class Link:
     async def run(self) -> None:
         assert self.st.client_id is not None
         self._session = s.ClientSession(self.st.client_id)
-        poller = asyncio.create_task(self._poll_loop())
+        self._outbox = Outbox(self.st, self._session)
+        poller = asyncio.create_task(self._outbox.run())
         try:
             await self._connect_loop()
         finally:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-
-    async def _poll_loop(self) -> None:
-        """Offline too: local writes get their timestamps when they are made, not at reconnect.
-
-        The store thread polls by itself between calls (no trip through the loop while nothing
-        happens); this task only runs the forced polls: the first one, and :meth:`SyncClient.notify`.
-        Either way, what a poll stamped is read for sending in the same trip to the thread.
-        """
-        thread = self.st.thread
-        assert thread is not None
-        loop = asyncio.get_running_loop()
-
-        def poll_on_thread() -> None:
-            found = self._collect(force=False)
-            if found is not None:
-                with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                    loop.call_soon_threadsafe(self._polled, found)
-
-        assert self.st.store is not None
-        watch = FileWatch.open(self.st.store.path)
-        interval = self.st.poll_interval
-        if watch is not None:
-            # told of writes as they happen: the poll is only a safety net (a network file system)
-            interval = max(interval, WATCHED_POLL_INTERVAL)
-
-            followups: list[asyncio.TimerHandle] = []
-
-            def written() -> None:
-                if not watch.written():
-                    return
-                thread.poll_soon()
-                # the commit may not be visible yet when its last write is reported (the WAL index
-                # is updated after the fsync, through shared memory, which inotify does not see):
-                # look again a little later, unless looks are already due
-                if not any(not h.cancelled() and h.when() > loop.time() for h in followups):
-                    followups[:] = [loop.call_later(delay, thread.poll_soon) for delay in WATCH_FOLLOWUPS]
-
-            loop.add_reader(watch.fileno(), written)
-        try:
-            self._polled(await self.st.io(self._collect, force=True))
-            thread.poll_with(poll_on_thread, interval)
-            while True:
-                await self.st.poll_now.wait()
-                self.st.poll_now.clear()
-                self._polled(await self.st.io(self._collect, force=True))
-        finally:
-            thread.poll_with(None)
-            if watch is not None:
-                loop.remove_reader(watch.fileno())
-                watch.close()
-
-    def _collect(self, *, force: bool) -> _Collected | None:
-        """On the store thread: stamp other connections' writes and read the transactions to send."""
-        store, client_id, session = self.st.store, self.st.client_id, self._session
-        assert store is not None and client_id is not None and session is not None
-        found = store.poll(client_id, force=force)
-        if found is None:
-            return None
-        after = session.outbound  # read once: the loop may move it on meanwhile
-        if not found.stamped or after is None:
-            return _Collected(found, None)
-        return _Collected(found, _Ready(after, store.transactions_after(after)))
-
-    def _polled(self, collected: _Collected | None) -> None:
-        if collected is None:
-            return
-        self.st.pending = collected.poll.pending
-        if collected.poll.stamped:
-            if collected.ready is not None:
-                self._ready = collected.ready
-            self.st.wake_sender.set()
 
     async def _connect_loop(self) -> None:
         delay = 0.1
@@ -365,7 +272,7 @@ class Link:
         assert session is not None and store is not None
         while True:
             self.st.wake_sender.clear()
-            ready, self._ready = self._ready, None
+            ready = self._outbox.take() if self._outbox is not None else None
             after = session.outbound
             if after is not None:
                 if ready is not None and ready.after <= after:
