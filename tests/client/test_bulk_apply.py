@@ -17,16 +17,7 @@ import pytest
 
 from electricctl.client.apply import BULK_ROWS
 from electricctl.client.store import Column, RemoteTransaction, RowBatch, Store, Table
-
-ME = "me"
-ITEMS = Table("items", (Column("id", "int8", True, False), Column("note", "text", False, True)))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    st = Store(str(tmp_path / "local.db"))
-    st.ensure_table(ITEMS)
-    return st
+from tests.client.conftest import ITEMS, ME
 
 
 def app(st: Store) -> sqlite3.Connection:

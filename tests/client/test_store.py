@@ -11,19 +11,8 @@ import json
 import sqlite3
 from pathlib import Path
 
-import pytest
-
 from electricctl.client.store import Column, RemoteChange, Store, Table
-
-ME = "me"
-ITEMS = Table("items", (Column("id", "int8", True, False), Column("note", "text", False, True)))
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    st = Store(str(tmp_path / "local.db"))
-    st.ensure_table(ITEMS)
-    return st
+from tests.client.conftest import ITEMS, ME
 
 
 def app(st: Store) -> sqlite3.Connection:
