@@ -393,6 +393,11 @@ class Link:
             if found.stamped or self._holding:
                 self.st.wake_sender.set()  # after subscription data, what the sender skipped meanwhile too
         self._holding = hold
+        last = run[-1]
+        if last.transaction and last.lsn and self._session is not None:
+            for ack in self._session.applied(last.lsn):
+                if isinstance(ack, s.Send):
+                    await self._send(ack.message)
         for eff, changes in zip(run, decoded, strict=True):
             if eff.lsn is not None:
                 self.st.server_lsn = eff.lsn

@@ -14,7 +14,7 @@ The decisions made here:
   local transaction that its end commits (then acked) and an error abandons; so is the data of
   an unsubscribe (GONE rows);
 * each server transaction is applied, then acked once 70% of the server's window is unacked, or
-  0.2 s after the first unacked one;
+  0.2 s after the first unacked one; while a backlog streams in, as soon as it is written;
 * an error reply naming a transaction is a refused local transaction (its echo puts the rows
   back); any other error ends the connection;
 * the server's ``startReplication`` call tells from which local position to send.
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,8 @@ ACK_FRACTION = 0.7
 """Ack once this fraction of the server's unacked window is used..."""
 ACK_DELAY = 0.2
 """...or this many seconds after the first unacked transaction."""
+EAGER_ACK_FRACTION = 1 / 3
+"""While this fraction of the window is unacked, each run of written transactions is acked at once."""
 DEFAULT_WINDOW = 30
 
 _ERR = pb.SatInStartReplicationResp.ReplicationError
@@ -219,7 +222,8 @@ class ClientSession:
         """The local position after which to send (None: the server has not asked, or has stopped)."""
         self.last_lsn = b""
         self.last_xid = 0
-        self.unacked = 0
+        self._unacked: deque[tuple[bytes, int]] = deque()
+        """Live transactions received and not yet acked: (LSN, xid), in order."""
         self._ack_armed = False
         self._relations: Mapping[int, Table] = {}
         """Replaced, never changed in place: an :class:`Apply` keeps the one its operations need."""
@@ -339,7 +343,7 @@ class ClientSession:
         out.append(Apply(ops, self._relations, begin.origin or None, begin.commit_timestamp, begin.lsn.decode(), rows))
         self.last_lsn = begin.lsn
         self.last_xid = begin.transaction_id
-        self.unacked += 1
+        self._unacked.append((begin.lsn, begin.transaction_id))
         if self.unacked >= max(1, int(self.window * ACK_FRACTION)):
             out.append(Send(self._ack()))
         elif not self._ack_armed:
@@ -359,13 +363,36 @@ class ClientSession:
             Send(pb.SatOpLogAck(lsn=self.last_lsn, subscription_ids=[incoming.subscription])),
         ]
 
+    @property
+    def unacked(self) -> int:
+        """Live transactions received and not yet acked."""
+        return len(self._unacked)
+
     def ack_due(self) -> list[Effect]:
         """The ack timer fired: ack what is still unacked."""
         self._ack_armed = False
         return [Send(self._ack())] if self.unacked else []
 
+    def applied(self, lsn: str) -> list[Effect]:
+        """The driver has written the live transactions up to ``lsn``.
+
+        While a backlog streams in (a third of the server's window or more is unacked), they are
+        acked at once: the server, which stops at a full window, keeps sending while the client
+        writes. A client that keeps up acks as the npm client does (70% of the window, or after
+        the delay), without an ack per transaction.
+        """
+        if self.unacked < max(1, int(self.window * EAGER_ACK_FRACTION)):
+            return []
+        upto = int(lsn)
+        done: tuple[bytes, int] | None = None
+        while self._unacked and int(self._unacked[0][0]) <= upto:
+            done = self._unacked.popleft()
+        if done is None:
+            return []
+        return [Send(pb.SatOpLogAck(ack_timestamp=int(self._clock() * 1000), lsn=done[0], transaction_id=done[1]))]
+
     def _ack(self) -> pb.SatOpLogAck:
-        self.unacked = 0
+        self._unacked.clear()
         return pb.SatOpLogAck(ack_timestamp=int(self._clock() * 1000), lsn=self.last_lsn, transaction_id=self.last_xid)
 
     # -- outbound --------------------------------------------------------------------------------

@@ -106,6 +106,27 @@ def test_subscription_data_is_applied_part_by_part_in_one_local_transaction_then
     assert failed == [s.Abandon(), s.DeliveryFailed("half", "cut")]
 
 
+def test_a_backlog_is_acked_as_it_is_written_a_client_that_keeps_up_is_not() -> None:
+    session = new_session(window=30)  # eager acks from 10 unacked; the usual one at 21
+    for i in range(1, 4):
+        session.receive(transaction(str(i).encode(), i, insert("a", i)))
+    assert session.applied("3") == []  # keeping up: no ack per transaction (the timer acks)
+    for i in range(4, 16):
+        session.receive(transaction(str(i).encode(), i, insert("a", i)))
+    # 15 received, the driver wrote up to 12: acked at once, up to what is written, never beyond
+    (ack,) = session.applied("12")
+    assert isinstance(ack, s.Send) and ack.message == pb.SatOpLogAck(
+        ack_timestamp=1_000_000, lsn=b"12", transaction_id=12
+    )
+    assert session.unacked == 3
+    assert session.applied("12") == []  # nothing more written
+    for i in range(16, 26):
+        session.receive(transaction(str(i).encode(), i, insert("a", i)))
+    (ack,) = session.applied("25")
+    assert isinstance(ack, s.Send) and ack.message.lsn == b"25"  # type: ignore[attr-defined]
+    assert session.unacked == 0 and session.ack_due() == []
+
+
 def test_a_part_keeps_the_relations_it_arrived_under() -> None:
     session = new_session()
     session.receive(pb.SatSubsDataBegin(subscription_id="sub", lsn=b"0/9"))
