@@ -327,7 +327,8 @@ class Link:
         """Carry out ``effects`` in order; runs of applies are written in one call (see :func:`_apply_runs`)."""
         store = self.st.store
         assert store is not None
-        for item in _apply_runs(effects):
+        window = self._session.window if self._session is not None else s.DEFAULT_WINDOW
+        for item in _apply_runs(effects, max(1, int(window * s.EAGER_ACK_FRACTION))):
             if isinstance(item, list):
                 await self._apply(item)
                 continue
@@ -420,19 +421,22 @@ class Link:
             self._effects.put_nowait(effects)
 
 
-def _apply_runs(effects: list[s.Effect]) -> list[s.Effect | list[s.Apply]]:
+def _apply_runs(effects: list[s.Effect], max_transactions: int = 1 << 30) -> list[s.Effect | list[s.Apply]]:
     """``effects`` with each run of applies of one kind (live transactions, or subscription data)
     gathered into a list, to be written in one SQLite transaction.
 
     Acks, ack timers and progress reports inside a run move after it: an ack is sent only once
-    what it acknowledges is written. Any other effect ends the run, and keeps its place.
+    what it acknowledges is written. Any other effect ends the run, and keeps its place. A run of
+    live transactions holds at most ``max_transactions``: the driver acks after each run, and the
+    server, whose window of unacked transactions is small, sends the next ones meanwhile.
     """
     out: list[s.Effect | list[s.Apply]] = []
     run: list[s.Apply] = []
     deferred: list[s.Effect] = []
     for eff in effects:
         if isinstance(eff, s.Apply):
-            if run and run[-1].transaction != eff.transaction:
+            full = eff.transaction and len(run) >= max_transactions
+            if run and (run[-1].transaction != eff.transaction or full):
                 out.append(run)
                 out.extend(deferred)
                 run, deferred = [], []

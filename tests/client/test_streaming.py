@@ -160,6 +160,10 @@ def test_acks_wait_for_the_writes_they_acknowledge_and_other_effects_keep_their_
     a1, a2, a3, data = apply("1"), apply("2"), apply("3"), apply("4", transaction=False)
     runs = _apply_runs([a1, s.AckLater(0.2), a2, ack, table, a3, data, s.Delivered("sub")])
     assert runs == [[a1, a2], s.AckLater(0.2), ack, table, [a3], [data], s.Delivered("sub")]
+    # runs of live transactions are cut at the bound (each is acked once written); data is not
+    b = [apply(str(i)) for i in range(5)]
+    parts = [apply(str(i), transaction=False) for i in range(5)]
+    assert _apply_runs([*b, *parts], max_transactions=2) == [b[:2], b[2:4], b[4:], parts]
 
 
 async def test_a_subscription_still_waiting_for_its_data_is_neither_resumed_nor_remembered(tmp_path: Path) -> None:
