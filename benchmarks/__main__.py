@@ -51,7 +51,7 @@ def module_args(
     module: ModuleType, quick: bool, rounds: int | None, fast: bool, parts: str | None, extra: str
 ) -> argparse.Namespace:
     """The module's own options: its defaults, then --quick's, then ``--args NAME=...``, then ours."""
-    from benchmarks.serve import Parts
+    from benchmarks.common import Parts
 
     parser = argparse.ArgumentParser(prog=f"benchmarks.{module.__name__.rsplit('.', 1)[1]}")
     Parts.add_arguments(parser)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks.common import runs
 from benchmarks.report import REPORT
-from benchmarks.serve import runs
 from electricctl._apply import applier
 from electricctl._config.loader import load_file
 from electricctl._embedded.postgres import EmbeddedPostgres

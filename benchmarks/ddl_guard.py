@@ -24,8 +24,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from benchmarks.common import make_database, runs
 from benchmarks.report import REPORT
-from benchmarks.serve import make_database, runs
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._sql import guard
 

@@ -32,8 +32,8 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
+from benchmarks.common import Database, Parts, make_database, pct, rss_kb, runs, serving, sql
 from benchmarks.report import REPORT
-from benchmarks.serve import Database, Parts, make_database, pct, rss_kb, runs, serving, sql
 from electricctl._auth.tokens import mint
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._protocol import codec

@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.common import make_database, pct, runs, serving, sql
 from benchmarks.report import REPORT
-from benchmarks.serve import make_database, pct, runs, serving, sql
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl.client import SyncClient
 

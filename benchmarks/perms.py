@@ -27,8 +27,8 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks.common import Parts, pct, runs, serving, sql, until
 from benchmarks.report import REPORT
-from benchmarks.serve import Parts, pct, runs, serving, sql, until
 from electricctl._apply import applier
 from electricctl._auth.tokens import mint
 from electricctl._config.loader import load_text

@@ -19,317 +19,52 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import resource
-import signal
-import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from google.protobuf.message import Message
 
+from benchmarks.common import (
+    WIDE_COLUMNS,
+    WIDE_VALUES,
+    Database,
+    Parts,
+    ServeProcess,
+    cpu_seconds,
+    make_database,
+    pct,
+    print_cpu,
+    protocol_client,
+    rss_kb,
+    runs,
+    serving,
+    sql,
+    sqlite_count,
+    sync_client,
+    until,
+    walsender_pid,
+)
 from benchmarks.report import REPORT
-from electricctl._apply import applier
-from electricctl._auth.tokens import mint
-from electricctl._config.loader import load_text
-from electricctl._config.model import ElectricConfig
-from electricctl._embedded.postgres import EmbeddedPostgres, free_port
+from benchmarks.serve_sync import SECTION, bench_initial_sync
+from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._model import wire
 from electricctl._model.rows import Column, RelationDef
-from electricctl._model.wire import DISPLAY_OPTIONS
 from electricctl._replication import pgoutput as po
 from electricctl._replication.txbuilder import TxBuilder
-from electricctl._server.snapshot import parse_copy_lines
 from electricctl.client import RemoteChange, SyncClient
 from tests.satellite_client import SatelliteClient
 
-SECTION = "serve"
 TITLE = "Sync service through SyncClient: latency, live throughput, initial sync, idle connections"
-
-WIDE_COLUMNS = "id int8 PRIMARY KEY, name text NOT NULL, n int4, flag bool, at timestamptz, doc jsonb"
-WIDE_VALUES = (
-    "g, 'name ' || g, mod(g, 1000)::int4, mod(g, 2) = 0,"
-    " timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second',"
-    " jsonb_build_object('k', g, 'tags', jsonb_build_array('a', 'b'))"
-)
-WIDE_TYPES = [
-    ("id", "int8", True),
-    ("name", "text", False),
-    ("n", "int4", False),
-    ("flag", "bool", False),
-    ("at", "timestamptz", False),
-    ("doc", "jsonb", False),
-]
-"""The `wide` table's columns: (name, Postgres type, is primary key)."""
-
-
-# -- small helpers ---------------------------------------------------------------------------
-def pct(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100)."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered) + 0.5) - 1))]
-
-
-def runs(values: Sequence[float], fmt: str = "{:.1f}") -> str:
-    """``median M (min–max) [run, run, ...]``."""
-    return (
-        f"median {fmt.format(statistics.median(values))} ({fmt.format(min(values))}–{fmt.format(max(values))})"
-        f"  [{', '.join(fmt.format(v) for v in values)}]"
-    )
-
-
-async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``predicate`` every 10 ms; TimeoutError naming ``what`` after ``timeout`` s. (Only for
-    waiting: the figures take their times in the clients' callbacks, not from this poll.)"""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout:g} s")
-        await asyncio.sleep(0.01)
-
-
-def sqlite_count(path: Path, table: str) -> int:
-    """count(*) of ``table`` in the SQLite file at ``path``, on a connection of its own."""
-    conn = sqlite3.connect(path, timeout=30)
-    try:
-        row = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
-    finally:
-        conn.close()
-    return int(row[0])
-
-
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time of a process (any process we may read /proc of)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def sql(url: str, query: str, params: Sequence[object] | None = None) -> list[tuple[Any, ...]]:
-    with psycopg.connect(url, autocommit=True) as conn:
-        cur = conn.execute(query, params)
-        return cur.fetchall() if cur.description else []
-
-
-def walsender_pid(url: str, slot: str) -> int:
-    rows = sql(url, "SELECT active_pid FROM pg_replication_slots WHERE slot_name = %s", [slot])
-    if not rows or rows[0][0] is None:
-        raise RuntimeError(f"slot {slot} has no walsender")
-    return int(rows[0][0])
-
-
-@dataclass
-class Database:
-    url: str
-    config: ElectricConfig
-    config_path: Path
-
-    def token(self) -> str:
-        return mint(self.config.auth, "user")
-
-
-def make_database(pg: EmbeddedPostgres, tmp: Path, name: str, schema: str, tables: Sequence[str]) -> Database:
-    """A fresh database with ``schema`` run in it (data too), then ``tables`` electrified."""
-    sql(pg.url(), f"CREATE DATABASE {name}")
-    url = pg.url(name)
-    sql(url, schema)
-    text = f"version: 1\nauth: {{mode: insecure}}\ntables: [{', '.join(tables)}]\nadhoc_shapes: allow\n"
-    path = tmp / f"{name}.yaml"
-    path.write_text(text)
-    config = load_text(text, str(path), env={})
-    applier.apply(config, url)
-    return Database(url, config, path)
-
-
-# -- the server as a process -----------------------------------------------------------------
-class ServeProcess:
-    """`electricctl serve` as a subprocess, with its log in ``<tmp>/<slot>.log``."""
-
-    def __init__(self, db: Database, tmp: Path, slot: str, extra: Sequence[str] = ()) -> None:
-        self.db = db
-        self.slot = slot
-        self.extra = list(extra)
-        self.data_dir = tmp / f"data-{slot}"
-        self.log_path = tmp / f"{slot}.log"
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/ws"
-
-    def start(self) -> ServeProcess:
-        args = ["serve", "-f", self.db.config_path, "--database-url", self.db.url, "--port", self.port]
-        args += ["--data-dir", self.data_dir, "--slot", self.slot, "--log-level", "warning", *self.extra]
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "electricctl", *map(str, args)], stdout=subprocess.DEVNULL, stderr=log
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"serve exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if self.health()[0] == 200:
-                    return self
-            except OSError:
-                pass
-            time.sleep(0.05)
-        raise RuntimeError(f"serve did not become ready:\n{self.log_tail()}")
-
-    def log_tail(self, lines: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=5) as resp:
-                return resp.status, json.loads(resp.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.loads(exc.read() or b"{}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        sql(
-            self.db.url,
-            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
-            [self.slot],
-        )
-
-
-@contextmanager
-def serving(db: Database, tmp: Path, slot: str, extra: Sequence[str] = ()) -> Iterator[ServeProcess]:
-    """Run a server; afterwards, show what it logged (it runs at --log-level warning)."""
-    server = ServeProcess(db, tmp, slot, extra).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-        logged = [
-            line
-            for line in server.log_path.read_text(errors="replace").splitlines()
-            if "declares no grants" not in line  # the benchmarks' configs have none, on purpose
-        ]
-        if logged:
-            print(f"   ! serve ({slot}) logged {len(logged)} lines at warning level or above; the first:")
-            print("\n".join(f"     {line}" for line in logged[:5]))
-
-
-# -- the raw baseline's SQLite target ----------------------------------------------------------
-def _bool(v: bytes) -> int:
-    return 1 if v == b"t" else 0
-
-
-def _text(v: bytes) -> str:
-    return v.decode()
-
-
-Convert = Callable[[bytes], object]
-CONVERTERS: dict[str, tuple[Convert, str]] = {
-    "int2": (int, "INTEGER"),
-    "int4": (int, "INTEGER"),
-    "int8": (int, "INTEGER"),
-    "float4": (float, "REAL"),
-    "float8": (float, "REAL"),
-    "bool": (_bool, "INTEGER"),
-    "bytea": (bytes, "BLOB"),
-}
-SqlRow = tuple[object, ...]
-
-
-@dataclass(slots=True)
-class SqliteTable:
-    """How the raw COPY baseline turns Postgres text rows into SQLite rows: a converter per column.
-    (No sync client uses it: it is the bulk insert the initial sync is compared with.)"""
-
-    name: str
-    converters: list[Convert]
-    ddl: str
-    insert: str
-
-    @classmethod
-    def build(cls, name: str, columns: Sequence[tuple[str, str, bool]]) -> SqliteTable:
-        """``columns``: (name, Postgres type name, is primary key)."""
-        convs = [CONVERTERS.get(t, (_text, "TEXT")) for _, t, _ in columns]
-        q = [f'"{c}"' for c, _, _ in columns]
-        pk = [q[i] for i, (_, _, key) in enumerate(columns) if key]
-        defs = ", ".join(f"{n} {affinity}" for n, (_, affinity) in zip(q, convs, strict=True))
-        return cls(
-            name,
-            [c for c, _ in convs],
-            f'CREATE TABLE IF NOT EXISTS "{name}" ({defs}, PRIMARY KEY ({", ".join(pk)}))',
-            f'INSERT OR REPLACE INTO "{name}" VALUES ({", ".join("?" * len(q))})',
-        )
-
-    def row(self, values: Sequence[bytes | None]) -> SqlRow:
-        return tuple(None if v is None else f(v) for f, v in zip(self.converters, values, strict=True))
-
-
-def open_sqlite(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    return db
-
-
-class _Discard(list[Message]):
-    """The protocol test client keeps every received message; a benchmark's must not."""
-
-    def append(self, item: Message) -> None:
-        pass
-
-
-async def protocol_client(server: ServeProcess, *tables: str) -> SatelliteClient:
-    """Server only: a bare protocol client (tests/satellite_client.py) that discards what it receives
-    (it keeps rows in a dict, no SQLite), authenticated, replicating and subscribed to ``tables``."""
-    cl = SatelliteClient(server.ws_url)
-    cl.messages = _Discard()
-    await cl.connect()
-    await cl.authenticate(server.db.token())
-    await cl.start()
-    if tables:
-        await cl.subscribe(*tables)
-    return cl
-
-
-OnChange = Callable[[list[RemoteChange], str | None], None]
-
-
-async def sync_client(server: ServeProcess, path: Path, table: str, on_change: OnChange | None = None) -> SyncClient:
-    """A started ``SyncClient`` on the file ``path``, subscribed to ``table`` and synced."""
-    cl = SyncClient(str(path), server.ws_url, server.db.token(), on_change=on_change)
-    await cl.start()
-    await cl.synced(await cl.subscribe(table), timeout=600)
-    return cl
 
 
 # -- 1. latency --------------------------------------------------------------------------------
@@ -424,15 +159,6 @@ async def bench_latency(pg: EmbeddedPostgres, tmp: Path, rounds: int, rate: floa
             key=5 + (q == 99),
         )
     print_cpu(results[0].cpu.keys(), [r.cpu for r in results], seconds)
-
-
-def print_cpu(keys: Any, cpus: Sequence[dict[str, float]], wall: float | Sequence[float]) -> None:
-    walls = [wall] * len(cpus) if isinstance(wall, float | int) else list(wall)
-    parts = []
-    for k in keys:
-        shares = [c[k] / w * 100 for c, w in zip(cpus, walls, strict=True)]
-        parts.append(f"{k} {statistics.median(shares):.0f}%")
-    print(f"   CPU (median share of one core over the round): {', '.join(parts)}")
 
 
 # -- 2. sustained changes, and the raw pgoutput decode rate ----------------------------------
@@ -633,225 +359,6 @@ async def bench_throughput(pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: i
     REPORT.figure(SECTION, f"catch-up after a stop, into one SyncClient ({rows:,} rows)", catchup, "rows/s")
 
 
-# -- 3. initial sync ---------------------------------------------------------------------------
-def raw_copy(url: str, table: SqliteTable, columns: Sequence[str], path: Path) -> int:
-    """COPY TO STDOUT, parse (the server's own COPY parser), convert, executemany into SQLite."""
-    db = open_sqlite(path)
-    db.execute(table.ddl)
-    count = 0
-    db.execute("BEGIN")
-    with psycopg.connect(url, options=DISPLAY_OPTIONS) as conn, conn.cursor() as cur:
-        rest = b""
-        query = f"COPY (SELECT {', '.join(columns)} FROM {table.name}) TO STDOUT"
-        with cur.copy(query) as copy:
-            for block in copy:
-                parsed, rest = parse_copy_lines(rest + bytes(block))
-                db.executemany(table.insert, [table.row(r) for r in parsed])
-                count += len(parsed)
-        if rest:
-            parsed, _ = parse_copy_lines(rest + b"\n")
-            db.executemany(table.insert, [table.row(r) for r in parsed])
-            count += len(parsed)
-    db.execute("COMMIT")
-    db.close()
-    return count
-
-
-@dataclass
-class ChildSync:
-    seconds: float
-    subscribe_seconds: float
-    rows: int
-    cpu_seconds: float
-    rss_before_kb: int
-    peak_rss_kb: int
-
-
-async def child_sync(server: ServeProcess, path: Path, table: str, timeout: float) -> ChildSync:
-    """A fresh SyncClient's initial sync in a child process of its own (benchmarks/sync_child.py)."""
-    args = [sys.executable, "-m", "benchmarks.sync_child", str(path), server.ws_url, server.db.token(), table]
-    proc = await asyncio.create_subprocess_exec(
-        *args, str(timeout), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout + 60)
-    if proc.returncode != 0:
-        raise RuntimeError(f"the sync child exited with {proc.returncode}:\n{err.decode(errors='replace')[-3000:]}")
-    return ChildSync(**json.loads(out.decode().strip().splitlines()[-1]))
-
-
-NPM_TABLES = {
-    "wide": [
-        ["id", "INTEGER", "int8", "INT8"],
-        ["name", "TEXT", "text", "TEXT"],
-        ["n", "INTEGER", "int4", "INT4"],
-        ["flag", "INTEGER", "bool", "BOOL"],
-        ["at", "TEXT", "timestamptz", "TIMESTAMPTZ"],
-        ["doc", "TEXT_JSON", "jsonb", "JSONB"],
-    ]
-}
-"""The DAL's description of `wide` for tests/compat/electrify-driver.mjs (as `electric-sql generate` writes it)."""
-
-
-@dataclass
-class NpmSync:
-    seconds: float
-    subscribe_seconds: float
-    rows: int
-    peak_rss_kb: int
-    finished: bool
-    note: str = ""
-
-
-def npm_sync(server: ServeProcess, path: Path, expected: int, cap: float) -> NpmSync:
-    """The npm client electric-sql@0.12.1 (electrify() over better-sqlite3, in node) syncing `wide`
-    into a fresh file: driver start (node, electrify, connect) -> subscribe -> shape.synced.
-    If that takes longer than ``cap`` seconds, node is killed and the rows in its file are counted."""
-    from tests.compat.conftest import Driver, ensure_node_modules
-
-    ensure_node_modules()
-    base = server.ws_url.replace("ws://", "http://").removesuffix("/ws")
-    start = time.perf_counter()
-    driver = Driver(base, server.db.token(), str(path), tables=json.dumps(NPM_TABLES))
-    t_sub = time.perf_counter()
-    finished, note = True, ""
-    try:
-        try:
-            driver.call("subscribe", timeout=cap, table="wide")
-        except AssertionError as exc:
-            finished, note = False, str(exc).splitlines()[0][:300]
-        end = time.perf_counter()
-        peak = 0
-        for line in Path(f"/proc/{driver.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                peak = int(line.split()[1])
-        if finished:
-            rows = int(driver.call("query", sql="SELECT count(*) AS n FROM wide")["rows"][0]["n"])
-    finally:
-        if not finished:  # still busy with the subscription: it would not read "exit"
-            driver.proc.kill()
-            driver.proc.wait()
-        driver.close()
-    if not finished:
-        try:
-            rows = sqlite_count(path, "wide")
-        except sqlite3.Error as exc:
-            rows, note = 0, f"{note}; its file could not be read: {exc}"
-    elif rows != expected:
-        raise RuntimeError(f"the npm client holds {rows} rows, expected {expected}")
-    return NpmSync(end - start, end - t_sub, rows, peak, finished, note)
-
-
-async def bench_initial_sync(
-    pg: EmbeddedPostgres, tmp: Path, rounds: int, rows: int, target_rows: int, npm_rounds: int, npm_cap: float
-) -> None:
-    schema = (
-        f"CREATE TABLE wide ({WIDE_COLUMNS}); INSERT INTO wide SELECT {WIDE_VALUES} FROM generate_series(1, {rows}) g"
-    )
-    start = time.perf_counter()
-    db = make_database(pg, tmp, "bench_sync", schema, ["wide"])
-    sql(db.url, "VACUUM ANALYZE wide")
-    populate = time.perf_counter() - start
-    ours: list[ChildSync] = []
-    raw: list[float] = []
-    server_cpu: list[float] = []
-    npm: list[NpmSync] = []
-    with serving(db, tmp, "bench_sync") as server:
-        for r in range(rounds):
-            cpu0 = cpu_seconds(server.pid)
-            result = await child_sync(server, tmp / f"sync_{r}.db", "wide", 600)
-            server_cpu.append(cpu_seconds(server.pid) - cpu0)
-            assert result.rows == rows, f"the SyncClient's file has {result.rows} rows, expected {rows}"
-            ours.append(result)
-            t0 = time.perf_counter()
-            n = await asyncio.to_thread(
-                raw_copy,
-                db.url,
-                SqliteTable.build("wide", WIDE_TYPES),
-                [c for c, _, _ in WIDE_TYPES],
-                tmp / f"raw_{r}.db",
-            )
-            raw.append(time.perf_counter() - t0)
-            assert n == rows
-        for r in range(npm_rounds):
-            npm.append(await asyncio.to_thread(npm_sync, server, tmp / f"npm_{r}.db", rows, npm_cap))
-    print(
-        f"3. initial sync of a 6-column table ({rows:,} rows; populated in {populate:.1f} s) into a fresh"
-        " SyncClient's file, the client alone in a child process (benchmarks/sync_child.py)"
-    )
-    synced = [x.seconds for x in ours]
-    goal = f"  (goal <= 10 s for {target_rows:,} rows)" if rows == target_rows else ""
-    print(f"   start+subscribe+synced        {runs(synced, '{:.2f}')} s{goal}")
-    print(f"   = rows/s into SQLite          {runs([rows / s for s in synced], '{:,.0f}')}")
-    print(f"   subscribe+synced alone        {runs([x.subscribe_seconds for x in ours], '{:.2f}')} s")
-    if rows != target_rows:
-        est = [s * target_rows / rows for s in synced]
-        print(f"   EXTRAPOLATED to {target_rows:,} rows (linear)  {runs(est, '{:.1f}')} s  (goal <= 10 s)")
-    print(f"   raw COPY -> parse -> executemany into SQLite (baseline)  {runs(raw, '{:.2f}')} s")
-    ratio = [c / s for s, c in zip(synced, raw, strict=True)]
-    print(f"   speed vs raw COPY (raw s / sync s)  {runs(ratio, '{:.2f}')}x  (goal >= 0.5x)")
-    peak = [x.peak_rss_kb / 1024 for x in ours]
-    print(
-        f"   client process peak RSS       {runs(peak, '{:.0f}')} MB  (VmHWM of the child process, read from its"
-        f" /proc/self/status after the sync; {statistics.median(x.rss_before_kb for x in ours) / 1024:.0f} MB"
-        " before the client started; goal <= 200 MB)"
-    )
-    print(
-        f"   CPU during the sync: serve {runs(server_cpu, '{:.2f}')} s,"
-        f" client process {runs([x.cpu_seconds for x in ours], '{:.2f}')} s"
-    )
-    size = f"{rows:,} rows x 6 columns"
-    REPORT.figure(
-        SECTION,
-        f"initial sync into a fresh SyncClient ({size}: start -> subscribe -> synced)",
-        synced,
-        "s",
-        goal=("<=", 10.0) if rows == target_rows else None,
-        baseline_runs=raw,
-        baseline_label="raw COPY -> SQLite bulk insert",
-        ratio_goal=0.5,
-        key=1,
-        note="" if rows == target_rows else f"goal is for {target_rows:,} rows",
-    )
-    REPORT.figure(
-        SECTION,
-        f"SyncClient process peak RSS during that sync (VmHWM of a child process running only the client, {size})",
-        peak,
-        "MB",
-        goal=("<=", 200.0),
-        key=2,
-    )
-    if npm:
-        for x in npm:
-            if not x.finished:
-                print(
-                    f"   !! the npm client did not finish within {npm_cap:g} s: it held {x.rows:,} of {rows:,} rows"
-                    f" ({x.note})"
-                )
-        print(
-            "   the npm client electric-sql@0.12.1 (electrify() over better-sqlite3 in node, the same server)"
-            f" syncing the same table into a fresh file, {len(npm)} round(s):"
-        )
-        npm_seconds = [x.seconds for x in npm]
-        done = all(x.finished for x in npm)
-        print(
-            f"     driver start (node + electrify + connect) + subscribe + synced  {runs(npm_seconds, '{:.2f}')} s"
-            f"  (ours above: median {statistics.median(synced):.2f} s)"
-            + ("" if done else "  NOT FINISHED: the time until it was stopped")
-        )
-        print(f"     subscribe + synced alone  {runs([x.subscribe_seconds for x in npm], '{:.2f}')} s")
-        print(f"     node process peak RSS     {runs([x.peak_rss_kb / 1024 for x in npm], '{:.0f}')} MB (VmHWM)")
-        REPORT.figure(
-            SECTION,
-            f"npm client electric-sql@0.12.1, same initial sync ({size}; node start -> subscribe -> synced)"
-            + ("" if done else f"; did NOT finish within {npm_cap:g} s"),
-            npm_seconds,
-            "s",
-            baseline_runs=synced,
-            baseline_label="our SyncClient (same run)",
-            key=3,
-        )
-
-
 # -- 4. many idle clients (server only) --------------------------------------------------------
 @dataclass
 class IdleRound:
@@ -935,33 +442,6 @@ async def bench_idle(pg: EmbeddedPostgres, tmp: Path, rounds: int, clients: int,
 
 
 # -- main --------------------------------------------------------------------------------------
-class Parts:
-    """Run the parts of a benchmark that ``--only`` selects, timing each (shared with the other modules)."""
-
-    def __init__(self, only: str | None, every: str) -> None:
-        self.only = set(only or every)
-        self.timings: list[str] = []
-
-    async def step(self, key: str, coro: Coroutine[Any, Any, None]) -> None:
-        if key not in self.only:
-            coro.close()
-            return
-        start = time.perf_counter()
-        await coro
-        self.timings.append(f"{key}: {time.perf_counter() - start:.0f} s")
-        sys.stdout.flush()
-
-    def summary(self) -> str:
-        return f"wall time per part: {', '.join(self.timings)}"
-
-    @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser) -> None:
-        """The options every benchmark takes."""
-        parser.add_argument("--rounds", type=int, default=3)
-        parser.add_argument("--only", help="run only these parts, e.g. 13")
-        parser.add_argument("--fast", action="store_true", help="fsync=off cluster (default: a durable cluster)")
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=200.0, help="1: transactions/s")
     parser.add_argument("--seconds", type=float, default=10.0, help="1: seconds per round")

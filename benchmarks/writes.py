@@ -36,8 +36,8 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks.common import Parts, make_database, pct, runs, serving, sql
 from benchmarks.report import REPORT
-from benchmarks.serve import Parts, make_database, pct, runs, serving, sql
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl.client import SyncClient
 
