@@ -145,13 +145,10 @@ class Applier:
         # a one-column key under a plain name (the usual id) is formatted inline
         single = positions[0] if len(positions) == 1 and plain else None
         prefix, key_type = '{"' + order[0][0] + '":', order[0][1]
-        tag_sets: dict[tuple[str, ...], str] = {}
+        tag_sets = _TagSets()
         shadow: list[tuple[str, str, str, str]] = []
         for row, tags in zip(batch.rows, batch.tags, strict=True):
-            seen = tuple(tags)
-            tags_json = tag_sets.get(seen)
-            if tags_json is None:
-                tags_json = tag_sets[seen] = _tags_json(map(Tag.parse, seen))
+            tags_json = tag_sets[tuple(tags)]
             text = None if single is None else _plain_json(key_type, row[single])
             key = prefix + text + "}" if text is not None else self._pk_json_of(table, [row[i] for i in positions])
             shadow.append((NAMESPACE, table.name, key, tags_json))
@@ -178,7 +175,7 @@ class Applier:
         keys = [self.pk_json(table, ch.values) for ch in changes]
         pending = pending_for_keys(self.db, self.tables, table.name, set(keys)) if self._has_pending(table) else {}
         tag = Tag(timestamp or 0, origin or None)
-        tag_sets: dict[tuple[str, ...], str] = {}
+        tag_sets = _TagSets()
         pk = table.pk
         outcomes: dict[str, _Outcome] = {}
         for ch, key_json in zip(changes, keys, strict=True):
@@ -187,10 +184,7 @@ class Applier:
             if entries is None:
                 tags_json = None
                 if ch.kind != "gone" and ch.kind != "delete" and ch.tags:
-                    seen = tuple(ch.tags)
-                    tags_json = tag_sets.get(seen)
-                    if tags_json is None:
-                        tags_json = tag_sets[seen] = _tags_json(map(Tag.parse, seen))
+                    tags_json = tag_sets[tuple(ch.tags)]
                 values = ch.values if tags_json is not None else None
             else:
                 state = _merged(ch, tag, entries, client_id)
@@ -330,6 +324,14 @@ def _plain_json(pg_type: str, value: LocalValue) -> str | None:
 
 def _tags_json(tags: Iterable[Tag]) -> str:
     return json.dumps(sorted({str(t) for t in tags}))
+
+
+class _TagSets(dict[tuple[str, ...], str]):
+    """Shadow JSON per tag set the server sent, formatted once per batch (a transaction's rows share one)."""
+
+    def __missing__(self, seen: tuple[str, ...]) -> str:
+        tags_json = self[seen] = _tags_json(map(Tag.parse, seen))
+        return tags_json
 
 
 def _merged(ch: RemoteChange, tag: Tag, entries: Iterable[OplogEntry], client_id: str) -> RowState | None:

@@ -69,7 +69,6 @@ class Link:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._outbox: Outbox | None = None
         self._effects: _EffectQueue | None = None
-        self._holding = False
 
     async def close(self) -> None:
         """Close the connection (the task running :meth:`run` is then cancelled by the caller)."""
@@ -188,7 +187,6 @@ class Link:
                 # subscription data cut off with the connection: none of it stays
                 with contextlib.suppress(Exception):
                     await self.st.io(self.st.store.abandon)
-            self._holding = False
 
     async def _start_replication(self) -> None:
         session, store = self._session, self.st.store
@@ -376,7 +374,7 @@ class Link:
         assert store is not None and client_id is not None
         hold = run[-1].hold
 
-        def on_thread() -> tuple[Poll | None, list[list[RemoteChange]]]:
+        def on_thread() -> tuple[Poll | None, bool, list[list[RemoteChange]]]:
             decoded: list[list[RemoteChange]] = []
             txs: list[RemoteTransaction] = []
             report = self.st.on_change is not None
@@ -386,14 +384,14 @@ class Link:
                 if report and a.transaction and rows:  # only then: a dict per row costs
                     changes = changes + [ch for batch in rows for ch in batch.changes()]
                 decoded.append(changes)
-            return store.apply_transactions(txs, client_id=client_id, hold=hold), decoded
+            held = store.holding  # subscription data was open before this run
+            return store.apply_transactions(txs, client_id=client_id, hold=hold), held, decoded
 
-        found, decoded = await self.st.io(on_thread)
+        found, held, decoded = await self.st.io(on_thread)
         if found is not None:
             self.st.pending = found.pending
-            if found.stamped or self._holding:
+            if found.stamped or held:
                 self.st.wake_sender.set()  # after subscription data, what the sender skipped meanwhile too
-        self._holding = hold
         last = run[-1]
         if last.transaction and last.lsn and self._session is not None:
             for ack in self._session.applied(last.lsn):

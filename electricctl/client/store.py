@@ -293,6 +293,7 @@ class Store:
         """Roll back the transaction :meth:`apply_transactions` holds open, if there is one."""
         if self._held:
             self._held = False
+            self._held_stamped = 0  # rolled back with the rest: nothing stamped to make durable
             if self.db.in_transaction:
                 self.db.execute("ROLLBACK")
             self._applier.forget_bulk()
