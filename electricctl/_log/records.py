@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from electricctl._model.migrations import Migration
-from electricctl._model.rows import Change, ClientWrite, Column, RelationDef, Row, Transaction
+from electricctl._model.rows import Change, ClientWrite, Column, RelationDef, Row, Transaction, canonical
 
 HEADER = struct.Struct("!II")
 KIND_RELATION = 0x52  # 'R'
@@ -130,7 +130,7 @@ def decode(payload: bytes, relations: dict[int, RelationDef]) -> RelationDef | T
             oid, pk, nullable = struct.unpack_from("!IBB", payload, pos)
             pos += 6
             cols.append(Column(cname, oid, tname, bool(pk), bool(nullable)))
-        rel = RelationDef(relid, schema, name, tuple(cols))
+        rel = canonical(RelationDef(relid, schema, name, tuple(cols)))
         relations[relid] = rel
         return rel
     if kind in (KIND_TRANSACTION, KIND_TAGGED_TRANSACTION):

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from electricctl._model.rows import Column, RelationDef, Transaction
+from electricctl._model.rows import Column, RelationDef, Transaction, canonical
 from electricctl._model.wire import DISPLAY_OPTIONS, MARKER_PREFIX, PUBLICATION
 from electricctl._replication import lsn as lsnmod
 from electricctl._replication import pgoutput as po
@@ -126,7 +126,31 @@ class CatalogResolver:
                     nullable=not row[2] if row else True,
                 )
             )
-        return RelationDef(rel.relid, rel.schema, rel.name, tuple(cols))
+        return canonical(RelationDef(rel.relid, rel.schema, rel.name, tuple(cols)))
+
+
+async def _readable(fd: int, timeout: float) -> None:
+    """Return when ``fd`` is readable, or after ``timeout`` seconds.
+
+    The reader is registered only for the wait. Left registered while the stream is busy (a log
+    write in a thread, a send), a readable socket nobody reads made every turn of the event loop
+    call it again: the loop spun, some 200k turns a second, taking a third of serve's CPU.
+    """
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        async with asyncio.timeout(timeout):
+            await ready
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(fd)
 
 
 class ReplicationSource:
@@ -255,52 +279,42 @@ class ReplicationSource:
         assert self._conn is not None and self._resolver is not None
         pg = self._conn.pgconn
         builder = TxBuilder(self._resolver)
-        loop = asyncio.get_running_loop()
-        readable = asyncio.Event()
-        loop.add_reader(pg.socket, readable.set)
         drained = False
-        try:
-            while not stop.is_set():
-                batch: list[Transaction] = []
-                received = 0
-                self._batch_bytes = 0
-                while len(batch) < MAX_BATCH and self._batch_bytes < MAX_BATCH_BYTES:
-                    nbytes, data = pg.get_copy_data(1)
-                    if nbytes == 0:
-                        break
-                    if nbytes < 0:
-                        raise classify_stream_error(_stream_error(pg))
-                    received += 1
-                    raw = bytes(data)
-                    if raw[:1] == b"w" and raw[_XLOG.size + 1 : _XLOG.size + 2] == b"R":
-                        # a Relation message: the resolver queries the catalog (blocking); keep that
-                        # off the event loop, where every websocket client is served
-                        await asyncio.to_thread(self._handle, raw, builder, batch)
-                    else:
-                        self._handle(raw, builder, batch)
-                if batch:
-                    await consumer(batch)
-                if self._markers:
-                    markers, self._markers = self._markers, []
-                    for marker in markers:
-                        if self.on_marker is not None:
-                            self.on_marker(marker)
-                if batch or time.monotonic() - self._last_status > STATUS_INTERVAL:
-                    self._send_status()
-                if received:
-                    drained = False
-                    continue
-                if drained:
-                    # libpq's buffer and the socket are both empty: sleep until the socket is readable
-                    try:
-                        await asyncio.wait_for(readable.wait(), timeout=1.0)
-                    except TimeoutError:
-                        pass
-                readable.clear()
-                pg.consume_input()
-                drained = True
-        finally:
-            loop.remove_reader(pg.socket)
+        while not stop.is_set():
+            batch: list[Transaction] = []
+            received = 0
+            self._batch_bytes = 0
+            while len(batch) < MAX_BATCH and self._batch_bytes < MAX_BATCH_BYTES:
+                nbytes, data = pg.get_copy_data(1)
+                if nbytes == 0:
+                    break
+                if nbytes < 0:
+                    raise classify_stream_error(_stream_error(pg))
+                received += 1
+                raw = bytes(data)
+                if raw[:1] == b"w" and raw[_XLOG.size + 1 : _XLOG.size + 2] == b"R":
+                    # a Relation message: the resolver queries the catalog (blocking); keep that
+                    # off the event loop, where every websocket client is served
+                    await asyncio.to_thread(self._handle, raw, builder, batch)
+                else:
+                    self._handle(raw, builder, batch)
+            if batch:
+                await consumer(batch)
+            if self._markers:
+                markers, self._markers = self._markers, []
+                for marker in markers:
+                    if self.on_marker is not None:
+                        self.on_marker(marker)
+            if batch or time.monotonic() - self._last_status > STATUS_INTERVAL:
+                self._send_status()
+            if received:
+                drained = False
+                continue
+            if drained:
+                # libpq's buffer and the socket are both empty: sleep until the socket is readable
+                await _readable(pg.socket, 1.0)
+            pg.consume_input()
+            drained = True
 
     def _handle(self, data: bytes, builder: TxBuilder, batch: list[Transaction]) -> None:
         kind = data[0]

@@ -28,8 +28,11 @@ class ServeOptions:
     """logical_decoding_work_mem for the walsender."""
 
     # -- clients ------------------------------------------------------------------------------
-    unacked_window: int = 30
-    """Transactions a client may leave unacknowledged before the server waits for it."""
+    unacked_window: int = 300
+    """Transactions a client may leave unacknowledged before the server waits for it. Electric's
+    default is 30; at 30 a client catching up on 100-row transactions waits for its own acks
+    (catch-up measured 56k rows/s against 70k at 300). The window bounds no server memory: the
+    server reads from its log, and the websocket's write buffer bounds what is in flight."""
     send_timeout: float = 30.0
     """A client that has not read a frame for this long is dropped."""
     min_send_rate: int = 16 << 10

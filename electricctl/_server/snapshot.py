@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from electricctl._model.rows import Column, RelationDef, Row
+from electricctl._model.rows import Column, RelationDef, Row, canonical
 from electricctl._model.table import TableRef
 from electricctl._model.wire import DISPLAY_OPTIONS
 from electricctl._replication import lsn as lsnmod
@@ -41,7 +41,7 @@ async def describe(conn: psycopg.AsyncConnection[Any], table: TableRef) -> Relat
     if not rows:
         return None
     cols = tuple(Column(r[1], r[3], r[2], bool(r[5]), not r[4]) for r in rows)
-    return RelationDef(rows[0][0], table.schema, table.name, cols)
+    return canonical(RelationDef(rows[0][0], table.schema, table.name, cols))
 
 
 _UNESCAPE = {

@@ -256,7 +256,9 @@ def _bytes(text: str, option: str) -> int:
 @click.option("--slot", default="electricctl", show_default=True, help="Name of the replication slot to own.")
 @click.option("--log-retention", default="7d", show_default=True, help="How long clients can stay away and resume.")
 @click.option("--send-timeout", default="30s", show_default=True, help="Drop a client that has not read for this long.")
-@click.option("--unacked-window", default=30, show_default=True, help="Transactions a client may leave unacked.")
+@click.option(
+    "--unacked-window", default=300, show_default=True, help="Transactions a client may leave unacked (Electric: 30)."
+)
 @click.option(
     "--max-transaction-ops",
     default=100_000,

@@ -37,6 +37,20 @@ def test_append_reopen_and_read(tmp_path: Path) -> None:
     assert again.read_after(30) == []
 
 
+def test_relations_read_back_are_one_shared_object_per_definition(tmp_path: Path) -> None:
+    """Per-change caches keyed by relation (sent relations, projections) compare by identity:
+    every read of a definition must give back the same object, and a changed one another."""
+    log = FileLog(tmp_path).open()
+    log.append([tx(10), tx(20), tx(30, REL2)])
+    log.close()
+    first = FileLog(tmp_path, cache_size=1).open().read_after(0)
+    second = FileLog(tmp_path, cache_size=1).open().read_after(0)
+    assert first[0].changes[0].relation is second[1].changes[0].relation
+    assert first[0].changes[0].relation is not first[2].changes[0].relation
+    assert first[2].changes[0].relation is second[2].changes[0].relation == REL2
+    assert hash(first[2].changes[0].relation) == hash(REL2)
+
+
 def test_a_torn_tail_is_cut_off(tmp_path: Path) -> None:
     log = FileLog(tmp_path).open()
     log.append([tx(10), tx(20)])

@@ -8,6 +8,7 @@ import time
 import uuid
 
 import jwt
+import psycopg
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
@@ -15,6 +16,7 @@ from websockets.exceptions import InvalidStatus
 from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
+from electricctl._server.options import ServeOptions
 from electricctl._server.session import Replicating
 from tests.satellite_client import RpcError, SatelliteClient
 from tests.server_fixtures import Env, get_health, ws_url
@@ -135,23 +137,25 @@ async def test_acks_and_the_unacked_window(server: Server, env: Env) -> None:
     await cl.authenticate(env.token())
     # on the newest schema: no migration transaction takes a place in the window
     resp = await cl.start(schema_version=str(env.sql("SELECT max(version) FROM electric.migrations")[0][0]))
-    assert resp.unacked_window_size == 30
+    window = resp.unacked_window_size
+    assert window == ServeOptions().unacked_window == 300
     await cl.subscribe("other")
-    for i in range(40):
-        env.sql("INSERT INTO other VALUES (%s, 'x')", [i])
-    await cl.wait_for(lambda: len(cl.transactions) >= 30)
-    await server.caught_up()  # all 40 are in the log: only the window holds the last 10 back
-    conn = server.clients[cl.client_id]
+    with psycopg.connect(env.url, autocommit=True) as conn:  # one transaction each
+        for i in range(window + 10):
+            conn.execute("INSERT INTO other VALUES (%s, 'x')", [i])
+    await cl.wait_for(lambda: len(cl.transactions) >= window)
+    await server.caught_up()  # all are in the log: only the window holds the last 10 back
+    client = server.clients[cl.client_id]
     for _ in range(100):  # until the streamer waits for an ack (it has nothing else to do)
-        if not conn.sink.acked.is_set():
+        if not client.sink.acked.is_set():
             break
         await asyncio.sleep(0.01)
-    assert isinstance(conn.phase, Replicating)
-    assert not conn.sink.acked.is_set() and len(conn.phase.unacked) == 30
-    assert len(cl.transactions) == 30  # the window is full: the server waits for an ack
+    assert isinstance(client.phase, Replicating)
+    assert not client.sink.acked.is_set() and len(client.phase.unacked) == window
+    assert len(cl.transactions) == window  # the window is full: the server waits for an ack
     await cl.ack()
-    await cl.wait_for(lambda: len(cl.transactions) == 40)
-    assert len(cl.table("other")) == 40
+    await cl.wait_for(lambda: len(cl.transactions) == window + 10)
+    assert len(cl.table("other")) == window + 10
     await cl.close()
 
 
