@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import psycopg
 
 from electricctl._auth.tokens import Identity
+from electricctl._engine import trees as tr
 from electricctl._engine.ports import EngineServices, Snapshot
 from electricctl._engine.projection import ReadProjection
 from electricctl._engine.sink import Sink
@@ -34,7 +36,18 @@ from electricctl._model.rows import Change, RelationDef, Row, Transaction, chang
 from electricctl._model.table import TableRef
 from electricctl._perms.read import read_roles
 from electricctl._shapes.compile import CompiledWhere, ShapeError, all_true, compile_where
-from electricctl._shapes.routing import Shape, TableShapes, any_of, route_transaction, snapshot_filter
+from electricctl._shapes.routing import Shape, TableShapes, any_of, snapshot_filter
+from electricctl._shapes.tree import (
+    ForeignKey,
+    Include,
+    Node,
+    TreeError,
+    TreeHold,
+    check_shape,
+    includes_from_json,
+    key_of,
+    resolve_edge,
+)
 from electricctl._shapes.visibility import Visibility
 
 log = logging.getLogger("electricctl.server")
@@ -48,14 +61,16 @@ class Refused:
     """A shape request refused before it is compiled: why (``reason`` names the kind)."""
 
     reason: str
-    """``include``: a declared shape has an include tree, not served yet."""
     message: str
+
+
+AnyShape = Shape | tr.TreeShape
 
 
 @dataclass(slots=True)
 class _Subscribe:
     subscription_id: str
-    shapes: list[Shape]
+    shapes: list[AnyShape]
 
 
 @dataclass(slots=True)
@@ -66,6 +81,11 @@ class _Unsubscribe:
 @dataclass(slots=True)
 class _Reassess:
     """The assignment tables changed: the client's roles, and so what it may read, may have too."""
+
+
+@dataclass(slots=True)
+class _TreeMoves:
+    """A transaction moved rows into (or out of) a tree: load them at the next snapshot point."""
 
 
 class ShapeEngine:
@@ -87,42 +107,47 @@ class ShapeEngine:
         self.relevant: deque[int] = deque()
         """Live: LSNs of logged transactions the router found may concern this client."""
         self.wake = asyncio.Event()
-        self.control: deque[_Subscribe | _Unsubscribe | _Reassess] = deque()
+        self.trees = TreeHold()
+        """The client's include trees, with the rows each level holds."""
+        self.tree_shapes: list[tr.TreeShape] = []
+        self.pending = tr.Pending()
+        """Tree work the stream left for the next snapshot point."""
+        self.control: deque[_Subscribe | _Unsubscribe | _Reassess | _TreeMoves] = deque()
         self.inflight: set[str] = set()
         """Subscriptions requested and not yet recorded (delivered or failed)."""
         self.schema: list[Migration] = []
         """Migrations a starting client lacks, sent before anything else (:meth:`start`)."""
 
     # -- requests (from the protocol session) ----------------------------------------------
-    async def resolve(self, tablename: str, where: str) -> tuple[TableRef | Refused | None, str]:
-        """A request names a table (with an optional where), or a shape declared in electric.yaml."""
+    async def resolve(
+        self, tablename: str, where: str, includes: Sequence[Include] = ()
+    ) -> tuple[TableRef | Refused | None, str, tuple[Include, ...]]:
+        """A request names a table (with an optional where and include tree), or a shape declared
+        in electric.yaml (with its own where and include tree)."""
         catalog = self.services.catalog
         table = TableRef.parse(tablename)
         if table in await catalog.electrified_tables():
-            return table, where
+            return table, where, tuple(includes)
         rules = await catalog.shape_rules()
         declared = rules.declared.get(tablename)
-        if declared is not None and not where.strip():
-            if declared.get("include"):
-                # serving the root table alone would look like success and silently miss the rest
-                return Refused(
-                    "include",
-                    f"shape {tablename!r} has an include tree, which this server does not serve yet;"
-                    " subscribe to its tables one by one instead",
-                ), where
-            return TableRef.parse(declared["table"]), declared.get("where") or ""
-        return None, where
+        if declared is not None and not where.strip() and not includes:
+            return TableRef.parse(declared["table"]), declared.get("where") or "", rules.includes(tablename)
+        return None, where, tuple(includes)
 
-    async def compile(self, sub_id: str, request_id: str, table: TableRef, where: str) -> Shape | str:
-        """Compile one shape request, or say why it is refused."""
+    async def compile(
+        self, sub_id: str, request_id: str, table: TableRef, where: str, includes: Sequence[Include] = ()
+    ) -> AnyShape | str:
+        """Compile one shape request, or say why it is refused (a message starting "invalid include
+        tree" for a tree that cannot be served)."""
         catalog = self.services.catalog
         if table not in await catalog.electrified_tables():
             return f"table {table} is not electrified"
         rules = await catalog.shape_rules()
-        if rules.adhoc != "allow" and rules.find(table, where) is None:
+        if rules.adhoc != "allow" and rules.find(table, where, includes) is None:
+            tree = " with its include tree" if includes else ""
             return (
-                f"shape ({table}{' where ' + where if where.strip() else ''}) is not declared in electric.yaml, "
-                "and adhoc_shapes is deny"
+                f"shape ({table}{' where ' + where if where.strip() else ''}){tree} is not declared in"
+                " electric.yaml, and adhoc_shapes is deny"
             )
         rel = await catalog.describe(table)
         if rel is None:
@@ -138,11 +163,62 @@ class ShapeEngine:
                 return f"invalid where clause{at}: {exc.message}"
         if access.rows is not None:
             compiled = access.rows if compiled is None else all_true([compiled, access.rows])
-        return Shape(sub_id, request_id, table, rel, compiled, where)
+        if not includes:
+            return Shape(sub_id, request_id, table, rel, compiled, where)
+        root = Node(table, rel, compiled, where, None)
+        try:
+            await self._grow(root, includes, await catalog.foreign_keys(), [])
+            check_shape(root)
+        except TreeError as exc:
+            return f"invalid include tree: {exc}"
+        return tr.TreeShape(sub_id, request_id, root)
 
-    def register(self, shape: Shape) -> None:
+    async def _grow(
+        self, parent: Node, includes: Sequence[Include], fks: Sequence[ForeignKey], path: list[tuple[object, ...]]
+    ) -> None:
+        """Resolve and compile the levels under ``parent``; TreeError if one cannot be served."""
+        catalog = self.services.catalog
+        for inc in includes:
+            table = TableRef.parse(inc.table)
+            if table not in await catalog.electrified_tables():
+                raise TreeError(f"table {inc.table} is not electrified")
+            rel = await catalog.describe(table)
+            if rel is None:
+                raise TreeError(f"table {inc.table} does not exist")
+            edge = resolve_edge(parent.table, table, inc.foreign_key, fks)
+            step = (frozenset((parent.table, table)), edge.columns, edge.parent_columns)
+            if step in path:
+                raise TreeError(f"the include of {table} follows the same foreign key back: a path may use it once")
+            # an include reaches no row that a direct subscription to its table could not
+            access = await self.projection.access_for(rel)
+            compiled = None
+            if inc.where.strip():
+                try:
+                    compiled = compile_where(inc.where, rel, self.identity.claims, readable=access.filterable(rel))
+                except ShapeError as exc:
+                    raise TreeError(f"the where clause of {table}: {exc.message}") from None
+            if access.rows is not None:
+                compiled = access.rows if compiled is None else all_true([compiled, access.rows])
+            node = parent.add(Node(table, rel, compiled, inc.where, edge))
+            await self._grow(node, inc.include, fks, [*path, step])
+
+    def register(self, shape: AnyShape) -> None:
+        if isinstance(shape, tr.TreeShape):
+            if shape.root not in self.trees.roots:
+                self.trees.add_tree(shape.root)
+            self.tree_shapes.append(shape)
+            for node in shape.root.walk():
+                self.services.router.add(self, str(node.table), node)
+            return
         self.shapes.setdefault(str(shape.table), TableShapes()).add(shape)
         self.services.router.add(self, str(shape.table), shape)
+
+    def _forget_tree(self, shape: tr.TreeShape) -> list[tuple[Node, tuple[bytes | None, ...]]]:
+        """Stop serving a tree; the rows its levels held."""
+        self.tree_shapes.remove(shape)
+        for node in shape.root.walk():
+            self.services.router.remove(self, str(node.table), node)
+        return self.trees.remove_tree(shape.root)
 
     def start(self, cursor: int, schema: Sequence[Migration] = ()) -> None:
         """Stream from ``cursor`` (the client has everything up to it), after the migrations in
@@ -152,7 +228,7 @@ class ShapeEngine:
         self.services.scanning.add(self)
         self.wake.set()
 
-    def subscribe(self, subscription_id: str, shapes: list[Shape]) -> None:
+    def subscribe(self, subscription_id: str, shapes: list[AnyShape]) -> None:
         self.control.append(_Subscribe(subscription_id, shapes))
         self.inflight.add(subscription_id)
         self.wake.set()
@@ -196,6 +272,8 @@ class ShapeEngine:
                         self.inflight.discard(item.subscription_id)
                 elif isinstance(item, _Reassess):
                     await self._reassess()
+                elif isinstance(item, _TreeMoves):
+                    await self._tree_moves()
                 else:
                     await self._unsubscribe(item)
             if not sink.has_room():
@@ -221,7 +299,9 @@ class ShapeEngine:
             await self.sink.migration(self.cursor, now, 0, group)
 
     async def _send_transaction(self, tx: Transaction) -> None:
-        changes = route_transaction(self.shapes, tx)
+        changes = tr.route_transaction(self.shapes, self.trees, tx, self.pending)
+        if self.pending and not any(isinstance(c, _TreeMoves) for c in self.control):
+            self.control.append(_TreeMoves())
         if tx.origin is not None and tx.origin == self.client_id:
             # the client's own transaction always goes back to it (it clears its oplog with it),
             # with rows it wrote that none of its shapes hold as GONE: it must not keep them
@@ -251,7 +331,9 @@ class ShapeEngine:
                     # unchanged by the merge (the client's write lost), or outside its shapes
                     held.add(key)
                     shapes = self.shapes.get(ch.relation.qualified)
-                    if shapes and any(s.matches(ch.new) for s in shapes.candidates(ch)):
+                    if (shapes and any(s.matches(ch.new) for s in shapes.candidates(ch))) or self.trees.holds(
+                        ch.relation.qualified, key_of(ch.relation, ch.new)
+                    ):
                         extra.append(Change("U", ch.relation, ch.new, ch.new))
                     else:
                         extra.append(Change("G", ch.relation, None, ch.new))
@@ -328,14 +410,46 @@ class ShapeEngine:
                     deferred.append(tx)
 
     async def _deliver(self, sub: _Subscribe) -> None:
+        try:
+            await self._deliver_data(sub)
+        except BaseException:
+            for shape in sub.shapes:  # trees taken in while delivering are let go again
+                if isinstance(shape, tr.TreeShape) and shape.root in self.trees.roots:
+                    self.trees.remove_tree(shape.root)
+            raise
+
+    async def _deliver_tree(self, snap: Snapshot, shape: tr.TreeShape, delivered: dict[str, TableShapes]) -> None:
+        """A tree's rows at the snapshot, every level, in one shape's data (the client applies the
+        subscription in one transaction: it never sees a child without its parent)."""
+        flat = {t: s for t, s in self.shapes.items()}
+        for table, mine in delivered.items():  # flat shapes of this subscription, delivered before
+            merged = TableShapes()
+            for s in (*(flat[table].all if table in flat else ()), *mine.all):
+                merged.add(s)
+            flat[table] = merged
+        self.trees.add_tree(shape.root)
+        rows = await tr.load(snap, self.trees, flat, roots=[shape.root])
+        await self.sink.shape_begin(shape.request_id)
+        for rel, group in itertools.groupby(rows, key=lambda item: item[0]):
+            batch = [row for _, row in group]
+            await self.sink.shape_rows(self.projection.relation(rel), self.projection.snapshot_rows(rel, batch))
+        await self.sink.shape_end()
+
+    async def _deliver_data(self, sub: _Subscribe) -> None:
         sink = self.sink
         async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap.visibility)
+            relations = [
+                n.relation for s in sub.shapes for n in (s.root.walk() if isinstance(s, tr.TreeShape) else [s])
+            ]
             await sink.subscription_begin(
-                sub.subscription_id, self.cursor, [self.projection.relation(s.relation) for s in sub.shapes]
+                sub.subscription_id, self.cursor, [self.projection.relation(r) for r in dict.fromkeys(relations)]
             )
             delivered: dict[str, TableShapes] = {}
             for shape in sub.shapes:
+                if isinstance(shape, tr.TreeShape):
+                    await self._deliver_tree(snap, shape, delivered)
+                    continue
                 rel = shape.relation
                 prel = self.projection.relation(rel)
                 # rows the client already holds through another shape are not sent again
@@ -345,6 +459,8 @@ class ShapeEngine:
                 held = [s.where for s in (*(existing.overlapping(shape) if existing else ()), *mine.overlapping(shape))]
                 await sink.shape_begin(shape.request_id)
                 async for rows in snap.rows(rel, snapshot_filter(shape.where, held), tags=True):
+                    if self.trees.nodes_on(table):  # rows a tree holds are not sent again either
+                        rows = [r for r in rows if not self.trees.holds(table, key_of(rel, r))]
                     await sink.shape_rows(prel, self.projection.snapshot_rows(rel, rows))
                 await sink.shape_end()
                 mine.add(shape)
@@ -356,7 +472,12 @@ class ShapeEngine:
             await self._send_transaction(tx)
         self.state.subscriptions[sub.subscription_id] = SubscriptionRecord(
             sub.subscription_id,
-            [{"request_id": s.request_id, "table": str(s.table), "where": s.where_text} for s in sub.shapes],
+            [
+                s.record()
+                if isinstance(s, tr.TreeShape)
+                else {"request_id": s.request_id, "table": str(s.table), "where": s.where_text}
+                for s in sub.shapes
+            ],
             self.cursor,
         )
         await self.services.store.save_async(self.state)
@@ -375,6 +496,45 @@ class ShapeEngine:
                     await self.sink.moved(self.cursor, gone, rows)
         for tx in deferred:
             await self._send_transaction(tx)
+
+    async def _tree_moves(self) -> None:
+        """Rows a transaction moved into a tree (the subtree under a row that entered, a row that a
+        held row now points at) are read at a snapshot once the client is at its point, and sent
+        as one transaction there; so are GONEs for rows a tree let go that no flat shape holds."""
+        async with self._snapshot() as snap:
+            deferred = await self._catch_up_to(snap.visibility)
+            pending, self.pending = self.pending, tr.Pending()  # what the catch-up added is done here too
+            rows = await tr.load(snap, self.trees, self.shapes, wanted=pending.wanted)
+            gone = await self._let_go(snap, pending.check)
+            if gone or rows:
+                await self.sink.moved(
+                    self.cursor,
+                    gone,
+                    [
+                        (self.projection.relation(rel), self.projection.snapshot_rows(rel, [row])[0])
+                        for rel, row in rows
+                    ],
+                )
+        for tx in deferred:
+            await self._send_transaction(tx)
+
+    async def _let_go(
+        self, snap: Snapshot, released: Sequence[tuple[Node, tuple[bytes | None, ...]]]
+    ) -> list[tuple[RelationDef, Row]]:
+        """Of rows a tree no longer holds, the keys the client holds by no other shape at ``snap``."""
+        by_table: dict[str, tuple[RelationDef, set[tuple[bytes | None, ...]]]] = {}
+        for node, key in released:
+            if not self.trees.holds(str(node.table), key):
+                by_table.setdefault(str(node.table), (node.relation, set()))[1].add(key)
+        gone: list[tuple[RelationDef, Row]] = []
+        for table, (rel, keys) in sorted(by_table.items()):
+            shapes = self.shapes.get(table)
+            if shapes:
+                rows = await tr.rows_by_key(snap, rel, sorted(keys, key=repr))
+                keys = {k for k in keys if k not in rows or not tr.flat_matches(shapes, rows[k])}
+            prel = self.projection.relation(rel)
+            gone.extend((prel, k) for k in sorted(keys, key=repr))
+        return gone
 
     async def _reshape(self, snap: Snapshot) -> tuple[list[tuple[RelationDef, Row]], list[tuple[RelationDef, Row]]]:
         """Recompile every shape with the new roles; the rows that move: by key those that leave,
@@ -406,6 +566,27 @@ class ShapeEngine:
             held: list[CompiledWhere | None] = [] if widened else [old_where]
             async for rows in snap.rows(rel, snapshot_filter(new_where, held), tags=True):
                 arriving.extend((prel, row) for row in self.projection.snapshot_rows(rel, rows))
+        # trees: compiled again under the new grants and read whole (the columns a level shows may
+        # have changed); rows they held and hold no more leave
+        released: list[tuple[Node, tuple[bytes | None, ...]]] = []
+        for old_tree in list(self.tree_shapes):
+            released.extend(self._forget_tree(old_tree))
+            root = old_tree.root
+            tree = await self.compile(
+                old_tree.subscription_id,
+                old_tree.request_id,
+                root.table,
+                root.where_text,
+                includes_from_json(root.describe().get("include")),
+            )
+            if isinstance(tree, tr.TreeShape):
+                self.trees.add_tree(tree.root)
+                self.register(tree)
+                for rel, row in await tr.load(snap, self.trees, {}, roots=[tree.root]):
+                    arriving.extend(
+                        (self.projection.relation(rel), r) for r in self.projection.snapshot_rows(rel, [row])
+                    )
+        gone.extend(await self._let_go(snap, released))
         return gone, arriving
 
     async def _unsubscribe(self, unsub: _Unsubscribe) -> None:
@@ -414,9 +595,12 @@ class ShapeEngine:
         async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap.visibility)
             leaving: dict[str, list[Shape]] = {}
+            released: list[tuple[Node, tuple[bytes | None, ...]]] = []
             for sub_id in unsub.subscription_ids:
                 if state.subscriptions.pop(sub_id, None) is None:
                     continue
+                for tree in [t for t in self.tree_shapes if t.subscription_id == sub_id]:
+                    released.extend(self._forget_tree(tree))
                 for table, shapes in list(self.shapes.items()):
                     gone = [s for s in shapes.all if s.subscription_id == sub_id]
                     for shape in gone:
@@ -435,7 +619,10 @@ class ShapeEngine:
                 remaining = [s.where for s in left.all] if left else []
                 where = snapshot_filter(any_of([s.where for s in removed]), remaining)
                 async for rows in snap.rows(rel, where):
-                    await sink.gone(prel, [tuple(row[i] for i in rel.pk_indexes) for row in rows])
+                    keys = [key_of(rel, row) for row in rows]
+                    await sink.gone(prel, [k for k in keys if not self.trees.holds(table, k)])
+            for prel, key in await self._let_go(snap, released):
+                await sink.gone(prel, [key])
             await sink.unsubscribe_end()
         for tx in deferred:
             await self._send_transaction(tx)

@@ -20,6 +20,7 @@ from electricctl._perms.policy import Policy
 from electricctl._perms.read import RoleState
 from electricctl._shapes.declared import ShapeRules
 from electricctl._shapes.router import Router
+from electricctl._shapes.tree import ForeignKey
 from electricctl._shapes.visibility import Visibility
 
 
@@ -37,6 +38,10 @@ class Catalog(Protocol):
     ) -> RoleState: ...
 
     async def shape_rules(self) -> ShapeRules: ...
+
+    async def foreign_keys(self) -> list[ForeignKey]:
+        """Foreign keys between electrified tables (what include trees may follow)."""
+        ...
 
 
 class Snapshot(Protocol):

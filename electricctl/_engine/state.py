@@ -5,13 +5,14 @@ data; :class:`~electricctl._server.clients.ClientStore` keeps it on disk."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
 class SubscriptionRecord:
     id: str
-    requests: list[dict[str, str]]
-    """``[{"request_id": ..., "table": "schema.name"}]``"""
+    requests: list[dict[str, Any]]
+    """``[{"request_id": ..., "table": "schema.name", "where": ..., "include": [...]}]``"""
     delivered_lsn: int
 
 

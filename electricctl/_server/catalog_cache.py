@@ -24,6 +24,7 @@ from electricctl._perms.read import RoleState, read_roles
 from electricctl._server.pgretry import Backoff
 from electricctl._server.snapshot import describe
 from electricctl._shapes.declared import ShapeRules
+from electricctl._shapes.tree import ForeignKey
 
 _T = TypeVar("_T")
 
@@ -35,6 +36,22 @@ CATALOG_RECONNECT_FOR = 15.0
 """Seconds a client's request waits for the catalog connection to come back."""
 
 
+_FOREIGN_KEYS = """
+SELECT sn.nspname, sc.relname,
+       (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
+          JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum),
+       tn.nspname, tc.relname,
+       (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(con.confkey) WITH ORDINALITY k(attnum, ord)
+          JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum)
+  FROM pg_constraint con
+  JOIN pg_class sc ON sc.oid = con.conrelid JOIN pg_namespace sn ON sn.oid = sc.relnamespace
+  JOIN pg_class tc ON tc.oid = con.confrelid JOIN pg_namespace tn ON tn.oid = tc.relnamespace
+ WHERE con.contype = 'f'
+ ORDER BY con.conname
+"""
+"""Every foreign key (those between electrified tables are kept)."""
+
+
 class CatalogCache:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -43,6 +60,7 @@ class CatalogCache:
         self._rules: tuple[ShapeRules, float] | None = None
         self._policy: tuple[Policy, dict[TableRef, RelationDef], float] | None = None
         self._electrified: tuple[set[TableRef], float] | None = None
+        self._foreign_keys: tuple[list[ForeignKey], float] | None = None
 
     @property
     def cached_policy(self) -> Policy | None:
@@ -124,6 +142,7 @@ class CatalogCache:
             self._relations.pop(table, None)
         self._electrified = None
         self._policy = None
+        self._foreign_keys = None
 
     async def describe(self, table: TableRef, *, fresh: bool = False) -> RelationDef | None:
         """The table's columns as the stream sends them (cached for a few seconds, unless ``fresh``)."""
@@ -161,6 +180,21 @@ class CatalogCache:
         if identity is None:
             return RoleState(frozenset(), {})
         return await self.run(lambda conn: read_roles(conn, policy, relations, identity))
+
+    async def foreign_keys(self) -> list[ForeignKey]:
+        """Foreign keys between electrified tables (cached for RULES_TTL seconds)."""
+        now = time.monotonic()
+        if self._foreign_keys is not None and now - self._foreign_keys[1] < RULES_TTL:
+            return self._foreign_keys[0]
+        rows = await self.rows(_FOREIGN_KEYS)
+        electrified = await self.electrified_tables()
+        found = [
+            ForeignKey(TableRef(r[0], r[1]), tuple(r[2]), TableRef(r[3], r[4]), tuple(r[5]))
+            for r in rows
+            if TableRef(r[0], r[1]) in electrified and TableRef(r[3], r[4]) in electrified
+        ]
+        self._foreign_keys = (found, now)
+        return found
 
     async def shape_rules(self) -> ShapeRules:
         """Declared shapes and the adhoc_shapes setting, as applied (read from the catalog)."""

@@ -22,8 +22,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from electricctl._auth.tokens import Identity
+from electricctl._engine.engine import AnyShape, ShapeEngine
 from electricctl._engine.engine import Refused as EngineRefused
-from electricctl._engine.engine import ShapeEngine
 from electricctl._model.migrations import Migration
 from electricctl._model.table import TableRef
 from electricctl._protocol import codec
@@ -44,7 +44,7 @@ from electricctl._server.migrations_api import Unavailable as MigrationsUnavaila
 from electricctl._server.satellite_sink import SatelliteSink
 from electricctl._server.services import Services
 from electricctl._server.writes import ClientWrites
-from electricctl._shapes.routing import Shape
+from electricctl._shapes.tree import includes_from_json
 
 log = logging.getLogger("electricctl.server")
 
@@ -353,7 +353,13 @@ class Connection:
                 del state.subscriptions[sub_id]
         for sub in state.subscriptions.values():
             for r in sub.requests:
-                shape = await engine.compile(sub.id, r["request_id"], TableRef.parse(r["table"]), r.get("where", ""))
+                shape = await engine.compile(
+                    sub.id,
+                    r["request_id"],
+                    TableRef.parse(r["table"]),
+                    r.get("where", ""),
+                    includes_from_json(r.get("include")),
+                )
                 if isinstance(shape, str):
                     return refuse(START_ERR.SUBSCRIPTION_NOT_FOUND, f"cannot resume {sub.id}: {shape}")
                 engine.register(shape)
@@ -374,18 +380,23 @@ class Connection:
                 (SUBS_ERR.SUBSCRIPTION_ID_ALREADY_EXISTS, f"subscription {sub_id} already exists"),
             )
         problems: list[tuple[str, int, str]] = []
-        shapes: list[Shape] = []
-        for request_id, tablename, where in effect.requests:
-            table, where = await engine.resolve(tablename, where)
+        shapes: list[AnyShape] = []
+        for request_id, tablename, where, includes in effect.requests:
+            table, where, includes = await engine.resolve(tablename, where, includes)
             if isinstance(table, EngineRefused):
                 problems.append((request_id, SHAPE_ERR.INVALID_INCLUDE_TREE, table.message))
                 continue
             if table is None:
                 problems.append((request_id, SHAPE_ERR.TABLE_NOT_FOUND, f"{tablename!r} is not electrified"))
                 continue
-            shape = await engine.compile(sub_id, request_id, table, where)
+            shape = await engine.compile(sub_id, request_id, table, where, includes)
             if isinstance(shape, str):
-                code = SHAPE_ERR.TABLE_NOT_FOUND if "not electrified" in shape else SHAPE_ERR.INVALID_WHERE_CLAUSE
+                if shape.startswith("invalid include tree"):
+                    code = SHAPE_ERR.INVALID_INCLUDE_TREE
+                elif "not electrified" in shape:
+                    code = SHAPE_ERR.TABLE_NOT_FOUND
+                else:
+                    code = SHAPE_ERR.INVALID_WHERE_CLAUSE
                 problems.append((request_id, code, shape))
             else:
                 shapes.append(shape)

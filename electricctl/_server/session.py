@@ -115,6 +115,7 @@ from electricctl._server.session_types import (
 from electricctl._server.session_types import (
     Unsubscribe as Unsubscribe,
 )
+from electricctl._shapes.tree import MAX_DEPTH, Include
 
 START_ERR = pb.SatInStartReplicationResp.ReplicationError
 SUBS_ERR = pb.SatSubsResp.SatSubsError
@@ -141,6 +142,21 @@ class SessionConfig:
 
 def valid_client_id(value: str) -> bool:
     return 0 < len(value) <= MAX_CLIENT_ID and value.isprintable()
+
+
+def _include(rel: pb.SatShapeDef.Relation, depth: int) -> Include:
+    """One level of a requested include tree (its depth bounded: the message is untrusted)."""
+    if depth > MAX_DEPTH:
+        raise ValueError(f"the include tree is deeper than {MAX_DEPTH} levels")
+    select = rel.select
+    if not select.tablename:
+        raise ValueError("an include names no table")
+    return Include(
+        select.tablename,
+        tuple(rel.foreign_key),
+        select.where,
+        tuple(_include(r, depth + 1) for r in select.include),
+    )
 
 
 def _is_uuid(value: str) -> bool:
@@ -332,7 +348,7 @@ class Session:
         if len(set(ids)) != len(ids) or not all(ids):
             return refuse("shape request ids must be unique and non-empty")
         problems: list[tuple[str, int, str]] = []
-        requests: list[tuple[str, str, str]] = []
+        requests: list[tuple[str, str, str, tuple[Include, ...]]] = []
         for r in req.shape_requests:
             selects = r.shape_definition.selects
             if not selects:
@@ -341,10 +357,13 @@ class Session:
                 problems.append(
                     (r.request_id, SHAPE_ERR.DUPLICATE_TABLE_IN_SHAPE_DEFINITION, "one select per shape request")
                 )
-            elif selects[0].include:
-                problems.append((r.request_id, SHAPE_ERR.INVALID_INCLUDE_TREE, "include trees are not supported yet"))
             else:
-                requests.append((r.request_id, selects[0].tablename, selects[0].where))
+                try:
+                    includes = tuple(_include(rel, 1) for rel in selects[0].include)
+                except ValueError as exc:
+                    problems.append((r.request_id, SHAPE_ERR.INVALID_INCLUDE_TREE, str(exc)))
+                    continue
+                requests.append((r.request_id, selects[0].tablename, selects[0].where, includes))
         if problems:
             return Step(state, [_subs_response(rid, Subscribed(rid, sub_id, None, tuple(problems)))])
         return Step(state, [], [Subscribe(rid, sub_id, tuple(requests))])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from electricctl._auth.tokens import Identity
 from electricctl._protocol import satellite_pb2 as pb
+from electricctl._shapes.tree import Include
 
 
 # -- phases --------------------------------------------------------------------------------------
@@ -192,8 +193,8 @@ class Subscribe:
 
     request_id: int
     subscription_id: str
-    requests: tuple[tuple[str, str, str], ...]
-    """(request id, table name, where) per shape request."""
+    requests: tuple[tuple[str, str, str, tuple[Include, ...]], ...]
+    """(request id, table name, where, include tree) per shape request."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
 
 from electricctl._server.app import Server
 from tests.compat.conftest import Driver
-from tests.server_fixtures import Env, ServeProcess, ws_url
+from tests.server_fixtures import Env, ServeProcess, running_server, ws_url
 
 pytestmark = pytest.mark.asyncio
 
@@ -22,9 +24,17 @@ def by_id(rows: list[dict[str, object]]) -> dict[object, dict[str, object]]:
     return {r["id"]: r for r in rows}
 
 
-async def test_initial_sync_live_changes_and_acks(server: Server, env: Env, drivers: list[Driver]) -> None:
+@pytest_asyncio.fixture
+async def server30(env: Env) -> AsyncIterator[Server]:
+    """A server with Electric's window of 30 (ours is 300): the npm client acks at 70% of it."""
+    async with running_server(env, unacked_window=30) as srv:
+        yield srv
+
+
+async def test_initial_sync_live_changes_and_acks(server30: Server, env: Env, drivers: list[Driver]) -> None:
     import asyncio
 
+    server = server30
     d = await asyncio.to_thread(Driver, base_url(server), env.token())
     drivers.append(d)
     await asyncio.to_thread(d.call, "subscribe", table="items")

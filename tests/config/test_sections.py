@@ -147,11 +147,9 @@ def test_shapes_warn_that_include_trees_are_not_served_and_refuse_cycles() -> No
     assert [sh.name for sh in shapes] == ["tree", "flat"]
     assert shapes[0].include[0].foreign_key == ("project_id",)
     assert found(s) == [
-        ("warning", 4, 5, "shapes[0].include", "not_enforced.include"),
         ("error", 9, col(s, 9, "projects}"), "shapes[1].include[0].include[0].table", "shape.cycle"),
         ("error", 10, col(s, 10, "tree"), "shapes[2].name", "shape.duplicate"),
     ]
-    # an invalid include tree is reported as an error only, not also as "not served yet"
 
 
 def test_sqlite_statements_are_normalised_and_checked() -> None:

@@ -255,7 +255,7 @@ def test_subscribe_validation_and_outcomes() -> None:
         body = response_body(step, pb.SatSubsResp)
         assert body.err.shape_request_error[0].code == code and not step.effects  # type: ignore[attr-defined]
     step = SESSION.handle(state, rpc("subscribe", subscribe_req(sub, select), request_id=7))
-    assert step.effects == [S.Subscribe(7, sub, (("r1", "items", "id > 1"),))] and not step.replies
+    assert step.effects == [S.Subscribe(7, sub, (("r1", "items", "id > 1", ()),))] and not step.replies
     accepted = SESSION.handle(state, S.Subscribed(7, sub))
     assert response_body(accepted, pb.SatSubsResp).subscription_id == sub  # type: ignore[attr-defined]
     refused = SESSION.handle(state, S.Subscribed(7, sub, None, (("r1", S.SHAPE_ERR.INVALID_WHERE_CLAUSE, "bad"),)))

@@ -250,41 +250,6 @@ async def test_ten_thousand_equality_shapes_each_client_gets_exactly_its_rows(se
         await cl.close()
 
 
-async def test_a_declared_shape_with_an_include_tree_is_refused_not_served_in_part(env: Env, tmp_path: Path) -> None:
-    """Issue 11, defect 2: until include trees are served, subscribing to a declared shape that has
-    one is refused with INVALID_INCLUDE_TREE (it used to deliver the root table alone, silently)."""
-    config_text = """
-version: 1
-auth:
-  mode: secure
-  jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
-tables: [parents, children]
-shapes:
-  - name: family
-    table: parents
-    include:
-      - table: children
-  - name: just_parents
-    table: parents
-adhoc_shapes: deny
-"""
-    config = load_text(config_text, str(tmp_path / "tree.yaml"), env={})
-    assert [w.code for w in config.warnings] == ["not_enforced.include"]
-    applier.apply(config, env.url)
-    env.sql("INSERT INTO parents VALUES ('p1', 'one')")
-    tree_env = Env(env.url, config, tmp_path / "tree.yaml", env.data_dir, env.slot)
-    async with running_server(tree_env) as srv:
-        cl = await SatelliteClient(ws_url(srv)).connect()
-        await cl.authenticate(env.token())
-        await cl.start()
-        with pytest.raises(RpcError, match=r"INVALID_INCLUDE_TREE.*include tree, which this server does not serve yet"):
-            await subscribe(cl, "family")
-        assert not cl.table("parents")
-        await subscribe(cl, "just_parents")  # a declared shape without one is served
-        assert set(cl.table("parents")) == {(b"p1",)}
-        await cl.close()
-
-
 async def test_a_value_python_cannot_hold_does_not_stop_the_stream(client: SatelliteClient, env: Env) -> None:
     # Postgres stores timestamps Python's datetime cannot hold (+-infinity, BC, past year 9999).
     # A clause on such a column cannot be decided for that row in the stream: the row does not

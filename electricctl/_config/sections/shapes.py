@@ -2,8 +2,7 @@
 
 A shape is a root table with an optional where clause and a tree of includes (related tables,
 each optionally filtered). Names are unique and a table may appear only once on each path of
-the tree. Include trees are accepted and stored, but serve does not serve them yet: each shape
-that has one gets a ``not_enforced.include`` warning.
+the tree. ``plan`` resolves the foreign key each include follows (see electricctl._plan.validate).
 """
 
 from __future__ import annotations
@@ -43,14 +42,6 @@ def validate_shapes(items: list[Any] | None, tables: DeclaredTables) -> tuple[Sh
             if where is None:
                 continue
         includes = _includes(item.get("include") or [], f"{path}.include", (table,), tables)
-        if includes:
-            sink.warn(
-                f"{path}.include",
-                f"shape {name!r}: include trees are validated and stored, but serve does not serve them yet;"
-                " it refuses a subscription to this shape rather than send its root table alone",
-                "not_enforced.include",
-                key=True,
-            )
         if includes is None:
             continue
         out.append(Shape(name, table, where, includes, sink.at(path)))

@@ -1,0 +1,190 @@
+"""Include trees in the shape engine: routing a transaction through a client's flat shapes and trees,
+and loading what enters a tree from a snapshot, level by level (one query per level and batch of
+joining values, never one per row).
+
+Protocol-free like the rest of the engine: it returns changes and rows, the engine emits them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from psycopg import sql
+
+from electricctl._engine.ports import Snapshot
+from electricctl._model.rows import Change, RelationDef, Row, Transaction
+from electricctl._shapes.routing import TableShapes, route
+from electricctl._shapes.tree import Key, Link, Moves, Node, TreeHold, key_of, link_filter
+
+LINKS_PER_QUERY = 10_000
+"""Joining values per snapshot query (a level with more parents takes a few queries)."""
+
+
+@dataclass(slots=True)
+class TreeShape:
+    """One requested shape with an include tree: the root level and everything under it."""
+
+    subscription_id: str
+    request_id: str
+    root: Node
+
+    @property
+    def table(self) -> str:
+        return str(self.root.table)
+
+    def record(self) -> dict[str, object]:
+        """How the client's subscription remembers it (what a resume compiles again)."""
+        described = self.root.describe()
+        return {"request_id": self.request_id, "table": self.table, "where": self.root.where_text, **described}
+
+
+@dataclass(slots=True)
+class Pending:
+    """Tree work a transaction left, done at the next snapshot point (see ShapeEngine._tree_moves)."""
+
+    wanted: list[tuple[Node, Link]] = field(default_factory=list)
+    check: list[tuple[Node, Key]] = field(default_factory=list)
+    """Rows a tree let go that a flat shape may still hold: decided on the row as it is then."""
+
+    def __bool__(self) -> bool:
+        return bool(self.wanted or self.check)
+
+
+def flat_matches(shapes: TableShapes | None, row: Row) -> bool:
+    return bool(shapes) and any(s.matches(row) for s in shapes.all)  # type: ignore[union-attr]
+
+
+def pk_row(rel: RelationDef, key: Key) -> Row:
+    values: list[bytes | None] = [None] * len(rel.columns)
+    for i, v in zip(rel.pk_indexes, key, strict=True):
+        values[i] = v
+    return tuple(values)
+
+
+def route_transaction(flat: dict[str, TableShapes], hold: TreeHold, tx: Transaction, pending: Pending) -> list[Change]:
+    """What a client with these flat shapes and trees receives for ``tx``: each change as the
+    client sees it (insert on entering, update, delete, GONE on leaving), then GONE for the rows
+    that left with a row above them. Work for a snapshot (move-ins) is added to ``pending``."""
+    if not hold:
+        out: list[Change] = []
+        for ch in tx.changes:
+            shapes = flat.get(ch.relation.qualified)
+            if shapes:
+                out.extend(route(shapes.candidates(ch), tx, ch))
+        return out
+    out = []
+    moves = Moves()
+    relations: dict[str, RelationDef] = {}
+    for ch in tx.changes:
+        table = ch.relation.qualified
+        shapes = flat.get(table)
+        if not shapes and not hold.nodes_on(table):
+            continue
+        if ch.op == "T":
+            continue
+        relations[table] = ch.relation
+        for part in _split(ch):
+            out.extend(_route_part(shapes, hold, tx, part, moves))
+    # rows that left with a row above them: GONE unless something still holds them
+    gone: dict[tuple[str, Key], Change] = {}
+    for node, key in moves.left:
+        table = str(node.table)
+        if hold.holds(table, key) or (table, key) in gone:
+            continue
+        if flat.get(table):
+            pending.check.append((node, key))  # a flat shape may hold it: decided on the row later
+            continue
+        rel = relations.get(table, node.relation)
+        gone[(table, key)] = Change("G", rel, None, pk_row(rel, key))
+    out.extend(gone.values())
+    pending.wanted.extend((node, link) for node, link in moves.wanted if hold.joined(node, link))
+    return out
+
+
+def _split(ch: Change) -> list[Change]:
+    """An update that changes the primary key is a delete of the old key and an insert of the new one."""
+    if ch.op == "U" and ch.old is not None and ch.new is not None:
+        if any(ch.old[i] != ch.new[i] for i in ch.relation.pk_indexes):
+            return [Change("D", ch.relation, None, ch.old), Change("I", ch.relation, ch.new, None)]
+    return [ch]
+
+
+def _route_part(shapes: TableShapes | None, hold: TreeHold, tx: Transaction, ch: Change, moves: Moves) -> list[Change]:
+    before_row = ch.old if ch.op in ("U", "D") else None
+    after_row = ch.new if ch.op in ("I", "U") else None
+    flat_before = flat_after = False
+    if shapes:
+        for shape in shapes.candidates(ch):
+            flat_before = flat_before or (before_row is not None and shape.matches(before_row))
+            flat_after = flat_after or (after_row is not None and shape.matches(after_row))
+    tree_before, tree_after = hold.apply(ch, moves)
+    before, after = flat_before or tree_before, flat_after or tree_after
+    if after and not before:
+        assert after_row is not None
+        return [Change("I", ch.relation, after_row, None)]
+    if after and before:
+        if ch.op == "U" and before_row is not None and before_row == after_row:
+            return []
+        return [Change("U", ch.relation, after_row, before_row if before_row is not None else after_row)]
+    if before:
+        row = before_row if before_row is not None else pk_row(ch.relation, key_of(ch.relation, after_row or ()))
+        return [Change("D" if ch.op == "D" else "G", ch.relation, None, row)]
+    return []
+
+
+async def load(
+    snap: Snapshot,
+    hold: TreeHold,
+    flat: dict[str, TableShapes],
+    roots: Sequence[Node] = (),
+    wanted: Sequence[tuple[Node, Link]] = (),
+) -> list[tuple[RelationDef, Row]]:
+    """Read what enters the trees at ``snap``: each root's rows, and the rows joined by each wanted
+    (level, value), level by level with what hangs from them. Every row is taken into ``hold``;
+    returned (each with its tags last) are the rows the client held by no shape before."""
+    out: list[tuple[RelationDef, Row]] = []
+    moves = Moves(wanted=list(wanted))
+
+    async def take_rows(node: Node, where: sql.Composable | None) -> None:
+        rel = node.relation
+        table = str(node.table)
+        n = len(rel.columns)
+        shapes = flat.get(table)
+        async for rows in snap.rows(rel, where, tags=True):
+            for tagged in rows:
+                row = tagged[:n]
+                had = hold.holds(table, key_of(rel, row)) or flat_matches(shapes, row)
+                if hold.take(node, rel, row, moves) and not had:
+                    out.append((rel, tagged))
+
+    for root in roots:
+        await take_rows(root, root.where.sql if root.where is not None else None)
+    while moves.wanted:
+        batch, moves.wanted = moves.wanted, []
+        by_node: dict[Node, list[Link]] = {}
+        for node, link in batch:
+            if hold.joined(node, link):
+                by_node.setdefault(node, []).append(link)
+        for node, links in by_node.items():
+            assert node.edge is not None
+            for i in range(0, len(links), LINKS_PER_QUERY):
+                where = link_filter(node.relation, node.edge.columns, links[i : i + LINKS_PER_QUERY])
+                if node.where is not None:
+                    where = sql.SQL("{} AND ({})").format(where, node.where.sql)
+                await take_rows(node, where)
+    return out
+
+
+async def rows_by_key(snap: Snapshot, rel: RelationDef, keys: Sequence[Key]) -> dict[Key, Row]:
+    """The rows with these keys at ``snap`` (those that still exist)."""
+    names = tuple(rel.columns[i].name for i in rel.pk_indexes)
+    found: dict[Key, Row] = {}
+    for i in range(0, len(keys), LINKS_PER_QUERY):
+        chunk = [k for k in keys[i : i + LINKS_PER_QUERY] if all(v is not None for v in k)]
+        if not chunk:
+            continue
+        async for rows in snap.rows(rel, link_filter(rel, names, chunk)):  # type: ignore[arg-type]
+            for row in rows:
+                found[key_of(rel, row)] = row
+    return found

@@ -1,0 +1,219 @@
+"""Include trees over the live server: a project with its issues, their comments and authors, synced
+in one snapshot and kept live (children arriving, rows moving in and out with their subtrees,
+reparenting, overlaps), with permissions bounding every level."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import pytest_asyncio
+
+from electricctl._apply import applier
+from electricctl._config.loader import load_text
+from electricctl._protocol import satellite_pb2 as pb
+from electricctl._server.app import Server
+from tests.satellite_client import RpcError, SatelliteClient
+from tests.server_fixtures import Env, running_server, ws_url
+
+pytestmark = pytest.mark.asyncio
+
+SCHEMA = """
+CREATE TABLE users (id text PRIMARY KEY, name text);
+CREATE TABLE projects (id text PRIMARY KEY, owner_id text REFERENCES users(id), status text);
+CREATE TABLE issues (id text PRIMARY KEY, project_id text REFERENCES projects(id) ON DELETE CASCADE, title text);
+CREATE TABLE comments (
+    id text PRIMARY KEY,
+    issue_id text REFERENCES issues(id) ON DELETE CASCADE,
+    author_id text REFERENCES users(id),
+    body text
+);
+"""
+
+CONFIG = """
+version: 1
+auth:
+  mode: secure
+  jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
+tables: [users, projects, issues, comments]
+shapes:
+  - name: project_tree
+    table: projects
+    where: "status = 'active'"
+    include:
+      - table: issues
+        include:
+          - table: comments
+            include:
+              - table: users
+                foreign_key: [author_id]
+adhoc_shapes: allow
+"""
+
+# project -> issues -> comments -> author (many-to-one)
+TREE: list[dict[str, Any]] = [
+    {"table": "issues", "include": [{"table": "comments", "include": [{"table": "users", "fk": ["author_id"]}]}]}
+]
+
+
+def select(table: str, where: str = "", include: Sequence[Mapping[str, Any]] = ()) -> pb.SatShapeDef.Select:
+    return pb.SatShapeDef.Select(
+        tablename=table,
+        where=where,
+        include=[
+            pb.SatShapeDef.Relation(
+                foreign_key=list(i.get("fk", ())),
+                select=select(i["table"], i.get("where", ""), i.get("include", ())),
+            )
+            for i in include
+        ],
+    )
+
+
+async def subscribe_tree(
+    cl: SatelliteClient, table: str, where: str = "", include: Sequence[Mapping[str, Any]] = ()
+) -> str:
+    sub_id = str(uuid.uuid4())
+    req = pb.SatSubsReq(
+        subscription_id=sub_id,
+        shape_requests=[
+            pb.SatShapeReq(request_id="r", shape_definition=pb.SatShapeDef(selects=[select(table, where, include)]))
+        ],
+    )
+    resp = await cl.rpc("subscribe", req)
+    assert isinstance(resp, pb.SatSubsResp)
+    if resp.HasField("err"):
+        codes = [pb.SatSubsResp.SatSubsError.ShapeReqError.Code.Name(e.code) for e in resp.err.shape_request_error]
+        raise RpcError(
+            pb.SatErrorResp(
+                error_type=pb.SatErrorResp.INVALID_REQUEST,
+                message="; ".join(f"{c}: {e.message}" for c, e in zip(codes, resp.err.shape_request_error)),
+            )
+        )
+    await cl.wait_for(lambda: sub_id in cl.subscriptions_done)
+    return sub_id
+
+
+@pytest_asyncio.fixture
+async def tree_env(db_url: str, tmp_path: Path) -> Env:
+    with psycopg.connect(db_url, autocommit=True) as conn:
+        conn.execute(SCHEMA)
+        conn.execute("""
+            INSERT INTO users VALUES ('u1', 'ann'), ('u2', 'bob'), ('u3', 'cy'), ('u4', 'dee');
+            INSERT INTO projects VALUES ('p1', 'u1', 'active'), ('p2', 'u2', 'archived'), ('p3', 'u2', 'active');
+            INSERT INTO issues VALUES ('i1', 'p1', 'one'), ('i2', 'p1', 'two'), ('i3', 'p2', 'three'), ('i4', 'p3', 'four');
+            INSERT INTO comments VALUES ('c1', 'i1', 'u2', 'hi'), ('c2', 'i1', 'u3', 'yo'), ('c3', 'i3', 'u4', 'no'),
+                                        ('c4', 'i4', 'u3', 'x');
+        """)
+    path = tmp_path / "electric.yaml"
+    path.write_text(CONFIG)
+    config = load_text(CONFIG, str(path), env={})
+    applier.apply(config, db_url)
+    dbname = db_url.rsplit("/", 1)[1]
+    return Env(db_url, config, path, tmp_path / "data", f"electricctl_{dbname}")
+
+
+@pytest_asyncio.fixture
+async def tree_server(tree_env: Env) -> AsyncIterator[Server]:
+    async with running_server(tree_env) as srv:
+        yield srv
+
+
+async def connect(srv: Server, env: Env) -> SatelliteClient:
+    cl = await SatelliteClient(ws_url(srv)).connect()
+    await cl.authenticate(env.token())
+    await cl.start()
+    return cl
+
+
+def ids(cl: SatelliteClient, table: str) -> set[str]:
+    return {str(k[0].decode()) for k in cl.table(table) if k[0] is not None}
+
+
+async def test_the_initial_sync_is_the_whole_tree_in_one_subscription(tree_server: Server, tree_env: Env) -> None:
+    cl = await connect(tree_server, tree_env)
+    await subscribe_tree(cl, "projects", "id = 'p1'", TREE)
+    assert ids(cl, "projects") == {"p1"}
+    assert ids(cl, "issues") == {"i1", "i2"}
+    assert ids(cl, "comments") == {"c1", "c2"}
+    assert ids(cl, "users") == {"u2", "u3"}  # the comments' authors, not the project's owner
+    # all of it arrived inside the one subscription's data: no transaction carried any of it
+    assert not [tx for tx in cl.transactions if len(tx.ops) > 2]
+    await cl.close()
+
+
+async def test_live_children_reparenting_and_moves(tree_server: Server, tree_env: Env) -> None:
+    env = tree_env
+    cl = await connect(tree_server, env)
+    await subscribe_tree(cl, "projects", "status = 'active'", TREE)
+    assert ids(cl, "projects") == {"p1", "p3"} and ids(cl, "comments") == {"c1", "c2", "c4"}
+
+    # a comment under a held issue arrives as a normal change, and brings its author
+    env.sql("INSERT INTO comments VALUES ('c5', 'i2', 'u4', 'new')")
+    await cl.wait_for(lambda: "c5" in ids(cl, "comments") and "u4" in ids(cl, "users"))
+
+    # reparenting an issue to a project the client does not hold: it leaves with its comments;
+    # authors no other comment refers to leave too
+    env.sql("UPDATE issues SET project_id = 'p2' WHERE id = 'i1'")
+    await cl.wait_for(lambda: "i1" not in ids(cl, "issues"))
+    await cl.wait_for(lambda: ids(cl, "comments") == {"c4", "c5"})
+    await cl.wait_for(lambda: ids(cl, "users") == {"u3", "u4"})  # u2 only wrote c1
+
+    # a project that starts matching brings its whole subtree (p2 now holds i1 and i3)
+    env.sql("UPDATE projects SET status = 'active' WHERE id = 'p2'")
+    await cl.wait_for(lambda: {"i1", "i3"} <= ids(cl, "issues"))
+    await cl.wait_for(lambda: ids(cl, "comments") == {"c1", "c2", "c3", "c4", "c5"})
+    await cl.wait_for(lambda: ids(cl, "users") == {"u2", "u3", "u4"})
+
+    # a project that stops matching takes its subtree with it; u3 stays (c4 in p3 still refers to it)
+    env.sql("UPDATE projects SET status = 'archived' WHERE id = 'p2'")
+    await cl.wait_for(lambda: ids(cl, "projects") == {"p1", "p3"})
+    await cl.wait_for(lambda: ids(cl, "comments") == {"c4", "c5"} and ids(cl, "issues") == {"i2", "i4"})
+    await cl.wait_for(lambda: ids(cl, "users") == {"u3", "u4"})
+
+    # a delete cascades in Postgres: every row arrives as a delete
+    env.sql("DELETE FROM projects WHERE id = 'p3'")
+    await cl.wait_for(lambda: ids(cl, "projects") == {"p1"} and ids(cl, "issues") == {"i2"})
+    await cl.wait_for(lambda: ids(cl, "comments") == {"c5"} and ids(cl, "users") == {"u4"})
+    await cl.close()
+
+
+async def test_a_row_two_trees_hold_leaves_only_with_the_last(tree_server: Server, tree_env: Env) -> None:
+    env = tree_env
+    cl = await connect(tree_server, env)
+    await subscribe_tree(cl, "projects", "id = 'p1'", TREE)
+    users = await subscribe_tree(cl, "users", "id = 'u3'")  # a flat shape holding u3 as well
+    assert "u3" in ids(cl, "users")
+    env.sql("DELETE FROM comments WHERE id = 'c2'")  # the tree no longer needs u3; the flat shape does
+    await cl.wait_for(lambda: "c2" not in ids(cl, "comments"))
+    env.sql("INSERT INTO comments VALUES ('c9', 'i2', 'u2', 'marker')")
+    await cl.wait_for(lambda: "c9" in ids(cl, "comments"))
+    assert "u3" in ids(cl, "users")
+    await cl.rpc("unsubscribe", pb.SatUnsubsReq(subscription_ids=[users]))
+    await cl.wait_for(lambda: "u3" not in ids(cl, "users"))
+    assert ids(cl, "users") == {"u2"}
+    await cl.close()
+
+
+async def test_bad_trees_are_refused_with_a_reason(tree_server: Server, tree_env: Env) -> None:
+    cl = await connect(tree_server, tree_env)
+    with pytest.raises(RpcError, match="INVALID_INCLUDE_TREE: invalid include tree: no foreign key joins"):
+        await subscribe_tree(cl, "issues", "", [{"table": "users"}])
+    with pytest.raises(RpcError, match=r"INVALID_INCLUDE_TREE.*cannot have a where clause"):
+        await subscribe_tree(cl, "comments", "", [{"table": "users", "fk": ["author_id"], "where": "name = 'x'"}])
+    with pytest.raises(RpcError, match=r"INVALID_INCLUDE_TREE.*includes itself"):
+        await subscribe_tree(cl, "users", "", [{"table": "users"}])
+    assert not cl.table("issues")
+    await cl.close()
+
+
+async def test_a_declared_tree_is_served_by_name(tree_server: Server, tree_env: Env) -> None:
+    cl = await connect(tree_server, tree_env)
+    await subscribe_tree(cl, "project_tree")
+    assert ids(cl, "projects") == {"p1", "p3"}
+    assert ids(cl, "comments") == {"c1", "c2", "c4"} and ids(cl, "users") == {"u2", "u3"}
+    await cl.close()
