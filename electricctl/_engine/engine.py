@@ -84,6 +84,11 @@ class _Reassess:
 
 
 @dataclass(slots=True)
+class _TreeResync:
+    """A resumed client gets its trees again at a snapshot (see ClientState.tree_rows)."""
+
+
+@dataclass(slots=True)
 class _TreeMoves:
     """A transaction moved rows into (or out of) a tree: load them at the next snapshot point."""
 
@@ -107,12 +112,12 @@ class ShapeEngine:
         self.relevant: deque[int] = deque()
         """Live: LSNs of logged transactions the router found may concern this client."""
         self.wake = asyncio.Event()
-        self.trees = TreeHold()
+        self.trees = TreeHold(state.tree_rows)
         """The client's include trees, with the rows each level holds."""
         self.tree_shapes: list[tr.TreeShape] = []
         self.pending = tr.Pending()
         """Tree work the stream left for the next snapshot point."""
-        self.control: deque[_Subscribe | _Unsubscribe | _Reassess | _TreeMoves] = deque()
+        self.control: deque[_Subscribe | _Unsubscribe | _Reassess | _TreeMoves | _TreeResync] = deque()
         self.inflight: set[str] = set()
         """Subscriptions requested and not yet recorded (delivered or failed)."""
         self.schema: list[Migration] = []
@@ -225,6 +230,8 @@ class ShapeEngine:
         ``schema`` (those a client starting afresh lacks: every one after its schema version)."""
         self.cursor = cursor
         self.schema = list(schema)
+        if self.tree_shapes:
+            self.control.append(_TreeResync())
         self.services.scanning.add(self)
         self.wake.set()
 
@@ -274,6 +281,8 @@ class ShapeEngine:
                     await self._reassess()
                 elif isinstance(item, _TreeMoves):
                     await self._tree_moves()
+                elif isinstance(item, _TreeResync):
+                    await self._tree_resync()
                 else:
                     await self._unsubscribe(item)
             if not sink.has_room():
@@ -505,7 +514,7 @@ class ShapeEngine:
             deferred = await self._catch_up_to(snap.visibility)
             pending, self.pending = self.pending, tr.Pending()  # what the catch-up added is done here too
             rows = await tr.load(snap, self.trees, self.shapes, wanted=pending.wanted)
-            gone = await self._let_go(snap, pending.check)
+            gone = await self._let_go(snap, [(n.relation, k) for n, k in pending.check])
             if gone or rows:
                 await self.sink.moved(
                     self.cursor,
@@ -518,14 +527,43 @@ class ShapeEngine:
         for tx in deferred:
             await self._send_transaction(tx)
 
+    async def _tree_resync(self) -> None:
+        """A client resuming with include trees: the server cannot know which rows of its trees
+        the client held at the position it resumes from (that depends on rows at that point), so
+        once it is at a snapshot's point its trees are read again whole and sent, with GONE for
+        every row they may have given it before and that no shape holds now."""
+        async with self._snapshot() as snap:
+            deferred = await self._catch_up_to(snap.visibility)
+            self.pending = tr.Pending()
+            earlier = {table: set(keys) for table, keys in self.state.tree_rows.items()}
+            self.state.tree_rows.clear()
+            for shape in self.tree_shapes:
+                self.trees.remove_tree(shape.root)
+                self.trees.add_tree(shape.root)
+            rows = await tr.load(snap, self.trees, self.shapes, roots=[s.root for s in self.tree_shapes])
+            released: list[tuple[RelationDef, tuple[bytes | None, ...]]] = []
+            for table, keys in sorted(earlier.items()):
+                rel = await self.services.catalog.describe(TableRef.parse(table))
+                if rel is not None:
+                    released.extend((rel, tuple(None if v is None else v.encode() for v in k)) for k in keys)
+            gone = await self._let_go(snap, released)
+            await self.sink.moved(
+                self.cursor,
+                gone,
+                [(self.projection.relation(rel), self.projection.snapshot_rows(rel, [row])[0]) for rel, row in rows],
+            )
+        for tx in deferred:
+            await self._send_transaction(tx)
+        await self.services.store.save_async(self.state)
+
     async def _let_go(
-        self, snap: Snapshot, released: Sequence[tuple[Node, tuple[bytes | None, ...]]]
+        self, snap: Snapshot, released: Sequence[tuple[RelationDef, tuple[bytes | None, ...]]]
     ) -> list[tuple[RelationDef, Row]]:
         """Of rows a tree no longer holds, the keys the client holds by no other shape at ``snap``."""
         by_table: dict[str, tuple[RelationDef, set[tuple[bytes | None, ...]]]] = {}
-        for node, key in released:
-            if not self.trees.holds(str(node.table), key):
-                by_table.setdefault(str(node.table), (node.relation, set()))[1].add(key)
+        for rel, key in released:
+            if not self.trees.holds(rel.qualified, key):
+                by_table.setdefault(rel.qualified, (rel, set()))[1].add(key)
         gone: list[tuple[RelationDef, Row]] = []
         for table, (rel, keys) in sorted(by_table.items()):
             shapes = self.shapes.get(table)
@@ -586,7 +624,7 @@ class ShapeEngine:
                     arriving.extend(
                         (self.projection.relation(rel), r) for r in self.projection.snapshot_rows(rel, [row])
                     )
-        gone.extend(await self._let_go(snap, released))
+        gone.extend(await self._let_go(snap, [(n.relation, k) for n, k in released]))
         return gone, arriving
 
     async def _unsubscribe(self, unsub: _Unsubscribe) -> None:
@@ -621,7 +659,7 @@ class ShapeEngine:
                 async for rows in snap.rows(rel, where):
                     keys = [key_of(rel, row) for row in rows]
                     await sink.gone(prel, [k for k in keys if not self.trees.holds(table, k)])
-            for prel, key in await self._let_go(snap, released):
+            for prel, key in await self._let_go(snap, [(n.relation, k) for n, k in released]):
                 await sink.gone(prel, [key])
             await sink.unsubscribe_end()
         for tx in deferred:

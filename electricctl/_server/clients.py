@@ -54,7 +54,8 @@ class ClientStore:
             s["id"]: SubscriptionRecord(s["id"], s["requests"], s["delivered_lsn"])
             for s in raw.get("subscriptions", [])
         }
-        return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)))
+        trees = {t: {tuple(k) for k in keys} for t, keys in (raw.get("tree_rows") or {}).items()}
+        return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees)
 
     async def save_async(self, state: ClientState) -> None:
         """:meth:`save` in a worker thread (the fsync must not stall the event loop).
@@ -110,6 +111,7 @@ class ClientStore:
             state.client_id,
             {k: SubscriptionRecord(v.id, list(v.requests), v.delivered_lsn) for k, v in state.subscriptions.items()},
             state.acked_lsn,
+            {t: set(keys) for t, keys in state.tree_rows.items()},
         )
 
     def save(self, state: ClientState) -> None:
@@ -122,6 +124,8 @@ class ClientStore:
                 for s in state.subscriptions.values()
             ],
         }
+        if state.tree_rows:
+            doc["tree_rows"] = {t: sorted(map(list, keys), key=repr) for t, keys in state.tree_rows.items() if keys}
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")  # concurrent writers never share a temp file
         try:
             with open(tmp, "w") as fh:

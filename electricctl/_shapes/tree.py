@@ -252,7 +252,9 @@ class Moves:
 class TreeHold:
     """The rows each level of a client's trees holds, kept up to date change by change."""
 
-    def __init__(self) -> None:
+    def __init__(self, seen: dict[str, set[tuple[str | None, ...]]] | None = None) -> None:
+        self.seen: dict[str, set[tuple[str | None, ...]]] = {} if seen is None else seen
+        """By table: the key (as text) of every row a level has taken (rows the client may hold)."""
         self.roots: list[Node] = []
         self._levels: dict[Node, _Level] = {}
         self._by_table: dict[str, list[Node]] = {}
@@ -318,6 +320,8 @@ class TreeHold:
         old = level.rows.get(key)
         if old is not None and old.link == link and old.provides == provides:
             return False
+        if old is None:
+            self.seen.setdefault(str(node.table), set()).add(tuple(None if v is None else v.decode() for v in key))
         if old is not None and old.link != link:
             self._unlink(level, key, old.link)
         if link is not None and (old is None or old.link != link):

@@ -14,7 +14,7 @@ import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from electricctl.client.store import LSN_KEY, Store
 from electricctl.client.values import RemoteChange
@@ -36,7 +36,7 @@ class Subscription:
     """A subscription: its shapes, and whether its initial data is in the local file yet."""
 
     id: str
-    shapes: list[dict[str, str]]
+    shapes: list[dict[str, Any]]
     synced: asyncio.Event = field(default_factory=asyncio.Event)
     error: str | None = None
 

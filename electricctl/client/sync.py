@@ -32,12 +32,14 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
+from typing import Any
 
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcError
 from electricctl.client.link import Link
 from electricctl.client.state import ClientState, Status, Subscription, TokenSource
 from electricctl.client.values import RemoteChange
+from electricctl.client.wire import include_spec
 from electricctl.errors import ConnectionLost, SubscriptionRefused, SyncError, Timeout
 
 __all__ = ["Status", "Subscription", "SyncClient", "TokenSource"]
@@ -155,14 +157,23 @@ class SyncClient:
         except TimeoutError:
             raise Timeout(f"not connected to {self.url} within {timeout:g}s") from None
 
-    async def subscribe(self, shape: str, where: str | None = None) -> Subscription:
-        """Subscribe to a table (with an optional where clause) or to a shape declared in electric.yaml.
+    async def subscribe(self, shape: str, where: str | None = None, include: Any = None) -> Subscription:
+        """Subscribe to a table (with an optional where clause and include tree) or to a shape
+        declared in electric.yaml.
+
+        ``include`` follows foreign keys from the table, either way, as the npm client writes it
+        (``{"issues": {"include": {"comments": True}}}``) or as a list of
+        ``{"table", "foreign_key", "where", "include"}``: the rows arrive with their parents in one
+        local transaction, and rows move in and out with them.
 
         Connected, a refused request raises :class:`SubscriptionRefused` at once. Offline, the
         subscription is requested when the connection comes up; :meth:`synced` then reports the outcome.
         """
         await self._st.open()
-        spec = {"table": shape, **({"where": where} if where else {})}
+        spec: dict[str, Any] = {"table": shape, **({"where": where} if where else {})}
+        tree = include_spec(include)
+        if tree:
+            spec["include"] = tree
         for sub in self._st.subscriptions.values():
             if sub.shapes == [spec]:
                 return sub

@@ -16,7 +16,8 @@ from electricctl.client.oplog import LocalTransaction, OplogEntry
 from electricctl.client.schema import Column, Table
 from electricctl.client.values import LocalValue, RemoteChange, RowBatch, Wire, converter, to_wire
 
-Shape = Mapping[str, str]
+Shape = Mapping[str, Any]
+"""``{"table": ..., "where"?: ..., "include"?: [{"table", "foreign_key"?, "where"?, "include"?}]}``"""
 """One shape of a subscription: ``{"table": name}`` and optionally ``"where"``."""
 
 
@@ -224,13 +225,60 @@ def subscription_request(subscription_id: str, shapes: Sequence[Shape]) -> pb.Sa
         shape_requests=[
             pb.SatShapeReq(
                 request_id=f"r{i}",
-                shape_definition=pb.SatShapeDef(
-                    selects=[pb.SatShapeDef.Select(tablename=s["table"], where=s.get("where", ""))]
-                ),
+                shape_definition=pb.SatShapeDef(selects=[_select(s)]),
             )
             for i, s in enumerate(shapes)
         ],
     )
+
+
+def _select(shape: Shape) -> pb.SatShapeDef.Select:
+    return pb.SatShapeDef.Select(
+        tablename=shape["table"],
+        where=shape.get("where", ""),
+        include=[
+            pb.SatShapeDef.Relation(foreign_key=list(i.get("foreign_key", ())), select=_select(i))
+            for i in shape.get("include", ())
+        ],
+    )
+
+
+def include_spec(include: Any) -> list[dict[str, Any]]:
+    """An include tree as the subscription records it, from either form an app may write:
+
+    - like the npm client: ``{"issues": {"where": ..., "include": {"comments": True}}}``;
+    - as a list: ``[{"table": "issues", "foreign_key": ["project_id"], "where": ..., "include": [...]}]``.
+    """
+    if include is None:
+        return []
+    if isinstance(include, Mapping):
+        items: list[dict[str, Any]] = []
+        for table, spec in include.items():
+            if spec is True or spec is None:
+                items.append({"table": str(table)})
+            elif isinstance(spec, Mapping):
+                items.append({"table": str(table), **{k: v for k, v in spec.items() if k != "include"}})
+                if spec.get("include"):
+                    items[-1]["include"] = include_spec(spec["include"])
+            else:
+                raise ValueError(f"include of {table!r}: expected True or a mapping, not {spec!r}")
+        return [_clean(i) for i in items]
+    return [_clean(dict(i)) for i in include]
+
+
+def _clean(item: dict[str, Any]) -> dict[str, Any]:
+    unknown = set(item) - {"table", "foreign_key", "where", "include"}
+    if unknown or "table" not in item:
+        raise ValueError(f"an include takes table, foreign_key, where and include; got {sorted(item)}")
+    out: dict[str, Any] = {"table": str(item["table"])}
+    if item.get("foreign_key"):
+        fk = item["foreign_key"]
+        out["foreign_key"] = [fk] if isinstance(fk, str) else [str(c) for c in fk]
+    if item.get("where"):
+        out["where"] = str(item["where"])
+    if item.get("include"):
+        out["include"] = include_spec(item["include"])
+    return out
 
 
 def subscription_refusal(resp: pb.SatSubsResp) -> str | None:

@@ -74,6 +74,7 @@ class Driver:
         sqlite_file: str = ":memory:",
         tables: str | None = None,
         migrations: list[dict[str, Any]] | None = None,
+        relations: str | None = None,
     ) -> None:
         self.migrations = bundled_migrations(url) if migrations is None else migrations
         """The app's bundle (pass it to a restarted driver: an app restarts with the bundle it has)."""
@@ -90,6 +91,7 @@ class Driver:
                 "SQLITE_FILE": sqlite_file,
                 "ELECTRIC_MIGRATIONS": json.dumps(self.migrations),
                 **({"ELECTRIC_TABLES": tables} if tables else {}),
+                **({"ELECTRIC_RELATIONS": relations} if relations else {}),
             },
             text=True,
         )

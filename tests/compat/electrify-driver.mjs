@@ -3,6 +3,8 @@
 // SQLITE_FILE (':memory:' or a path, so a restarted driver resumes from its stored position).
 // Reads one command per line on stdin and answers with one JSON line on stdout:
 //   {"cmd":"subscribe","table":"items","where":"this.n > 1"}  -> {"ok":true,"key":...} once synced
+//   {"cmd":"sync","table":"projects","where":{...},"include":{...}} -> {"ok":true,"key":...} once synced:
+//                                           the DAL's db.<table>.sync(), include trees and all
 //   {"cmd":"rows","table":"items"}       -> {"ok":true,"rows":[...]}
 //   {"cmd":"query","sql":"..."}         -> {"ok":true,"rows":[...]} a read of the local database
 //   {"cmd":"meta"}                       -> {"ok":true,"meta":{...}} (lsn, subscriptions)
@@ -14,7 +16,7 @@ import readline from 'node:readline'
 import Database from 'better-sqlite3'
 import * as z from 'zod'
 import { electrify } from 'electric-sql/node'
-import { DbSchema } from 'electric-sql/client/model'
+import { DbSchema, Relation } from 'electric-sql/client/model'
 import { makeMigration, parseMetadata, sqliteBuilder } from 'electric-sql/migrators/builder'
 
 const out = (obj) => process.stdout.write(JSON.stringify(obj) + '\n')
@@ -32,8 +34,12 @@ const TABLES = process.env.ELECTRIC_TABLES ? JSON.parse(process.env.ELECTRIC_TAB
 // the server's /api/migrations zip, as `electric-sql generate` bundles them (tests/compat/conftest.py)
 const migrations = JSON.parse(process.env.ELECTRIC_MIGRATIONS || '[]').map((m) => makeMigration(parseMetadata(m), sqliteBuilder))
 const anyObj = z.object({ where: z.any().optional(), include: z.object({}).passthrough().optional(), select: z.object({}).passthrough().optional(), data: z.any().optional() })
+// ELECTRIC_RELATIONS (JSON: {table: [[relationField, fromField, toField, relatedTable, relationName], ...]})
+// describes the foreign keys as `electric-sql generate` would, for sync({include})
+const RELATIONS = JSON.parse(process.env.ELECTRIC_RELATIONS || '{}')
 const tables = Object.fromEntries(Object.entries(TABLES).map(([name, columns]) => [name, {
-  fields: new Map(columns.map(([n, , , f]) => [n, f])), relations: [],
+  fields: new Map(columns.map(([n, , , f]) => [n, f])),
+  relations: (RELATIONS[name] || []).map((r) => new Relation(...r)),
   modelSchema: z.object({}).passthrough(),
   createSchema: anyObj, createManySchema: anyObj, findUniqueSchema: anyObj, findSchema: anyObj, updateSchema: anyObj,
   updateManySchema: anyObj, upsertSchema: anyObj, deleteSchema: anyObj, deleteManySchema: anyObj }]))
@@ -51,6 +57,10 @@ for await (const line of rl) {
   try {
     if (cmd.cmd === 'subscribe') {
       const shape = await electric.satellite.subscribe([{ tablename: cmd.table, ...(cmd.where ? { where: cmd.where } : {}) }])
+      await shape.synced
+      out({ ok: true, key: shape.key })
+    } else if (cmd.cmd === 'sync') {
+      const shape = await electric.db[cmd.table].sync({ ...(cmd.where ? { where: cmd.where } : {}), ...(cmd.include ? { include: cmd.include } : {}) })
       await shape.synced
       out({ ok: true, key: shape.key })
     } else if (cmd.cmd === 'rows') {

@@ -217,3 +217,85 @@ async def test_a_declared_tree_is_served_by_name(tree_server: Server, tree_env: 
     assert ids(cl, "projects") == {"p1", "p3"}
     assert ids(cl, "comments") == {"c1", "c2", "c4"} and ids(cl, "users") == {"u2", "u3"}
     await cl.close()
+
+
+async def test_the_python_client_syncs_a_tree_and_follows_its_moves(
+    tree_server: Server, tree_env: Env, tmp_path: Path
+) -> None:
+    from electricctl.client import SyncClient
+    from tests.client.test_sync_client import local, until
+
+    path = tmp_path / "app.db"
+    cl = SyncClient(str(path), ws_url(tree_server), tree_env.token())
+    await cl.start()
+    try:
+        sub = await cl.subscribe(
+            "projects", "id = 'p1'", include={"issues": {"include": {"comments": {"include": {"users": True}}}}}
+        )
+        await cl.synced(sub)
+
+        def rows(table: str) -> set[str]:
+            return {r[0] for r in local(path, f"SELECT id FROM {table}")}
+
+        assert rows("projects") == {"p1"} and rows("issues") == {"i1", "i2"}
+        assert rows("comments") == {"c1", "c2"} and rows("users") == {"u2", "u3"}
+        tree_env.sql("UPDATE issues SET project_id = 'p1' WHERE id = 'i4'")  # brings c4 (and u3, held already)
+        await until(lambda: "c4" in rows("comments"), what="a reparented issue moving in with its comment")
+        tree_env.sql("UPDATE issues SET project_id = 'p3' WHERE id = 'i1'")  # takes c1, c2 and u2 away
+        await until(lambda: rows("comments") == {"c4"} and rows("users") == {"u3"}, what="an issue moving out")
+        # the same tree again is the same subscription; electric.yaml's tree is served by name too
+        assert (
+            await cl.subscribe(
+                "projects",
+                "id = 'p1'",
+                include=[{"table": "issues", "include": [{"table": "comments", "include": [{"table": "users"}]}]}],
+            )
+            is sub
+        )
+        await cl.synced(await cl.subscribe("project_tree"))
+        assert rows("projects") == {"p1", "p3"}
+    finally:
+        await cl.stop()
+
+
+@pytest.mark.parametrize("restart", [False, True], ids=["same-server", "after-a-restart"])
+async def test_a_resumed_tree_converges_on_what_changed_while_away(tree_env: Env, restart: bool) -> None:
+    env = tree_env
+    async with running_server(env) as srv:
+        cl = await connect(srv, env)
+        sub = await subscribe_tree(cl, "projects", "status = 'active'", TREE)
+        env.sql("INSERT INTO comments VALUES ('c7', 'i2', 'u1', 'seen live')")
+        await cl.wait_for(lambda: "c7" in ids(cl, "comments") and "u1" in ids(cl, "users"))
+        lsn = cl.last_lsn
+        await cl.close()
+        # while away: an issue leaves (with its comments and an author), a comment goes, a project
+        # enters with its subtree, a held comment changes
+        env.sql("UPDATE issues SET project_id = 'p2' WHERE id = 'i1'")
+        env.sql("DELETE FROM comments WHERE id = 'c7'")
+        env.sql("INSERT INTO projects VALUES ('p4', 'u4', 'active')")
+        env.sql("INSERT INTO issues VALUES ('i5', 'p4', 'five')")
+        env.sql("INSERT INTO comments VALUES ('c8', 'i5', 'u4', 'later')")
+        env.sql("UPDATE comments SET body = 'edited' WHERE id = 'c4'")
+        if not restart:
+            await resume_and_check(srv, env, cl, lsn, sub)
+    if restart:
+        async with running_server(env) as srv:
+            await resume_and_check(srv, env, cl, lsn, sub)
+
+
+async def resume_and_check(srv: Server, env: Env, cl: SatelliteClient, lsn: bytes, sub: str) -> None:
+    again = SatelliteClient(ws_url(srv), client_id=cl.client_id)
+    again.rows = cl.rows
+    await again.connect()
+    await again.authenticate(env.token())
+    resp = await again.start(lsn=lsn, subscription_ids=[sub])
+    assert not resp.HasField("err")
+    await again.wait_for(lambda: ids(again, "projects") == {"p1", "p3", "p4"}, 10)
+    await again.wait_for(lambda: ids(again, "issues") == {"i2", "i4", "i5"}, 10)
+    await again.wait_for(lambda: ids(again, "comments") == {"c4", "c8"}, 10)
+    await again.wait_for(lambda: ids(again, "users") == {"u3", "u4"}, 10)
+    assert again.table("comments")[(b"c4",)]["body"] == b"edited"
+    # and it goes on live from there
+    env.sql("INSERT INTO comments VALUES ('c9', 'i5', 'u2', 'after')")
+    await again.wait_for(lambda: "c9" in ids(again, "comments") and "u2" in ids(again, "users"), 10)
+    await again.close()
