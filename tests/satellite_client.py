@@ -56,6 +56,8 @@ class SatelliteClient:
     relations: dict[int, Relation] = field(default_factory=dict)
     rows: dict[str, dict[tuple[bytes | None, ...], dict[str, bytes | None]]] = field(default_factory=dict)
     transactions: list[ReceivedTx] = field(default_factory=list)
+    additional_data: list[int] = field(default_factory=list)
+    """References of the additional data received (rows a transaction brought into a tree)."""
     migrations: list[ReceivedTx] = field(default_factory=list)
     """Migration transactions (``SatOpMigrate`` ops), kept apart from the data in ``transactions``."""
     messages: list[Message] = field(default_factory=list)
@@ -243,6 +245,11 @@ class SatelliteClient:
             if self._in_subs is not None or self._in_unsubs:
                 for op in msg.ops:
                     self._apply(op)
+                return
+            if msg.ops and msg.ops[0].WhichOneof("op") == "additional_begin":
+                for op in msg.ops[1:-1]:
+                    self._apply(op)
+                self.additional_data.append(msg.ops[0].additional_begin.ref)
                 return
             begin = msg.ops[0].begin
             tx = ReceivedTx(begin.lsn, begin.transaction_id, begin.commit_timestamp, begin.origin, list(msg.ops))

@@ -117,6 +117,8 @@ class ShapeEngine:
         self.tree_shapes: list[tr.TreeShape] = []
         self.pending = tr.Pending()
         """Tree work the stream left for the next snapshot point."""
+        self._refs = itertools.count(1)
+        """Additional-data references (per connection, never 0: 0 means none)."""
         self.control: deque[_Subscribe | _Unsubscribe | _Reassess | _TreeMoves | _TreeResync] = deque()
         self.inflight: set[str] = set()
         """Subscriptions requested and not yet recorded (delivered or failed)."""
@@ -308,7 +310,14 @@ class ShapeEngine:
             await self.sink.migration(self.cursor, now, 0, group)
 
     async def _send_transaction(self, tx: Transaction) -> None:
+        wanted = len(self.pending.wanted)
         changes = tr.route_transaction(self.shapes, self.trees, tx, self.pending)
+        ref = 0
+        if len(self.pending.wanted) > wanted:
+            # rows entering a tree bring what hangs from them: it follows as this transaction's
+            # additional data, read at the next snapshot point (Electric's move-in)
+            ref = next(self._refs)
+            self.pending.refs.append(ref)
         if self.pending and not any(isinstance(c, _TreeMoves) for c in self.control):
             self.control.append(_TreeMoves())
         if tx.origin is not None and tx.origin == self.client_id:
@@ -327,7 +336,7 @@ class ShapeEngine:
             self.services.stats["migrations_sent"] += 1
             if not changes:
                 return
-        await self.sink.transaction(tx, [self.projection.change(ch) for ch in changes])
+        await self.sink.transaction(tx, [self.projection.change(ch) for ch in changes], ref)
         self.services.stats["transactions_sent"] += 1
 
     async def _own_echo(self, tx: Transaction, routed: list[Change]) -> list[Change]:
@@ -509,21 +518,25 @@ class ShapeEngine:
     async def _tree_moves(self) -> None:
         """Rows a transaction moved into a tree (the subtree under a row that entered, a row that a
         held row now points at) are read at a snapshot once the client is at its point, and sent
-        as one transaction there; so are GONEs for rows a tree let go that no flat shape holds."""
+        as that transaction's additional data; GONEs for rows a tree let go that no flat shape
+        holds go in one transaction at that point."""
+        if not self.pending:
+            return  # done by an earlier round (a catch-up queues another)
         async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap.visibility)
             pending, self.pending = self.pending, tr.Pending()  # what the catch-up added is done here too
             rows = await tr.load(snap, self.trees, self.shapes, wanted=pending.wanted)
             gone = await self._let_go(snap, [(n.relation, k) for n, k in pending.check])
-            if gone or rows:
-                await self.sink.moved(
-                    self.cursor,
-                    gone,
-                    [
-                        (self.projection.relation(rel), self.projection.snapshot_rows(rel, [row])[0])
-                        for rel, row in rows
-                    ],
-                )
+            projected = [
+                (self.projection.relation(rel), self.projection.snapshot_rows(rel, [row])[0]) for rel, row in rows
+            ]
+            if gone:
+                await self.sink.moved(self.cursor, gone, [])
+            # each reference gets its data; the rows, read together, all go with the first
+            for i, ref in enumerate(pending.refs):
+                await self.sink.additional_data(ref, projected if i == 0 else [])
+            if projected and not pending.refs:
+                await self.sink.moved(self.cursor, [], projected)
         for tx in deferred:
             await self._send_transaction(tx)
 

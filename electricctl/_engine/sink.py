@@ -30,8 +30,14 @@ class Sink(Protocol):
         the snapshot has ended, so the snapshot's transaction ends at Postgres' speed."""
         ...
 
-    async def transaction(self, tx: Transaction, changes: Sequence[Change]) -> None:
-        """One logged transaction, filtered to the client's shapes (its own may carry GONE)."""
+    async def transaction(self, tx: Transaction, changes: Sequence[Change], additional_ref: int = 0) -> None:
+        """One logged transaction, filtered to the client's shapes (its own may carry GONE).
+        ``additional_ref``: rows this transaction brought into a tree follow as that additional data."""
+        ...
+
+    async def additional_data(self, ref: int, rows: Sequence[tuple[RelationDef, Row]]) -> None:
+        """Rows a transaction brought in (sent with ``additional_ref=ref``), read at a snapshot
+        once the client is at its point; each row ends with its tags."""
         ...
 
     async def migration(self, lsn: int, timestamp_ms: int, xid: int, migrations: Sequence[Migration]) -> None:

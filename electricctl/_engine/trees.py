@@ -44,6 +44,8 @@ class Pending:
     """Tree work a transaction left, done at the next snapshot point (see ShapeEngine._tree_moves)."""
 
     wanted: list[tuple[Node, Link]] = field(default_factory=list)
+    refs: list[int] = field(default_factory=list)
+    """The additional-data references of the transactions that wanted them (sent with each)."""
     check: list[tuple[Node, Key]] = field(default_factory=list)
     """Rows a tree let go that a flat shape may still hold: decided on the row as it is then."""
 

@@ -33,6 +33,8 @@ class ClientStore:
         self._written: dict[str, int] = {}
         """By client: the generation of the newest state on disk (an older one is never written over it)."""
         self._failed: dict[str, tuple[int, ClientState]] = {}
+        self._queued: dict[str, tuple[int, ClientState]] = {}
+        """By client: the newest state handed to a save that has not finished writing it."""
         self._saving: set[asyncio.Future[None]] = set()
         self.error: str | None = None
         """Why the last save failed, until every failed save has been written."""
@@ -42,9 +44,9 @@ class ClientStore:
         return self.directory / (hashlib.sha256(client_id.encode()).hexdigest()[:32] + ".json")
 
     def load(self, client_id: str) -> ClientState:
-        failed = self._failed.get(client_id)
-        if failed is not None:  # not on disk yet: the newest state is the one waiting to be written
-            return self.snapshot(failed[1])
+        waiting = [w for w in (self._failed.get(client_id), self._queued.get(client_id)) if w is not None]
+        if waiting:  # not on disk yet: the newest state is the one waiting to be written
+            return self.snapshot(max(waiting, key=lambda w: w[0])[1])
         path = self._path(client_id)
         try:
             raw = json.loads(path.read_text())
@@ -66,7 +68,10 @@ class ClientStore:
         cancellation cannot release the lock early). A failed save does not raise (see the class).
         """
         self._generation += 1
-        task = asyncio.ensure_future(self._save_in_order(self._generation, self.snapshot(state)))
+        copy = self.snapshot(state)
+        # a connection of the same client that starts before this is written reads this, not the disk
+        self._queued[copy.client_id] = (self._generation, copy)
+        task = asyncio.ensure_future(self._save_in_order(self._generation, copy))
         self._saving.add(task)
         task.add_done_callback(self._saving.discard)
         await asyncio.shield(task)
@@ -92,6 +97,9 @@ class ClientStore:
                 self.error = f"cannot save client state in {self.directory}: {exc.strerror or exc}"
                 return
             self._written[copy.client_id] = generation
+            queued = self._queued.get(copy.client_id)
+            if queued is not None and queued[0] <= generation:
+                del self._queued[copy.client_id]
             known = self._failed.get(copy.client_id)
             if known is not None and known[0] <= generation:
                 del self._failed[copy.client_id]

@@ -119,7 +119,10 @@ def add_change(ops: Any, ch: Change, tags: Sequence[str], convert: Callable[[Row
 
 
 def transaction_oplog(
-    tx: Transaction, changes: Iterable[Change], convert: Callable[[RelationDef], Callable[[Row], Row]]
+    tx: Transaction,
+    changes: Iterable[Change],
+    convert: Callable[[RelationDef], Callable[[Row], Row]],
+    additional_ref: int = 0,
 ) -> pb.SatOpLog:
     """One SatOpLog for one transaction: begin, its (already filtered) changes, commit."""
     lsn = codec.encode_server_lsn(tx.lsn)
@@ -133,6 +136,7 @@ def transaction_oplog(
     begin.lsn = lsn
     begin.origin = tx.origin or ""
     begin.transaction_id = tx.xid
+    begin.additional_data_ref = additional_ref
     for ch in changes:
         if ch.op in ("D", "G"):
             add_change(ops, ch, (), convert(ch.relation))
@@ -144,6 +148,7 @@ def transaction_oplog(
     commit = ops.add().commit
     commit.commit_timestamp = ts
     commit.lsn = lsn
+    commit.additional_data_ref = additional_ref
     commit.transaction_id = tx.xid
     return log
 

@@ -130,11 +130,21 @@ class SatelliteSink:
             raise
 
     # -- what the engine emits -----------------------------------------------------------------
-    async def transaction(self, tx: Transaction, changes: Sequence[Change]) -> None:
+    async def transaction(self, tx: Transaction, changes: Sequence[Change], additional_ref: int = 0) -> None:
         for ch in changes:
             await self._relation(ch.relation)
-        await self._emit(outbound.transaction_oplog(tx, changes, self._transform))
+        await self._emit(outbound.transaction_oplog(tx, changes, self._transform, additional_ref))
         self._delivered(tx.lsn, True)
+
+    async def additional_data(self, ref: int, rows: Sequence[tuple[RelationDef, Row]]) -> None:
+        for rel in dict.fromkeys(r for r, _ in rows):
+            await self._relation(rel)
+        oplog = pb.SatOpLog()
+        oplog.ops.add().additional_begin.ref = ref
+        for rel, group in itertools.groupby(rows, key=lambda item: item[0]):
+            oplog.ops.extend(outbound.inserts(rel, [row for _, row in group], self._transform(rel)).ops)
+        oplog.ops.add().additional_commit.ref = ref
+        await self._emit(oplog)
 
     async def migration(self, lsn: int, timestamp_ms: int, xid: int, migrations: Sequence[Migration]) -> None:
         await self._emit(outbound.migration_oplog(lsn, timestamp_ms, xid, migrations))

@@ -318,6 +318,13 @@ class ClientSession:
         return []
 
     def _oplog(self, msg: pb.SatOpLog) -> list[Effect]:
+        if msg.ops and msg.ops[0].HasField("additional_begin"):
+            # rows a transaction brought into an include tree (Electric's move-in), read by the
+            # server once we were at its point: written like subscription data, then acked
+            ref = msg.ops[0].additional_begin.ref
+            data = [op for op in msg.ops[1:] if not op.HasField("additional_commit")]
+            ack = pb.SatOpLogAck(lsn=self.last_lsn, additional_data_source_ids=[ref])
+            return [Apply(data, self._relations, None, None, None, transaction=False), Send(ack)]
         batch = self._incoming if self._incoming is not None else self._unsubs
         if batch is not None:
             batch.started = True

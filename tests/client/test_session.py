@@ -153,6 +153,26 @@ def test_unsubscribe_data_removes_rows_then_acks_the_gone_subscriptions() -> Non
     assert isinstance(ack, s.Send) and list(ack.message.gone_subscription_ids) == ["old"]  # type: ignore[attr-defined]
 
 
+def test_additional_data_is_written_like_subscription_data_and_acked_by_its_reference() -> None:
+    session = new_session()
+    moved_in = transaction(b"9", 3, insert("p", 1))
+    moved_in.ops[0].begin.additional_data_ref = 4
+    session.receive(moved_in)
+    data = pb.SatOpLog(
+        ops=[
+            pb.SatTransOp(additional_begin=pb.SatOpAdditionalBegin(ref=4)),
+            insert("child-1", 2),
+            insert("child-2", 3),
+            pb.SatTransOp(additional_commit=pb.SatOpAdditionalCommit(ref=4)),
+        ]
+    )
+    apply, ack = session.receive(data)
+    assert isinstance(apply, s.Apply) and not apply.transaction and not apply.hold
+    assert [c.values["id"] for c in apply.changes()] == ["child-1", "child-2"]
+    assert isinstance(ack, s.Send)
+    assert list(ack.message.additional_data_source_ids) == [4] and ack.message.lsn == b"9"  # type: ignore[attr-defined]
+
+
 def test_transactions_are_acked_at_70_percent_of_the_window_or_after_a_delay() -> None:
     session = new_session(window=10)  # ack every 7 transactions
     first = session.receive(transaction(b"1", 1, insert("a", 1), origin="other"))

@@ -82,3 +82,20 @@ async def test_a_full_disk_keeps_client_state_and_reports_it(tmp_path: Path) -> 
         on_disk = ClientStore(fs.path).load("client-1")
         assert on_disk.acked_lsn == 7 and "s" in on_disk.subscriptions
         assert not list(fs.path.glob("*.tmp"))
+
+
+async def test_a_state_being_saved_is_what_the_next_connection_reads(tmp_path: Path) -> None:
+    """A client that reconnects while its last connection's state is still being written resumes
+    from that state, not the older one on disk (its include trees' rows are in it)."""
+    store = ClientStore(tmp_path)
+    state = ClientState("client-1", {}, 1, {"public.t": {("k1",)}})
+    await store.save_async(state)
+    state.acked_lsn = 7
+    state.tree_rows["public.t"].add(("k2",))
+    saving = asyncio.ensure_future(store.save_async(state))
+    await asyncio.sleep(0)  # the save has started, and not written anything yet
+    loaded = store.load("client-1")
+    assert loaded.acked_lsn == 7 and loaded.tree_rows == {"public.t": {("k1",), ("k2",)}}
+    await saving
+    again = ClientStore(tmp_path).load("client-1")
+    assert again.acked_lsn == 7 and again.tree_rows == {"public.t": {("k1",), ("k2",)}}

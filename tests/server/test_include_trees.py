@@ -4,6 +4,7 @@ reparenting, overlaps), with permissions bounding every level."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
@@ -163,11 +164,19 @@ async def test_live_children_reparenting_and_moves(tree_server: Server, tree_env
     await cl.wait_for(lambda: ids(cl, "comments") == {"c4", "c5"})
     await cl.wait_for(lambda: ids(cl, "users") == {"u3", "u4"})  # u2 only wrote c1
 
-    # a project that starts matching brings its whole subtree (p2 now holds i1 and i3)
+    # a project that starts matching brings its whole subtree (p2 now holds i1 and i3), as the
+    # additional data of the transaction that moved it in
     env.sql("UPDATE projects SET status = 'active' WHERE id = 'p2'")
     await cl.wait_for(lambda: {"i1", "i3"} <= ids(cl, "issues"))
     await cl.wait_for(lambda: ids(cl, "comments") == {"c1", "c2", "c3", "c4", "c5"})
     await cl.wait_for(lambda: ids(cl, "users") == {"u2", "u3", "u4"})
+    (moved_in,) = [
+        tx
+        for tx in cl.transactions
+        if any(op.HasField("insert") and op.insert.row_data.values[0] == b"p2" for op in tx.ops)
+    ]
+    ref = moved_in.ops[0].begin.additional_data_ref
+    assert ref and moved_in.ops[-1].commit.additional_data_ref == ref and ref in cl.additional_data
 
     # a project that stops matching takes its subtree with it; u3 stays (c4 in p3 still refers to it)
     env.sql("UPDATE projects SET status = 'archived' WHERE id = 'p2'")
@@ -287,7 +296,13 @@ async def resume_and_check(srv: Server, env: Env, cl: SatelliteClient, lsn: byte
     again = SatelliteClient(ws_url(srv), client_id=cl.client_id)
     again.rows = cl.rows
     await again.connect()
-    await again.authenticate(env.token())
+    for _ in range(50):  # until the server has seen the old connection close
+        try:
+            await again.authenticate(env.token())
+            break
+        except RpcError as exc:
+            assert "another connection uses this client id" in str(exc)
+            await asyncio.sleep(0.1)
     resp = await again.start(lsn=lsn, subscription_ids=[sub])
     assert not resp.HasField("err")
     await again.wait_for(lambda: ids(again, "projects") == {"p1", "p3", "p4"}, 10)
