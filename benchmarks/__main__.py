@@ -30,7 +30,7 @@ import psycopg
 from benchmarks.report import REPORT, machine_info
 from electricctl._embedded.postgres import EmbeddedPostgres
 
-MODULES = ("control_plane", "serve", "shapes", "writes", "perms", "hardening", "ddl_guard", "migrations")
+MODULES = ("control_plane", "serve", "shapes", "trees", "writes", "perms", "hardening", "ddl_guard", "migrations")
 """In the order they run (benchmarks/<name>.py)."""
 
 

@@ -446,11 +446,9 @@ class ShapeEngine:
                 merged.add(s)
             flat[table] = merged
         self.trees.add_tree(shape.root)
-        rows = await tr.load(snap, self.trees, flat, roots=[shape.root])
         await self.sink.shape_begin(shape.request_id)
-        for rel, group in itertools.groupby(rows, key=lambda item: item[0]):
-            batch = [row for _, row in group]
-            await self.sink.shape_rows(self.projection.relation(rel), self.projection.snapshot_rows(rel, batch))
+        async for rel, rows in tr.load(snap, self.trees, flat, roots=[shape.root]):
+            await self.sink.shape_rows(self.projection.relation(rel), self.projection.snapshot_rows(rel, rows))
         await self.sink.shape_end()
 
     async def _deliver_data(self, sub: _Subscribe) -> None:
@@ -525,7 +523,7 @@ class ShapeEngine:
         async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap.visibility)
             pending, self.pending = self.pending, tr.Pending()  # what the catch-up added is done here too
-            rows = await tr.load(snap, self.trees, self.shapes, wanted=pending.wanted)
+            rows = await tr.load_all(snap, self.trees, self.shapes, wanted=pending.wanted)
             gone = await self._let_go(snap, [(n.relation, k) for n, k in pending.check])
             projected = [
                 (self.projection.relation(rel), self.projection.snapshot_rows(rel, [row])[0]) for rel, row in rows
@@ -553,12 +551,12 @@ class ShapeEngine:
             for shape in self.tree_shapes:
                 self.trees.remove_tree(shape.root)
                 self.trees.add_tree(shape.root)
-            rows = await tr.load(snap, self.trees, self.shapes, roots=[s.root for s in self.tree_shapes])
+            rows = await tr.load_all(snap, self.trees, self.shapes, roots=[s.root for s in self.tree_shapes])
             released: list[tuple[RelationDef, tuple[bytes | None, ...]]] = []
             for table, keys in sorted(earlier.items()):
                 rel = await self.services.catalog.describe(TableRef.parse(table))
                 if rel is not None:
-                    released.extend((rel, tuple(None if v is None else v.encode() for v in k)) for k in keys)
+                    released.extend((rel, k) for k in keys)
             gone = await self._let_go(snap, released)
             await self.sink.moved(
                 self.cursor,
@@ -633,7 +631,7 @@ class ShapeEngine:
             if isinstance(tree, tr.TreeShape):
                 self.trees.add_tree(tree.root)
                 self.register(tree)
-                for rel, row in await tr.load(snap, self.trees, {}, roots=[tree.root]):
+                for rel, row in await tr.load_all(snap, self.trees, {}, roots=[tree.root]):
                     arriving.extend(
                         (self.projection.relation(rel), r) for r in self.projection.snapshot_rows(rel, [row])
                     )

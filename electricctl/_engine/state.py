@@ -21,8 +21,8 @@ class ClientState:
     client_id: str
     subscriptions: dict[str, SubscriptionRecord] = field(default_factory=dict)
     acked_lsn: int = 0
-    tree_rows: dict[str, set[tuple[str | None, ...]]] = field(default_factory=dict)
-    """By table: the keys (as text) of every row the client's include trees may have given it
+    tree_rows: dict[str, set[tuple[bytes | None, ...]]] = field(default_factory=dict)
+    """By table: the keys (text values, as the stream carries them) of every row the client's include trees may have given it
     and not yet taken back. A client that resumes gets its trees again at a snapshot, with GONE for
     those of them no shape holds there (the server cannot know what the client held at the
     position it resumes from)."""

@@ -7,7 +7,7 @@ Protocol-free like the rest of the engine: it returns changes and rows, the engi
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from psycopg import sql
@@ -141,27 +141,26 @@ async def load(
     flat: dict[str, TableShapes],
     roots: Sequence[Node] = (),
     wanted: Sequence[tuple[Node, Link]] = (),
-) -> list[tuple[RelationDef, Row]]:
+) -> AsyncIterator[tuple[RelationDef, list[Row]]]:
     """Read what enters the trees at ``snap``: each root's rows, and the rows joined by each wanted
-    (level, value), level by level with what hangs from them. Every row is taken into ``hold``;
-    returned (each with its tags last) are the rows the client held by no shape before."""
-    out: list[tuple[RelationDef, Row]] = []
+    (level, value), level by level with what hangs from them, as they come (never the whole tree
+    at once). Every row is taken into ``hold``; yielded (each with its tags last) are the rows the
+    client held by no shape before."""
     moves = Moves(wanted=list(wanted))
 
-    async def take_rows(node: Node, where: sql.Composable | None) -> None:
+    async def take_rows(node: Node, where: sql.Composable | None) -> AsyncIterator[tuple[RelationDef, list[Row]]]:
         rel = node.relation
-        table = str(node.table)
+        shapes = flat.get(str(node.table))
         n = len(rel.columns)
-        shapes = flat.get(table)
+        held = None if not shapes else (lambda row: flat_matches(shapes, row[:n]))
         async for rows in snap.rows(rel, where, tags=True):
-            for tagged in rows:
-                row = tagged[:n]
-                had = hold.holds(table, key_of(rel, row)) or flat_matches(shapes, row)
-                if hold.take(node, rel, row, moves) and not had:
-                    out.append((rel, tagged))
+            fresh = hold.take_many(node, rel, rows, moves, held)
+            if fresh:
+                yield rel, fresh
 
     for root in roots:
-        await take_rows(root, root.where.sql if root.where is not None else None)
+        async for item in take_rows(root, root.where.sql if root.where is not None else None):
+            yield item
     while moves.wanted:
         batch, moves.wanted = moves.wanted, []
         by_node: dict[Node, list[Link]] = {}
@@ -174,8 +173,19 @@ async def load(
                 where = link_filter(node.relation, node.edge.columns, links[i : i + LINKS_PER_QUERY])
                 if node.where is not None:
                     where = sql.SQL("{} AND ({})").format(where, node.where.sql)
-                await take_rows(node, where)
-    return out
+                async for item in take_rows(node, where):
+                    yield item
+
+
+async def load_all(
+    snap: Snapshot,
+    hold: TreeHold,
+    flat: dict[str, TableShapes],
+    roots: Sequence[Node] = (),
+    wanted: Sequence[tuple[Node, Link]] = (),
+) -> list[tuple[RelationDef, Row]]:
+    """:func:`load`, collected: ``(relation, row)`` pairs."""
+    return [(rel, row) async for rel, rows in load(snap, hold, flat, roots, wanted) for row in rows]
 
 
 async def rows_by_key(snap: Snapshot, rel: RelationDef, keys: Sequence[Key]) -> dict[Key, Row]:

@@ -56,7 +56,10 @@ class ClientStore:
             s["id"]: SubscriptionRecord(s["id"], s["requests"], s["delivered_lsn"])
             for s in raw.get("subscriptions", [])
         }
-        trees = {t: {tuple(k) for k in keys} for t, keys in (raw.get("tree_rows") or {}).items()}
+        trees = {
+            t: {tuple(None if v is None else v.encode() for v in k) for k in keys}
+            for t, keys in (raw.get("tree_rows") or {}).items()
+        }
         return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees)
 
     async def save_async(self, state: ClientState) -> None:
@@ -133,7 +136,11 @@ class ClientStore:
             ],
         }
         if state.tree_rows:
-            doc["tree_rows"] = {t: sorted(map(list, keys), key=repr) for t, keys in state.tree_rows.items() if keys}
+            doc["tree_rows"] = {
+                t: sorted(([None if v is None else v.decode() for v in k] for k in keys), key=repr)
+                for t, keys in state.tree_rows.items()
+                if keys
+            }
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")  # concurrent writers never share a temp file
         try:
             with open(tmp, "w") as fh:

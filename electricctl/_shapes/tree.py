@@ -23,7 +23,7 @@ shapes"). A table may appear on several paths of one tree, and in several trees.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -252,9 +252,9 @@ class Moves:
 class TreeHold:
     """The rows each level of a client's trees holds, kept up to date change by change."""
 
-    def __init__(self, seen: dict[str, set[tuple[str | None, ...]]] | None = None) -> None:
-        self.seen: dict[str, set[tuple[str | None, ...]]] = {} if seen is None else seen
-        """By table: the key (as text) of every row a level has taken (rows the client may hold)."""
+    def __init__(self, seen: dict[str, set[Key]] | None = None) -> None:
+        self.seen: dict[str, set[Key]] = {} if seen is None else seen
+        """By table: the key of every row a level has taken (rows the client may hold)."""
         self.roots: list[Node] = []
         self._levels: dict[Node, _Level] = {}
         self._by_table: dict[str, list[Node]] = {}
@@ -321,7 +321,7 @@ class TreeHold:
         if old is not None and old.link == link and old.provides == provides:
             return False
         if old is None:
-            self.seen.setdefault(str(node.table), set()).add(tuple(None if v is None else v.decode() for v in key))
+            self.seen.setdefault(str(node.table), set()).add(key)
         if old is not None and old.link != link:
             self._unlink(level, key, old.link)
         if link is not None and (old is None or old.link != link):
@@ -339,6 +339,51 @@ class TreeHold:
             if before is not None:
                 self._withdraw(node, child, before, moves)
         return True
+
+    def take_many(
+        self, node: Node, rel: RelationDef, rows: Sequence[Row], moves: Moves, held: Callable[[Row], bool] | None = None
+    ) -> list[Row]:
+        """:meth:`take` for a batch of snapshot rows (each may end with extra values, e.g. its
+        tags): returns those the client held by no level or ``held`` before (to be sent)."""
+        table = str(node.table)
+        level = self._levels[node]
+        taken, by_link = level.rows, level.by_link
+        others = [self._levels[o].rows for o in self._by_table[table] if o is not node]
+        seen = self.seen.setdefault(table, set())
+        pk = rel.pk_indexes
+        link_at = None if node.edge is None else positions(rel, node.edge.columns)
+        offers = [
+            (child, positions(rel, child.edge.parent_columns), level.provided[child.index])
+            for child in node.children
+            if child.edge is not None
+        ]
+        wanted = moves.wanted
+        out: list[Row] = []
+        for row in rows:
+            key = tuple(row[i] for i in pk)
+            if key in taken:  # already held here (a row reached twice): the general path
+                self.take(node, rel, row[: len(rel.columns)], moves)
+                continue
+            had = (key in seen and any(key in o for o in others)) or (held is not None and held(row))
+            link = None if link_at is None else values_at(row, link_at)
+            provides = tuple(values_at(row, at) for _, at, _ in offers)
+            taken[key] = _Entry(link, provides)
+            if link is not None:
+                keys = by_link.get(link)
+                if keys is None:
+                    by_link[link] = {key}
+                else:
+                    keys.add(key)
+            for (child, _, counts), value in zip(offers, provides, strict=True):
+                if value is not None:
+                    n = counts.get(value, 0) + 1
+                    counts[value] = n
+                    if n == 1:
+                        wanted.append((child, value))
+            seen.add(key)
+            if not had:
+                out.append(row)
+        return out
 
     def release(self, node: Node, key: Key, moves: Moves) -> bool:
         """``node`` no longer holds the row ``key``, nor what hangs only from it; False if it did not."""

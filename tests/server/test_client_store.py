@@ -88,14 +88,14 @@ async def test_a_state_being_saved_is_what_the_next_connection_reads(tmp_path: P
     """A client that reconnects while its last connection's state is still being written resumes
     from that state, not the older one on disk (its include trees' rows are in it)."""
     store = ClientStore(tmp_path)
-    state = ClientState("client-1", {}, 1, {"public.t": {("k1",)}})
+    state = ClientState("client-1", {}, 1, {"public.t": {(b"k1",)}})
     await store.save_async(state)
     state.acked_lsn = 7
-    state.tree_rows["public.t"].add(("k2",))
+    state.tree_rows["public.t"].add((b"k2", None))
     saving = asyncio.ensure_future(store.save_async(state))
     await asyncio.sleep(0)  # the save has started, and not written anything yet
     loaded = store.load("client-1")
-    assert loaded.acked_lsn == 7 and loaded.tree_rows == {"public.t": {("k1",), ("k2",)}}
+    assert loaded.acked_lsn == 7 and loaded.tree_rows == {"public.t": {(b"k1",), (b"k2", None)}}
     await saving
     again = ClientStore(tmp_path).load("client-1")
-    assert again.acked_lsn == 7 and again.tree_rows == {"public.t": {("k1",), ("k2",)}}
+    assert again.acked_lsn == 7 and again.tree_rows == {"public.t": {(b"k1",), (b"k2", None)}}
