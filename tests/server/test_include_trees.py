@@ -194,7 +194,7 @@ async def test_live_children_reparenting_and_moves(tree_server: Server, tree_env
 async def test_a_row_two_trees_hold_leaves_only_with_the_last(tree_server: Server, tree_env: Env) -> None:
     env = tree_env
     cl = await connect(tree_server, env)
-    await subscribe_tree(cl, "projects", "id = 'p1'", TREE)
+    tree = await subscribe_tree(cl, "projects", "id = 'p1'", TREE)
     users = await subscribe_tree(cl, "users", "id = 'u3'")  # a flat shape holding u3 as well
     assert "u3" in ids(cl, "users")
     env.sql("DELETE FROM comments WHERE id = 'c2'")  # the tree no longer needs u3; the flat shape does
@@ -205,6 +205,11 @@ async def test_a_row_two_trees_hold_leaves_only_with_the_last(tree_server: Serve
     await cl.rpc("unsubscribe", pb.SatUnsubsReq(subscription_ids=[users]))
     await cl.wait_for(lambda: "u3" not in ids(cl, "users"))
     assert ids(cl, "users") == {"u2"}
+    # a flat shape on comments, then the tree goes: only what the flat shape holds stays
+    await subscribe_tree(cl, "comments", "id = 'c9'")
+    await cl.rpc("unsubscribe", pb.SatUnsubsReq(subscription_ids=[tree]))
+    await cl.wait_for(lambda: not ids(cl, "projects") and not ids(cl, "issues") and not ids(cl, "users"))
+    assert ids(cl, "comments") == {"c9"}
     await cl.close()
 
 
@@ -314,3 +319,55 @@ async def resume_and_check(srv: Server, env: Env, cl: SatelliteClient, lsn: byte
     env.sql("INSERT INTO comments VALUES ('c9', 'i5', 'u2', 'after')")
     await again.wait_for(lambda: "c9" in ids(again, "comments") and "u2" in ids(again, "users"), 10)
     await again.close()
+
+
+DECLARED_ONLY = """
+version: 1
+auth:
+  mode: secure
+  jwt: {alg: HS256, key: test-secret-test-secret-test-secret}
+tables: [users, projects, issues, comments]
+shapes:
+  - name: mine
+    table: projects
+    where: "owner_id = auth.sub"
+    include:
+      - table: issues
+        include:
+          - table: comments
+            where: "author_id = auth.sub"
+adhoc_shapes: deny
+"""
+
+
+async def test_declared_trees_use_claims_at_any_level_and_adhoc_deny_covers_the_tree(
+    tree_env: Env, tmp_path: Path
+) -> None:
+    path = tmp_path / "declared.yaml"
+    path.write_text(DECLARED_ONLY)
+    config = load_text(DECLARED_ONLY, str(path), env={})
+    applier.apply(config, tree_env.url)
+    env = Env(tree_env.url, config, path, tree_env.data_dir, tree_env.slot)
+    env.sql("INSERT INTO comments VALUES ('c6', 'i2', 'u1', 'by the owner')")
+    async with running_server(env) as srv:
+        cl = SatelliteClient(ws_url(srv))
+        await cl.connect()
+        await cl.authenticate(env.token("u1"))
+        await cl.start()
+        await subscribe_tree(cl, "mine")
+        assert ids(cl, "projects") == {"p1"} and ids(cl, "issues") == {"i1", "i2"}
+        assert ids(cl, "comments") == {"c6"}  # auth.sub two levels down: only u1's own comments
+        env.sql("INSERT INTO comments VALUES ('c7', 'i1', 'u1', 'mine too'), ('c8', 'i1', 'u2', 'not mine')")
+        await cl.wait_for(lambda: "c7" in ids(cl, "comments"))
+        assert "c8" not in ids(cl, "comments")
+        # adhoc_shapes: deny applies to the tree as a whole: the same root with another tree is refused
+        with pytest.raises(RpcError, match=r"with its include tree.*adhoc_shapes is deny"):
+            await subscribe_tree(cl, "projects", "owner_id = auth.sub", [{"table": "issues"}])
+        # and the declared tree, written out in full, is the declared shape
+        await subscribe_tree(
+            cl,
+            "projects",
+            "owner_id = auth.sub",
+            [{"table": "issues", "include": [{"table": "comments", "where": "author_id = auth.sub"}]}],
+        )
+        await cl.close()
