@@ -548,6 +548,7 @@ class ShapeEngine:
             self.pending = tr.Pending()
             earlier = {table: set(keys) for table, keys in self.state.tree_rows.items()}
             self.state.tree_rows.clear()
+            self.state.tree_epoch += 1
             for shape in self.tree_shapes:
                 self.trees.remove_tree(shape.root)
                 self.trees.add_tree(shape.root)

@@ -26,3 +26,5 @@ class ClientState:
     and not yet taken back. A client that resumes gets its trees again at a snapshot, with GONE for
     those of them no shape holds there (the server cannot know what the client held at the
     position it resumes from)."""
+    tree_epoch: int = 0
+    """Counts the times ``tree_rows`` was started afresh (each resync of the trees)."""

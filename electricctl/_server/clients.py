@@ -33,6 +33,8 @@ class ClientStore:
         self._written: dict[str, int] = {}
         """By client: the generation of the newest state on disk (an older one is never written over it)."""
         self._failed: dict[str, tuple[int, ClientState]] = {}
+        self._tree_written: dict[str, tuple[int, int]] = {}
+        """By client: (epoch, keys) of the tree keys last written (unchanged ones are not written again)."""
         self._queued: dict[str, tuple[int, ClientState]] = {}
         """By client: the newest state handed to a save that has not finished writing it."""
         self._saving: set[asyncio.Future[None]] = set()
@@ -56,11 +58,18 @@ class ClientStore:
             s["id"]: SubscriptionRecord(s["id"], s["requests"], s["delivered_lsn"])
             for s in raw.get("subscriptions", [])
         }
+        try:
+            tree_doc = json.loads(self._trees_path(client_id).read_text())
+        except FileNotFoundError:
+            tree_doc = {}
         trees = {
             t: {tuple(None if v is None else v.encode() for v in k) for k in keys}
-            for t, keys in (raw.get("tree_rows") or {}).items()
+            for t, keys in (tree_doc.get("tree_rows") or {}).items()
         }
-        return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees)
+        return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees, int(tree_doc.get("epoch", 0)))
+
+    def _trees_path(self, client_id: str) -> Path:
+        return self._path(client_id).with_suffix(".trees.json")
 
     async def save_async(self, state: ClientState) -> None:
         """:meth:`save` in a worker thread (the fsync must not stall the event loop).
@@ -123,6 +132,7 @@ class ClientStore:
             {k: SubscriptionRecord(v.id, list(v.requests), v.delivered_lsn) for k, v in state.subscriptions.items()},
             state.acked_lsn,
             {t: set(keys) for t, keys in state.tree_rows.items()},
+            state.tree_epoch,
         )
 
     def save(self, state: ClientState) -> None:
@@ -135,12 +145,22 @@ class ClientStore:
                 for s in state.subscriptions.values()
             ],
         }
-        if state.tree_rows:
-            doc["tree_rows"] = {
+        # the include trees' keys (possibly many) go in a file of their own, written only when they
+        # changed: they only grow between two resyncs, so (epoch, count) tells
+        signature = (state.tree_epoch, sum(len(keys) for keys in state.tree_rows.values()))
+        if signature != self._tree_written.get(state.client_id, (0, 0)):
+            trees = {
                 t: sorted(([None if v is None else v.decode() for v in k] for k in keys), key=repr)
                 for t, keys in state.tree_rows.items()
                 if keys
             }
+            self._write(self._trees_path(state.client_id), {"epoch": state.tree_epoch, "tree_rows": trees})
+            self._tree_written[state.client_id] = signature
+        self._write(path, doc)
+
+    @staticmethod
+    def _write(path: Path, doc: object) -> None:
+        """Write ``doc`` as JSON to ``path`` atomically and durably (write, fsync, rename)."""
         tmp = path.with_suffix(f".{uuid.uuid4().hex[:8]}.tmp")  # concurrent writers never share a temp file
         try:
             with open(tmp, "w") as fh:
