@@ -41,6 +41,7 @@ from electricctl.client import SyncClient
 from electricctl.client.values import RemoteChange
 
 SECTION = "trees"
+TITLE = "Include trees: a tree's initial sync beside a flat one, a move-in, many clients' trees"
 TREE = {"issues": {"include": {"comments": True}}}
 
 
