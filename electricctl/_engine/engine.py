@@ -36,6 +36,7 @@ from electricctl._model.rows import Change, RelationDef, Row, Transaction, chang
 from electricctl._model.table import TableRef
 from electricctl._perms.read import read_roles
 from electricctl._shapes.compile import CompiledWhere, ShapeError, all_true, compile_where
+from electricctl._shapes.router import Router
 from electricctl._shapes.routing import Shape, TableShapes, any_of, snapshot_filter
 from electricctl._shapes.tree import (
     ForeignKey,
@@ -112,7 +113,9 @@ class ShapeEngine:
         self.relevant: deque[int] = deque()
         """Live: LSNs of logged transactions the router found may concern this client."""
         self.wake = asyncio.Event()
-        self.trees = TreeHold(state.tree_rows)
+        self.trees = TreeHold(state.tree_rows, on_offer=self._offer)
+        self._reread = False
+        """A tree began offering a joining value while live: what was routed before may concern it."""
         """The client's include trees, with the rows each level holds."""
         self.tree_shapes: list[tr.TreeShape] = []
         self.pending = tr.Pending()
@@ -215,7 +218,8 @@ class ShapeEngine:
                 self.trees.add_tree(shape.root)
             self.tree_shapes.append(shape)
             for node in shape.root.walk():
-                self.services.router.add(self, str(node.table), node)
+                if self._link_column(node) is None:  # indexed levels follow their offered values
+                    self.services.router.add(self, str(node.table), node)
             return
         self.shapes.setdefault(str(shape.table), TableShapes()).add(shape)
         self.services.router.add(self, str(shape.table), shape)
@@ -224,8 +228,36 @@ class ShapeEngine:
         """Stop serving a tree; the rows its levels held."""
         self.tree_shapes.remove(shape)
         for node in shape.root.walk():
-            self.services.router.remove(self, str(node.table), node)
-        return self.trees.remove_tree(shape.root)
+            if self._link_column(node) is None:
+                self.services.router.remove(self, str(node.table), node)
+        return self.trees.remove_tree(shape.root)  # its offered values leave the router (_offer)
+
+    @staticmethod
+    def _link_column(node: Node) -> str | None:
+        """The column the router indexes an included level by: its first joining column, when the
+        column's text form is canonical (None: the level is not indexed, every change of its table
+        wakes the client)."""
+        if node.edge is None:
+            return None
+        column = node.edge.columns[0]
+        types = {c.name: c.type_name for c in node.relation.columns}
+        return column if Router.indexable(types.get(column, "")) else None
+
+    def _offer(self, node: Node, link: tuple[bytes, ...], added: bool) -> None:
+        """A tree level starts or stops offering ``link`` to ``node``: the router wakes this client
+        for the changes of ``node``'s rows with that value (and only those)."""
+        column = self._link_column(node)
+        if column is None:
+            return
+        if added:
+            self.services.router.add_key(self, str(node.table), column, link[0])
+            if self.live:
+                # transactions the router saw before this key existed may concern the client now:
+                # read the next ones from the log instead of the queue
+                self._leave_live()
+                self._reread = True
+        else:
+            self.services.router.remove_key(self, str(node.table), column, link[0])
 
     def start(self, cursor: int, schema: Sequence[Migration] = ()) -> None:
         """Stream from ``cursor`` (the client has everything up to it), after the migrations in
@@ -302,6 +334,9 @@ class ShapeEngine:
                     self.relevant.popleft()
                 self.cursor = max(self.cursor, tx.lsn)
                 await self._send_transaction(tx)
+                if self._reread:
+                    self._reread = False
+                    break  # the next transactions come from the log, not from what was routed
 
     async def _send_schema(self, migrations: Sequence[Migration]) -> None:
         """Migrations the client lacks, one transaction per version, at the stream's start point."""

@@ -50,31 +50,49 @@ class Router:
             value = value.lower()
         return column, value.encode()
 
+    @staticmethod
+    def indexable(type_name: str) -> bool:
+        """Can a column of this type be indexed (its text form is canonical)?"""
+        return type_name in _INDEXABLE_TYPES
+
     def add(self, conn: Hashable, table: str, shape: object) -> None:
-        idx = self._tables.setdefault(table, _TableIndex())
         key = self.key_of(shape)
         if key is None:
+            idx = self._tables.setdefault(table, _TableIndex())
             idx.unindexed[conn] = idx.unindexed.get(conn, 0) + 1
             return
-        conns = idx.by_value.setdefault(key, {})
+        self.add_key(conn, table, *key)
+
+    def add_key(self, conn: Hashable, table: str, column: str, value: bytes) -> None:
+        """``conn`` wants the changes whose row (old or new) has ``value`` in ``column``."""
+        idx = self._tables.setdefault(table, _TableIndex())
+        conns = idx.by_value.setdefault((column, value), {})
         conns[conn] = conns.get(conn, 0) + 1
-        idx.columns[key[0]] = idx.columns.get(key[0], 0) + 1
+        idx.columns[column] = idx.columns.get(column, 0) + 1
 
     def remove(self, conn: Hashable, table: str, shape: object) -> None:
         """Forget one of ``conn``'s shapes."""
+        key = self.key_of(shape)
+        if key is not None:
+            self.remove_key(conn, table, *key)
+            return
         idx = self._tables.get(table)
         if idx is None:
             return
-        key = self.key_of(shape)
-        if key is None:
-            _decrement(idx.unindexed, conn)
-        else:
-            conns = idx.by_value.get(key)
-            if conns is not None:
-                _decrement(conns, conn)
-                if not conns:
-                    del idx.by_value[key]
-            _decrement(idx.columns, key[0])
+        _decrement(idx.unindexed, conn)
+        if not idx.by_value and not idx.unindexed:
+            del self._tables[table]
+
+    def remove_key(self, conn: Hashable, table: str, column: str, value: bytes) -> None:
+        idx = self._tables.get(table)
+        if idx is None:
+            return
+        conns = idx.by_value.get((column, value))
+        if conns is not None:
+            _decrement(conns, conn)
+            if not conns:
+                del idx.by_value[(column, value)]
+        _decrement(idx.columns, column)
         if not idx.by_value and not idx.unindexed:
             del self._tables[table]
 

@@ -252,7 +252,13 @@ class Moves:
 class TreeHold:
     """The rows each level of a client's trees holds, kept up to date change by change."""
 
-    def __init__(self, seen: dict[str, set[Key]] | None = None) -> None:
+    def __init__(
+        self, seen: dict[str, set[Key]] | None = None, on_offer: Callable[[Node, Link, bool], None] | None = None
+    ) -> None:
+        self.on_offer = on_offer
+        """Called when a level starts (True) or stops (False) offering a joining value to a child
+        level: the rows of that level with the value may now belong to it (the server's router
+        wakes the client for changes to them)."""
         self.seen: dict[str, set[Key]] = {} if seen is None else seen
         """By table: the key of every row a level has taken (rows the client may hold)."""
         self.roots: list[Node] = []
@@ -280,6 +286,10 @@ class TreeHold:
         released: list[tuple[Node, Key]] = []
         for n in root.walk():
             level = self._levels.pop(n)
+            if self.on_offer is not None:
+                for child in n.children:
+                    for value in level.provided[child.index]:
+                        self.on_offer(child, value, False)
             released.extend((n, k) for k in level.rows)
             nodes = self._by_table[str(n.table)]
             nodes.remove(n)
@@ -336,6 +346,8 @@ class TreeHold:
                 counts[value] = counts.get(value, 0) + 1
                 if counts[value] == 1:
                     moves.wanted.append((child, value))
+                    if self.on_offer is not None:
+                        self.on_offer(child, value, True)
             if before is not None:
                 self._withdraw(node, child, before, moves)
         return True
@@ -380,6 +392,8 @@ class TreeHold:
                     counts[value] = n
                     if n == 1:
                         wanted.append((child, value))
+                        if self.on_offer is not None:
+                            self.on_offer(child, value, True)
             seen.add(key)
             if not had:
                 out.append(row)
@@ -414,6 +428,8 @@ class TreeHold:
         if counts[value] > 0:
             return
         del counts[value]
+        if self.on_offer is not None:
+            self.on_offer(child, value, False)
         for ckey in list(self._levels[child].by_link.get(value, ())):
             self.release(child, ckey, moves)
             moves.left.append((child, ckey))

@@ -371,3 +371,42 @@ async def test_declared_trees_use_claims_at_any_level_and_adhoc_deny_covers_the_
             [{"table": "issues", "include": [{"table": "comments", "where": "author_id = auth.sub"}]}],
         )
         await cl.close()
+
+
+async def test_included_levels_wake_a_client_only_for_rows_joined_to_what_it_holds(
+    tree_server: Server, tree_env: Env
+) -> None:
+    """The router indexes an included level by its joining value: a comment insert wakes the
+    clients holding its issue, not every client with a comments level (1,000 clients with a tree
+    each were 2.7x slower than with flat shapes before)."""
+    from electricctl._model.rows import Change
+    from electricctl._model.table import TableRef
+
+    env = tree_env
+    cl = await connect(tree_server, env)
+    await subscribe_tree(cl, "projects", "id = 'p1'", TREE)
+    engine = tree_server.clients[cl.client_id].engine
+    comments = await tree_server.catalog.describe(TableRef("public", "comments"))
+    users = await tree_server.catalog.describe(TableRef("public", "users"))
+    assert comments is not None and users is not None
+
+    def woken_by_comment(issue: bytes) -> bool:
+        change = Change("I", comments, (b"cx", issue, b"u1", b"body"), None)
+        return engine in tree_server.router.candidates([change])
+
+    def woken_by_user(user: bytes) -> bool:
+        return engine in tree_server.router.candidates([Change("U", users, (user, b"n"), (user, b"o"))])
+
+    assert woken_by_comment(b"i1") and woken_by_comment(b"i2") and not woken_by_comment(b"i4")
+    assert woken_by_user(b"u2") and woken_by_user(b"u3") and not woken_by_user(b"u4")
+    # an issue moves in: its comments wake the client; and back-to-back, a change to one of them
+    # (routed before the client took the issue in) still arrives
+    with psycopg.connect(env.url, autocommit=True) as conn:
+        conn.execute("UPDATE issues SET project_id = 'p1' WHERE id = 'i4'")
+        conn.execute("UPDATE comments SET body = 'right after' WHERE id = 'c4'")
+    await cl.wait_for(lambda: cl.table("comments").get((b"c4",), {}).get("body") == b"right after")
+    assert woken_by_comment(b"i4") and woken_by_user(b"u3")
+    env.sql("UPDATE issues SET project_id = 'p3' WHERE id = 'i1'")
+    await cl.wait_for(lambda: "c1" not in ids(cl, "comments"))
+    assert not woken_by_comment(b"i1") and not woken_by_user(b"u2")  # u2 wrote only c1
+    await cl.close()
