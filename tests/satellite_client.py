@@ -233,6 +233,8 @@ class SatelliteClient:
             )
         elif isinstance(msg, pb.SatSubsDataBegin):
             self._in_subs = msg.subscription_id
+        elif isinstance(msg, pb.SatSubsDataError):
+            self._in_subs = None  # what arrived of it is not kept by a real client either
         elif isinstance(msg, pb.SatSubsDataEnd):
             assert self._in_subs is not None
             self.subscriptions_done[self._in_subs] = b""

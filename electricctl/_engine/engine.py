@@ -115,6 +115,8 @@ class ShapeEngine:
         self.wake = asyncio.Event()
         self.trees = TreeHold(state.tree_rows, on_offer=self._offer)
         self._reread = False
+        self.max_tree_rows = 1_000_000
+        """Rows this client's trees may hold in all (a subscription that would take more is refused)."""
         """A tree began offering a joining value while live: what was routed before may concern it."""
         """The client's include trees, with the rows each level holds."""
         self.tree_shapes: list[tr.TreeShape] = []
@@ -309,6 +311,9 @@ class ShapeEngine:
                         await sink.subscription_failed(
                             item.subscription_id, f"the server could not read the data: {exc}"
                         )
+                    except tr.TreeTooLarge as exc:
+                        log.warning("refused subscription %s of %s: %s", item.subscription_id, self.client_id, exc)
+                        await sink.subscription_failed(item.subscription_id, str(exc))
                     finally:
                         self.inflight.discard(item.subscription_id)
                 elif isinstance(item, _Reassess):
@@ -482,7 +487,7 @@ class ShapeEngine:
             flat[table] = merged
         self.trees.add_tree(shape.root)
         await self.sink.shape_begin(shape.request_id)
-        async for rel, rows in tr.load(snap, self.trees, flat, roots=[shape.root]):
+        async for rel, rows in tr.load(snap, self.trees, flat, roots=[shape.root], limit=self.max_tree_rows):
             await self.sink.shape_rows(self.projection.relation(rel), self.projection.snapshot_rows(rel, rows))
         await self.sink.shape_end()
 

@@ -17,6 +17,11 @@ from electricctl._model.rows import Change, RelationDef, Row, Transaction
 from electricctl._shapes.routing import TableShapes, route
 from electricctl._shapes.tree import Key, Link, Moves, Node, TreeHold, key_of, link_filter
 
+
+class TreeTooLarge(Exception):
+    """A tree would hold more rows than one client's trees may (``serve --max-tree-rows``)."""
+
+
 LINKS_PER_QUERY = 10_000
 """Joining values per snapshot query (a level with more parents takes a few queries)."""
 
@@ -141,6 +146,7 @@ async def load(
     flat: dict[str, TableShapes],
     roots: Sequence[Node] = (),
     wanted: Sequence[tuple[Node, Link]] = (),
+    limit: int | None = None,
 ) -> AsyncIterator[tuple[RelationDef, list[Row]]]:
     """Read what enters the trees at ``snap``: each root's rows, and the rows joined by each wanted
     (level, value), level by level with what hangs from them, as they come (never the whole tree
@@ -155,6 +161,11 @@ async def load(
         held = None if not shapes else (lambda row: flat_matches(shapes, row[:n]))
         async for rows in snap.rows(rel, where, tags=True):
             fresh = hold.take_many(node, rel, rows, moves, held)
+            if limit is not None and hold.size > limit:
+                raise TreeTooLarge(
+                    f"the include trees would hold more than {limit:,} rows, the most one client's trees may"
+                    " hold on this server (serve --max-tree-rows): narrow the tree with where clauses"
+                )
             if fresh:
                 yield rel, fresh
 

@@ -308,6 +308,7 @@ class Connection:
         if self.engine is None:
             assert self.client_id is not None and self.identity is not None and self.state is not None
             self.engine = ShapeEngine(self.server, self.client_id, self.identity, self.state, self.sink)
+            self.engine.max_tree_rows = self.server.options.max_tree_rows
         return self.engine
 
     async def _start(self, effect: S.StartStream) -> S.StreamStarted | S.Refused:

@@ -28,6 +28,9 @@ class ServeOptions:
     """logical_decoding_work_mem for the walsender."""
 
     # -- clients ------------------------------------------------------------------------------
+    max_tree_rows: int = 1_000_000
+    """Rows one client's include trees may hold in all: the server keeps each one's key in memory
+    (~200 bytes), so a subscription that would take more is refused with the reason."""
     unacked_window: int = 300
     """Transactions a client may leave unacknowledged before the server waits for it. Electric's
     default is 30; at 30 a client catching up on 100-row transactions waits for its own acks

@@ -262,6 +262,8 @@ class TreeHold:
         self.seen: dict[str, set[Key]] = {} if seen is None else seen
         """By table: the key of every row a level has taken (rows the client may hold)."""
         self.roots: list[Node] = []
+        self.size = 0
+        """Rows held, counted once per level holding them (what the server keeps in memory)."""
         self._levels: dict[Node, _Level] = {}
         self._by_table: dict[str, list[Node]] = {}
 
@@ -286,6 +288,7 @@ class TreeHold:
         released: list[tuple[Node, Key]] = []
         for n in root.walk():
             level = self._levels.pop(n)
+            self.size -= len(level.rows)
             if self.on_offer is not None:
                 for child in n.children:
                     for value in level.provided[child.index]:
@@ -331,6 +334,7 @@ class TreeHold:
         if old is not None and old.link == link and old.provides == provides:
             return False
         if old is None:
+            self.size += 1
             self.seen.setdefault(str(node.table), set()).add(key)
         if old is not None and old.link != link:
             self._unlink(level, key, old.link)
@@ -371,6 +375,7 @@ class TreeHold:
         ]
         wanted = moves.wanted
         out: list[Row] = []
+        before = len(taken)
         for row in rows:
             key = tuple(row[i] for i in pk)
             if key in taken:  # already held here (a row reached twice): the general path
@@ -397,6 +402,7 @@ class TreeHold:
             seen.add(key)
             if not had:
                 out.append(row)
+        self.size += len(taken) - before
         return out
 
     def release(self, node: Node, key: Key, moves: Moves) -> bool:
@@ -405,6 +411,7 @@ class TreeHold:
         entry = level.rows.pop(key, None)
         if entry is None:
             return False
+        self.size -= 1
         self._unlink(level, key, entry.link)
         for child, value in zip(node.children, entry.provides, strict=True):
             if value is not None:

@@ -260,6 +260,12 @@ def _bytes(text: str, option: str) -> int:
     "--unacked-window", default=300, show_default=True, help="Transactions a client may leave unacked (Electric: 30)."
 )
 @click.option(
+    "--max-tree-rows",
+    default=1_000_000,
+    show_default=True,
+    help="Rows one client's include trees may hold (the server keeps their keys in memory).",
+)
+@click.option(
     "--max-transaction-ops",
     default=100_000,
     show_default=True,
@@ -319,6 +325,7 @@ def serve(
     log_retention: str,
     send_timeout: str,
     unacked_window: int,
+    max_tree_rows: int,
     max_transaction_ops: int,
     read_only: bool,
     auth_timeout: str,
@@ -354,6 +361,7 @@ def serve(
             retention_seconds=_seconds(log_retention),
             send_timeout=_seconds(send_timeout),
             unacked_window=unacked_window,
+            max_tree_rows=max_tree_rows,
             fsync=not no_fsync,
             max_transaction_ops=max_transaction_ops,
             start_client_replication=not read_only,

@@ -410,3 +410,32 @@ async def test_included_levels_wake_a_client_only_for_rows_joined_to_what_it_hol
     await cl.wait_for(lambda: "c1" not in ids(cl, "comments"))
     assert not woken_by_comment(b"i1") and not woken_by_user(b"u2")  # u2 wrote only c1
     await cl.close()
+
+
+async def test_a_tree_over_the_per_client_budget_is_refused_and_nothing_of_it_stays(tree_env: Env) -> None:
+    """The server keeps a tree's keys in memory: one client's trees may hold --max-tree-rows rows.
+    A subscription that would take more fails with the reason; the client keeps serving the rest."""
+    env = tree_env
+    async with running_server(env, max_tree_rows=6) as srv:
+        cl = await connect(srv, env)
+        await subscribe_tree(cl, "projects", "id = 'p3'", TREE)  # 4 rows: p3, i4, c4, u3
+        sub_id = str(uuid.uuid4())
+        req = pb.SatSubsReq(
+            subscription_id=sub_id,
+            shape_requests=[
+                pb.SatShapeReq(
+                    request_id="r", shape_definition=pb.SatShapeDef(selects=[select("projects", "id = 'p1'", TREE)])
+                )
+            ],
+        )
+        await cl.rpc("subscribe", req)
+        await cl.wait_for(lambda: any(isinstance(m, pb.SatSubsDataError) for m in cl.messages))
+        (error,) = [m for m in cl.messages if isinstance(m, pb.SatSubsDataError)]
+        assert error.subscription_id == sub_id and "more than 6 rows" in error.message
+        assert "--max-tree-rows" in error.message
+        # the first tree is still served live
+        env.sql("INSERT INTO comments VALUES ('c9', 'i4', 'u3', 'still live')")
+        await cl.wait_for(lambda: "c9" in ids(cl, "comments"))
+        engine = srv.clients[cl.client_id].engine
+        assert engine is not None and engine.trees.size == 5
+        await cl.close()
