@@ -524,8 +524,8 @@ class ShapeEngine:
         self.services.stats["subscription_deliveries"] += 1
         for shape in sub.shapes:
             self.register(shape)
-        for tx in deferred:
-            await self._send_transaction(tx)
+        # recorded before anything else is awaited: a client that got the data resumes with this
+        # subscription, even if its connection drops while the deferred transactions go out
         self.state.subscriptions[sub.subscription_id] = SubscriptionRecord(
             sub.subscription_id,
             [
@@ -536,6 +536,8 @@ class ShapeEngine:
             ],
             self.cursor,
         )
+        for tx in deferred:
+            await self._send_transaction(tx)
         await self.services.store.save_async(self.state)
 
     async def _reassess(self) -> None:
