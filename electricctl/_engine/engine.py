@@ -376,6 +376,7 @@ class ShapeEngine:
             self.services.stats["migrations_sent"] += 1
             if not changes:
                 return
+        await self._keys_durable()
         await self.sink.transaction(tx, [self.projection.change(ch) for ch in changes], ref)
         self.services.stats["transactions_sent"] += 1
 
@@ -476,6 +477,14 @@ class ShapeEngine:
                     self.trees.remove_tree(shape.root)
             raise
 
+    async def _keys_durable(self) -> None:
+        """Before rows a tree took are sent: their keys on disk (see ClientState.tree_rows), so that
+        after a crash a resumed client is told to drop those that nothing holds any more."""
+        if self.trees.fresh:
+            fresh, self.trees.fresh = self.trees.fresh, {}
+            if any(fresh.values()):
+                await self.services.store.append_tree_keys(self.client_id, self.state.tree_epoch, fresh)
+
     async def _deliver_tree(self, snap: Snapshot, shape: tr.TreeShape, delivered: dict[str, TableShapes]) -> None:
         """A tree's rows at the snapshot, every level, in one shape's data (the client applies the
         subscription in one transaction: it never sees a child without its parent)."""
@@ -520,6 +529,7 @@ class ShapeEngine:
                     await sink.shape_rows(prel, self.projection.snapshot_rows(rel, rows))
                 await sink.shape_end()
                 mine.add(shape)
+            await self._keys_durable()  # before the client can commit what the trees gave it
             await sink.subscription_end()
         self.services.stats["subscription_deliveries"] += 1
         for shape in sub.shapes:
@@ -551,6 +561,7 @@ class ShapeEngine:
                 self.projection.roles = roles
                 gone, rows = await self._reshape(snap)
                 if gone or rows:
+                    await self._keys_durable()
                     await self.sink.moved(self.cursor, gone, rows)
         for tx in deferred:
             await self._send_transaction(tx)
@@ -570,6 +581,7 @@ class ShapeEngine:
             projected = [
                 (self.projection.relation(rel), self.projection.snapshot_rows(rel, [row])[0]) for rel, row in rows
             ]
+            await self._keys_durable()
             if gone:
                 await self.sink.moved(self.cursor, gone, [])
             # each reference gets its data; the rows, read together, all go with the first
@@ -588,9 +600,8 @@ class ShapeEngine:
         async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap.visibility)
             self.pending = tr.Pending()
+            # the keys stay (a superset is what is needed): the client may not get this resync
             earlier = {table: set(keys) for table, keys in self.state.tree_rows.items()}
-            self.state.tree_rows.clear()
-            self.state.tree_epoch += 1
             for shape in self.tree_shapes:
                 self.trees.remove_tree(shape.root)
                 self.trees.add_tree(shape.root)
@@ -601,6 +612,7 @@ class ShapeEngine:
                 if rel is not None:
                     released.extend((rel, k) for k in keys)
             gone = await self._let_go(snap, released)
+            await self._keys_durable()
             await self.sink.moved(
                 self.cursor,
                 gone,

@@ -67,6 +67,12 @@ class Snapshots(Protocol):
 class StateStore(Protocol):
     async def save_async(self, state: ClientState) -> None: ...
 
+    async def append_tree_keys(
+        self, client_id: str, epoch: int, keys: dict[str, set[tuple[bytes | None, ...]]]
+    ) -> None:
+        """Make keys a client's trees are about to give it durable (before they are sent)."""
+        ...
+
 
 class EngineServices(Protocol):
     @property

@@ -23,8 +23,8 @@ class ClientState:
     acked_lsn: int = 0
     tree_rows: dict[str, set[tuple[bytes | None, ...]]] = field(default_factory=dict)
     """By table: the keys (text values, as the stream carries them) of every row the client's include trees may have given it
-    and not yet taken back. A client that resumes gets its trees again at a snapshot, with GONE for
+    (never forgotten: a superset is what resuming needs). A client that resumes gets its trees again at a snapshot, with GONE for
     those of them no shape holds there (the server cannot know what the client held at the
     position it resumes from)."""
     tree_epoch: int = 0
-    """Counts the times ``tree_rows`` was started afresh (each resync of the trees)."""
+    """Numbers the key log new tree keys are appended to (a new one each time the keys are written whole)."""

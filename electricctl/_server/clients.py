@@ -34,6 +34,8 @@ class ClientStore:
         """By client: the generation of the newest state on disk (an older one is never written over it)."""
         self._failed: dict[str, tuple[int, ClientState]] = {}
         self._tree_written: dict[str, tuple[int, int]] = {}
+        self._tree_counts: dict[str, int] = {}
+        """By client: how many tree keys its last state handed to a save had."""
         """By client: (epoch, keys) of the tree keys last written (unchanged ones are not written again)."""
         self._queued: dict[str, tuple[int, ClientState]] = {}
         """By client: the newest state handed to a save that has not finished writing it."""
@@ -62,11 +64,39 @@ class ClientStore:
             tree_doc = json.loads(self._trees_path(client_id).read_text())
         except FileNotFoundError:
             tree_doc = {}
-        trees = {
-            t: {tuple(None if v is None else v.encode() for v in k) for k in keys}
-            for t, keys in (tree_doc.get("tree_rows") or {}).items()
-        }
-        return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees, int(tree_doc.get("epoch", 0)))
+        trees: dict[str, set[tuple[bytes | None, ...]]] = {}
+        epoch = int(tree_doc.get("epoch", 0))
+        docs = [tree_doc.get("tree_rows") or {}]
+        # and every key appended since (a superset of what the client may hold is what is needed)
+        for log_path in sorted(self.directory.glob(self._path(client_id).stem + ".trees.*.log")):
+            epoch = max(epoch, int(log_path.name.rsplit(".", 2)[1]))
+            for line in log_path.read_text().splitlines():
+                with contextlib.suppress(ValueError):  # a torn last line
+                    docs.append(json.loads(line))
+        for doc in docs:
+            for t, keys in doc.items():
+                trees.setdefault(t, set()).update(tuple(None if v is None else v.encode() for v in k) for k in keys)
+        return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees, epoch)
+
+    async def append_tree_keys(
+        self, client_id: str, epoch: int, keys: dict[str, set[tuple[bytes | None, ...]]]
+    ) -> None:
+        """Append keys a client's trees are about to give it to its key log, durably, before they
+        are sent: after a crash the client is told to drop them if nothing holds them any more.
+        A failed write is logged (and retried with the next keys' write), never raised."""
+        line = json.dumps({t: [[None if v is None else v.decode() for v in k] for k in ks] for t, ks in keys.items()})
+        path = self._path(client_id).with_suffix(f".trees.{epoch}.log")
+        try:
+            await asyncio.to_thread(self._append, path, line)
+        except OSError as exc:
+            log.error("cannot append to %s: %s", path, exc.strerror or exc)
+
+    @staticmethod
+    def _append(path: Path, line: str) -> None:
+        with open(path, "a") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def _trees_path(self, client_id: str) -> Path:
         return self._path(client_id).with_suffix(".trees.json")
@@ -80,6 +110,12 @@ class ClientStore:
         cancellation cannot release the lock early). A failed save does not raise (see the class).
         """
         self._generation += 1
+        count = sum(len(keys) for keys in state.tree_rows.values())
+        if count != self._tree_counts.get(state.client_id, 0):
+            # the tree keys are written whole with this state: the keys appended from now on go to
+            # a new key log, and those before it can go once this is on disk
+            state.tree_epoch += 1
+            self._tree_counts[state.client_id] = count
         copy = self.snapshot(state)
         # a connection of the same client that starts before this is written reads this, not the disk
         self._queued[copy.client_id] = (self._generation, copy)
@@ -146,7 +182,7 @@ class ClientStore:
             ],
         }
         # the include trees' keys (possibly many) go in a file of their own, written only when they
-        # changed: they only grow between two resyncs, so (epoch, count) tells
+        # changed (they only grow: (epoch, count) tells); keys given since are in the key logs
         signature = (state.tree_epoch, sum(len(keys) for keys in state.tree_rows.values()))
         if signature != self._tree_written.get(state.client_id, (0, 0)):
             trees = {
@@ -156,6 +192,10 @@ class ClientStore:
             }
             self._write(self._trees_path(state.client_id), {"epoch": state.tree_epoch, "tree_rows": trees})
             self._tree_written[state.client_id] = signature
+            # the key logs of earlier epochs are in no state any more
+            for old in self.directory.glob(path.stem + ".trees.*.log"):
+                if int(old.name.rsplit(".", 2)[1]) < state.tree_epoch:
+                    old.unlink(missing_ok=True)
         self._write(path, doc)
 
     @staticmethod

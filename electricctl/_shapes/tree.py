@@ -261,6 +261,8 @@ class TreeHold:
         wakes the client for changes to them)."""
         self.seen: dict[str, set[Key]] = {} if seen is None else seen
         """By table: the key of every row a level has taken (rows the client may hold)."""
+        self.fresh: dict[str, set[Key]] = {}
+        """Keys added to ``seen`` since the server last made them durable."""
         self.roots: list[Node] = []
         self.size = 0
         """Rows held, counted once per level holding them (what the server keeps in memory)."""
@@ -335,7 +337,10 @@ class TreeHold:
             return False
         if old is None:
             self.size += 1
-            self.seen.setdefault(str(node.table), set()).add(key)
+            seen = self.seen.setdefault(str(node.table), set())
+            if key not in seen:
+                seen.add(key)
+                self.fresh.setdefault(str(node.table), set()).add(key)
         if old is not None and old.link != link:
             self._unlink(level, key, old.link)
         if link is not None and (old is None or old.link != link):
@@ -366,6 +371,7 @@ class TreeHold:
         taken, by_link = level.rows, level.by_link
         others = [self._levels[o].rows for o in self._by_table[table] if o is not node]
         seen = self.seen.setdefault(table, set())
+        fresh = self.fresh.setdefault(table, set())
         pk = rel.pk_indexes
         link_at = None if node.edge is None else positions(rel, node.edge.columns)
         offers = [
@@ -399,7 +405,9 @@ class TreeHold:
                         wanted.append((child, value))
                         if self.on_offer is not None:
                             self.on_offer(child, value, True)
-            seen.add(key)
+            if key not in seen:
+                seen.add(key)
+                fresh.add(key)
             if not had:
                 out.append(row)
         self.size += len(taken) - before

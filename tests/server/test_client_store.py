@@ -101,7 +101,7 @@ async def test_a_state_being_saved_is_what_the_next_connection_reads(tmp_path: P
     assert again.acked_lsn == 7 and again.tree_rows == {"public.t": {(b"k1",), (b"k2", None)}}
 
 
-async def test_tree_keys_are_written_only_when_they_change(tmp_path: Path) -> None:
+async def test_tree_keys_are_written_only_when_they_change_and_appended_durably(tmp_path: Path) -> None:
     store = ClientStore(tmp_path)
     state = ClientState("client-1", {}, 1, {"public.t": {(b"k1",)}})
     await store.save_async(state)
@@ -110,11 +110,12 @@ async def test_tree_keys_are_written_only_when_they_change(tmp_path: Path) -> No
     state.acked_lsn = 2  # an ack: the state is saved again, the tree keys are the same
     await store.save_async(state)
     assert trees.stat().st_mtime_ns == written and store.load("client-1").acked_lsn == 2
-    state.tree_rows["public.t"].add((b"k2",))
+    # keys about to be sent are appended to the key log, durably, with no save of the state
+    state.tree_rows["public.t"].add((b"k2", None))
+    await store.append_tree_keys("client-1", state.tree_epoch, {"public.t": {(b"k2", None)}})
+    assert ClientStore(tmp_path).load("client-1").tree_rows == {"public.t": {(b"k1",), (b"k2", None)}}
+    # the next save writes them whole and the log they were appended to goes
     await store.save_async(state)
-    assert ClientStore(tmp_path).load("client-1").tree_rows == {"public.t": {(b"k1",), (b"k2",)}}
-    state.tree_rows["public.t"] = {(b"k3",)}  # a resync starts them afresh: same count, new epoch
-    state.tree_epoch += 1
-    await store.save_async(state)
+    assert not list(tmp_path.glob("*.trees.*.log"))
     again = ClientStore(tmp_path).load("client-1")
-    assert again.tree_rows == {"public.t": {(b"k3",)}} and again.tree_epoch == 1
+    assert again.tree_rows == {"public.t": {(b"k1",), (b"k2", None)}}

@@ -439,3 +439,40 @@ async def test_a_tree_over_the_per_client_budget_is_refused_and_nothing_of_it_st
         engine = srv.clients[cl.client_id].engine
         assert engine is not None and engine.trees.size == 5
         await cl.close()
+
+
+async def test_a_tree_row_given_just_before_a_kill_9_is_taken_back_after_it(tree_env: Env) -> None:
+    """The keys a tree gave a client are on disk before the client can have them: a row sent just
+    before serve is killed, and moved out of the tree while serve is down, leaves the client when
+    it resumes (otherwise the client would keep it, stale, for good)."""
+    import signal
+
+    from tests.server_fixtures import ServeProcess
+
+    env = tree_env
+    env.data_dir.mkdir(parents=True, exist_ok=True)
+    serve = ServeProcess(env).start()
+    try:
+        cl = SatelliteClient(serve.url, auto_ack=False)  # no ack: nothing saves the state on its behalf
+        await cl.connect()
+        await cl.authenticate(env.token())
+        await cl.start()
+        sub = await subscribe_tree(cl, "projects", "id = 'p1'", TREE)
+        env.sql("INSERT INTO comments VALUES ('c7', 'i2', 'u4', 'just before')")
+        await cl.wait_for(lambda: "c7" in ids(cl, "comments") and "u4" in ids(cl, "users"))
+        lsn = cl.last_lsn
+        serve.stop(signal.SIGKILL)
+        await cl.close()
+        env.sql("UPDATE comments SET issue_id = 'i4' WHERE id = 'c7'")  # out of p1's tree, while serve is down
+        serve.start()
+        again = SatelliteClient(serve.url, client_id=cl.client_id)
+        again.rows = cl.rows
+        await again.connect()
+        await again.authenticate(env.token())
+        assert not (await again.start(lsn=lsn, subscription_ids=[sub])).HasField("err")
+        await again.wait_for(lambda: "c7" not in ids(again, "comments") and "u4" not in ids(again, "users"), 10)
+        assert ids(again, "comments") == {"c1", "c2"}
+        await again.close()
+    finally:
+        if serve.proc is not None and serve.proc.poll() is None:
+            serve.stop()
