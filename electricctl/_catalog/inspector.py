@@ -52,7 +52,7 @@ SELECT a.attrelid AS oid, a.attname AS name, format_type(a.atttypid, a.atttypmod
  ORDER BY a.attrelid, a.attnum
 """
 
-_FOREIGN_KEYS = """
+FOREIGN_KEYS = """
 SELECT con.conname AS name,
        sn.nspname AS schema, sc.relname AS table,
        (SELECT array_agg(a.attname ORDER BY k.ord) FROM unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
@@ -98,6 +98,17 @@ SELECT slot_name AS name, plugin, slot_type, active, wal_status::text AS wal_sta
   FROM pg_replication_slots WHERE database = current_database() OR database IS NULL
  ORDER BY slot_name
 """
+
+
+def foreign_key(row: dict[str, Any]) -> ForeignKey:
+    """A row of :data:`FOREIGN_KEYS` (read with ``dict_row``)."""
+    return ForeignKey(
+        name=row["name"],
+        table=TableRef(row["schema"], row["table"]),
+        columns=tuple(row["columns"]),
+        target=TableRef(row["target_schema"], row["target_table"]),
+        target_columns=tuple(row["target_columns"]),
+    )
 
 
 def inspect(conn: psycopg.Connection[Any], wanted: Iterable[TableRef], *, slots: bool = False) -> ObservedState:
@@ -154,16 +165,7 @@ def _inspect(conn: psycopg.Connection[Any], wanted: Iterable[TableRef], slots: b
         )
         for r in rows
     }
-    fks = tuple(
-        ForeignKey(
-            name=r["name"],
-            table=TableRef(r["schema"], r["table"]),
-            columns=tuple(r["columns"]),
-            target=TableRef(r["target_schema"], r["target_table"]),
-            target_columns=tuple(r["target_columns"]),
-        )
-        for r in cur.execute(_FOREIGN_KEYS, {"oids": oids}).fetchall()
-    )
+    fks = tuple(foreign_key(r) for r in cur.execute(FOREIGN_KEYS, {"oids": oids}).fetchall())
     triggers = {
         (TableRef(r["schema"], r["table"]), r["name"]): TriggerInfo(
             TableRef(r["schema"], r["table"]), r["name"], r["enabled"], r["function"]

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import psycopg
 
 from electricctl._auth.tokens import Identity
+from electricctl._catalog.observed import ForeignKey
 from electricctl._engine import trees as tr
 from electricctl._engine.ports import EngineServices, Snapshot
 from electricctl._engine.projection import ReadProjection
@@ -39,7 +40,6 @@ from electricctl._shapes.compile import CompiledWhere, ShapeError, all_true, com
 from electricctl._shapes.router import Router
 from electricctl._shapes.routing import Shape, TableShapes, any_of, snapshot_filter
 from electricctl._shapes.tree import (
-    ForeignKey,
     Include,
     Node,
     TreeError,

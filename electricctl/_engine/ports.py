@@ -12,6 +12,7 @@ import psycopg
 from psycopg import sql
 
 from electricctl._auth.tokens import Identity
+from electricctl._catalog.observed import ForeignKey
 from electricctl._engine.state import ClientState
 from electricctl._log.base import TransactionLog
 from electricctl._model.rows import RelationDef, Row
@@ -20,7 +21,6 @@ from electricctl._perms.policy import Policy
 from electricctl._perms.read import RoleState
 from electricctl._shapes.declared import ShapeRules
 from electricctl._shapes.router import Router
-from electricctl._shapes.tree import ForeignKey
 from electricctl._shapes.visibility import Visibility
 
 

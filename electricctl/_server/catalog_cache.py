@@ -14,8 +14,11 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.rows import dict_row
 
 from electricctl._auth.tokens import Identity
+from electricctl._catalog.inspector import FOREIGN_KEYS, foreign_key
+from electricctl._catalog.observed import ForeignKey
 from electricctl._model.rows import RelationDef
 from electricctl._model.table import TableRef
 from electricctl._model.wire import DISPLAY_OPTIONS
@@ -24,7 +27,6 @@ from electricctl._perms.read import RoleState, read_roles
 from electricctl._server.pgretry import Backoff
 from electricctl._server.snapshot import describe
 from electricctl._shapes.declared import ShapeRules
-from electricctl._shapes.tree import ForeignKey
 
 _T = TypeVar("_T")
 
@@ -36,20 +38,11 @@ CATALOG_RECONNECT_FOR = 15.0
 """Seconds a client's request waits for the catalog connection to come back."""
 
 
-_FOREIGN_KEYS = """
-SELECT sn.nspname, sc.relname,
-       (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(con.conkey) WITH ORDINALITY k(attnum, ord)
-          JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum),
-       tn.nspname, tc.relname,
-       (SELECT array_agg(a.attname::text ORDER BY k.ord) FROM unnest(con.confkey) WITH ORDINALITY k(attnum, ord)
-          JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.attnum)
-  FROM pg_constraint con
-  JOIN pg_class sc ON sc.oid = con.conrelid JOIN pg_namespace sn ON sn.oid = sc.relnamespace
-  JOIN pg_class tc ON tc.oid = con.confrelid JOIN pg_namespace tn ON tn.oid = tc.relnamespace
- WHERE con.contype = 'f'
- ORDER BY con.conname
+_OIDS = """
+SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN unnest(%s::text[], %s::text[]) AS t(s, r) ON n.nspname = t.s AND c.relname = t.r
 """
-"""Every foreign key (those between electrified tables are kept)."""
+"""The oids of tables given by schema and name (those that exist)."""
 
 
 class CatalogCache:
@@ -186,13 +179,16 @@ class CatalogCache:
         now = time.monotonic()
         if self._foreign_keys is not None and now - self._foreign_keys[1] < RULES_TTL:
             return self._foreign_keys[0]
-        rows = await self.rows(_FOREIGN_KEYS)
         electrified = await self.electrified_tables()
-        found = [
-            ForeignKey(TableRef(r[0], r[1]), tuple(r[2]), TableRef(r[3], r[4]), tuple(r[5]))
-            for r in rows
-            if TableRef(r[0], r[1]) in electrified and TableRef(r[3], r[4]) in electrified
-        ]
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> list[ForeignKey]:
+            cur = conn.cursor(row_factory=dict_row)
+            tables = sorted(electrified, key=str)
+            oids = await (await cur.execute(_OIDS, [[t.schema for t in tables], [t.name for t in tables]])).fetchall()
+            rows = await (await cur.execute(FOREIGN_KEYS, {"oids": [r["oid"] for r in oids]})).fetchall()
+            return [fk for fk in map(foreign_key, rows) if fk.table in electrified and fk.target in electrified]
+
+        found = await self.run(read)
         self._foreign_keys = (found, now)
         return found
 

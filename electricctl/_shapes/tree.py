@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 from psycopg import sql
 
+from electricctl._catalog.observed import ForeignKey
 from electricctl._model.rows import Change, RelationDef, Row
 from electricctl._model.table import TableRef
 from electricctl._shapes.compile import CompiledWhere
@@ -86,14 +87,6 @@ class Include:
 
 def includes_from_json(items: Iterable[Mapping[str, Any]] | None) -> tuple[Include, ...]:
     return tuple(Include.from_json(i) for i in items or ())
-
-
-@dataclass(frozen=True, slots=True)
-class ForeignKey:
-    table: TableRef
-    columns: tuple[str, ...]
-    target: TableRef
-    target_columns: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
