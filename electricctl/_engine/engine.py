@@ -587,8 +587,6 @@ class ShapeEngine:
             # each reference gets its data; the rows, read together, all go with the first
             for i, ref in enumerate(pending.refs):
                 await self.sink.additional_data(ref, projected if i == 0 else [])
-            if projected and not pending.refs:
-                await self.sink.moved(self.cursor, [], projected)
         for tx in deferred:
             await self._send_transaction(tx)
 

@@ -14,7 +14,8 @@ from psycopg import sql
 
 from electricctl._engine.ports import Snapshot
 from electricctl._model.rows import Change, RelationDef, Row, Transaction
-from electricctl._shapes.routing import TableShapes, route
+from electricctl._shapes import routing
+from electricctl._shapes.routing import TableShapes
 from electricctl._shapes.tree import Key, Link, Moves, Node, TreeHold, key_of, link_filter
 
 
@@ -74,25 +75,25 @@ def route_transaction(flat: dict[str, TableShapes], hold: TreeHold, tx: Transact
     client sees it (insert on entering, update, delete, GONE on leaving), then GONE for the rows
     that left with a row above them. Work for a snapshot (move-ins) is added to ``pending``."""
     if not hold:
-        out: list[Change] = []
-        for ch in tx.changes:
-            shapes = flat.get(ch.relation.qualified)
-            if shapes:
-                out.extend(route(shapes.candidates(ch), tx, ch))
-        return out
-    out = []
+        return routing.route_transaction(flat, tx)
+    out: list[Change] = []
     moves = Moves()
     relations: dict[str, RelationDef] = {}
     for ch in tx.changes:
         table = ch.relation.qualified
         shapes = flat.get(table)
-        if not shapes and not hold.nodes_on(table):
-            continue
-        if ch.op == "T":
+        if ch.op == "T" or (not shapes and not hold.nodes_on(table)):
             continue
         relations[table] = ch.relation
-        for part in _split(ch):
-            out.extend(_route_part(shapes, hold, tx, part, moves))
+        for part in routing.split_key_change(ch):
+            before, after = routing.rows_of(part)
+            candidates = shapes.candidates(part) if shapes else []
+            flat_before = before is not None and any(s.matches(before) for s in candidates)
+            flat_after = after is not None and any(s.matches(after) for s in candidates)
+            tree_before, tree_after = hold.apply(part, moves)
+            one = routing.outcome(part, flat_before or tree_before, flat_after or tree_after)
+            if one is not None:
+                out.append(one)
     # rows that left with a row above them: GONE unless something still holds them
     gone: dict[tuple[str, Key], Change] = {}
     for node, key in moves.left:
@@ -107,37 +108,6 @@ def route_transaction(flat: dict[str, TableShapes], hold: TreeHold, tx: Transact
     out.extend(gone.values())
     pending.wanted.extend((node, link) for node, link in moves.wanted if hold.joined(node, link))
     return out
-
-
-def _split(ch: Change) -> list[Change]:
-    """An update that changes the primary key is a delete of the old key and an insert of the new one."""
-    if ch.op == "U" and ch.old is not None and ch.new is not None:
-        if any(ch.old[i] != ch.new[i] for i in ch.relation.pk_indexes):
-            return [Change("D", ch.relation, None, ch.old), Change("I", ch.relation, ch.new, None)]
-    return [ch]
-
-
-def _route_part(shapes: TableShapes | None, hold: TreeHold, tx: Transaction, ch: Change, moves: Moves) -> list[Change]:
-    before_row = ch.old if ch.op in ("U", "D") else None
-    after_row = ch.new if ch.op in ("I", "U") else None
-    flat_before = flat_after = False
-    if shapes:
-        for shape in shapes.candidates(ch):
-            flat_before = flat_before or (before_row is not None and shape.matches(before_row))
-            flat_after = flat_after or (after_row is not None and shape.matches(after_row))
-    tree_before, tree_after = hold.apply(ch, moves)
-    before, after = flat_before or tree_before, flat_after or tree_after
-    if after and not before:
-        assert after_row is not None
-        return [Change("I", ch.relation, after_row, None)]
-    if after and before:
-        if ch.op == "U" and before_row is not None and before_row == after_row:
-            return []
-        return [Change("U", ch.relation, after_row, before_row if before_row is not None else after_row)]
-    if before:
-        row = before_row if before_row is not None else pk_row(ch.relation, key_of(ch.relation, after_row or ()))
-        return [Change("D" if ch.op == "D" else "G", ch.relation, None, row)]
-    return []
 
 
 async def load(

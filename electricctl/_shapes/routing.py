@@ -43,24 +43,35 @@ def route(shapes: Sequence[Shape], tx: Transaction, ch: Change) -> list[Change]:
     """
     if ch.op == "T":
         return []
+    out: list[Change] = []
+    for part in split_key_change(ch):
+        before, after = rows_of(part)
+        held_before = held_after = False
+        for shape in shapes:
+            held_before = held_before or (before is not None and shape.matches(before))
+            held_after = held_after or (after is not None and shape.matches(after))
+        one = outcome(part, held_before, held_after)
+        if one is not None:
+            out.append(one)
+    return out
+
+
+def split_key_change(ch: Change) -> list[Change]:
+    """An update that changes the primary key is a delete of the old key and an insert of the new one."""
     if ch.op == "U" and ch.old is not None and ch.new is not None:
-        idx = ch.relation.pk_indexes
-        if any(ch.old[i] != ch.new[i] for i in idx):
-            return [
-                *route(shapes, tx, Change("D", ch.relation, None, ch.old)),
-                *route(shapes, tx, Change("I", ch.relation, ch.new, None)),
-            ]
-    one = _route_one(shapes, tx, ch)
-    return [] if one is None else [one]
+        if any(ch.old[i] != ch.new[i] for i in ch.relation.pk_indexes):
+            return [Change("D", ch.relation, None, ch.old), Change("I", ch.relation, ch.new, None)]
+    return [ch]
 
 
-def _route_one(shapes: Sequence[Shape], tx: Transaction, ch: Change) -> Change | None:
-    before_row = ch.old if ch.op in ("U", "D") else None
-    after_row = ch.new if ch.op in ("I", "U") else None
-    held_before = held_after = False
-    for shape in shapes:
-        held_before = held_before or (before_row is not None and shape.matches(before_row))
-        held_after = held_after or (after_row is not None and shape.matches(after_row))
+def rows_of(ch: Change) -> tuple[Row | None, Row | None]:
+    """The row before and after ``ch`` (None where there is none)."""
+    return (ch.old if ch.op in ("U", "D") else None), (ch.new if ch.op in ("I", "U") else None)
+
+
+def outcome(ch: Change, held_before: bool, held_after: bool) -> Change | None:
+    """What the client sees of ``ch`` given whether it held the row before and holds it after."""
+    before_row, after_row = rows_of(ch)
     if held_after and not held_before:
         assert after_row is not None
         return Change("I", ch.relation, after_row, None)
@@ -69,8 +80,10 @@ def _route_one(shapes: Sequence[Shape], tx: Transaction, ch: Change) -> Change |
             return None  # the row did not change
         return Change("U", ch.relation, after_row, before_row if before_row is not None else after_row)
     if held_before:
-        assert before_row is not None
-        return Change("D" if ch.op == "D" else "G", ch.relation, None, before_row)
+        # a GONE carries the key (an insert of a row a tree still held has no row before)
+        row = before_row if before_row is not None else after_row
+        assert row is not None
+        return Change("D" if ch.op == "D" else "G", ch.relation, None, row)
     return None
 
 

@@ -265,9 +265,6 @@ class TreeHold:
     def __bool__(self) -> bool:
         return bool(self.roots)
 
-    def tables(self) -> set[str]:
-        return set(self._by_table)
-
     def nodes_on(self, table: str) -> list[Node]:
         return self._by_table.get(table, [])
 
@@ -297,12 +294,6 @@ class TreeHold:
 
     def holds(self, table: str, key: Key) -> bool:
         return any(key in self._levels[n].rows for n in self._by_table.get(table, ()))
-
-    def held_by(self, node: Node, key: Key) -> bool:
-        return key in self._levels[node].rows
-
-    def count(self, node: Node) -> int:
-        return len(self._levels[node].rows)
 
     def joined(self, node: Node, link: Link) -> bool:
         """Does the parent level hold a row offering ``link`` to ``node``?"""
