@@ -102,12 +102,17 @@ def build_env(db_url: str, tmp_path: Path) -> Env:
             "INSERT INTO items VALUES ('a', 1, true, '\\x00ff', '2024-01-02 03:04:05.5+00', '{\"k\": [1]}', 1.5),"
             " ('b', NULL, false, NULL, NULL, NULL, NULL)"
         )
-    path = tmp_path / "electric.yaml"
-    path.write_text(CONFIG)
-    config = load_text(CONFIG, str(path), env={})
+    return applied_env(db_url, tmp_path, CONFIG)
+
+
+def applied_env(db_url: str, tmp_path: Path, config_text: str, name: str = "electric.yaml") -> Env:
+    """``config_text`` written to ``tmp_path / name``, loaded and applied to ``db_url``; the data
+    dir and slot every test env of this database uses."""
+    path = tmp_path / name
+    path.write_text(config_text)
+    config = load_text(config_text, str(path), env={})
     applier.apply(config, db_url)
-    dbname = db_url.rsplit("/", 1)[1]
-    return Env(db_url, config, path, tmp_path / "data", f"electricctl_{dbname}")
+    return Env(db_url, config, path, tmp_path / "data", f"electricctl_{db_url.rsplit('/', 1)[1]}")
 
 
 @contextlib.asynccontextmanager

@@ -404,10 +404,7 @@ class ShapeEngine:
                 rel = await self.services.catalog.describe(TableRef.parse(qualified))
                 if rel is None or len(pk_values) != len(rel.pk_indexes):
                     continue
-                row: list[bytes | None] = [None] * len(rel.columns)
-                for i, v in zip(rel.pk_indexes, pk_values, strict=True):
-                    row[i] = v.encode()
-                extra.append(Change("G", rel, None, tuple(row)))
+                extra.append(Change("G", rel, None, tr.pk_row(rel, tuple(v.encode() for v in pk_values))))
         return [*routed, *extra]
 
     def _next_transactions(self) -> list[Transaction]:

@@ -9,10 +9,8 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from electricctl._apply import applier
-from electricctl._config.loader import load_text
 from electricctl._server.app import Server
-from tests.server_fixtures import Env, running_server
+from tests.server_fixtures import Env, applied_env, running_server
 
 SCHEMA = """
 CREATE TABLE users (id text PRIMARY KEY, name text, email text);
@@ -75,11 +73,7 @@ grants:
 def env(db_url: str, tmp_path: Path) -> Env:
     with psycopg.connect(db_url, autocommit=True) as conn:
         conn.execute(SCHEMA)
-    path = tmp_path / "electric.yaml"
-    path.write_text(CONFIG)
-    config = load_text(CONFIG, str(path), env={})
-    applier.apply(config, db_url)
-    return Env(db_url, config, path, tmp_path / "data", f"electricctl_{db_url.rsplit('/', 1)[1]}")
+    return applied_env(db_url, tmp_path, CONFIG)
 
 
 @pytest_asyncio.fixture

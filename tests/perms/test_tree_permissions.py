@@ -8,13 +8,11 @@ from pathlib import Path
 
 import psycopg
 
-from electricctl._apply import applier
-from electricctl._config.loader import load_text
 from electricctl._server.app import Server
 from tests.satellite_client import SatelliteClient
 from tests.server.test_include_trees import SCHEMA as TREE_SCHEMA
 from tests.server.test_include_trees import subscribe_tree
-from tests.server_fixtures import Env, running_server, ws_url
+from tests.server_fixtures import Env, applied_env, running_server, ws_url
 
 
 async def reader(server: Server, env: Env, user: str) -> SatelliteClient:
@@ -104,11 +102,7 @@ async def test_hidden_rows_and_columns_stay_hidden_at_every_level(db_url: str, t
             INSERT INTO issues VALUES ('i1', 'p1', 'open'), ('i2', 'p1', 'secret');
             INSERT INTO comments VALUES ('c1', 'i1', 'u1', 'visible row'), ('c2', 'i2', 'u2', 'under a secret');
         """)
-    path = tmp_path / "electric.yaml"
-    path.write_text(HIDDEN)
-    config = load_text(HIDDEN, str(path), env={})
-    applier.apply(config, db_url)
-    env = Env(db_url, config, path, tmp_path / "data", f"electricctl_{db_url.rsplit('/', 1)[1]}")
+    env = applied_env(db_url, tmp_path, HIDDEN)
     async with running_server(env) as srv:
         cl = await reader(srv, env, "u1")
         try:

@@ -14,12 +14,10 @@ import psycopg
 import pytest
 import pytest_asyncio
 
-from electricctl._apply import applier
-from electricctl._config.loader import load_text
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from tests.satellite_client import RpcError, SatelliteClient
-from tests.server_fixtures import Env, running_server, ws_url
+from tests.server_fixtures import Env, applied_env, running_server, ws_url
 
 pytestmark = pytest.mark.asyncio
 
@@ -110,12 +108,7 @@ async def tree_env(db_url: str, tmp_path: Path) -> Env:
             INSERT INTO comments VALUES ('c1', 'i1', 'u2', 'hi'), ('c2', 'i1', 'u3', 'yo'), ('c3', 'i3', 'u4', 'no'),
                                         ('c4', 'i4', 'u3', 'x');
         """)
-    path = tmp_path / "electric.yaml"
-    path.write_text(CONFIG)
-    config = load_text(CONFIG, str(path), env={})
-    applier.apply(config, db_url)
-    dbname = db_url.rsplit("/", 1)[1]
-    return Env(db_url, config, path, tmp_path / "data", f"electricctl_{dbname}")
+    return applied_env(db_url, tmp_path, CONFIG)
 
 
 @pytest_asyncio.fixture
@@ -343,11 +336,7 @@ adhoc_shapes: deny
 async def test_declared_trees_use_claims_at_any_level_and_adhoc_deny_covers_the_tree(
     tree_env: Env, tmp_path: Path
 ) -> None:
-    path = tmp_path / "declared.yaml"
-    path.write_text(DECLARED_ONLY)
-    config = load_text(DECLARED_ONLY, str(path), env={})
-    applier.apply(config, tree_env.url)
-    env = Env(tree_env.url, config, path, tree_env.data_dir, tree_env.slot)
+    env = applied_env(tree_env.url, tmp_path, DECLARED_ONLY, "declared.yaml")
     env.sql("INSERT INTO comments VALUES ('c6', 'i2', 'u1', 'by the owner')")
     async with running_server(env) as srv:
         cl = SatelliteClient(ws_url(srv))

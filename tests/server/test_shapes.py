@@ -11,12 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from electricctl._apply import applier
-from electricctl._config.loader import load_text
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from tests.satellite_client import RpcError, SatelliteClient
-from tests.server_fixtures import Env, running_server, subs_req, ws_url
+from tests.server_fixtures import Env, applied_env, running_server, subs_req, ws_url
 
 pytestmark = pytest.mark.asyncio
 
@@ -173,10 +171,8 @@ shapes:
     table: items
 adhoc_shapes: deny
 """
-    config = load_text(config_text, str(tmp_path / "deny.yaml"), env={})
-    applier.apply(config, env.url)
+    deny_env = applied_env(env.url, tmp_path, config_text, "deny.yaml")
     env.sql("INSERT INTO other VALUES (1, 'alice'), (2, 'bob')")
-    deny_env = Env(env.url, config, tmp_path / "deny.yaml", env.data_dir, env.slot)
     async with running_server(deny_env) as srv:
         cl = await SatelliteClient(ws_url(srv)).connect()
         await cl.authenticate(env.token("alice"))

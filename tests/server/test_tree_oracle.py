@@ -20,13 +20,11 @@ import psycopg
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from electricctl._apply import applier
-from electricctl._config.loader import load_text
 from electricctl._protocol import satellite_pb2 as pb
 from tests.conftest import Server as PgServer
 from tests.conftest import fresh_database
 from tests.satellite_client import SatelliteClient
-from tests.server_fixtures import Env, ServeProcess
+from tests.server_fixtures import Env, ServeProcess, applied_env
 
 EXAMPLES = int(os.environ.get("ELECTRICCTL_TREE_EXAMPLES", "12"))
 SEEDED = os.environ.get("ELECTRICCTL_ORACLE_RANDOM") is None
@@ -221,11 +219,7 @@ def test_trees_equal_their_query_after_every_write(pg_server: PgServer, tmp_path
     with fresh_database(pg_server) as url:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(SCHEMA)
-        path = tmp_path / "electric.yaml"
-        path.write_text(CONFIG)
-        config = load_text(CONFIG, str(path), env={})
-        applier.apply(config, url)
-        env = Env(url, config, path, tmp_path / "data", f"electricctl_{url.rsplit('/', 1)[1]}")
+        env = applied_env(url, tmp_path, CONFIG)
         env.data_dir.mkdir(parents=True, exist_ok=True)
         serve = ServeProcess(env).start()
         counter = itertools.count()
