@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
-import resource
 import shlex
 import sys
 import tempfile
@@ -27,6 +26,7 @@ from types import ModuleType
 
 import psycopg
 
+from benchmarks.common import raise_open_files
 from benchmarks.report import REPORT, machine_info
 from electricctl._embedded.postgres import EmbeddedPostgres
 
@@ -96,9 +96,7 @@ def main() -> None:
         name: module_args(mod, opts.quick, opts.rounds, opts.fast, chosen[name], extra.get(name, ""))
         for name, mod in modules.items()
     }
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the serve subprocesses inherit it
+    raise_open_files()
     out = Path(opts.out)
     start = time.perf_counter()
     failed: list[str] = []

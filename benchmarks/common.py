@@ -7,11 +7,13 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -339,6 +341,33 @@ class Parts:
         parser.add_argument("--rounds", type=int, default=3)
         parser.add_argument("--only", help="run only these parts, e.g. 13")
         parser.add_argument("--fast", action="store_true", help="fsync=off cluster (default: a durable cluster)")
+
+
+def raise_open_files() -> int:
+    """Let this process, and the serve subprocesses that inherit it, open as many files as the
+    system allows (many clients, each a socket and a SQLite file); return that limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def run_alone(
+    doc: str | None,
+    add_arguments: Callable[[argparse.ArgumentParser], None],
+    run: Callable[[argparse.Namespace, EmbeddedPostgres, Path], Coroutine[Any, Any, None]],
+    prefix: str,
+) -> None:
+    """A benchmark module run by itself (``python -m benchmarks.NAME``): its options and the shared
+    ones, a cluster of its own and a temporary directory."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    Parts.add_arguments(parser)
+    add_arguments(parser)
+    args = parser.parse_args()
+    raise_open_files()
+    sys.stdout.flush()
+    with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        asyncio.run(run(args, pg, Path(tmp)))
 
 
 def postmaster_pid(pg: EmbeddedPostgres) -> int:

@@ -24,7 +24,6 @@ import os
 import sqlite3
 import statistics
 import struct
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -32,7 +31,7 @@ from pathlib import Path
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from benchmarks.common import Database, Parts, make_database, pct, rss_kb, runs, serving, sql
+from benchmarks.common import Database, Parts, make_database, pct, rss_kb, run_alone, runs, serving, sql
 from benchmarks.report import REPORT
 from electricctl._auth.tokens import mint
 from electricctl._embedded.postgres import EmbeddedPostgres
@@ -248,12 +247,7 @@ QUICK = {"flood": 20, "slow_rows": 2000, "slow_wait": 1.0}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    Parts.add_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args()
-    with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-hard-") as tmp:
-        asyncio.run(run(args, pg, Path(tmp)))
+    run_alone(__doc__, add_arguments, run, "bench-hard-")
 
 
 if __name__ == "__main__":

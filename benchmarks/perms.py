@@ -21,13 +21,12 @@ import asyncio
 import functools
 import os
 import sqlite3
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
-from benchmarks.common import Parts, pct, runs, serving, sql, until
+from benchmarks.common import Parts, pct, run_alone, runs, serving, sql, until
 from benchmarks.report import REPORT
 from electricctl._apply import applier
 from electricctl._auth.tokens import mint
@@ -185,12 +184,7 @@ QUICK = {"rows": 500, "samples": 20}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    Parts.add_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args()
-    with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-perms-") as tmp:
-        asyncio.run(run(args, pg, Path(tmp)))
+    run_alone(__doc__, add_arguments, run, "bench-perms-")
 
 
 if __name__ == "__main__":

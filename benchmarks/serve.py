@@ -20,10 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import resource
 import statistics
-import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +42,9 @@ from benchmarks.common import (
     pct,
     print_cpu,
     protocol_client,
+    raise_open_files,
     rss_kb,
+    run_alone,
     runs,
     serving,
     sql,
@@ -407,9 +406,7 @@ async def idle_round(db: Database, tmp: Path, slot: str, clients: int, concurren
 
 
 async def bench_idle(pg: EmbeddedPostgres, tmp: Path, rounds: int, clients: int, settle: float) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    hard = raise_open_files()
     clients = min(clients, hard - 200)
     schema = (
         "CREATE TABLE small (id int8 PRIMARY KEY, label text);"
@@ -483,13 +480,7 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    Parts.add_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args()
-    sys.stdout.flush()
-    with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
-        asyncio.run(run(args, pg, Path(tmp)))
+    run_alone(__doc__, add_arguments, run, "bench-serve-")
 
 
 if __name__ == "__main__":

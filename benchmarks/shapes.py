@@ -25,9 +25,7 @@ import argparse
 import asyncio
 import itertools
 import os
-import resource
 import statistics
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -46,6 +44,7 @@ from benchmarks.common import (
     make_database,
     pct,
     rss_kb,
+    run_alone,
     runs,
     serving,
     sql,
@@ -409,15 +408,7 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    Parts.add_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # the serve subprocess inherits it
-    with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-shapes-") as tmp:
-        asyncio.run(run(args, pg, Path(tmp)))
+    run_alone(__doc__, add_arguments, run, "bench-shapes-")
 
 
 if __name__ == "__main__":

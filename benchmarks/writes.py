@@ -29,14 +29,12 @@ import argparse
 import asyncio
 import os
 import sqlite3
-import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psycopg
 
-from benchmarks.common import Parts, make_database, pct, runs, serving, sql
+from benchmarks.common import Parts, make_database, pct, run_alone, runs, serving, sql
 from benchmarks.report import REPORT
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl.client import SyncClient
@@ -231,13 +229,7 @@ async def run(args: argparse.Namespace, pg: EmbeddedPostgres, tmp: Path) -> None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    Parts.add_arguments(parser)
-    add_arguments(parser)
-    args = parser.parse_args()
-    sys.stdout.flush()
-    with EmbeddedPostgres(durable=not args.fast) as pg, tempfile.TemporaryDirectory(prefix="bench-writes-") as tmp:
-        asyncio.run(run(args, pg, Path(tmp)))
+    run_alone(__doc__, add_arguments, run, "bench-writes-")
 
 
 if __name__ == "__main__":
