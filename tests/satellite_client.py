@@ -124,6 +124,24 @@ class SatelliteClient:
             self.window = resp.unacked_window_size
         return resp
 
+    async def resume(
+        self, token: str, subscription_ids: Sequence[str], lsn: bytes | None = None, url: str | None = None
+    ) -> tuple[SatelliteClient, pb.SatInStartReplicationResp]:
+        """A new connection of this (closed) client: same id, same rows, authenticated once the
+        server has let the old connection go, and started from ``lsn`` (the last one it got)."""
+        again = SatelliteClient(url or self.url, client_id=self.client_id)
+        again.rows = self.rows
+        await again.connect()
+        for _ in range(50):
+            try:
+                await again.authenticate(token)
+                break
+            except RpcError as exc:
+                if "another connection uses this client id" not in str(exc):
+                    raise
+                await asyncio.sleep(0.1)
+        return again, await again.start(lsn=self.last_lsn if lsn is None else lsn, subscription_ids=subscription_ids)
+
     async def subscribe(
         self, *tables: str, subscription_id: str | None = None, wait: bool = True, timeout: float = 20
     ) -> str:

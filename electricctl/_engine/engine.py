@@ -266,7 +266,8 @@ class ShapeEngine:
         ``schema`` (those a client starting afresh lacks: every one after its schema version)."""
         self.cursor = cursor
         self.schema = list(schema)
-        if self.tree_shapes:
+        if self.tree_shapes or any(self.state.tree_rows.values()):
+            # (keys without trees: the client may not have got the GONEs of an unsubscribe)
             self.control.append(_TreeResync())
         self.services.scanning.add(self)
         self.wake.set()
@@ -350,6 +351,23 @@ class ShapeEngine:
             await self.sink.migration(self.cursor, now, 0, group)
 
     async def _send_transaction(self, tx: Transaction) -> None:
+        await self._route_and_send(tx)
+        self._told()
+
+    def _told(self) -> None:
+        """Everything the client must be told of rows its trees let go has been sent (nothing is
+        pending): their keys may be forgotten once it acknowledges a later position."""
+        if not self.pending:
+            self.trees.stamp(self.cursor)
+
+    def acked(self, lsn: int) -> None:
+        """The client acknowledged ``lsn``: it has everything up to it, and resumes after it."""
+        if self.trees.loose:
+            position = self.trees.prune(lsn)
+            if position:
+                self.state.tree_pruned_lsn = max(self.state.tree_pruned_lsn, position)
+
+    async def _route_and_send(self, tx: Transaction) -> None:
         wanted = len(self.pending.wanted)
         changes = tr.route_transaction(self.shapes, self.trees, tx, self.pending)
         ref = 0
@@ -560,6 +578,7 @@ class ShapeEngine:
                 if gone or rows:
                     await self._keys_durable()
                     await self.sink.moved(self.cursor, gone, rows)
+                self._told()
         for tx in deferred:
             await self._send_transaction(tx)
 
@@ -584,6 +603,7 @@ class ShapeEngine:
             # each reference gets its data; the rows, read together, all go with the first
             for i, ref in enumerate(pending.refs):
                 await self.sink.additional_data(ref, projected if i == 0 else [])
+            self._told()
         for tx in deferred:
             await self._send_transaction(tx)
 
@@ -613,6 +633,8 @@ class ShapeEngine:
                 gone,
                 [(self.projection.relation(rel), self.projection.snapshot_rows(rel, [row])[0]) for rel, row in rows],
             )
+            self.trees.loosen_unheld()  # the client was told to drop them all
+            self._told()
         for tx in deferred:
             await self._send_transaction(tx)
         await self.services.store.save_async(self.state)
@@ -723,6 +745,7 @@ class ShapeEngine:
             for prel, key in await self._let_go(snap, [(n.relation, k) for n, k in released]):
                 await sink.gone(prel, [key])
             await sink.unsubscribe_end()
+            self._told()
         for tx in deferred:
             await self._send_transaction(tx)
         await self.services.store.save_async(state)

@@ -23,8 +23,12 @@ class ClientState:
     acked_lsn: int = 0
     tree_rows: dict[str, set[tuple[bytes | None, ...]]] = field(default_factory=dict)
     """By table: the keys (text values, as the stream carries them) of every row the client's include trees may have given it
-    (never forgotten: a superset is what resuming needs). A client that resumes gets its trees again at a snapshot, with GONE for
-    those of them no shape holds there (the server cannot know what the client held at the
-    position it resumes from)."""
+    and may still hold (a superset is what resuming needs). A client that resumes gets its trees again at a snapshot, with GONE
+    for those of them no shape holds there (the server cannot know what the client held at the
+    position it resumes from). A key leaves once the client acknowledges a position after the one
+    by which it was told to drop the row (see TreeHold.prune)."""
     tree_epoch: int = 0
     """Numbers the key log new tree keys are appended to (a new one each time the keys are written whole)."""
+    tree_pruned_lsn: int = 0
+    """The newest position keys were forgotten at: a client resuming from it or before (it lost
+    what it acknowledged) cannot be reconciled, and must start afresh."""

@@ -76,7 +76,8 @@ class ClientStore:
         for doc in docs:
             for t, keys in doc.items():
                 trees.setdefault(t, set()).update(tuple(None if v is None else v.encode() for v in k) for k in keys)
-        return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees, epoch)
+        pruned = int(tree_doc.get("pruned_lsn", 0))
+        return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees, epoch, pruned)
 
     async def append_tree_keys(
         self, client_id: str, epoch: int, keys: dict[str, set[tuple[bytes | None, ...]]]
@@ -169,6 +170,7 @@ class ClientStore:
             state.acked_lsn,
             {t: set(keys) for t, keys in state.tree_rows.items()},
             state.tree_epoch,
+            state.tree_pruned_lsn,
         )
 
     def save(self, state: ClientState) -> None:
@@ -181,8 +183,9 @@ class ClientStore:
                 for s in state.subscriptions.values()
             ],
         }
-        # the include trees' keys (possibly many) go in a file of their own, written only when they
-        # changed (they only grow: (epoch, count) tells); keys given since are in the key logs
+        # the include trees' keys (possibly many) go in a file of their own, written only when their
+        # number changed ((epoch, count) tells; keys given since are in the key logs). With them,
+        # atomically, the position keys were last forgotten at
         signature = (state.tree_epoch, sum(len(keys) for keys in state.tree_rows.values()))
         if signature != self._tree_written.get(state.client_id, (0, 0)):
             trees = {
@@ -190,7 +193,10 @@ class ClientStore:
                 for t, keys in state.tree_rows.items()
                 if keys
             }
-            self._write(self._trees_path(state.client_id), {"epoch": state.tree_epoch, "tree_rows": trees})
+            self._write(
+                self._trees_path(state.client_id),
+                {"epoch": state.tree_epoch, "pruned_lsn": state.tree_pruned_lsn, "tree_rows": trees},
+            )
             self._tree_written[state.client_id] = signature
             # the key logs of earlier epochs are in no state any more
             for old in self.directory.glob(path.stem + ".trees.*.log"):

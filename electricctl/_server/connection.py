@@ -344,6 +344,14 @@ class Connection:
                 return refuse(START_ERR.INVALID_POSITION, "that LSN is ahead of the server's log")
             if not logf.covers(cursor):
                 return refuse(START_ERR.BEHIND_WINDOW, "that LSN is older than the server's retention window; resync")
+            if cursor <= state.tree_pruned_lsn:
+                # include-tree keys were forgotten after the client acknowledged a position past
+                # this one: it lost what it acknowledged, and its tree rows cannot be reconciled
+                return refuse(
+                    START_ERR.BEHIND_WINDOW,
+                    f"this client acknowledged a position after {cursor} and now resumes from it; its include"
+                    " trees cannot be reconciled from there: resync",
+                )
             missing = [s for s in effect.subscription_ids if s not in state.subscriptions]
             if missing:
                 return refuse(START_ERR.SUBSCRIPTION_NOT_FOUND, f"unknown subscription {missing[0]}")
@@ -408,6 +416,8 @@ class Connection:
 
     def _acked(self, lsn: int) -> None:
         self.sink.ack()
+        if self.engine is not None:
+            self.engine.acked(lsn)
         if self.state is not None and lsn > self.state.acked_lsn:
             self.state.acked_lsn = lsn
             now = time.monotonic()

@@ -23,6 +23,7 @@ shapes"). A table may appear on several paths of one tree, and in several trees.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -256,6 +257,11 @@ class TreeHold:
         """By table: the key of every row a level has taken (rows the client may hold)."""
         self.fresh: dict[str, set[Key]] = {}
         """Keys added to ``seen`` since the server last made them durable."""
+        self.loose: dict[tuple[str, Key], int | None] = {}
+        """Keys in ``seen`` that no level holds now, with the stream position by which the client
+        has been told (None: not yet; see :meth:`stamp` and :meth:`prune`)."""
+        self._unstamped: list[tuple[str, Key]] = []
+        self._stamped: deque[tuple[int, list[tuple[str, Key]]]] = deque()
         self.roots: list[Node] = []
         self.size = 0
         """Rows held, counted once per level holding them (what the server keeps in memory)."""
@@ -290,6 +296,8 @@ class TreeHold:
             nodes.remove(n)
             if not nodes:
                 del self._by_table[str(n.table)]
+        for n, k in released:
+            self._loosen(str(n.table), k)
         return released
 
     def holds(self, table: str, key: Key) -> bool:
@@ -321,6 +329,8 @@ class TreeHold:
             return False
         if old is None:
             self.size += 1
+            if self.loose:
+                self.loose.pop((str(node.table), key), None)
             seen = self.seen.setdefault(str(node.table), set())
             if key not in seen:
                 seen.add(key)
@@ -364,6 +374,7 @@ class TreeHold:
             if child.edge is not None
         ]
         wanted = moves.wanted
+        loose = self.loose
         out: list[Row] = []
         before = len(taken)
         for row in rows:
@@ -371,6 +382,8 @@ class TreeHold:
             if key in taken:  # already held here (a row reached twice): the general path
                 self.take(node, rel, row[: len(rel.columns)], moves)
                 continue
+            if loose:
+                loose.pop((table, key), None)
             had = (key in seen and any(key in o for o in others)) or (held is not None and held(row))
             link = None if link_at is None else values_at(row, link_at)
             provides = tuple(values_at(row, at) for _, at, _ in offers)
@@ -405,10 +418,56 @@ class TreeHold:
             return False
         self.size -= 1
         self._unlink(level, key, entry.link)
+        self._loosen(str(node.table), key)
         for child, value in zip(node.children, entry.provides, strict=True):
             if value is not None:
                 self._withdraw(node, child, value, moves)
         return True
+
+    # -- forgetting keys the client no longer holds ------------------------------------------------
+    def _loosen(self, table: str, key: Key) -> None:
+        if (table, key) not in self.loose and not self.holds(table, key):
+            self.loose[(table, key)] = None
+            self._unstamped.append((table, key))
+
+    def loosen_unheld(self) -> None:
+        """Every key in ``seen`` that no level holds is loose (after a resync told the client)."""
+        for table, keys in self.seen.items():
+            for key in keys:
+                self._loosen(table, key)
+
+    def stamp(self, position: int) -> None:
+        """The client has been sent, at ``position`` or before, everything that removes the loose
+        keys not yet stamped (a GONE, or the change that took the row out), or holds them by a flat
+        shape: once it acknowledges a later position, they may be forgotten."""
+        if not self._unstamped:
+            return
+        batch: list[tuple[str, Key]] = []
+        for tk in self._unstamped:
+            if tk in self.loose and self.loose[tk] is None:
+                self.loose[tk] = position
+                batch.append(tk)
+        self._unstamped = []
+        if batch:
+            self._stamped.append((position, batch))
+
+    def prune(self, acked: int) -> int:
+        """Forget the loose keys stamped before ``acked`` (a position the client has acknowledged:
+        it got everything up to it and resumes after it); the newest stamp forgotten, or 0."""
+        forgotten = 0
+        while self._stamped and self._stamped[0][0] < acked:
+            position, batch = self._stamped.popleft()
+            for tk in batch:
+                if self.loose.get(tk, -1) == position:
+                    del self.loose[tk]
+                    table, key = tk
+                    keys = self.seen.get(table)
+                    if keys is not None:
+                        keys.discard(key)
+                        if not keys:
+                            del self.seen[table]
+                    forgotten = position
+        return forgotten
 
     @staticmethod
     def _unlink(level: _Level, key: Key, link: Link | None) -> None:

@@ -291,17 +291,7 @@ async def test_a_resumed_tree_converges_on_what_changed_while_away(tree_env: Env
 
 
 async def resume_and_check(srv: Server, env: Env, cl: SatelliteClient, lsn: bytes, sub: str) -> None:
-    again = SatelliteClient(ws_url(srv), client_id=cl.client_id)
-    again.rows = cl.rows
-    await again.connect()
-    for _ in range(50):  # until the server has seen the old connection close
-        try:
-            await again.authenticate(env.token())
-            break
-        except RpcError as exc:
-            assert "another connection uses this client id" in str(exc)
-            await asyncio.sleep(0.1)
-    resp = await again.start(lsn=lsn, subscription_ids=[sub])
+    again, resp = await cl.resume(env.token(), [sub], lsn, ws_url(srv))
     assert not resp.HasField("err")
     await again.wait_for(lambda: ids(again, "projects") == {"p1", "p3", "p4"}, 10)
     await again.wait_for(lambda: ids(again, "issues") == {"i2", "i4", "i5"}, 10)
@@ -454,14 +444,67 @@ async def test_a_tree_row_given_just_before_a_kill_9_is_taken_back_after_it(tree
         await cl.close()
         env.sql("UPDATE comments SET issue_id = 'i4' WHERE id = 'c7'")  # out of p1's tree, while serve is down
         serve.start()
-        again = SatelliteClient(serve.url, client_id=cl.client_id)
-        again.rows = cl.rows
-        await again.connect()
-        await again.authenticate(env.token())
-        assert not (await again.start(lsn=lsn, subscription_ids=[sub])).HasField("err")
+        again, resp = await cl.resume(env.token(), [sub], lsn)
+        assert not resp.HasField("err")
         await again.wait_for(lambda: "c7" not in ids(again, "comments") and "u4" not in ids(again, "users"), 10)
         assert ids(again, "comments") == {"c1", "c2"}
         await again.close()
     finally:
         if serve.proc is not None and serve.proc.poll() is None:
             serve.stop()
+
+
+async def test_keys_of_rows_a_tree_let_go_are_forgotten_once_the_client_acknowledges(
+    tree_server: Server, tree_env: Env
+) -> None:
+    """The server keeps the keys of rows a client's trees gave it (a resume tells it to drop those
+    nothing holds); rows that left, and whose leaving the client acknowledged, are forgotten, so
+    the keys do not grow with churn. A client resuming from before that point cannot be
+    reconciled, and is told to resync."""
+    env, srv = tree_env, tree_server
+    cl = await connect(srv, env)
+    sub = await subscribe_tree(cl, "projects", "status = 'active'", TREE)
+    env.sql("INSERT INTO comments VALUES ('c7', 'i2', 'u1', 'first')")
+    await cl.wait_for(lambda: "c7" in ids(cl, "comments"))
+    early = cl.last_lsn
+    state = srv.clients[cl.client_id].state
+    assert state is not None
+
+    def keys(table: str) -> set[str]:
+        return {k[0].decode() for k in state.tree_rows.get(f"public.{table}", ()) if k[0] is not None}
+
+    for _ in range(3):  # p2 comes in with i3, c3 and u4, and leaves with them
+        env.sql("UPDATE projects SET status = 'active' WHERE id = 'p2'")
+        await cl.wait_for(lambda: "c3" in ids(cl, "comments") and "u4" in ids(cl, "users"))
+        env.sql("UPDATE projects SET status = 'archived' WHERE id = 'p2'")
+        await cl.wait_for(lambda: "i3" not in ids(cl, "issues") and "u4" not in ids(cl, "users"))
+    assert {"i3"} <= keys("issues") and {"c3"} <= keys("comments")  # told, but not acknowledged yet
+    await cl.ack()
+    await asyncio.sleep(0.3)
+    # the ack covers the GONEs' position itself, not a later one: still kept
+    assert "i3" in keys("issues")
+    env.sql("INSERT INTO comments VALUES ('c9', 'i2', 'u2', 'after')")
+    await cl.wait_for(lambda: "c9" in ids(cl, "comments"))
+    await cl.ack()
+    for _ in range(50):
+        if "i3" not in keys("issues"):
+            break
+        await asyncio.sleep(0.1)
+    assert keys("projects") == {"p1", "p3"} and keys("issues") == {"i1", "i2", "i4"}
+    assert keys("comments") == {"c1", "c2", "c4", "c7", "c9"} and keys("users") == {"u1", "u2", "u3"}
+    latest = cl.last_lsn
+    await cl.close()
+
+    again, resp = await cl.resume(env.token(), [sub], early)
+    assert resp.err.code == pb.SatInStartReplicationResp.ReplicationError.BEHIND_WINDOW, resp
+    assert "cannot be reconciled" in resp.err.message
+    await again.close()
+    # the forgotten keys stay forgotten on disk, with the position they were forgotten at
+    await srv.store.drain()
+    on_disk = srv.store.load(cl.client_id)
+    assert (b"i3",) not in on_disk.tree_rows["public.issues"] and on_disk.tree_pruned_lsn > 0
+    again, resp = await cl.resume(env.token(), [sub], latest)
+    assert not resp.HasField("err")
+    env.sql("UPDATE projects SET status = 'active' WHERE id = 'p2'")
+    await again.wait_for(lambda: {"i3"} <= ids(again, "issues") and "u4" in ids(again, "users"))
+    await again.close()

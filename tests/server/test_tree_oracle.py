@@ -193,13 +193,22 @@ async def run(env: Env, url: str, root: Level, seed: list[tuple[Any, ...]], step
         assert isinstance(resp, pb.SatSubsResp) and not resp.HasField("err"), str(resp)
         await cl.wait_for(lambda: sub_id in cl.subscriptions_done)
         await converged(cl, env.url, root, history)
-        for step in steps:
+        for i, step in enumerate(steps):
+            away = i == len(steps) // 2
+            if away:  # halfway, this step is written while the client is away
+                await cl.close()
             with psycopg.connect(env.url) as conn:
                 for op in step:
                     write(conn, op)
                 conn.commit()
-            history.append(f"tx {step}")
+            history.append(f"tx {step}" + (" (client away, then resumed)" if away else ""))
+            if away:
+                # the server reconciles its trees from the keys it kept (TreeHold.prune forgot
+                # those of rows that left and whose leaving the client acknowledged)
+                cl, resp = await cl.resume(env.token(), [sub_id])
+                assert not resp.HasField("err"), str(resp)
             await converged(cl, env.url, root, history)
+            await cl.ack()
     finally:
         await cl.close()
 
