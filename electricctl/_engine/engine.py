@@ -591,6 +591,7 @@ class ShapeEngine:
             return  # done by an earlier round (a catch-up queues another)
         async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap.visibility)
+            await self._refresh_levels()
             pending, self.pending = self.pending, tr.Pending()  # what the catch-up added is done here too
             rows = await tr.load_all(snap, self.trees, self.shapes, wanted=pending.wanted)
             gone = await self._let_go(snap, [(n.relation, k) for n, k in pending.check])
@@ -614,6 +615,7 @@ class ShapeEngine:
         every row they may have given it before and that no shape holds now."""
         async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap.visibility)
+            await self._refresh_levels()
             self.pending = tr.Pending()
             # the keys stay (a superset is what is needed): the client may not get this resync
             earlier = {table: set(keys) for table, keys in self.state.tree_rows.items()}
@@ -638,6 +640,15 @@ class ShapeEngine:
         for tx in deferred:
             await self._send_transaction(tx)
         await self.services.store.save_async(self.state)
+
+    async def _refresh_levels(self) -> None:
+        """Tree levels read rows with their table as it is now: a migration since the tree was
+        compiled may have added columns (the client, at this point, has it)."""
+        for shape in self.tree_shapes:
+            for node in shape.root.walk():
+                rel = await self.services.catalog.describe(node.table)
+                if rel is not None:
+                    node.relation = rel
 
     async def _let_go(
         self, snap: Snapshot, released: Sequence[tuple[RelationDef, tuple[bytes | None, ...]]]
@@ -664,7 +675,8 @@ class ShapeEngine:
         arriving: list[tuple[RelationDef, Row]] = []
         for table, shapes in list(self.shapes.items()):
             old = list(shapes.all)
-            rel = old[0].relation
+            # the table as it is now (a migration since the shapes were compiled may have added columns)
+            rel = await self.services.catalog.describe(TableRef.parse(table)) or old[0].relation
             old_access = self.projection.forget(table)
             new: list[Shape] = []
             for s in old:

@@ -508,3 +508,19 @@ async def test_keys_of_rows_a_tree_let_go_are_forgotten_once_the_client_acknowle
     env.sql("UPDATE projects SET status = 'active' WHERE id = 'p2'")
     await again.wait_for(lambda: {"i3"} <= ids(again, "issues") and "u4" in ids(again, "users"))
     await again.close()
+
+
+async def test_rows_moving_into_a_tree_after_a_migration_carry_the_new_column(
+    tree_server: Server, tree_env: Env
+) -> None:
+    env = tree_env
+    cl = await connect(tree_server, env)
+    await subscribe_tree(cl, "projects", "status = 'active'", TREE)
+    env.sql("ALTER TABLE issues ADD COLUMN prio int4")
+    env.sql("UPDATE issues SET prio = 5 WHERE id = 'i3'")  # under p2, which the client does not hold
+    env.sql("UPDATE issues SET prio = 7 WHERE id = 'i2'")  # held: a normal change
+    await cl.wait_for(lambda: cl.table("issues")[(b"i2",)].get("prio") == b"7")
+    env.sql("UPDATE projects SET status = 'active' WHERE id = 'p2'")  # brings i3 as additional data
+    await cl.wait_for(lambda: "i3" in ids(cl, "issues"))
+    assert cl.table("issues")[(b"i3",)].get("prio") == b"5"
+    await cl.close()
