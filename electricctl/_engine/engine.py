@@ -116,6 +116,7 @@ class ShapeEngine:
         self.trees = TreeHold(state.tree_rows, on_offer=self._offer)
         self._reread = False
         self.max_tree_rows = 1_000_000
+        self._over_budget = False
         """Rows this client's trees may hold in all (a subscription that would take more is refused)."""
         """A tree began offering a joining value while live: what was routed before may concern it."""
         """The client's include trees, with the rows each level holds."""
@@ -359,6 +360,20 @@ class ShapeEngine:
         pending): their keys may be forgotten once it acknowledges a later position."""
         if not self.pending:
             self.trees.stamp(self.cursor)
+        over = self.trees.size > self.max_tree_rows
+        if over != self._over_budget:
+            # a subscription over the budget is refused; live growth (rows Postgres gained) cannot
+            # be, and would be lost to the client if dropped: it is served, and said
+            self._over_budget = over
+            if over:
+                self.services.stats["trees_over_budget"] += 1
+                log.warning(
+                    "the include trees of client %s grew live to %d rows, over serve --max-tree-rows (%d);"
+                    " they are still served (the server keeps their keys in memory): narrow the tree",
+                    self.client_id,
+                    self.trees.size,
+                    self.max_tree_rows,
+                )
 
     def acked(self, lsn: int) -> None:
         """The client acknowledged ``lsn``: it has everything up to it, and resumes after it."""

@@ -127,6 +127,7 @@ class Server:
             "transactions_sent": 0,
             "migrations_sent": 0,
             "replication_restarts": 0,
+            "trees_over_budget": 0,
         }
 
     def _prepare_data_dir(self) -> None:

@@ -263,7 +263,10 @@ def _bytes(text: str, option: str) -> int:
     "--max-tree-rows",
     default=1_000_000,
     show_default=True,
-    help="Rows one client's include trees may hold (the server keeps their keys in memory).",
+    help=(
+        "Rows one client's include trees may hold (the server keeps their keys in memory): a subscription"
+        " over it is refused; live growth past it is served and logged."
+    ),
 )
 @click.option(
     "--max-transaction-ops",

@@ -417,6 +417,11 @@ async def test_a_tree_over_the_per_client_budget_is_refused_and_nothing_of_it_st
         await cl.wait_for(lambda: "c9" in ids(cl, "comments"))
         engine = srv.clients[cl.client_id].engine
         assert engine is not None and engine.trees.size == 5
+        assert srv.stats["trees_over_budget"] == 0
+        # growing live past the budget cannot be refused (Postgres has the rows): it is served, and said
+        env.sql("INSERT INTO comments VALUES ('c10', 'i4', 'u1', 'past the budget'), ('c11', 'i4', 'u2', 'more')")
+        await cl.wait_for(lambda: {"c10", "c11"} <= ids(cl, "comments") and {"u1", "u2"} <= ids(cl, "users"))
+        assert engine.trees.size == 9 and srv.stats["trees_over_budget"] == 1
         await cl.close()
 
 
