@@ -502,6 +502,8 @@ class ShapeEngine:
         try:
             await self._deliver_data(sub)
         except BaseException:
+            if sub.subscription_id in self.state.subscriptions:
+                raise  # delivered (the connection went meanwhile): its trees are served
             for shape in sub.shapes:  # trees taken in while delivering are let go again
                 if isinstance(shape, tr.TreeShape) and shape.root in self.trees.roots:
                     self.trees.remove_tree(shape.root)
@@ -532,40 +534,59 @@ class ShapeEngine:
 
     async def _deliver_data(self, sub: _Subscribe) -> None:
         sink = self.sink
-        async with self._snapshot() as snap:
-            deferred = await self._catch_up_to(snap.visibility)
-            relations = [
-                n.relation for s in sub.shapes for n in (s.root.walk() if isinstance(s, tr.TreeShape) else [s])
-            ]
-            await sink.subscription_begin(
-                sub.subscription_id, self.cursor, [self.projection.relation(r) for r in dict.fromkeys(relations)]
-            )
-            delivered: dict[str, TableShapes] = {}
-            for shape in sub.shapes:
-                if isinstance(shape, tr.TreeShape):
-                    await self._deliver_tree(snap, shape, delivered)
-                    continue
-                rel = shape.relation
-                prel = self.projection.relation(rel)
-                # rows the client already holds through another shape are not sent again
-                table = str(shape.table)
-                existing = self.shapes.get(table)
-                mine = delivered.setdefault(table, TableShapes())
-                held = [s.where for s in (*(existing.overlapping(shape) if existing else ()), *mine.overlapping(shape))]
-                await sink.shape_begin(shape.request_id)
-                async for rows in snap.rows(rel, snapshot_filter(shape.where, held), tags=True):
-                    if self.trees.nodes_on(table):  # rows a tree holds are not sent again either
-                        rows = [r for r in rows if not self.trees.holds(table, key_of(rel, r))]
-                    await sink.shape_rows(prel, self.projection.snapshot_rows(rel, rows))
-                await sink.shape_end()
-                mine.add(shape)
-            await self._keys_durable()  # before the client can commit what the trees gave it
-            await sink.subscription_end()
+        recorded = False
+        try:
+            async with self._snapshot() as snap:
+                deferred = await self._catch_up_to(snap.visibility)
+                relations = [
+                    n.relation for s in sub.shapes for n in (s.root.walk() if isinstance(s, tr.TreeShape) else [s])
+                ]
+                await sink.subscription_begin(
+                    sub.subscription_id, self.cursor, [self.projection.relation(r) for r in dict.fromkeys(relations)]
+                )
+                delivered: dict[str, TableShapes] = {}
+                for shape in sub.shapes:
+                    if isinstance(shape, tr.TreeShape):
+                        await self._deliver_tree(snap, shape, delivered)
+                        continue
+                    rel = shape.relation
+                    prel = self.projection.relation(rel)
+                    # rows the client already holds through another shape are not sent again
+                    table = str(shape.table)
+                    existing = self.shapes.get(table)
+                    mine = delivered.setdefault(table, TableShapes())
+                    held = [
+                        s.where for s in (*(existing.overlapping(shape) if existing else ()), *mine.overlapping(shape))
+                    ]
+                    await sink.shape_begin(shape.request_id)
+                    async for rows in snap.rows(rel, snapshot_filter(shape.where, held), tags=True):
+                        if self.trees.nodes_on(table):  # rows a tree holds are not sent again either
+                            rows = [r for r in rows if not self.trees.holds(table, key_of(rel, r))]
+                        await sink.shape_rows(prel, self.projection.snapshot_rows(rel, rows))
+                    await sink.shape_end()
+                    mine.add(shape)
+                await self._keys_durable()  # before the client can commit what the trees gave it
+                await sink.subscription_end()
+                # recorded as the end goes out (the sink sends while this block runs): a client
+                # that got it may leave at once (``sync --once``), and its next connection resumes
+                # with this subscription. One that did not get it resumes without it, and the
+                # server forgets it then.
+                self._record(sub)
+                recorded = True
+        except (psycopg.Error, TimeoutError, OSError) as exc:
+            if not recorded:
+                raise
+            # the data went out whole; only giving the snapshot back failed
+            log.warning("after delivering subscription %s: %s", sub.subscription_id, exc)
+        for tx in deferred:
+            await self._send_transaction(tx)
+        await self.services.store.save_async(self.state)
+
+    def _record(self, sub: _Subscribe) -> None:
+        """The subscription is delivered: its shapes are served, and it is in the client's state."""
         self.services.stats["subscription_deliveries"] += 1
         for shape in sub.shapes:
             self.register(shape)
-        # recorded before anything else is awaited: a client that got the data resumes with this
-        # subscription, even if its connection drops while the deferred transactions go out
         self.state.subscriptions[sub.subscription_id] = SubscriptionRecord(
             sub.subscription_id,
             [
@@ -576,9 +597,6 @@ class ShapeEngine:
             ],
             self.cursor,
         )
-        for tx in deferred:
-            await self._send_transaction(tx)
-        await self.services.store.save_async(self.state)
 
     async def _reassess(self) -> None:
         """Apply a change of the client's roles at a consistent point: rows it may no longer read

@@ -344,7 +344,7 @@ class Connection:
                 return refuse(START_ERR.INVALID_POSITION, "that LSN is ahead of the server's log")
             if not logf.covers(cursor):
                 return refuse(START_ERR.BEHIND_WINDOW, "that LSN is older than the server's retention window; resync")
-            if cursor <= state.tree_pruned_lsn:
+            if state.tree_pruned_lsn and cursor <= state.tree_pruned_lsn:
                 # include-tree keys were forgotten after the client acknowledged a position past
                 # this one: it lost what it acknowledged, and its tree rows cannot be reconciled
                 return refuse(

@@ -430,3 +430,20 @@ async def test_large_transactions_stream_before_commit_and_rollbacks_never_arriv
         big_tx = next(t for t in cl.transactions if len(t.ops) > 100)
         assert len(big_tx.ops) == 5003  # one SatOpLog: begin, 5,001 inserts, commit
         await cl.close()
+
+
+async def test_a_client_that_leaves_as_its_subscription_data_ends_resumes_with_it(server: Server, env: Env) -> None:
+    """``electricctl sync --once`` and apps that quit right after a sync close the socket the
+    moment the subscription's data has ended: the server must still have recorded it, or the next
+    resume is refused (unknown subscription) and the client syncs everything again."""
+    for _ in range(20):
+        cl = await SatelliteClient(ws_url(server)).connect()
+        await cl.authenticate(env.token())
+        await cl.start()
+        sub = await cl.subscribe("items")
+        assert cl.ws is not None
+        cl.ws.transport.abort()  # gone at once, without a close handshake
+        await cl.close()
+        again, resp = await cl.resume(env.token(), [sub])
+        assert not resp.HasField("err"), resp.err.message
+        await again.close()
