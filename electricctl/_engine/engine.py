@@ -117,6 +117,8 @@ class ShapeEngine:
         self._reread = False
         self.max_tree_rows = 1_000_000
         self._over_budget = False
+        self._barriers: list[tuple[int, asyncio.Future[None]]] = []
+        """Positions callers wait for the client to have been sent everything up to (see :meth:`sent_through`)."""
         """Rows this client's trees may hold in all (a subscription that would take more is refused)."""
         """A tree began offering a joining value while live: what was routed before may concern it."""
         """The client's include trees, with the rows each level holds."""
@@ -284,6 +286,26 @@ class ShapeEngine:
             self.control.append(_Unsubscribe(known))
             self.wake.set()
 
+    def sent_through(self, lsn: int) -> asyncio.Future[None]:
+        """Done once every logged transaction up to ``lsn`` has been handed to the sink (those
+        the client's shapes want, and what they brought), with nothing else pending: a client
+        that applies in order has all of it when a frame sent after this arrives."""
+        fut = asyncio.get_running_loop().create_future()
+        self._barriers.append((lsn, fut))
+        self.wake.set()
+        return fut
+
+    def _release_barriers(self) -> None:
+        waiting = []
+        for lsn, fut in self._barriers:
+            if fut.done():
+                continue
+            if lsn <= self.cursor:
+                fut.set_result(None)
+            else:
+                waiting.append((lsn, fut))
+        self._barriers = waiting
+
     def roles_may_have_changed(self) -> None:
         if self.projection.roles is not None and not any(isinstance(c, _Reassess) for c in self.control):
             self.control.append(_Reassess())
@@ -292,6 +314,9 @@ class ShapeEngine:
     def close(self) -> None:
         self.services.router.remove_connection(self)
         self.services.scanning.discard(self)
+        for _, fut in self._barriers:
+            fut.cancel()
+        self._barriers = []
 
     # -- the stream ----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -332,6 +357,8 @@ class ShapeEngine:
             self.wake.clear()
             txns = self._next_transactions()
             if not txns:
+                if self._barriers:
+                    self._release_barriers()
                 await self.wake.wait()
                 continue
             for tx in txns:

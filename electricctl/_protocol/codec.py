@@ -33,12 +33,15 @@ _TYPES: dict[int, type[Message]] = {
 _CODES: dict[type[Message], int] = {cls: code for code, cls in _TYPES.items()}
 
 # RPC method name -> (request class, response class), for calls in either direction
+CAUGHT_UP = "electricctl.caughtUp"
 RPC_METHODS: dict[str, tuple[type[Message], type[Message]]] = {
     "authenticate": (pb.SatAuthReq, pb.SatAuthResp),
     "startReplication": (pb.SatInStartReplicationReq, pb.SatInStartReplicationResp),
     "stopReplication": (pb.SatInStopReplicationReq, pb.SatInStopReplicationResp),
     "subscribe": (pb.SatSubsReq, pb.SatSubsResp),
     "unsubscribe": (pb.SatUnsubsReq, pb.SatUnsubsResp),
+    # electricctl's extension (schemas/satellite.proto): the server has sent everything committed before it
+    CAUGHT_UP: (pb.ElectricctlCaughtUpReq, pb.ElectricctlCaughtUpResp),
 }
 
 Value: TypeAlias = bytes | None

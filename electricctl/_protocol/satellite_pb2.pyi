@@ -573,3 +573,11 @@ class SatShapeDataBegin(_message.Message):
 class SatShapeDataEnd(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ElectricctlCaughtUpReq(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ElectricctlCaughtUpResp(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -100,6 +100,8 @@ class Connection:
         """The server -> client direction as Satellite frames (relations, spool)."""
         self.engine: ShapeEngine | None = None
         """The client's shapes, served (made once it has authenticated)."""
+        self._catching_up: set[asyncio.Task[None]] = set()
+        """``electricctl.caughtUp`` requests being answered."""
 
     @property
     def replicating(self) -> bool:
@@ -161,6 +163,8 @@ class Connection:
             pass
 
     async def shutdown(self) -> None:
+        for task in list(self._catching_up):
+            task.cancel()
         if self._auth_deadline is not None:
             self._auth_deadline.cancel()
         if self._expiry is not None:
@@ -220,6 +224,11 @@ class Connection:
                 self._client_stream = asyncio.create_task(self._start_client_stream())
             case S.Unsubscribe(ids):
                 self._engine().unsubscribe(list(ids))
+            case S.CatchUp(request_id):
+                # the reader goes on meanwhile: the stream may need the client's acks to get there
+                task = asyncio.create_task(self._catch_up(request_id))
+                self._catching_up.add(task)
+                task.add_done_callback(self._catching_up.discard)
             case S.Acked(lsn):
                 self._acked(lsn)
             case S.ClientRelation(msg):
@@ -413,6 +422,19 @@ class Connection:
             return S.Subscribed(effect.request_id, sub_id, None, tuple(problems))
         engine.subscribe(sub_id, shapes)
         return S.Subscribed(effect.request_id, sub_id)
+
+    async def _catch_up(self, request_id: int) -> None:
+        """Answer ``electricctl.caughtUp`` once the client has been sent everything committed
+        in Postgres before the request."""
+        engine = self._engine()
+        try:
+            await self.server.caught_up()  # the log has every transaction committed before now
+            await engine.sent_through(self.server.log.last_lsn)
+            event: S.CaughtUp | S.Refused = S.CaughtUp(request_id)
+        except (TimeoutError, psycopg.Error, OSError) as exc:
+            event = S.Refused(request_id, codec.CAUGHT_UP, ERR.INTERNAL, f"the server could not catch up: {exc}")
+        with contextlib.suppress(ConnectionClosed):
+            await self.feed(event)
 
     def _acked(self, lsn: int) -> None:
         self.sink.ack()

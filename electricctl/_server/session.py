@@ -50,6 +50,12 @@ from electricctl._server.session_types import (
     CallResponse as CallResponse,
 )
 from electricctl._server.session_types import (
+    CatchUp as CatchUp,
+)
+from electricctl._server.session_types import (
+    CaughtUp as CaughtUp,
+)
+from electricctl._server.session_types import (
     ClientBound as ClientBound,
 )
 from electricctl._server.session_types import (
@@ -285,6 +291,10 @@ class Session:
             return Step(after, [_response(method, rid, pb.SatInStopReplicationResp())], effects)
         if isinstance(body, pb.SatSubsReq):
             return self._subscribe(state, rid, body)
+        if isinstance(body, pb.ElectricctlCaughtUpReq):
+            if not isinstance(state, Replicating):
+                return Step(state, [_error(method, rid, ERR.INVALID_REQUEST, "start replication first")])
+            return Step(state, [], [CatchUp(rid)])
         assert isinstance(body, pb.SatUnsubsReq)
         return Step(state, [_response(method, rid, pb.SatUnsubsResp())], [Unsubscribe(tuple(body.subscription_ids))])
 
@@ -369,7 +379,9 @@ class Session:
         return Step(state, [], [Subscribe(rid, sub_id, tuple(requests))])
 
     # -- outcomes of effects ---------------------------------------------------------------------
-    def _outcome(self, state: State, event: ClientBound | StreamStarted | Subscribed | Refused) -> Step:
+    def _outcome(self, state: State, event: ClientBound | StreamStarted | Subscribed | Refused | CaughtUp) -> Step:
+        if isinstance(event, CaughtUp):
+            return Step(state, [_response(codec.CAUGHT_UP, event.request_id, pb.ElectricctlCaughtUpResp())])
         if isinstance(event, Refused):
             if event.start:
                 return Step(state, [_start_error(event.request_id, event.code, event.message)])

@@ -121,6 +121,13 @@ class TokenExpired:
     pass
 
 
+@dataclass(frozen=True, slots=True)
+class CaughtUp:
+    """Everything committed before the ``electricctl.caughtUp`` request has been sent."""
+
+    request_id: int
+
+
 Event = (
     Frame
     | ClientBound
@@ -131,6 +138,7 @@ Event = (
     | ClientStreamEnded
     | AuthDeadline
     | TokenExpired
+    | CaughtUp
 )
 
 
@@ -203,6 +211,14 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class CatchUp:
+    """Answer with :class:`CaughtUp` once everything committed in Postgres before now has been
+    sent to the client (or :class:`Refused`); meanwhile the connection goes on."""
+
+    request_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Acked:
     """The client acknowledged every transaction up to ``lsn``."""
 
@@ -243,6 +259,7 @@ Effect = (
     | AskClientWrites
     | Subscribe
     | Unsubscribe
+    | CatchUp
     | Acked
     | ClientRelation
     | ClientTransaction

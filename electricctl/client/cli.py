@@ -19,7 +19,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from rich.text import Text
 
 from electricctl.client.sync import Status, SyncClient
-from electricctl.errors import ElectricError, SyncError, Timeout
+from electricctl.errors import ConnectionLost, ElectricError, SyncError, Timeout
 
 _T = TypeVar("_T")
 
@@ -124,6 +124,14 @@ async def run(
                 done = progress.tasks[task].completed
                 progress.update(task, total=max(done, 1), completed=max(done, 1))
         if once:
+            try:
+                # a resumed client's subscriptions were synced already: it must also have what
+                # changed while it was away
+                await unless_failed(client.caught_up(timeout=3600))
+            except (Timeout, ConnectionLost) as exc:
+                raise SyncCommandError(f"the client did not catch up with the server: {exc}") from None
+            except SyncError as exc:
+                console.print(f"[yellow]warning:[/] {exc}; changes made while this client was away may be missing")
             try:
                 await unless_failed(client.flush(timeout=connect_timeout))
             except Timeout as exc:

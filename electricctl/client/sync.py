@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcError
 from electricctl.client.link import Link
@@ -216,6 +217,27 @@ class SyncClient:
             raise SyncError(f"unsubscribe refused: {exc.error.message}") from None
         self._st.subscriptions.pop(sub.id, None)
         await self._st.save_subscriptions()
+
+    async def caught_up(self, timeout: float = 60) -> None:
+        """Wait until the file has everything Postgres had committed when this was called, for the
+        client's subscriptions: what changed while the client was away included (a resumed client
+        gets it after it connects). Needs the connection: :class:`ConnectionLost` if there is none
+        within ``timeout`` seconds, :class:`Timeout` if the server does not get there in time,
+        :class:`SyncError` if the server cannot tell (it lacks ``electricctl.caughtUp``: a
+        legacy Electric service)."""
+        deadline = time.monotonic() + timeout
+        try:
+            await asyncio.wait_for(self._st.connected.wait(), timeout)
+        except TimeoutError:
+            raise ConnectionLost(f"not connected to {self.url} (waited {timeout:g}s)") from None
+        if self._link is None:
+            raise ConnectionLost("the client is stopped")
+        try:
+            # answered after every frame the server sent before it; frames are applied in order,
+            # and the answer is handed over only once those before it are written
+            await self._link.call(codec.CAUGHT_UP, pb.ElectricctlCaughtUpReq(), max(0.1, deadline - time.monotonic()))
+        except RpcError as exc:
+            raise SyncError(f"the server cannot tell whether this client is caught up: {exc.error.message}") from None
 
     async def flush(self, timeout: float = 30) -> None:
         """Wait until every local write so far is in Postgres and echoed back (the oplog is empty);

@@ -161,6 +161,16 @@ async def test_sync_command(server: Server, env: Env, tmp_path: Path) -> None:
     )
     assert code == 0, out
     assert env.sql("SELECT n FROM items WHERE id = 'a'") == [(11,)]
+    # changed in Postgres while the client was away: the next --once brings all of it before it exits
+    env.sql("UPDATE items SET n = 12 WHERE id = 'a'")
+    for i in range(50):
+        env.sql("INSERT INTO items (id, n) SELECT 'away' || g || '-' || %s, 1 FROM generate_series(1, 200) g", [i])
+    code, out = await _cli(
+        "sync", url, "--db", str(path), "--shape", "items:this.n > 0", "--token", env.token(), "--once"
+    )
+    assert code == 0, out
+    assert local(path, "SELECT n FROM items WHERE id = 'a'") == [(12,)]
+    assert local(path, "SELECT count(*) FROM items WHERE id LIKE 'away%'") == [(10_000,)]
     # errors say what is wrong
     code, out = await _cli("sync", url, "--db", str(path), "--shape", "nope", "--token", env.token(), "--once")
     assert code == 1 and "shape 'nope'" in out and "not electrified" in out, out

@@ -306,3 +306,17 @@ def test_an_expired_token_closes_and_a_closed_session_ignores_everything() -> No
     assert isinstance(step.state, S.Closed) and step.effects == [S.Close(CLOSE_JWT_EXPIRED, "JWT-expired")]
     for event in [frame(pb.SatOpLogAck(lsn=b"1")), S.Delivered(5, True), S.StreamStarted(1, 5), S.AuthDeadline(1)]:
         assert SESSION.handle(step.state, event) == S.Step(step.state)
+
+
+def test_caught_up_is_asked_of_the_driver_once_replicating_and_answered_when_it_says() -> None:
+    from electricctl._protocol import codec
+
+    step = SESSION.handle(authenticated(), rpc(codec.CAUGHT_UP, pb.ElectricctlCaughtUpReq(), request_id=4))
+    assert "start replication first" in rpc_error(step).message and not step.effects
+    state = replicating()
+    step = SESSION.handle(state, rpc(codec.CAUGHT_UP, pb.ElectricctlCaughtUpReq(), request_id=5))
+    assert step.effects == [S.CatchUp(5)] and not step.replies and step.state == state
+    step = SESSION.handle(state, S.CaughtUp(5))
+    (reply,) = step.replies
+    assert isinstance(reply, pb.SatRpcResponse) and reply.method == codec.CAUGHT_UP and reply.request_id == 5
+    assert response_body(step, pb.ElectricctlCaughtUpResp) == pb.ElectricctlCaughtUpResp()

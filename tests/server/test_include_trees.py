@@ -529,3 +529,27 @@ async def test_rows_moving_into_a_tree_after_a_migration_carry_the_new_column(
     await cl.wait_for(lambda: "i3" in ids(cl, "issues"))
     assert cl.table("issues")[(b"i3",)].get("prio") == b"5"
     await cl.close()
+
+
+async def test_electricctl_sync_serves_a_declared_tree_by_name_and_resumes_it(
+    tree_server: Server, tree_env: Env, tmp_path: Path
+) -> None:
+    from tests.client.test_sync_client import _cli, local
+
+    env, path = tree_env, tmp_path / "cli.db"
+    args = ("sync", ws_url(tree_server), "--db", str(path), "--shape", "project_tree", "--token", env.token(), "--once")
+    code, out = await _cli(*args)
+    assert code == 0, out
+
+    def rows(table: str) -> set[str]:
+        return {r[0] for r in local(path, f"SELECT id FROM {table}")}
+
+    assert rows("projects") == {"p1", "p3"} and rows("issues") == {"i1", "i2", "i4"}
+    assert rows("comments") == {"c1", "c2", "c4"} and rows("users") == {"u2", "u3"}
+    # while it is away: p3 leaves with its subtree, p2 comes in with its own
+    env.sql("UPDATE projects SET status = 'archived' WHERE id = 'p3'")
+    env.sql("UPDATE projects SET status = 'active' WHERE id = 'p2'")
+    code, out = await _cli(*args)
+    assert code == 0, out
+    assert rows("projects") == {"p1", "p2"} and rows("issues") == {"i1", "i2", "i3"}
+    assert rows("comments") == {"c1", "c2", "c3"} and rows("users") == {"u2", "u3", "u4"}

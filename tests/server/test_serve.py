@@ -447,3 +447,31 @@ async def test_a_client_that_leaves_as_its_subscription_data_ends_resumes_with_i
         again, resp = await cl.resume(env.token(), [sub])
         assert not resp.HasField("err"), resp.err.message
         await again.close()
+
+
+async def test_caught_up_answers_after_everything_committed_before_it(server: Server, env: Env) -> None:
+    """electricctl's ``electricctl.caughtUp`` RPC (an extension Electric's clients never call):
+    its answer comes after every frame carrying what Postgres had committed before the request."""
+    from electricctl._protocol import codec
+
+    cl = await SatelliteClient(ws_url(server)).connect()
+    await cl.authenticate(env.token())
+    with pytest.raises(RpcError, match="start replication first"):
+        await cl.rpc(codec.CAUGHT_UP, pb.ElectricctlCaughtUpReq())
+    await cl.start()
+    sub = await cl.subscribe("items")
+    lsn = cl.last_lsn
+    await cl.close()
+    for i in range(30):  # while away, in 30 transactions
+        env.sql("INSERT INTO items (id, n) VALUES (%s, %s)", [f"away{i}", i])
+    env.sql("INSERT INTO other VALUES (99, 'not subscribed')")  # the newest commit is not for this client
+    again, resp = await cl.resume(env.token(), [sub], lsn)
+    assert not resp.HasField("err")
+    assert isinstance(await again.rpc(codec.CAUGHT_UP, pb.ElectricctlCaughtUpReq()), pb.ElectricctlCaughtUpResp)
+    # no waiting: the answer came after all of them
+    assert {f"away{i}".encode() for i in range(30)} <= {k[0] for k in again.table("items")}
+    # live too: a commit just before the request is in before the answer
+    env.sql("INSERT INTO items (id, n) VALUES ('live', 1)")
+    await again.rpc(codec.CAUGHT_UP, pb.ElectricctlCaughtUpReq())
+    assert (b"live",) in again.table("items")
+    await again.close()
