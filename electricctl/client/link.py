@@ -341,6 +341,8 @@ class Link:
                 await self.st.io(store.migrate, eff.version, eff.tables, eff.statements)
                 if self.st.on_migrate is not None:
                     self.st.on_migrate(eff.version, [t.name for t in eff.tables])
+                if self.st.on_tables is not None:
+                    self.st.on_tables(frozenset(t.name for t in eff.tables))
             elif isinstance(eff, s.Abandon):
                 await self.st.io(store.abandon)
                 self.st.wake_sender.set()
@@ -378,8 +380,12 @@ class Link:
             decoded: list[list[RemoteChange]] = []
             txs: list[RemoteTransaction] = []
             report = self.st.on_change is not None
+            watch = self.st.on_tables is not None
             for a in run:
                 rows, changes = a.decode()
+                if watch:
+                    touched.update(b.table.name for b in rows)
+                    touched.update(c.table for c in changes)
                 txs.append(RemoteTransaction(changes, a.origin, a.timestamp, a.lsn, rows))
                 if report and a.transaction and rows:  # only then: a dict per row costs
                     changes = changes + [ch for batch in rows for ch in batch.changes()]
@@ -387,7 +393,10 @@ class Link:
             held = store.holding  # subscription data was open before this run
             return store.apply_transactions(txs, client_id=client_id, hold=hold), held, decoded
 
+        touched: set[str] = set()
         found, held, decoded = await self.st.io(on_thread)
+        if self.st.on_tables is not None and touched:
+            self.st.on_tables(frozenset(touched))
         if found is not None:
             self.st.pending = found.pending
             if found.stamped or held:

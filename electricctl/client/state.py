@@ -73,6 +73,9 @@ class ClientState:
         self.on_progress = on_progress
         self.on_change = on_change
         self.on_migrate: Callable[[str, list[str]], None] | None = None
+        self.on_tables: Callable[[frozenset[str]], None] | None = None
+        """Called (on the event loop) after the server's changes are written, with the tables they
+        touched: transactions, subscription and additional data, migrations (live queries)."""
         self.failure: Exception | None = None
         self.failed = asyncio.Event()
         self.refused: list[str] = []

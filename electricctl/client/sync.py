@@ -221,23 +221,32 @@ class SyncClient:
     async def caught_up(self, timeout: float = 60) -> None:
         """Wait until the file has everything Postgres had committed when this was called, for the
         client's subscriptions: what changed while the client was away included (a resumed client
-        gets it after it connects). Needs the connection: :class:`ConnectionLost` if there is none
-        within ``timeout`` seconds, :class:`Timeout` if the server does not get there in time,
-        :class:`SyncError` if the server cannot tell (it lacks ``electricctl.caughtUp``: a
-        legacy Electric service)."""
+        gets it after it connects). A connection lost meanwhile is waited out (the client
+        reconnects by itself). :class:`Timeout` if that takes more than ``timeout`` seconds,
+        :class:`SyncError` if the server cannot tell (it lacks ``electricctl.caughtUp``: a legacy
+        Electric service)."""
         deadline = time.monotonic() + timeout
-        try:
-            await asyncio.wait_for(self._st.connected.wait(), timeout)
-        except TimeoutError:
-            raise ConnectionLost(f"not connected to {self.url} (waited {timeout:g}s)") from None
-        if self._link is None:
-            raise ConnectionLost("the client is stopped")
-        try:
-            # answered after every frame the server sent before it; frames are applied in order,
-            # and the answer is handed over only once those before it are written
-            await self._link.call(codec.CAUGHT_UP, pb.ElectricctlCaughtUpReq(), max(0.1, deadline - time.monotonic()))
-        except RpcError as exc:
-            raise SyncError(f"the server cannot tell whether this client is caught up: {exc.error.message}") from None
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self._st.connected.wait(), max(0.0, left))
+            except TimeoutError:
+                raise Timeout(f"not connected to {self.url} within {timeout:g}s") from None
+            if self._link is None:
+                raise ConnectionLost("the client is stopped")
+            try:
+                # answered after every frame the server sent before it; frames are applied in
+                # order, and the answer is handed over only once those before it are written
+                await self._link.call(codec.CAUGHT_UP, pb.ElectricctlCaughtUpReq(), max(0.1, left))
+                return
+            except RpcError as exc:
+                raise SyncError(
+                    f"the server cannot tell whether this client is caught up: {exc.error.message}"
+                ) from None
+            except ConnectionLost:
+                if self._st.failure is not None:
+                    raise
+                await asyncio.sleep(0.05)  # reconnecting: ask again on the next connection
 
     async def flush(self, timeout: float = 30) -> None:
         """Wait until every local write so far is in Postgres and echoed back (the oplog is empty);
