@@ -146,3 +146,29 @@ class Timeout(SyncError, TimeoutError):
 
     Also a builtin :class:`TimeoutError`, so callers that caught that keep working.
     """
+
+
+class ConstraintError(ElectricError):
+    """A local write broke a constraint of the local table (SQLite's message says which); nothing
+    of it was written. ``table`` and ``columns`` are set when SQLite names them."""
+
+    def __init__(self, message: str, *, table: str | None = None, columns: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.table = table
+        self.columns = columns
+
+
+class UniqueViolation(ConstraintError):
+    """A row with that primary key (or unique value) is already there."""
+
+
+class NotNullViolation(ConstraintError):
+    """A column that must have a value got None."""
+
+
+class ForeignKeyViolation(ConstraintError):
+    """A row refers to a row that is not in the local database (with foreign keys enforced)."""
+
+
+class CheckViolation(ConstraintError):
+    """A CHECK constraint of the local table refused the row."""

@@ -441,6 +441,76 @@ def sync(url: str, db: str, shapes: tuple[str, ...], token: str | None, once: bo
 
 
 @cli.command()
+@file_option
+@database_option
+@click.option(
+    "--out", "out", required=True, type=click.Path(file_okay=False), help="The package directory to write (created)."
+)
+@click.option(
+    "--service",
+    default=None,
+    metavar="URL",
+    help="Read the schema from a running service (http://host:port, or ws://host:port/ws) instead of the database.",
+)
+@click.option("--watch", is_flag=True, help="Regenerate when the schema changes (a migration, or the config file).")
+@click.option("--interval", default="2s", show_default=True, help="With --watch: how often to look for a migration.")
+def generate(file: str, database_url: str | None, out: str, service: str | None, watch: bool, interval: str) -> None:
+    """Write a typed Python client package (tables, filters, includes, migrations) to OUT.
+
+    Import it from your app: `from <package> import electrify`. Run it again after a migration
+    (or keep --watch running): the same schema gives the same bytes.
+    """
+    from pathlib import Path
+
+    from electricctl._codegen import GenerateError
+    from electricctl._codegen import generate as run_generate
+
+    console = render.console()
+    config: ElectricConfig | None = None
+    if not service or Path(file).exists():
+        config = _load(file, database_url)
+    url = None if service or config is None else _url(config, database_url)
+    shapes = [s.name for s in config.shapes] if config is not None else []
+    source = service or applier.redact(url or "")
+
+    def once() -> None:
+        try:
+            result = run_generate(Path(out), database_url=url, service=service, shapes=shapes)
+        except GenerateError as exc:
+            if not watch:
+                raise
+            console.print(f"[red]error:[/] {exc}")
+            return
+        what = f"{len(result.tables)} tables at schema version {result.version}"
+        if result.written:
+            console.print(f"wrote {out} ({', '.join(result.written)}): {what}, from {source}")
+        elif not watch:
+            console.print(f"{out} is up to date: {what}, from {source}")
+
+    once()
+    if watch:
+        import watchfiles
+
+        watched = [p for p in (Path(file),) if p.exists()]
+        console.print(f"watching {source}" + (f" and {file}" if watched else "") + " (Ctrl-C stops)")
+        ms = int(_seconds(interval) * 1000)
+        try:
+            for changes in watchfiles.watch(
+                *(watched or [Path(out)]), yield_on_timeout=True, rust_timeout=ms, debounce=200
+            ):
+                if changes and watched and not service:
+                    try:
+                        config = _load(file, database_url)
+                        shapes[:] = [s.name for s in config.shapes]
+                    except ElectricError as exc:
+                        console.print(f"[red]error:[/] {exc}")
+                        continue
+                once()
+        except KeyboardInterrupt:
+            pass
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Keep Postgres running afterwards (until Ctrl-C).")
 @click.option(
     "--data-dir", type=click.Path(file_okay=False), default=None, help="Keep the cluster here (default: a temp dir)."

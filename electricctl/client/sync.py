@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -38,6 +38,7 @@ from electricctl._protocol import codec
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._protocol.rpc import RpcError
 from electricctl.client.link import Link
+from electricctl.client.schema import SCHEMA_VERSION_KEY, Table
 from electricctl.client.state import ClientState, Status, Subscription, TokenSource
 from electricctl.client.values import RemoteChange
 from electricctl.client.wire import include_spec
@@ -217,6 +218,21 @@ class SyncClient:
             raise SyncError(f"unsubscribe refused: {exc.error.message}") from None
         self._st.subscriptions.pop(sub.id, None)
         await self._st.save_subscriptions()
+
+    async def apply_schema(self, migrations: Sequence[tuple[str, Sequence[Table], Sequence[str]]]) -> None:
+        """Bring the file's schema up to these migrations (version, tables whole, local-only
+        statements), as a generated client bundles them, before the client first connects: it
+        then asks the server only for later ones. Versions the file has are skipped."""
+        store = await self._st.open()
+        have = await self._st.io(store.meta, SCHEMA_VERSION_KEY) or ""
+        for version, tables, statements in migrations:
+            if version > have:
+                await self._st.io(store.migrate, version, tables, statements)
+
+    def on_tables(self, callback: Callable[[frozenset[str]], None] | None) -> None:
+        """Call ``callback`` (on the event loop) after the server's changes are written, with the
+        tables they touched (transactions, subscription data, migrations): for live queries."""
+        self._st.on_tables = callback
 
     async def caught_up(self, timeout: float = 60) -> None:
         """Wait until the file has everything Postgres had committed when this was called, for the

@@ -136,7 +136,7 @@ def _ops(spec: TableSpec, col: ColumnSpec, ops: Mapping[str, object], params: li
     return parts
 
 
-def order_sql(spec: TableSpec, order_by: Mapping[str, str] | Sequence[Mapping[str, str]] | None) -> str:
+def order_sql(spec: TableSpec, order_by: Mapping[str, object] | Sequence[Mapping[str, object]] | None) -> str:
     """`` ORDER BY ...`` (empty when there is no ordering)."""
     if not order_by:
         return ""
@@ -147,14 +147,14 @@ def order_sql(spec: TableSpec, order_by: Mapping[str, str] | Sequence[Mapping[st
             col = _column(spec, key)
             if direction not in ("asc", "desc"):
                 raise FilterError(f"{spec.name}.{key}: order is 'asc' or 'desc', got {direction!r}")
-            terms.append(f"{_ref(col)} {direction.upper()}")
+            terms.append(f"{_ref(col)} {str(direction).upper()}")
     return " ORDER BY " + ", ".join(terms) if terms else ""
 
 
 def select_sql(
     spec: TableSpec,
     where: Mapping[str, object] | None,
-    order_by: Mapping[str, str] | Sequence[Mapping[str, str]] | None = None,
+    order_by: Mapping[str, object] | Sequence[Mapping[str, object]] | None = None,
     limit: int | None = None,
     offset: int | None = None,
 ) -> tuple[str, list[LocalValue]]:
