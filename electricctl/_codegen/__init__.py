@@ -16,6 +16,7 @@ from pathlib import Path
 from electricctl._codegen.build import GenerateError, build_schema
 from electricctl._codegen.render import render
 from electricctl._codegen.sources import from_database, from_service
+from electricctl.dal.values import SCALARS
 
 __all__ = ["GenerateError", "Generated", "generate", "write_package"]
 
@@ -35,6 +36,13 @@ def generate(
     enums: dict[str, tuple[str, ...]] = {}
     if service:
         migrations = from_service(service)
+        # a service electrifies only the types it maps and enums: another type name is an enum,
+        # whose labels the protocol does not carry (its columns are str)
+        for m in migrations:
+            for c in m.table_columns:
+                base = c.type_name.lstrip("_")
+                if base not in SCALARS:
+                    enums[base] = ()
     elif database_url:
         migrations, enums = from_database(database_url)
     else:

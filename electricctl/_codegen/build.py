@@ -107,7 +107,7 @@ def singular(name: str) -> str:
         return name[:-3] + "y"
     if name.endswith(("sses", "xes", "ches", "shes")):
         return name[:-2]
-    if name.endswith("s") and not name.endswith("ss") and len(name) > 1:
+    if name.endswith("s") and not name.endswith(("ss", "us", "is")) and len(name) > 1:
         return name[:-1]
     return name
 

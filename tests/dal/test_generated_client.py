@@ -263,3 +263,58 @@ async def until_pg(env: Env, sql: str, params: list[Any], want: list[tuple[Any, 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"Postgres has {got}, expected {want}")
         await asyncio.sleep(0.05)
+
+
+async def test_generate_from_a_running_service(env: Env, tmp_path: Path) -> None:
+    """The schema from a service's /api/migrations: NOT NULL from the Postgres dialect's DDL, foreign
+    keys both ways; enum labels are not in the protocol, so enum columns are str."""
+    async with running_server(env) as srv:
+        out = tmp_path / "fromservice"
+        done = await asyncio.to_thread(generate, env, out, "--service", ws_url(srv))
+    assert done.returncode == 0, done.stderr
+    models = (out / "models.py").read_text()
+    assert "class Project:" in models and "    name: str\n" in models and "    status: str\n" in models
+    assert "    owner_id: uuid.UUID | None\n" in models and "    created_at: datetime.datetime\n" in models
+    assert "class ProjectInclude(TypedDict, total=False):" in models
+    assert "    issues: bool | IssueIncludeArgs\n" in models and "    users: bool | UserIncludeArgs\n" in models
+    schema = (out / "schema.py").read_text()
+    assert '"active_projects"' in schema  # the declared shapes, from the file given with -f
+
+
+async def test_generate_watch_follows_migrations_and_the_config_file(env: Env, tmp_path: Path) -> None:
+    out = tmp_path / "watched"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "electricctl",
+        "generate",
+        "-f",
+        str(env.config_path),
+        "--out",
+        str(out),
+        "--watch",
+        "--interval",
+        "0.2s",
+        env={"DATABASE_URL": env.url, "PATH": "/usr/bin:/bin"},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await wait_file(out / "models.py", "class Issue:")
+        env.sql("ALTER TABLE issues ADD COLUMN estimate int4")  # a migration: picked up at the next look
+        await wait_file(out / "models.py", "    estimate: int | None\n")
+        text = env.config_path.read_text().replace("shapes:\n", "shapes:\n  - name: everyone\n    table: users\n")
+        env.config_path.write_text(text)  # the config file: watched
+        await wait_file(out / "database.py", '"everyone"')
+    finally:
+        proc.terminate()
+        out_text = (await proc.communicate())[0].decode()
+    assert "watching" in out_text and "wrote" in out_text, out_text
+
+
+async def wait_file(path: Path, text: str, timeout: float = 30) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not (path.exists() and text in path.read_text()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{path} never had {text!r}")
+        await asyncio.sleep(0.05)
