@@ -105,7 +105,7 @@ async def test_bad_filters_say_what_is_wrong(db: Any) -> None:
         await db.items.find_many(where={"n": {"between": [1, 2]}})
     with pytest.raises(FilterError, match=r"items.n: expected an int, got str"):
         await db.items.find_many(where={"n": "3"})
-    with pytest.raises(FilterError, match="items.id is part of the primary key"):
+    with pytest.raises(FilterError, match=r"items\.id is part of the primary key"):
         await db.items.update(where={"id": "a"}, data={"id": "b"})
     with pytest.raises(FilterError, match="order is 'asc' or 'desc'"):
         await db.items.find_many(order_by={"n": "up"})
