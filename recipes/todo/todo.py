@@ -17,18 +17,25 @@ import datetime as dt
 import sys
 import uuid
 
-from electricctl.errors import SyncError
 from todo_db import Database, Todo, TodoCreate, electrify  # the generated package
+
+from electricctl.errors import SyncError
 
 
 def render(list_id: str, todos: list[Todo], headless: bool) -> str:
     lines = [f"--- {list_id} ({len(todos)})"]
-    lines += [f"{i}. [{'x' if t.done else ' '}] {t.title}" for i, t in enumerate(todos, 1)]
+    lines += [
+        f"{i}. [{'x' if t.done else ' '}] {t.title}" for i, t in enumerate(todos, 1)
+    ]
     return ("" if headless else "\x1b[2J\x1b[H") + "\n".join(lines) + "\n---"
 
 
-async def show(db: Database, list_id: str, headless: bool, shown: list[list[Todo]]) -> None:
-    async for todos in db.todos.live_many(where={"list_id": list_id}, order_by=[{"created_at": "asc"}, {"id": "asc"}]):
+async def show(
+    db: Database, list_id: str, headless: bool, shown: list[list[Todo]]
+) -> None:
+    async for todos in db.todos.live_many(
+        where={"list_id": list_id}, order_by=[{"created_at": "asc"}, {"id": "asc"}]
+    ):
         shown[:] = [todos]
         print(render(list_id, todos, headless), flush=True)
 
@@ -39,15 +46,26 @@ async def command(db: Database, list_id: str, line: str, todos: list[Todo]) -> b
         return False
     if verb == "add" and rest:
         now = dt.datetime.now(dt.UTC)
-        await db.todos.create(TodoCreate(id=uuid.uuid4(), list_id=list_id, title=rest, done=False, created_at=now))
-    elif verb in ("done", "undo", "rm") and rest.isdigit() and 1 <= int(rest) <= len(todos):
+        await db.todos.create(
+            TodoCreate(
+                id=uuid.uuid4(), list_id=list_id, title=rest, done=False, created_at=now
+            )
+        )
+    elif (
+        verb in ("done", "undo", "rm")
+        and rest.isdigit()
+        and 1 <= int(rest) <= len(todos)
+    ):
         todo = todos[int(rest) - 1]
         if verb == "rm":
             await db.todos.delete(where={"id": todo.id})
         else:
             await db.todos.update(where={"id": todo.id}, data={"done": verb == "done"})
     elif verb:
-        print(f"? {line.strip()} (add <title> | done <n> | undo <n> | rm <n> | quit)", flush=True)
+        print(
+            f"? {line.strip()} (add <title> | done <n> | undo <n> | rm <n> | quit)",
+            flush=True,
+        )
     return True
 
 
@@ -61,12 +79,16 @@ async def main() -> None:
     args = parser.parse_args()
     db = await electrify(args.db, args.url, token=args.token)
     try:
-        await db.todos.sync(where={"list_id": args.list})  # the rows arrive in the background
+        await db.todos.sync(
+            where={"list_id": args.list}
+        )  # the rows arrive in the background
         shown: list[list[Todo]] = [[]]
         view = asyncio.create_task(show(db, args.list, args.headless, shown))
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
-        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), sys.stdin
+        )
         while line := (await reader.readline()).decode():
             if not await command(db, args.list, line, shown[0]):
                 break
