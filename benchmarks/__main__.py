@@ -30,7 +30,18 @@ from benchmarks.common import raise_open_files
 from benchmarks.report import REPORT, machine_info
 from electricctl._embedded.postgres import EmbeddedPostgres
 
-MODULES = ("control_plane", "serve", "shapes", "trees", "writes", "perms", "hardening", "ddl_guard", "migrations")
+MODULES = (
+    "control_plane",
+    "serve",
+    "shapes",
+    "trees",
+    "writes",
+    "perms",
+    "hardening",
+    "ddl_guard",
+    "migrations",
+    "typed_client",
+)
 """In the order they run (benchmarks/<name>.py)."""
 
 
