@@ -56,7 +56,7 @@ def pending_count(db: sqlite3.Connection) -> int:
     return int(db.execute(f"SELECT count(*) FROM {OPLOG}").fetchone()[0])
 
 
-def stamp(db: sqlite3.Connection, client_id: str, limit: int = 10_000) -> int | None:
+def stamp(db: sqlite3.Connection, client_id: str, limit: int = 10_000, tables: set[str] | None = None) -> int | None:
     """Take the local writes not yet in a transaction (at most ``limit``) into a new one; return its timestamp.
 
     The bound keeps a long offline session from becoming one transaction larger than the
@@ -76,6 +76,8 @@ def stamp(db: sqlite3.Connection, client_id: str, limit: int = 10_000) -> int | 
         ).fetchall()
         if not rows:
             return None
+        if tables is not None:
+            tables.update(r[1] for r in rows)
         # strictly increasing, even if the clock steps back: a timestamp names one transaction
         previous = int(get_meta(db, LAST_TIMESTAMP_KEY) or 0)
         ts = max(int(time.time() * 1000), previous + 1)
@@ -105,10 +107,11 @@ def stamp(db: sqlite3.Connection, client_id: str, limit: int = 10_000) -> int | 
         return ts
 
 
-def stamp_all(db: sqlite3.Connection, client_id: str) -> int:
-    """Stamp every unstamped write (in transactions of at most 10,000); return how many transactions."""
+def stamp_all(db: sqlite3.Connection, client_id: str, tables: set[str] | None = None) -> int:
+    """Stamp every unstamped write (in transactions of at most 10,000); return how many transactions
+    (and add the tables they write to ``tables``)."""
     made = 0
-    while stamp(db, client_id) is not None:
+    while stamp(db, client_id, tables=tables) is not None:
         made += 1
     return made
 

@@ -115,6 +115,8 @@ class Outbox:
         if collected is None:
             return
         self.st.pending = collected.poll.pending
+        if collected.poll.tables and self.st.on_tables is not None:
+            self.st.on_tables(collected.poll.tables)  # local writes, by any connection (live queries)
         if collected.poll.stamped:
             if collected.ready is not None:
                 self._ready = collected.ready

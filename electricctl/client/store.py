@@ -91,6 +91,8 @@ class Poll:
     """New local transactions (other connections' writes taken into transactions)."""
     pending: int
     """Local writes not yet confirmed by the server."""
+    tables: frozenset[str] = frozenset()
+    """The tables those new transactions write."""
 
 
 class Store:
@@ -199,9 +201,10 @@ class Store:
         if not force and version == self._data_version:
             return None
         self._data_version = version
+        tables: set[str] = set()
         with self._durably():
-            stamped = stamp_all(self.db, client_id)
-        return Poll(stamped, pending_count(self.db))
+            stamped = stamp_all(self.db, client_id, tables)
+        return Poll(stamped, pending_count(self.db), frozenset(tables))
 
     def transactions_after(self, lsn: int) -> list[LocalTransaction]:
         """Stamped local transactions not yet sent past ``lsn`` (the server's last applied); none

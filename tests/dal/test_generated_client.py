@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import decimal
 import importlib
+import sqlite3
 import subprocess
 import sys
 import uuid
@@ -214,9 +215,19 @@ async def flow(pkg: Any, db: Any, env: Env, srv: Server) -> None:
         # a remote write arrives through the live query
         env.sql("INSERT INTO issues (id, project_id, title) VALUES (%s, %s, 'remote')", [uuid.uuid4(), P1])
         await until(lambda: results[-1] == ["local", "one", "remote"], "the remote write in the live result")
+        # a write by another connection to the file (another process of the app): seen too
+        other = sqlite3.connect(db.client.path)
+        with other:
+            other.execute(
+                "INSERT INTO issues (id, project_id, title, done) VALUES (?, ?, 'elsewhere', 0)",
+                [str(uuid.uuid4()), str(P1)],
+            )
+        other.close()
+        await until(lambda: results[-1] == ["elsewhere", "local", "one", "remote"], "another connection's write")
+        await until_pg(env, "SELECT count(*) FROM issues WHERE title = 'elsewhere'", [], [(1,)])
         # an update through the client: to Postgres, and out of the live result
         assert await db.issues.update(where={"id": new_id}, data={"done": True}) == 1
-        await until(lambda: results[-1] == ["one", "remote"], "the update in the live result")
+        await until(lambda: results[-1] == ["elsewhere", "one", "remote"], "the update in the live result")
         await until_pg(env, "SELECT done FROM issues WHERE id = %s", [new_id], [(True,)])
         # a write that does not change the result, and one to another table: no new result
         count = len(results)
