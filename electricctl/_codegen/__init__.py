@@ -34,6 +34,7 @@ def generate(
 ) -> Generated:
     """Read the schema from ``service`` (if given) or ``database_url`` and write the package."""
     enums: dict[str, tuple[str, ...]] = {}
+    defaults: dict[tuple[str, str], str] = {}  # not in the protocol: from the database only
     if service:
         migrations = from_service(service)
         # a service electrifies only the types it maps and enums: another type name is an enum,
@@ -44,12 +45,12 @@ def generate(
                 if base not in SCALARS:
                     enums[base] = ()
     elif database_url:
-        migrations, enums = from_database(database_url)
+        migrations, enums, defaults = from_database(database_url)
     else:
         raise GenerateError("no schema source: give a database (--database-url) or a service (--service)")
     if not any(m.op != "sqlite" for m in migrations):
         raise GenerateError("no table is electrified yet: declare tables in electric.yaml and `electricctl apply`")
-    schema = build_schema(migrations, enums, shapes)
+    schema = build_schema(migrations, enums, shapes, defaults)
     return Generated(schema.version, tuple(schema.tables), write_package(out, render(schema)))
 
 

@@ -12,6 +12,7 @@ import keyword
 import re
 from collections.abc import Mapping, Sequence
 
+from electricctl._codegen.defaults import python_default
 from electricctl._model.migrations import Migration, MigrationColumn, by_version
 from electricctl.dal.spec import ColumnSpec, MigrationSpec, RelationSpec, SchemaSpec, TableSpec
 from electricctl.dal.values import SCALARS
@@ -22,17 +23,32 @@ class GenerateError(ElectricError, ValueError):
     """The schema cannot be generated (the message says why and what to do)."""
 
 
-def _column(c: MigrationColumn, pk: Sequence[str], enums: Mapping[str, tuple[str, ...]]) -> ColumnSpec:
+def _column(
+    table: str,
+    c: MigrationColumn,
+    pk: Sequence[str],
+    enums: Mapping[str, tuple[str, ...]],
+    defaults: Mapping[tuple[str, str], str],
+) -> ColumnSpec:
     base = c.type_name[1:] if c.type_name.startswith("_") else c.type_name
     values = enums.get(base, ())
-    return ColumnSpec(c.name, c.type_name, not c.notnull and c.name not in pk, c.name in pk, tuple(values))
+    default = ""
+    expression = defaults.get((table, c.name))
+    if expression:
+        default = python_default(expression, c.type_name, base in enums) or ""
+    return ColumnSpec(c.name, c.type_name, not c.notnull and c.name not in pk, c.name in pk, tuple(values), default)
 
 
 def build_schema(
-    migrations: Sequence[Migration], enums: Mapping[str, tuple[str, ...]] | None = None, shapes: Sequence[str] = ()
+    migrations: Sequence[Migration],
+    enums: Mapping[str, tuple[str, ...]] | None = None,
+    shapes: Sequence[str] = (),
+    defaults: Mapping[tuple[str, str], str] | None = None,
 ) -> SchemaSpec:
-    """The schema at the newest of ``migrations`` (in order), with each version's migration."""
+    """The schema at the newest of ``migrations`` (in order), with each version's migration.
+    ``defaults``: (table, column) -> its Postgres default expression (what create types fill in)."""
     enums = enums or {}
+    defaults = defaults or {}
     state: dict[str, Migration] = {}
     schemas: dict[str, str] = {}
     steps: list[MigrationSpec] = []
@@ -50,12 +66,15 @@ def build_schema(
                     " tables by name alone; rename one of them"
                 )
             state[m.table] = m
-            tables[m.table] = TableSpec(m.table, tuple(_column(c, m.primary_key, enums) for c in m.table_columns))
+            cols = tuple(_column(m.table, c, m.primary_key, enums, defaults) for c in m.table_columns)
+            tables[m.table] = TableSpec(m.table, cols)
         steps.append(MigrationSpec(version, tuple(tables.values()), tuple(statements)))
     relations = _relations(state)
     final = {
         name: TableSpec(
-            name, tuple(_column(c, m.primary_key, enums) for c in m.table_columns), tuple(relations.get(name, ()))
+            name,
+            tuple(_column(name, c, m.primary_key, enums, defaults) for c in m.table_columns),
+            tuple(relations.get(name, ())),
         )
         for name, m in sorted(state.items())
     }

@@ -90,11 +90,17 @@ def _models(schema: SchemaSpec, names: _Names) -> str:
     text = "".join(names.annotation(c) for t in tables for c in t.columns)
     head = [HEADER.format(what="The synced tables' types.", version=schema.version or "(none)"), "\n"]
     head.append("from __future__ import annotations\n\n")
-    head += [f"import {m}\n" for m in ("datetime", "decimal", "uuid") if f"{m}." in text]
+    head += [
+        f"import {m}\n"
+        for m in ("datetime", "decimal", "uuid")
+        if f"{m}." in text or f"{m}." in "".join(c.default for t in tables for c in t.columns)
+    ]
+    defaults = "".join(c.default for t in tables for c in t.columns)
     head.append("from collections.abc import Sequence\n")
-    head.append("from dataclasses import dataclass\n")
+    head.append(f"from dataclasses import dataclass{', field' if 'field(' in defaults else ''}\n")
     head.append("from typing import Literal, TypedDict\n\n")
     dal = ["Order", *(["JsonValue"] if "JsonValue" in text else [])]
+    dal += [f for f in ("now_date", "now_naive", "now_utc") if f in defaults]
     head.append(f"from electricctl.dal import {', '.join(sorted(dal))}\n")
     blocks: list[str] = []
     for base, enum in sorted(names.enums.items()):
@@ -146,6 +152,14 @@ def _typed_dict(name: str, fields: Iterable[tuple[str, str]], doc: str = "") -> 
     return text + (f'"""{doc}"""\n' if doc else "")
 
 
+def _create_default(c: ColumnSpec) -> str:
+    """A create type's default: the column's Postgres default where the client can compute it
+    (_codegen.defaults), else None where it is nullable, else none (the column is required)."""
+    if c.default:
+        return f" = {c.default}"
+    return " = None" if c.nullable else ""
+
+
 def _optional(annotation: str, nullable: bool) -> str:
     return f"{annotation} | None" if nullable else annotation
 
@@ -156,9 +170,7 @@ def _table_models(t: TableSpec, names: _Names) -> list[str]:
     fields = "".join(f"    {identifier(c.name)}: {names.annotation(c)}\n" for c in t.columns)
     blocks.append(f'@dataclass(frozen=True, slots=True)\nclass {row}:\n    """A row of {t.name}."""\n\n{fields}')
     # create: every column, keyword-only, those that may be NULL optional
-    fields = "".join(
-        f"    {identifier(c.name)}: {names.annotation(c)}{' = None' if c.nullable else ''}\n" for c in t.columns
-    )
+    fields = "".join(f"    {identifier(c.name)}: {names.annotation(c)}{_create_default(c)}\n" for c in t.columns)
     doc = f"A new row of {t.name} (``db.{identifier(t.name)}.create``)."
     blocks.append(f'@dataclass(frozen=True, slots=True, kw_only=True)\nclass {row}Create:\n    """{doc}"""\n\n{fields}')
     settable = [(c.name, names.annotation(c)) for c in t.columns if not c.primary_key]

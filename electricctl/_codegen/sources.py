@@ -29,17 +29,38 @@ GROUP BY t.typname ORDER BY t.typname
 """
 
 
-def from_database(url: str) -> tuple[list[Migration], dict[str, tuple[str, ...]]]:
-    """The migrations recorded in ``electric.migrations``, and every enum type's labels."""
+DEFAULTS = """
+SELECT n.nspname, c.relname, a.attname, pg_get_expr(d.adbin, d.adrelid)
+FROM pg_attrdef d
+JOIN pg_class c ON c.oid = d.adrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+WHERE NOT a.attisdropped AND a.attgenerated = ''
+"""
+
+
+def from_database(
+    url: str,
+) -> tuple[list[Migration], dict[str, tuple[str, ...]], dict[tuple[str, str], str]]:
+    """The migrations recorded in ``electric.migrations``, every enum type's labels, and the
+    electrified columns' defaults ((table, column) -> expression)."""
     try:
         with psycopg.connect(url, connect_timeout=10) as conn:
             rows = conn.execute(QUERY, [""]).fetchall()
             enums = {str(r[0]): tuple(r[1]) for r in conn.execute(ENUMS).fetchall()}
+            defaults_rows = conn.execute(DEFAULTS).fetchall()
     except psycopg.errors.UndefinedTable:
         raise GenerateError("the database has no electric.migrations: run `electricctl apply` first") from None
     except psycopg.Error as exc:
         raise GenerateError(f"cannot read the schema from the database: {exc}") from None
-    return from_rows(rows), enums
+    migrations = from_rows(rows)
+    schemas = {m.table: m.schema for m in migrations if m.op != "sqlite"}
+    defaults = {
+        (str(table), str(column)): str(expression)
+        for schema, table, column, expression in defaults_rows
+        if schemas.get(str(table)) == schema
+    }
+    return migrations, enums, defaults
 
 
 def service_base(url: str) -> str:

@@ -17,7 +17,7 @@ values; :mod:`~electricctl.dal.spec` is the schema a generated package describes
 from electricctl.dal.query import FilterError
 from electricctl.dal.runtime import Database, LiveQuery, LocalDb, Order, Shape, Table
 from electricctl.dal.spec import ColumnSpec, MigrationSpec, RelationSpec, SchemaSpec, TableSpec
-from electricctl.dal.values import ColumnValueError, JsonValue
+from electricctl.dal.values import ColumnValueError, JsonValue, now_date, now_naive, now_utc
 from electricctl.errors import (
     CheckViolation,
     ConstraintError,
@@ -46,4 +46,7 @@ __all__ = [
     "Table",
     "TableSpec",
     "UniqueViolation",
+    "now_date",
+    "now_naive",
+    "now_utc",
 ]

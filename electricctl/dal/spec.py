@@ -20,6 +20,8 @@ class ColumnSpec:
     primary_key: bool = False
     enum_values: tuple[str, ...] = ()
     """The enum's labels, in order (empty: not an enum, or not known)."""
+    default: str = ""
+    """The Python source of the default a create type gives it (empty: none; see _codegen.defaults)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,21 @@ class ColumnValueError(ValueError):
     """A value that does not fit its column (the message names both)."""
 
 
+def now_utc() -> dt.datetime:
+    """The current time, aware (a ``timestamptz`` column's ``now()`` default)."""
+    return dt.datetime.now(dt.UTC)
+
+
+def now_naive() -> dt.datetime:
+    """The current UTC time, naive (a ``timestamp`` column's ``now()`` default)."""
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def now_date() -> dt.date:
+    """Today in UTC (a ``date`` column's ``CURRENT_DATE`` default)."""
+    return dt.datetime.now(dt.UTC).date()
+
+
 # -- local -> Python ------------------------------------------------------------------------------
 def _bool(v: Any) -> bool:
     return bool(v)

@@ -19,8 +19,24 @@ from tests.dal.schemas import EVERY_TYPE_ENUMS, EVERY_TYPE_MIGRATIONS, col, crea
 GOLDEN = Path(__file__).parent / "golden"
 
 
+DEFAULTS = {
+    ("posts", "flag"): "false",
+    ("posts", "n"): "0",
+    ("posts", "price"): "1.50",
+    ("posts", "body"): "'hello'::text",
+    ("posts", "mood"): "'happy'::mood",
+    ("posts", "created_at"): "now()",
+    ("posts", "seen"): "CURRENT_TIMESTAMP",
+    ("posts", "day"): "CURRENT_DATE",
+    ("posts", "ns"): "'{}'::integer[]",
+    ("posts", "doc"): "'{}'::jsonb",
+    ("posts", "big"): "nextval('posts_big_seq'::regclass)",  # not computable by a client: stays None
+    ("users", "id"): "gen_random_uuid()",
+}
+
+
 def rendered() -> dict[str, str]:
-    return render(build_schema(EVERY_TYPE_MIGRATIONS, EVERY_TYPE_ENUMS, ["posts_by_day", "mine"]))
+    return render(build_schema(EVERY_TYPE_MIGRATIONS, EVERY_TYPE_ENUMS, ["posts_by_day", "mine"], DEFAULTS))
 
 
 def test_the_generated_package_matches_its_golden_files() -> None:

@@ -34,12 +34,12 @@ CREATE TABLE projects (
     id uuid PRIMARY KEY,
     owner_id uuid REFERENCES users (id),
     name text NOT NULL,
-    status status NOT NULL,
+    status status NOT NULL DEFAULT 'active',
     budget numeric,
-    created_at timestamptz NOT NULL
+    created_at timestamptz NOT NULL DEFAULT now()
 );
 CREATE TABLE issues (
-    id uuid PRIMARY KEY,
+    id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     project_id uuid NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
     title text NOT NULL,
     done boolean NOT NULL DEFAULT false,
@@ -143,6 +143,10 @@ async def test_generate_writes_a_package_that_mypy_strict_and_ruff_accept_and_is
     assert 'Status = Literal["active", "archived"]' in models
     assert "class Project:" in models and "budget: decimal.Decimal | None" in models
     assert "created_at: datetime.datetime" in models and "tags: list[str | None] | None" in models
+    # create types fill in the defaults a client can compute; the others stay required
+    assert "    created_at: datetime.datetime = field(default_factory=now_utc)\n" in models
+    assert '    status: Status = "active"\n' in models and "    done: bool = False\n" in models
+    assert "    id: uuid.UUID = field(default_factory=uuid.uuid4)\n" in models
     # a migration: run again, and the package follows
     env.sql("ALTER TABLE issues ADD COLUMN estimate int4")
     third = generate(env, out)
@@ -235,6 +239,10 @@ async def flow(pkg: Any, db: Any, env: Env, srv: Server) -> None:
         env.sql("UPDATE projects SET name = 'alpha2' WHERE id = %s", [P1])
         await until_async(db, lambda rows: rows and rows[0].name == "alpha2")
         assert len(results) == count
+        # the defaults Postgres would fill in, filled in by the client (the write carries every column)
+        made = await db.issues.create(pkg.IssueCreate(project_id=P1, title="defaults"))
+        assert isinstance(made.id, uuid.UUID) and made.done is False
+        await until_pg(env, "SELECT done FROM issues WHERE id = %s", [made.id], [(False,)])
         # constraint errors are typed
         with pytest.raises(UniqueViolation) as info:
             await db.issues.create(pkg.IssueCreate(id=I1, project_id=P1, title="dup", done=False))
@@ -247,6 +255,10 @@ async def flow(pkg: Any, db: Any, env: Env, srv: Server) -> None:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         live.close()
+    # a uuid in a sync filter (sent to the server as a literal of the where clause)
+    users = await db.users.sync(where={"id": {"in": [U1, uuid.UUID(int=9)]}, "name": {"like": "a%"}})
+    await users.synced
+    assert await db.users.find_many() == [pkg.User(id=U1, name="ann")]
     # a declared shape by name
     archived = await db.sync_shape("active_projects")
     await archived.synced

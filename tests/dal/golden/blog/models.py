@@ -6,10 +6,10 @@ import datetime
 import decimal
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, TypedDict
 
-from electricctl.dal import JsonValue, Order
+from electricctl.dal import JsonValue, Order, now_date, now_naive, now_utc
 
 Mood = Literal["happy", "sad", "it's complicated"]
 """The enum type mood."""
@@ -218,24 +218,24 @@ class PostCreate:
     team_id: int | None = None
     author_id: uuid.UUID
     reviewer_id: uuid.UUID | None = None
-    flag: bool
+    flag: bool = False
     data: bytes | None = None
-    day: datetime.date | None = None
+    day: datetime.date | None = field(default_factory=now_date)
     ratio: float | None = None
     score: float | None = None
     small: int | None = None
-    n: int | None = None
+    n: int | None = 0
     big: int | None = None
-    doc: JsonValue | None = None
-    price: decimal.Decimal | None = None
-    body: str | None = None
+    doc: JsonValue | None = field(default_factory=dict)
+    price: decimal.Decimal | None = decimal.Decimal("1.50")
+    body: str | None = "hello"
     at: datetime.time | None = None
-    seen: datetime.datetime | None = None
-    created_at: datetime.datetime
+    seen: datetime.datetime | None = field(default_factory=now_naive)
+    created_at: datetime.datetime = field(default_factory=now_utc)
     label: str | None = None
-    mood: Mood
+    mood: Mood = "happy"
     moods: list[Mood | None] | None = None
-    ns: list[int | None] | None = None
+    ns: list[int | None] | None = field(default_factory=list)
     class_: str | None = None
     extra: str | None = None
 
@@ -421,7 +421,7 @@ class User:
 class UserCreate:
     """A new row of users (``db.users.create``)."""
 
-    id: uuid.UUID
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
     name: str
     email: str | None = None
 
