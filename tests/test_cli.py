@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from electricctl import __version__
 
@@ -84,3 +85,47 @@ def test_validate_warns_of_nothing_served_in_part(run_cli, write_config) -> None
     doc = json.loads(as_json.out)
     assert doc["valid"] is True
     assert doc["diagnostics"] == []
+
+
+def test_validate_needs_no_secrets_and_lists_the_variables_the_file_reads(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Pull-request CI from a fork has no secrets: validate passes with DATABASE_URL and
+    AUTH_JWT_KEY unset, says which variables the file reads, and --strict-env fails as before."""
+    bare = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "AUTH_JWT_KEY")}
+    run = lambda *a: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "electricctl", *a], capture_output=True, text=True, timeout=120, env=bare
+    )
+    example = str(Path(__file__).parents[1] / "electric.yaml.example")
+    out = run("validate", "-f", example)
+    assert out.returncode == 0, out.stderr
+    assert "It reads the environment: AUTH_JWT_KEY (not set), DATABASE_URL (not set)." in out.stdout
+    doc = json.loads(run("validate", "-f", example, "-o", "json").stdout)
+    assert doc["valid"] is True and doc["env"] == {
+        "needed": ["AUTH_JWT_KEY", "DATABASE_URL"],
+        "unset": ["AUTH_JWT_KEY", "DATABASE_URL"],
+    }
+    strict = run("validate", "-f", example, "--strict-env")
+    assert strict.returncode == 1
+    assert "environment variable DATABASE_URL is not set" in strict.stderr
+    assert "environment variable AUTH_JWT_KEY is not set" in strict.stderr
+    # what is wrong elsewhere in the file is still found
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "version: 1\ndatabase: {url: '${DATABASE_URL}'}\nauth: {jwt: {key: '${AUTH_JWT_KEY}'}}\ntables: [a]\nshapes: x\n"
+    )
+    bad = run("validate", "-f", str(broken))
+    assert bad.returncode == 1 and "expected list, got string (at shapes)" in bad.stderr, bad.stderr
+
+
+def test_apply_needs_no_jwt_key_and_serve_and_token_say_they_do(demo_db: str, write_config) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import DEMO_CONFIG
+
+    keyless = DEMO_CONFIG.replace("auth:\n  mode: insecure\n", "")
+    cfg = write_config(keyless)
+    env = {"DATABASE_URL": demo_db}
+    assert electricctl("plan", "-f", str(cfg), "--detailed-exitcode", env=env).returncode == 2
+    applied = electricctl("apply", "-f", str(cfg), env=env)
+    assert applied.returncode == 0, applied.stderr
+    for command in (["token", "--sub", "u"], ["serve", "--port", "0"]):
+        out = electricctl(command[0], "-f", str(cfg), *command[1:], env=env)
+        assert out.returncode == 1, out.stderr
+        assert "secure mode needs auth.jwt.key" in out.stderr and f"`{command[0]}` cannot run without it" in out.stderr

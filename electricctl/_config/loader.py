@@ -32,7 +32,7 @@ from electricctl._config.sections.sqlite import validate_sqlite
 from electricctl._config.sections.tables import validate_tables
 from electricctl.errors import ConfigError, Diagnostic, Location
 
-__all__ = ["json_schema", "load_file", "load_text", "validate"]
+__all__ = ["json_schema", "load_file", "load_text", "require_auth_key", "validate"]
 
 
 def load_file(
@@ -40,6 +40,7 @@ def load_file(
     *,
     env: Mapping[str, str] | None = None,
     database_url: str | None = None,
+    strict_env: bool = True,
 ) -> ElectricConfig:
     """Read and validate ``path``; raise :class:`ConfigError` with every problem found."""
     p = Path(path)
@@ -52,7 +53,7 @@ def load_file(
         raise ConfigError(
             [Diagnostic(Location(str(p), 1, 1, "<root>"), f"cannot read file: {exc.strerror}", "io")]
         ) from exc
-    return load_text(text, str(p), env=env, database_url=database_url)
+    return load_text(text, str(p), env=env, database_url=database_url, strict_env=strict_env)
 
 
 def load_text(
@@ -61,15 +62,25 @@ def load_text(
     *,
     env: Mapping[str, str] | None = None,
     database_url: str | None = None,
+    strict_env: bool = True,
 ) -> ElectricConfig:
     """Validate ``text`` (the contents of ``file``); raise :class:`ConfigError` with every problem found.
 
     ``env`` defaults to the process environment; ``database_url`` overrides ``database.url``.
-    Findings that are not errors come back in :attr:`ElectricConfig.warnings`.
+    Findings that are not errors come back in :attr:`ElectricConfig.warnings`. With
+    ``strict_env`` False (``validate`` without secrets), an unset variable is no error, and neither
+    is what its empty value would make wrong: the values are not checked, the rest is.
     """
     env = os.environ if env is None else env
     skip = ("database.url",) if database_url else ()
-    src, diags = yamlsrc.load(text, file, env, skip_env_errors=skip)
+    src, diags = yamlsrc.load(text, file, env, skip_env_errors=skip, strict_env=strict_env)
+    unresolved = set(src.env_unset)
+
+    def resolved(found: list[Diagnostic]) -> list[Diagnostic]:
+        if strict_env or not unresolved:
+            return found
+        return [d for d in found if not _under(d.location.path, unresolved)]
+
     if src.data is None and not diags:
         diags.append(
             Diagnostic(Location(file, 1, 1, "<root>"), "the file is empty; it needs at least `version: 1`", "empty")
@@ -78,14 +89,21 @@ def load_text(
         raise ConfigError(diags)
     if database_url and isinstance(src.data, dict) and isinstance(src.data.get("database"), dict):
         src.data["database"]["url"] = database_url  # the override wins, even over an unset ${VAR}
-    diags.extend(schema_diagnostics(src))
+    diags.extend(resolved(schema_diagnostics(src)))
     if diags:
         raise ConfigError(by_position(diags))
     sink = DiagnosticSink(src, text)
     config = validate(sink, database_url)
-    if sink.has_errors:
-        raise ConfigError(by_position(sink.items))
-    return dataclasses.replace(config, warnings=tuple(by_position(sink.items)))
+    items = resolved(list(sink.items))
+    if any(d.level == "error" for d in items):
+        raise ConfigError(by_position(items))
+    unset = tuple(sorted({n for names in src.env_unset.values() for n in names}))
+    return dataclasses.replace(config, warnings=tuple(by_position(items)), env_unset=unset)
+
+
+def _under(path: str, roots: set[str]) -> bool:
+    """Is ``path`` one of ``roots`` or inside one (``auth.jwt.key`` is inside ``auth.jwt``)?"""
+    return any(path == r or path.startswith((r + ".", r + "[")) for r in roots)
 
 
 def validate(sink: DiagnosticSink, database_url: str | None = None) -> ElectricConfig:
@@ -116,3 +134,14 @@ def validate(sink: DiagnosticSink, database_url: str | None = None) -> ElectricC
         sqlite=sqlite,
         env_refs=tuple(env_refs),
     )
+
+
+def require_auth_key(config: ElectricConfig, command: str) -> None:
+    """``serve`` and ``token`` verify and sign tokens: in secure mode they need the key, which
+    loading only warns about (validate, plan and apply run without it). ConfigError if it is missing."""
+    missing = [d for d in config.warnings if d.code == "auth.key_missing"]
+    if missing:
+        d = missing[0]
+        raise ConfigError(
+            [dataclasses.replace(d, message=f"{d.message}; `{command}` cannot run without it", level="error")]
+        )

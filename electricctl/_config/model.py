@@ -137,6 +137,8 @@ class ElectricConfig:
     sqlite: tuple[SqliteStatement, ...]
     env_refs: tuple[str, ...] = ()
     """Environment variables the file referenced (for reporting, never their values)."""
+    env_unset: tuple[str, ...] = ()
+    """Those of them that were not set (only a lenient load, ``validate``, lets that pass)."""
     warnings: tuple[Diagnostic, ...] = ()
     """What is valid but not (yet) enforced, and other things worth knowing; never fatal."""
 

@@ -78,6 +78,8 @@ class Source:
     keys: dict[str, Location] = field(default_factory=dict)
     env_refs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Environment variables each scalar referenced, by path."""
+    env_unset: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Variables each scalar referenced that are not set (and have no default), by path."""
 
     def loc(self, path: str, *, key: bool = False) -> Location:
         """The location of the node at ``path``, falling back to its nearest ancestor."""
@@ -110,11 +112,13 @@ def load(
     env: Mapping[str, str],
     *,
     skip_env_errors: Collection[str] = (),
+    strict_env: bool = True,
 ) -> tuple[Source, list[Diagnostic]]:
     """Parse ``text``; return the data with locations, and every problem found on the way.
 
     ``skip_env_errors`` lists paths whose undefined variables are not an error (for example
-    ``database.url`` when ``--database-url`` overrides it).
+    ``database.url`` when ``--database-url`` overrides it); with ``strict_env`` False none is (an
+    unset variable reads as empty, and :attr:`Source.env_unset` records it).
     """
     diags: list[Diagnostic] = []
     if len(text) > MAX_BYTES:
@@ -150,7 +154,8 @@ def load(
                 return env[name]
             if default is not None:
                 return default
-            if path not in skip_env_errors:
+            unset.append(name)
+            if strict_env and path not in skip_env_errors:
                 loc = _location(file, node, path)
                 if node.style in (None, "") and node.start_mark.line == node.end_mark.line:
                     loc = loc.shifted(m.start())
@@ -163,9 +168,12 @@ def load(
                 )
             return ""
 
+        unset: list[str] = []
         out = _ENV_RE.sub(sub, raw)
         if used:
             src.env_refs[path] = tuple(used)
+        if unset:
+            src.env_unset[path] = tuple(unset)
         return out
 
     nodes = 0

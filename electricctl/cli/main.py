@@ -18,7 +18,7 @@ from rich.markup import escape
 
 from electricctl import __version__
 from electricctl._apply import applier
-from electricctl._config.loader import load_file
+from electricctl._config.loader import load_file, require_auth_key
 from electricctl._config.model import ElectricConfig
 from electricctl.cli import render, summaries
 from electricctl.errors import ConfigError, DiagnosticsError, ElectricError, ExitCode
@@ -91,13 +91,18 @@ def cli() -> None:
 @cli.command()
 @file_option
 @output_option
-def validate(file: str, output: str) -> None:
-    """Check the file without a database: schema, expressions, references, include trees.
+@click.option(
+    "--strict-env", is_flag=True, help="Fail when a variable the file reads is unset (as plan, apply and serve do)."
+)
+def validate(file: str, output: str, strict_env: bool) -> None:
+    """Check the file without a database or secrets: schema, expressions, references, include trees.
 
-    Exits 0 if valid, 1 if not. Each problem reads FILE:LINE:COL: message (at yaml.path).
+    Exits 0 if valid, 1 if not. Each problem reads FILE:LINE:COL: message (at yaml.path). The
+    environment variables the file reads are listed; unset ones pass (their values are not
+    checked) unless --strict-env.
     """
     try:
-        config = load_file(file)
+        config = load_file(file, strict_env=strict_env)
     except ConfigError as exc:
         if output == "json":
             render.print_json(
@@ -105,9 +110,15 @@ def validate(file: str, output: str) -> None:
             )
             raise SystemExit(ExitCode.ERROR) from None
         raise
+    env = {"needed": list(config.env_refs), "unset": list(config.env_unset)}
     if output == "json":
         render.print_json(
-            {"format_version": "1.0", "valid": True, "diagnostics": [d.as_json() for d in config.warnings]}
+            {
+                "format_version": "1.0",
+                "valid": True,
+                "diagnostics": [d.as_json() for d in config.warnings],
+                "env": env,
+            }
         )
     else:
         render.diagnostics(render.console(stderr=True), config.warnings)
@@ -116,6 +127,9 @@ def validate(file: str, output: str) -> None:
             f"[green]{file} is valid:[/green] {n} table{'s' * (n != 1)}, {len(config.assignments)} assignments, "
             f"{len(config.grants)} grants, {len(config.shapes)} shapes, {len(config.sqlite)} sqlite statements."
         )
+        if config.env_refs:
+            names = ", ".join(f"{n}{' (not set)' if n in config.env_unset else ''}" for n in config.env_refs)
+            render.console().print(f"It reads the environment: {names}.")
 
 
 @cli.command()
@@ -350,6 +364,7 @@ def serve(
     from electricctl._server.options import ServeOptions
 
     config = _load(file, database_url)
+    require_auth_key(config, "serve")
     url = _url(config, database_url)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     tune_malloc()
@@ -398,6 +413,7 @@ def token(file: str, sub: str, claims: tuple[str, ...], ttl: str) -> None:
     from electricctl._auth.tokens import AuthError, mint
 
     config = _load(file)
+    require_auth_key(config, "token")
     extra: dict[str, Any] = {}
     for item in claims:
         key, sep, value = item.partition("=")

@@ -94,8 +94,23 @@ def test_env_default_escape_and_database_url_override() -> None:
 def test_secure_mode_needs_a_key() -> None:
     errs = errors("version: 1\nauth:\n  mode: secure\n  jwt: {alg: RS256, key: notapem}\n")
     assert errs == ["electric.yaml:4:26: RS256 needs a PEM-encoded public key (at auth.jwt.key)"]
-    errs = errors("version: 1\n")
-    assert "secure mode needs auth.jwt.key" in errs[0]
+    # a missing key is no error: only serve and token need it (they refuse to start without it)
+    cfg = load("version: 1\n")
+    assert [(d.level, d.code) for d in cfg.warnings] == [("warning", "auth.key_missing")]
+
+
+def test_a_lenient_load_lets_unset_variables_pass_and_reports_them() -> None:
+    text = "version: 1\ndatabase: {url: '${DB}'}\nauth:\n  jwt: {alg: '${ALG}', key: '${KEY}'}\ntables: [a]\n"
+    with pytest.raises(ConfigError) as info:
+        load(text, env={})
+    assert len(info.value.diagnostics) == 3
+    cfg = load_text(text, "electric.yaml", env={}, strict_env=False)
+    assert cfg.env_refs == ("ALG", "DB", "KEY") and cfg.env_unset == ("ALG", "DB", "KEY")
+    # a value the variable would set is not checked (an empty alg is not "unknown"); the rest is
+    with pytest.raises(ConfigError, match="expected list"):
+        load_text(text.replace("tables: [a]", "tables: a"), "electric.yaml", env={}, strict_env=False)
+    cfg = load_text(text, "electric.yaml", env={"DB": "postgresql://x/y"}, strict_env=False)
+    assert cfg.env_unset == ("ALG", "KEY") and cfg.database_url == "postgresql://x/y"
 
 
 @pytest.mark.parametrize(

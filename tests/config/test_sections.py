@@ -174,7 +174,7 @@ def test_sqlite_statements_are_normalised_and_checked() -> None:
 def test_auth_key_problems_point_at_the_key_or_the_section() -> None:
     missing = sink("auth:\n  mode: secure\n")
     assert validate_auth(missing.value("auth"), missing).jwt.alg == "HS256"
-    assert found(missing) == [("error", 2, 3, "auth", "auth.key_missing")]
+    assert found(missing) == [("warning", 2, 3, "auth", "auth.key_missing")]
 
     pem = sink("auth:\n  jwt: {alg: ES256, key: plain}\n")
     validate_auth(pem.value("auth"), pem)

@@ -14,6 +14,8 @@ from typing import Any
 from electricctl._config.diagnostics import DiagnosticSink
 from electricctl._config.model import AuthConfig, JwtConfig
 
+KEY_MISSING = "secure mode needs auth.jwt.key (the HS secret or the RS/ES public key) to verify tokens"
+
 
 def validate_auth(raw: dict[str, Any] | None, sink: DiagnosticSink) -> AuthConfig:
     """The auth settings, with defaults filled in; key problems are reported to ``sink``."""
@@ -30,9 +32,11 @@ def validate_auth(raw: dict[str, Any] | None, sink: DiagnosticSink) -> AuthConfi
     mode = raw.get("mode", "secure")
     if mode == "secure":
         if not jwt.key:
-            sink.error(
+            # only serve and token need the key (they refuse to start without it, with this finding);
+            # validate, plan and apply do not: CI without secrets can run them
+            sink.warn(
                 "auth.jwt.key" if "jwt" in raw else "auth",
-                "secure mode needs auth.jwt.key (the HS secret or the RS/ES public key)",
+                KEY_MISSING,
                 "auth.key_missing",
             )
         elif jwt.alg.startswith(("RS", "ES")) and "-----BEGIN" not in jwt.key:
