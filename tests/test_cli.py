@@ -129,3 +129,20 @@ def test_apply_needs_no_jwt_key_and_serve_and_token_say_they_do(demo_db: str, wr
         out = electricctl(command[0], "-f", str(cfg), *command[1:], env=env)
         assert out.returncode == 1, out.stderr
         assert "secure mode needs auth.jwt.key" in out.stderr and f"`{command[0]}` cannot run without it" in out.stderr
+
+
+def test_plan_as_markdown_for_a_pull_request_comment(demo_db: str, write_config) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import DEMO_CONFIG
+
+    cfg = write_config(DEMO_CONFIG)
+    env = {"DATABASE_URL": demo_db}
+    out = electricctl("plan", "-f", str(cfg), "-o", "markdown", "--detailed-exitcode", env=env)
+    assert out.returncode == 2, out.stderr
+    text = out.stdout
+    assert text.startswith(f"### electricctl plan: `{cfg}` against `")
+    assert "**Plan: " in text and " to create, 0 to update, 0 to delete.**" in text
+    assert "| | change | what it does | notes |" in text and "| `+` | `" in text
+    assert "<details><summary>SQL (" in text and "```sql\n" in text and "ENABLE" in text and "</details>" in text
+    assert electricctl("apply", "-f", str(cfg), env=env).returncode == 0
+    same = electricctl("plan", "-f", str(cfg), "-o", "markdown", env=env)
+    assert same.returncode == 0 and "**No changes.** The database matches the file." in same.stdout

@@ -135,7 +135,14 @@ def validate(file: str, output: str, strict_env: bool) -> None:
 @cli.command()
 @file_option
 @database_option
-@output_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Choice(["human", "json", "markdown"]),
+    default="human",
+    show_default=True,
+    help="Output format (markdown: for a pull-request comment).",
+)
 @click.option("--prune", is_flag=True, help="Also plan removing what the file no longer declares.")
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 for no changes, 2 for changes, 1 for errors.")
 @click.option("--sql/--no-sql", "show_sql", default=True, show_default=True, help="Show the SQL of each change.")
@@ -153,6 +160,8 @@ def plan(
     url = _url(config, database_url)
     if output == "json":
         render.print_json(summaries.plan_json(the_plan))
+    elif output == "markdown":
+        click.echo(summaries.plan_markdown(the_plan, database=_database_name(url), file=file), nl=False)
     else:
         render.plan(render.console(), the_plan, database=_database_name(url), show_sql=show_sql)
     if detailed_exitcode and not the_plan.empty:

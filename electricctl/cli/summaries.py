@@ -79,3 +79,43 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         "orphans": list(plan.orphans),
         "warnings": [w.as_json() for w in plan.warnings],
     }
+
+
+def _md(text: str) -> str:
+    """Text for a Markdown table cell (pipes escaped, on one line)."""
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def plan_markdown(plan: Plan, *, database: str, file: str) -> str:
+    """The plan as a pull-request comment: a summary line, a table of the changes, and every
+    change's SQL in a collapsed block (GitHub and GitLab render ``<details>``)."""
+    lines = [f"### electricctl plan: `{file}` against `{database}`", ""]
+    if plan.empty:
+        lines.append("**No changes.** The database matches the file.")
+    else:
+        n = counts(plan)
+        lines += [
+            f"**Plan: {n['create']} to create, {n['update']} to update, {n['delete']} to delete.**",
+            "",
+            "| | change | what it does | notes |",
+            "|---|---|---|---|",
+        ]
+        symbol = {"create": "+", "update": "~", "delete": "-"}
+        for c in plan.changes:
+            notes = [x for x in ("drift" if c.drift else "", f"locks {c.locks_table}" if c.locks_table else "") if x]
+            if c.destructive:
+                notes.append("**destructive**")
+            lines.append(
+                f"| `{symbol.get(c.action.value, '?')}` | `{_md(c.address)}` | {_md(summary(c))} | {', '.join(notes)} |"
+            )
+        statements = [stmt for c in plan.changes for stmt in c.sql()]
+        lines += ["", f"<details><summary>SQL ({len(statements)} statements)</summary>", "", "```sql"]
+        lines += [stmt + ";" for stmt in statements]
+        lines += ["```", "", "</details>"]
+    if plan.orphans:
+        lines += ["", "No longer declared in the file (removed only with `--prune`; user data is never dropped):", ""]
+        lines += [f"- `{_md(o)}`" for o in plan.orphans]
+    if plan.warnings:
+        lines += ["", "Warnings:", ""]
+        lines += [f"- {_md(w.format())}" for w in plan.warnings]
+    return "\n".join(lines) + "\n"
