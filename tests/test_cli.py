@@ -146,3 +146,49 @@ def test_plan_as_markdown_for_a_pull_request_comment(demo_db: str, write_config)
     assert electricctl("apply", "-f", str(cfg), env=env).returncode == 0
     same = electricctl("plan", "-f", str(cfg), "-o", "markdown", env=env)
     assert same.returncode == 0 and "**No changes.** The database matches the file." in same.stdout
+
+
+def test_apply_watch_reconciles_file_changes_and_drift(demo_db: str, write_config) -> None:  # type: ignore[no-untyped-def]
+    """The GitOps loop: apply, again when the file changes, and every interval (repairing drift made
+    by hand); one line a pass; SIGTERM stops it cleanly."""
+    import signal
+    import time
+
+    import psycopg
+
+    from tests.conftest import DEMO_CONFIG
+
+    cfg = write_config(DEMO_CONFIG)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "electricctl", "apply", "-f", str(cfg), "--watch", "--interval", "1s"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "DATABASE_URL": demo_db},
+    )
+    lines: list[str] = []
+
+    def wait_line(fragment: str, timeout: float = 30) -> str:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if fragment in line:
+                return line
+        raise AssertionError(f"no line with {fragment!r}:\n{''.join(lines)}")
+
+    try:
+        assert "start: applied" in wait_line("start:")
+        wait_line("interval: no changes")
+        cfg.write_text(cfg.read_text().replace("shapes:\n", "shapes:\n  - name: all_users\n    table: users\n", 1))
+        assert "applied 1 to create" in wait_line("file changed:")
+        with psycopg.connect(demo_db, autocommit=True) as conn:
+            conn.execute("ALTER TABLE users DISABLE TRIGGER electric_stamp_truncate")  # drift, by hand
+        assert "drift repaired" in wait_line("interval: applied")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and "stopped" in out, "".join(lines) + out

@@ -183,6 +183,13 @@ def plan(
     help="Seconds to wait for a concurrent apply (or a lock on a table); then exit 3.",
 )
 @click.option("--sql/--no-sql", "show_sql", default=False, show_default=True, help="Show the SQL of each change.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Keep reconciling: apply again when the file changes, and every --interval (repairing drift). One log line a pass.",
+)
+@click.option("--once", is_flag=True, help="Apply once and exit (the default; for scripts that want to say so).")
+@click.option("--interval", default="60s", show_default=True, help="With --watch: how often to look for drift.")
 def apply(
     file: str,
     database_url: str | None,
@@ -192,8 +199,16 @@ def apply(
     dry_run: bool,
     lock_timeout: float,
     show_sql: bool,
+    watch: bool,
+    once: bool,
+    interval: str,
 ) -> None:
     """Make the database match the file, in one transaction under an advisory lock."""
+    if watch and once:
+        raise click.UsageError("--watch and --once contradict each other")
+    if watch:
+        _reconcile(file, database_url, prune, allow_empty, lock_timeout, _seconds(interval))
+        return
     try:
         config = _load(file, database_url)
         url = _url(config, database_url)
@@ -410,6 +425,69 @@ def serve(
         await server.run(stop)
 
     asyncio.run(main())
+
+
+def _reconcile(
+    file: str, database_url: str | None, prune: bool, allow_empty: bool, lock_timeout: float, interval: float
+) -> None:
+    """The GitOps loop: apply now, again when the file changes, and every ``interval`` seconds
+    (repairing drift made by hand). A pass that fails is logged and retried at the next one; the
+    loop ends on SIGINT or SIGTERM."""
+    import signal
+    import threading
+    import time as time_mod
+    from pathlib import Path
+
+    import watchfiles
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+
+    def log(text: str) -> None:
+        stamp = time_mod.strftime("%Y-%m-%dT%H:%M:%S%z")
+        click.echo(f"{stamp} {text}", nl=True)
+        sys.stdout.flush()
+
+    def one_pass(why: str) -> None:
+        try:
+            config = _load(file, database_url)
+            result = applier.apply(
+                config, _url(config, database_url), prune=prune, lock_timeout=lock_timeout, allow_empty=allow_empty
+            )
+        except ElectricError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log(f"{why}: error: {first} (retrying at the next pass)")
+            return
+        n = summaries.counts(result.plan)
+        drift = sum(1 for c in result.plan.changes if c.drift)
+        if result.applied:
+            log(
+                f"{why}: applied {n['create']} to create, {n['update']} to update, {n['delete']} to delete"
+                f"{f' ({drift} drift repaired)' if drift else ''}; config {result.plan.config_hash}"
+            )
+        else:
+            log(f"{why}: no changes")
+
+    log(f"reconciling {file} every {interval:g}s and on change (SIGINT or SIGTERM stops)")
+    one_pass("start")
+    path = Path(file)
+    while not stop.is_set():
+        changed = False
+        for changes in watchfiles.watch(
+            path.parent, yield_on_timeout=True, rust_timeout=int(interval * 1000), stop_event=stop, debounce=300
+        ):
+            changed = any(Path(p).name == path.name for _, p in changes)
+            if changed or not changes:
+                break
+        if stop.is_set():
+            break
+        one_pass("file changed" if changed else "interval")
+    log("stopped")
 
 
 @cli.command()
