@@ -192,3 +192,19 @@ def test_apply_watch_reconciles_file_changes_and_drift(demo_db: str, write_confi
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0 and "stopped" in out, "".join(lines) + out
+
+
+def test_piped_plan_output_is_never_wrapped_at_80_columns(demo_db: str, write_config) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import DEMO_CONFIG
+
+    cfg = write_config(DEMO_CONFIG)
+    out = electricctl("plan", "-f", str(cfg), env={"DATABASE_URL": demo_db, "COLUMNS": ""})
+    assert out.returncode == 0, out.stderr
+    assert max(len(line) for line in out.stdout.splitlines()) > 120  # a CI log gets whole lines
+
+
+def test_validate_does_not_say_nothing_was_changed(write_config) -> None:  # type: ignore[no-untyped-def]
+    bad = write_config("version: 1\nauth: {mode: insecure}\ntabels: [a]\n")
+    out = electricctl("validate", "-f", str(bad))
+    assert out.returncode == 1 and "(did you mean 'tables'?)" in out.stderr
+    assert "nothing was changed" not in out.stderr and "1 error." in out.stderr

@@ -7,6 +7,7 @@ This runs before any semantic validator, which may therefore rely on the shape o
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Iterable
 from functools import cache
@@ -52,6 +53,11 @@ def _type_name(value: Any) -> str:
     )
 
 
+def _did_you_mean(key: str, allowed: list[str]) -> str:
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _describe(src: yamlsrc.Source, error: jsonschema.ValidationError, path: str) -> list[Diagnostic]:
     schema = error.schema if isinstance(error.schema, dict) else {}
     validator = error.validator
@@ -61,7 +67,7 @@ def _describe(src: yamlsrc.Source, error: jsonschema.ValidationError, path: str)
         return [
             Diagnostic(
                 src.at(yamlsrc.join_path(path, key), key=True),
-                f"unknown key {key!r}; allowed keys here: {', '.join(allowed)}",
+                f"unknown key {key!r}{_did_you_mean(key, allowed)}; allowed keys here: {', '.join(allowed)}",
                 "schema.unknown_key",
             )
             for key in value

@@ -163,7 +163,7 @@ def plan(
     elif output == "markdown":
         click.echo(summaries.plan_markdown(the_plan, database=_database_name(url), file=file), nl=False)
     else:
-        render.plan(render.console(), the_plan, database=_database_name(url), show_sql=show_sql)
+        render.plan(render.console(wide=True), the_plan, database=_database_name(url), show_sql=show_sql)
     if detailed_exitcode and not the_plan.empty:
         raise SystemExit(ExitCode.CHANGES)
 
@@ -222,7 +222,7 @@ def apply(
     if output == "json":
         render.print_json({**summaries.plan_json(result.plan), "applied": result.applied, "dry_run": dry_run})
         return
-    con = render.console()
+    con = render.console(wide=True)
     render.plan(
         con,
         result.plan,
@@ -255,7 +255,7 @@ def status(file: str, database_url: str | None, output: str, detailed_exitcode: 
     if output == "json":
         render.print_json(render.status_json(st, file_hash=st.plan.config_hash))
     else:
-        render.status_report(render.console(), st, file_hash=st.plan.config_hash)
+        render.status_report(render.console(wide=True), st, file_hash=st.plan.config_hash)
     if detailed_exitcode and not st.in_sync:
         raise SystemExit(ExitCode.CHANGES)
 
@@ -391,6 +391,10 @@ def serve(
     require_auth_key(config, "serve")
     url = _url(config, database_url)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_level.lower() == "info":
+        # websockets logs every connect and close at info: the bulk of a busy server's log, and
+        # nothing an operator acts on (errors still show); --log-level debug brings them back
+        logging.getLogger("websockets").setLevel(logging.WARNING)
     tune_malloc()
     server = Server(
         config,
@@ -642,7 +646,11 @@ def main(argv: list[str] | None = None) -> None:
     except DiagnosticsError as exc:
         render.diagnostics(err, exc.diagnostics)
         n = len([d for d in exc.diagnostics if d.level == "error"])
-        err.print(f"[red]{n} error{'s' * (n != 1)}; nothing was changed.[/red]")
+        args = sys.argv[1:] if argv is None else argv
+        command = next((a for a in args if not a.startswith("-")), "")
+        # only apply changes anything: saying "nothing was changed" after validate or plan misleads
+        tail = "; nothing was changed" if command == "apply" else ""
+        err.print(f"[red]{n} error{'s' * (n != 1)}{tail}.[/red]")
         sys.exit(exc.exit_code)
     except ElectricError as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")

@@ -22,8 +22,13 @@ from electricctl.errors import Diagnostic
 _SYMBOL = {Action.CREATE: ("+", "green"), Action.UPDATE: ("~", "yellow"), Action.DELETE: ("-", "red")}
 
 
-def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+def console(stderr: bool = False, *, wide: bool = False) -> Console:
+    """The console to print to. ``wide``: output that must never be wrapped or cut when it is not
+    going to a terminal (a plan's SQL in a CI log): rich would lay it out for 80 columns."""
+    con = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if wide and not con.is_terminal:
+        con = Console(stderr=stderr, highlight=False, soft_wrap=True, width=100_000)
+    return con
 
 
 def print_json(data: Any) -> None:

@@ -59,7 +59,8 @@ def test_on_key_is_a_string_not_yaml11_boolean() -> None:
 def test_unknown_key_points_at_the_key() -> None:
     errs = errors(BASE + 'shapes:\n  - name: a\n    table: issues\n    wher: "x = 1"\n')
     assert errs == [
-        "electric.yaml:7:5: unknown key 'wher'; allowed keys here: include, name, table, where (at shapes[0].wher)"
+        "electric.yaml:7:5: unknown key 'wher' (did you mean 'where'?); allowed keys here: include, name, table, where"
+        " (at shapes[0].wher)"
     ]
 
 
