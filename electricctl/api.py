@@ -73,7 +73,7 @@ class StatusReport:
     pending: tuple[Change, ...]
     """Differences between the file and what was applied."""
     exit_code: int
-    """0 in sync; 2 on drift or pending changes."""
+    """0 in sync; 2 on drift, pending changes, or a problem (``status.problems``: wal_level)."""
 
     @property
     def in_sync(self) -> bool:
@@ -129,4 +129,4 @@ def status(file: str | Path, *, database_url: str | None = None, env: Mapping[st
     """What was applied against the file, and drift made by hand."""
     config = load_file(file, env=env, database_url=database_url)
     st = applier.status(config, _url(config, database_url))
-    return StatusReport(st, st.drift, st.pending, OK if st.in_sync else CHANGES)
+    return StatusReport(st, st.drift, st.pending, OK if st.in_sync and not st.problems else CHANGES)

@@ -164,6 +164,16 @@ class Status:
     def in_sync(self) -> bool:
         return self.plan.empty
 
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """What stops sync working even when the database matches the file."""
+        if self.observed.wal_level != "logical":
+            return (
+                f"wal_level is {self.observed.wal_level!r}: serve needs logical replication; run"
+                " ALTER SYSTEM SET wal_level = logical; and restart PostgreSQL",
+            )
+        return ()
+
 
 def status(config: ElectricConfig, url: str) -> Status:
     with connect(url) as conn:

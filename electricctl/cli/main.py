@@ -256,7 +256,7 @@ def status(file: str, database_url: str | None, output: str, detailed_exitcode: 
         render.print_json(render.status_json(st, file_hash=st.plan.config_hash))
     else:
         render.status_report(render.console(wide=True), st, file_hash=st.plan.config_hash)
-    if detailed_exitcode and not st.in_sync:
+    if detailed_exitcode and (not st.in_sync or st.problems):
         raise SystemExit(ExitCode.CHANGES)
 
 

@@ -94,6 +94,8 @@ def status_report(con: Console, st: Status, *, file_hash: str) -> None:
     con.print(f"  file config:    {escape(file_hash)}")
     if st.in_sync:
         con.print("[green]In sync:[/green] the database matches the file.")
+    for problem in st.problems:
+        con.print(f"[red]Problem:[/red] {escape(problem)}")
     if st.drift:
         con.print("\n[magenta]Drift[/magenta] (changed outside electricctl; `electricctl apply` repairs it):")
         for c in st.drift:
@@ -144,6 +146,7 @@ def status_json(st: Status, *, file_hash: str) -> dict[str, Any]:
         },
         "drift": [change_json(c) for c in st.drift],
         "pending": [change_json(c) for c in st.pending],
+        "problems": list(st.problems),
         "slots": [
             {
                 "name": s.name,

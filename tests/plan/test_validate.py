@@ -92,3 +92,17 @@ def test_warnings_do_not_stop_resolution() -> None:
     resolved = resolve(config(shape), replace(STATE, wal_level="replica"))
     assert "db.wal_level" in [w.code for w in resolved.warnings]
     assert TableRef("public", "issues") == resolved.rules.shapes["mine"].table
+
+
+def test_status_counts_a_wal_level_that_is_not_logical_as_a_problem() -> None:
+    """`status` said "In sync" with wal_level=replica, though serve cannot run there (issue 16)."""
+    from electricctl._apply.applier import Status
+    from electricctl._plan.planner import plan
+
+    cfg = config()
+    good = Status(plan(cfg, STATE), STATE)
+    assert good.problems == ()
+    bad_state = replace(STATE, wal_level="replica")
+    bad = Status(plan(cfg, bad_state), bad_state)
+    (problem,) = bad.problems
+    assert "wal_level is 'replica'" in problem and "ALTER SYSTEM SET wal_level = logical" in problem
