@@ -45,6 +45,11 @@ class ReplicationError(Exception):
     """The stream stopped; serve retries with backoff."""
 
 
+class SlotInUse(ReplicationError):
+    """Another process streams from the slot (another serve on this database, or on another
+    database of the server with the same slot name; or the previous serve's walsender, briefly)."""
+
+
 class PermanentReplicationError(ReplicationError):
     """Retrying cannot help (a slot with another plugin, no REPLICATION privilege, no publication,
     wal_level not logical): serve stops with this message."""
@@ -239,14 +244,21 @@ class ReplicationSource:
                 " privilege (ALTER ROLE ... WITH REPLICATION)"
             ) from None
         protocol = "proto_version '2', streaming 'on'" if self.streaming else "proto_version '1'"
-        conn.execute(
-            sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({}, publication_names {}, messages 'true')").format(
-                sql.Identifier(self.slot),
-                sql.SQL(lsnmod.format(start_lsn)),
-                sql.SQL(protocol),
-                sql.Literal(self.publication),
+        try:
+            conn.execute(
+                sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({}, publication_names {}, messages 'true')").format(
+                    sql.Identifier(self.slot),
+                    sql.SQL(lsnmod.format(start_lsn)),
+                    sql.SQL(protocol),
+                    sql.Literal(self.publication),
+                )
             )
-        )
+        except psycopg.errors.ObjectInUse as exc:
+            conn.close()
+            raise SlotInUse(
+                f"{_first_line(exc)}: another `electricctl serve` streams from this slot (on this database, or"
+                " on another database of this server with the same slot name); give each serve its own --slot"
+            ) from None
         conn.pgconn.nonblocking = 1
         self._conn = conn
         self._tx_bytes = 0

@@ -35,7 +35,7 @@ from electricctl._model.table import TableRef
 from electricctl._model.wire import MARKER_PREFIX
 from electricctl._perms.read import path_tables
 from electricctl._replication import lsn as lsnmod
-from electricctl._replication.source import PermanentReplicationError, ReplicationSource
+from electricctl._replication.source import PermanentReplicationError, ReplicationSource, SlotInUse
 from electricctl._server import migrations_api
 from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
@@ -214,6 +214,8 @@ class Server:
     async def _replicate(self, stop: asyncio.Event) -> None:
         """Stream from the slot until ``stop``; on failure, report not-ready and retry with backoff."""
         delay = 0.5
+        started = time.monotonic()
+        streamed = False
         while not stop.is_set():
             try:
                 gap = await asyncio.to_thread(self._prepare_slot)
@@ -222,8 +224,22 @@ class Server:
                 await asyncio.to_thread(self.source.start, 0)  # connecting blocks: not on the event loop
                 self.replication_ok = True
                 self.replication_error = None
+                streamed = True
                 delay = 0.5
                 await self.source.run(self._consume, stop)
+            except SlotInUse as exc:
+                if not streamed and time.monotonic() - started > self.options.slot_wait:
+                    # never got the slot since starting: most likely two serves share its name
+                    self.replication_ok = False
+                    self.replication_error = str(exc)
+                    log.error("%s", exc)
+                    raise ServeError(str(exc)) from None
+                self.replication_ok = False
+                self.replication_error = str(exc)
+                log.warning("replication stopped (%s); retrying in %.1fs", exc, delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                delay = min(delay * 2, 5.0)
             except PermanentReplicationError as exc:
                 # retrying cannot help: stop serve with the reason (/health says it meanwhile)
                 self.replication_ok = False

@@ -24,6 +24,9 @@ class ServeOptions:
     db_wait: float = 10.0
     """At startup: how long to wait for a Postgres that is not up yet (a restart, or started
     alongside serve). One that refuses the credentials or lacks the database fails at once."""
+    slot_wait: float = 15.0
+    """At startup: how long to wait for a replication slot another process streams from (a
+    previous serve's walsender lingers briefly) before stopping with the reason."""
     replication_work_mem: str | None = None
     """logical_decoding_work_mem for the walsender."""
 

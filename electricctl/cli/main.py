@@ -325,6 +325,12 @@ def _bytes(text: str, option: str) -> int:
     help="At startup, wait this long for a Postgres that is not up yet (refusing connections, starting up).",
 )
 @click.option(
+    "--slot-wait",
+    default="15s",
+    show_default=True,
+    help="At startup, wait this long for a replication slot another process streams from, then stop with the reason.",
+)
+@click.option(
     "--max-pending-per-peer",
     default=64,
     show_default=True,
@@ -371,6 +377,7 @@ def serve(
     read_only: bool,
     auth_timeout: str,
     db_wait: str,
+    slot_wait: str,
     max_pending_per_peer: int,
     max_connections_per_peer: int,
     log_cache_mb: int,
@@ -413,6 +420,7 @@ def serve(
             start_client_replication=not read_only,
             auth_timeout=_seconds(auth_timeout),
             db_wait=_seconds(db_wait),
+            slot_wait=_seconds(slot_wait),
             max_pending_per_peer=max_pending_per_peer,
             max_connections_per_peer=max_connections_per_peer,
             log_cache_bytes=log_cache_mb << 20,

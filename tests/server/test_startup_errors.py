@@ -110,3 +110,22 @@ def test_a_missing_publication_stops_serve_with_one_line(env: Env) -> None:
             proc.stderr.close()
     assert 'publication "electric_publication" does not exist: run `electricctl apply`' in err, err
     assert "Traceback" not in err
+
+
+def test_a_slot_another_serve_streams_from_stops_serve_after_slot_wait(env: Env) -> None:
+    """Two databases of one server, or two serves of one database, with the same slot name: the
+    second said 'slot is active for PID' and retried forever. It now waits --slot-wait (a previous
+    serve's walsender may linger), then stops with the reason and the fix."""
+    from tests.server_fixtures import ServeProcess
+
+    first = ServeProcess(env).start()
+    try:
+        started = time.monotonic()
+        other_dir = env.data_dir.parent / "second"
+        done = _serve(env, "--database-url", env.url, "--port", "0", "--data-dir", str(other_dir), "--slot-wait", "1s")
+        assert done.returncode == 1, done.stderr
+        assert time.monotonic() - started >= 1.0
+        assert "is active for PID" in done.stderr and "give each serve its own --slot" in done.stderr
+        assert "Traceback" not in done.stderr
+    finally:
+        first.stop()
