@@ -350,6 +350,28 @@ class Server:
     def peer_authenticated(self, conn: Connection) -> None:
         self.gate.authenticated(conn.peer_host)
 
+    def _warn_unapplied(self) -> None:
+        """serve follows what is applied, not the file: say so when the file has changes that are
+        not applied (a read-only plan; a failure to plan is only logged)."""
+        from electricctl._apply import applier
+        from electricctl.cli.summaries import counts
+
+        try:
+            the_plan, _ = applier.load_plan(self.config, self.url)
+        except Exception as exc:
+            log.debug("could not compare %s with the database: %s", self.config.file, exc)
+            return
+        if not the_plan.empty:
+            n = counts(the_plan)
+            log.warning(
+                "%s has changes that are not applied (%d to create, %d to update, %d to delete): serve follows"
+                " what is applied; run `electricctl apply`",
+                self.config.file,
+                n["create"],
+                n["update"],
+                n["delete"],
+            )
+
     async def check_catalog(self) -> None:
         """Refuse to start against a database whose electricctl catalog is missing or older than
         this version. A Postgres that is not up yet is waited for, up to ``options.db_wait``."""
@@ -395,6 +417,7 @@ class Server:
 
     async def _run(self, stop: asyncio.Event, started: asyncio.Event | None) -> None:
         await self.check_catalog()
+        await asyncio.to_thread(self._warn_unapplied)
         policy, _ = await self.catalog.policy()
         if not policy.enforced:
             log.warning(

@@ -129,3 +129,18 @@ def test_a_slot_another_serve_streams_from_stops_serve_after_slot_wait(env: Env)
         assert "Traceback" not in done.stderr
     finally:
         first.stop()
+
+
+def test_serve_says_when_the_file_has_changes_that_are_not_applied(env: Env) -> None:
+    from tests.server_fixtures import ServeProcess
+
+    text = env.config_path.read_text()
+    env.config_path.write_text(text.replace("shapes:\n", "shapes:\n  - name: unapplied\n    table: other\n", 1))
+    serve = ServeProcess(env).start()
+    try:
+        log = serve.log_text()
+        assert "has changes that are not applied (1 to create, 0 to update, 0 to delete)" in log, log
+        assert "run `electricctl apply`" in log
+    finally:
+        serve.stop()
+        env.config_path.write_text(text)
