@@ -405,7 +405,13 @@ class Connection:
                 problems.append((request_id, SHAPE_ERR.INVALID_INCLUDE_TREE, table.message))
                 continue
             if table is None:
-                problems.append((request_id, SHAPE_ERR.TABLE_NOT_FOUND, f"{tablename!r} is not electrified"))
+                problems.append(
+                    (
+                        request_id,
+                        SHAPE_ERR.TABLE_NOT_FOUND,
+                        f"no shape declared in electric.yaml and no electrified table is named {tablename!r}",
+                    )
+                )
                 continue
             shape = await engine.compile(sub_id, request_id, table, where, includes)
             if isinstance(shape, str):

@@ -362,9 +362,10 @@ class Link:
             elif isinstance(eff, s.Refused):
                 # one of our transactions was refused; its echo puts the rows back as the server has them
                 self.st.refused.append(eff.message)
-                log.warning("the server refused a local transaction: %s", eff.message)
                 if self.st.on_refused is not None:
                     self.st.on_refused(eff.message)
+                else:  # nobody handles it: say it once here (electricctl sync prints its own line)
+                    log.warning("the server refused a local transaction: %s", eff.message)
             elif isinstance(eff, s.WakeSender):
                 self.st.wake_sender.set()
             elif isinstance(eff, s.AckLater):

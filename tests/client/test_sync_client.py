@@ -173,7 +173,8 @@ async def test_sync_command(server: Server, env: Env, tmp_path: Path) -> None:
     assert local(path, "SELECT count(*) FROM items WHERE id LIKE 'away%'") == [(10_000,)]
     # errors say what is wrong
     code, out = await _cli("sync", url, "--db", str(path), "--shape", "nope", "--token", env.token(), "--once")
-    assert code == 1 and "shape 'nope'" in out and "not electrified" in out, out
+    assert code == 1 and "shape 'nope'" in out, out
+    assert "no shape declared in electric.yaml and no electrified table is named 'nope'" in out, out
     code, out = await _cli("sync", url, "--db", str(path), "--shape", "items")
     assert code == 64 and "a token is required" in out, out
 
