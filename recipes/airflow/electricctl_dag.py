@@ -12,10 +12,11 @@ import datetime as dt
 import os
 from typing import Any
 
-import electricctl
 from airflow import DAG
 from airflow.models import BaseOperator
 from airflow.operators.python import ShortCircuitOperator
+
+import electricctl
 
 CONFIG = os.path.join(os.path.dirname(__file__), "electric.yaml")
 
@@ -25,14 +26,23 @@ class ElectricctlApplyOperator(BaseOperator):
 
     template_fields = ("file", "database_url")
 
-    def __init__(self, *, file: str, database_url: str | None = None, lock_timeout: float = 120.0, **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        file: str,
+        database_url: str | None = None,
+        lock_timeout: float = 120.0,
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.file = file
         self.database_url = database_url
         self.lock_timeout = lock_timeout
 
     def execute(self, context: Any) -> dict[str, int]:
-        done = electricctl.apply(self.file, database_url=self.database_url, lock_timeout=self.lock_timeout)
+        done = electricctl.apply(
+            self.file, database_url=self.database_url, lock_timeout=self.lock_timeout
+        )
         self.log.info("electricctl apply: %s (applied: %s)", done.summary, done.applied)
         return done.summary
 
@@ -52,8 +62,12 @@ with DAG(
 ) as dag:
     validate = ShortCircuitOperator(
         task_id="validate",
-        python_callable=lambda: electricctl.validate(CONFIG).exit_code == electricctl.OK,
+        python_callable=lambda: (
+            electricctl.validate(CONFIG).exit_code == electricctl.OK
+        ),
     )
-    plan = ShortCircuitOperator(task_id="plan", python_callable=has_changes, op_kwargs={"file": CONFIG})
+    plan = ShortCircuitOperator(
+        task_id="plan", python_callable=has_changes, op_kwargs={"file": CONFIG}
+    )
     apply = ElectricctlApplyOperator(task_id="apply", file=CONFIG)
     validate >> plan >> apply
