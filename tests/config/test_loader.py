@@ -271,3 +271,16 @@ sqlite:
 """
     )
     assert [(w.code, w.location.line) for w in cfg.warnings] == []
+
+
+def test_an_assignment_with_an_error_is_not_reported_again_as_missing() -> None:
+    text = (
+        "version: 1\nauth: {mode: insecure}\ntables: [projects, memberships]\n"
+        "assignments:\n  - role: projects:member\n    to: memberships.user_id\n"
+        "grants:\n  - privileges: [select]\n    on: projects\n    to: projects:member\n"
+    )
+    errs = errors(text)
+    assert len(errs) == 1 and "needs `scope: memberships.<column referencing projects>`" in errs[0], errs
+    # a grant to a role no entry names at all is still reported
+    errs = errors(text.replace("to: projects:member", "to: projects:owner"))
+    assert any("role projects:owner is not assigned by any entry" in e for e in errs), errs

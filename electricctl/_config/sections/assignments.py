@@ -15,14 +15,18 @@ from electricctl._config.model import Assignment
 from electricctl._config.references import DeclaredTables
 
 
-def validate_assignments(items: list[Any] | None, tables: DeclaredTables) -> tuple[Assignment, ...]:
-    """The valid assignments, in file order; each address (role, table, user column) at most once."""
+def validate_assignments(
+    items: list[Any] | None, tables: DeclaredTables, named: set[str] | None = None
+) -> tuple[Assignment, ...]:
+    """The valid assignments, in file order; each address (role, table, user column) at most once.
+    ``named`` collects the key of every role an entry names, valid or not (a grant to a role whose
+    assignment has an error of its own is not reported a second time as unassigned)."""
     sink = tables.sink
     out: list[Assignment] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items or []):
         path = f"assignments[{i}]"
-        assignment = _assignment(item, path, tables, sink)
+        assignment = _assignment(item, path, tables, sink, named)
         if assignment is None:
             continue
         if assignment.address in seen:
@@ -38,8 +42,12 @@ def validate_assignments(items: list[Any] | None, tables: DeclaredTables) -> tup
     return tuple(out)
 
 
-def _assignment(item: dict[str, Any], path: str, tables: DeclaredTables, sink: DiagnosticSink) -> Assignment | None:
+def _assignment(
+    item: dict[str, Any], path: str, tables: DeclaredTables, sink: DiagnosticSink, named: set[str] | None
+) -> Assignment | None:
     role = tables.role(item["role"], f"{path}.role")
+    if role is not None and named is not None:
+        named.add(role.key)
     to = tables.column(item["to"], f"{path}.to")
     if role is None or to is None:
         return None
