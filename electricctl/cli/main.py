@@ -626,6 +626,29 @@ def generate(file: str, database_url: str | None, out: str, service: str | None,
 
 
 @cli.command()
+@file_option
+@click.option(
+    "--dir", "directory", default=".electric", show_default=True, help="Where the cluster and serve's data live."
+)
+@click.option(
+    "--schema",
+    "schema",
+    multiple=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="SQL to run when the database is first made (your tables); repeatable.",
+)
+@click.option("--port", default=5133, show_default=True, type=int, help="The sync service's port.")
+@click.option("--sub", default="dev", show_default=True, help="The user id of the printed development token.")
+@click.option("--ready-file", default=None, help="Write the service URL and the token here once serving (scripts).")
+def dev(file: str, directory: str, schema: tuple[str, ...], port: int, sub: str, ready_file: str | None) -> None:
+    """Develop against a local stack: a PostgreSQL under --dir that keeps its data across restarts,
+    the file applied, and the sync service on --port, with a development token. Ctrl-C stops it."""
+    from electricctl.cli import dev as dev_mod
+
+    dev_mod.run(render.console(), file, directory=directory, schema=schema, port=port, sub=sub, ready_file=ready_file)
+
+
+@cli.command()
 @click.option("--keep", is_flag=True, help="Keep Postgres running afterwards (until Ctrl-C).")
 @click.option(
     "--data-dir", type=click.Path(file_okay=False), default=None, help="Keep the cluster here (default: a temp dir)."
