@@ -23,7 +23,7 @@ from rich.console import Console
 
 from electricctl._apply import applier
 from electricctl._auth.tokens import AuthError, mint
-from electricctl._config.loader import load_file
+from electricctl._config.loader import load_file, require_auth_key
 from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._server.app import Server
 from electricctl._server.options import ServeOptions
@@ -65,6 +65,7 @@ def run(
         env = {**os.environ, "DATABASE_URL": url}
         env.setdefault("AUTH_JWT_KEY", key_path.read_text().strip())
         config = load_file(file, env=env, database_url=url)
+        require_auth_key(config, "dev")  # a file with no key at all: serve could verify no token
         result = applier.apply(config, url)
         render.plan(con, result.plan, database=url, show_sql=False, verb="made")
         try:

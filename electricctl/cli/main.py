@@ -471,7 +471,7 @@ def _reconcile(
             result = applier.apply(
                 config, _url(config, database_url), prune=prune, lock_timeout=lock_timeout, allow_empty=allow_empty
             )
-        except ElectricError as exc:
+        except Exception as exc:  # a pass that fails for any reason is said, and retried at the next
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log(f"{why}: error: {first} (retrying at the next pass)")
             return
