@@ -160,7 +160,7 @@ def test_apply_watch_reconciles_file_changes_and_drift(demo_db: str, write_confi
 
     cfg = write_config(DEMO_CONFIG)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "electricctl", "apply", "-f", str(cfg), "--watch", "--interval", "1s"],
+        [sys.executable, "-m", "electricctl", "apply", "-f", str(cfg), "--watch", "--interval", "3s"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -182,7 +182,7 @@ def test_apply_watch_reconciles_file_changes_and_drift(demo_db: str, write_confi
 
     try:
         assert "start: applied" in wait_line("start:")
-        wait_line("interval: no changes")
+        wait_line("interval: no changes")  # the next interval pass is 3 s away: the change is seen first
         cfg.write_text(cfg.read_text().replace("shapes:\n", "shapes:\n  - name: all_users\n    table: users\n", 1))
         assert "applied 1 to create" in wait_line("file changed:")
         with psycopg.connect(demo_db, autocommit=True) as conn:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from electricctl import _logctx as logctx
 from electricctl._auth.tokens import Identity
 from electricctl._catalog.observed import ForeignKey
 from electricctl._engine import trees as tr
@@ -379,6 +380,7 @@ class ShapeEngine:
             await self.sink.migration(self.cursor, now, 0, group)
 
     async def _send_transaction(self, tx: Transaction) -> None:
+        logctx.LSN.set(tx.lsn)  # what this task logs from here is about this position
         await self._route_and_send(tx)
         self._told()
 
@@ -526,6 +528,7 @@ class ShapeEngine:
                     deferred.append(tx)
 
     async def _deliver(self, sub: _Subscribe) -> None:
+        token = logctx.SUBSCRIPTION.set(sub.subscription_id)
         try:
             await self._deliver_data(sub)
         except BaseException:
@@ -535,6 +538,8 @@ class ShapeEngine:
                 if isinstance(shape, tr.TreeShape) and shape.root in self.trees.roots:
                     self.trees.remove_tree(shape.root)
             raise
+        finally:
+            logctx.SUBSCRIPTION.reset(token)
 
     async def _keys_durable(self) -> None:
         """Before rows a tree took are sent: their keys on disk (see ClientState.tree_rows), so that

@@ -21,6 +21,7 @@ from google.protobuf.message import Message
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from electricctl import _logctx as logctx
 from electricctl._auth.tokens import Identity
 from electricctl._engine.engine import AnyShape, ShapeEngine
 from electricctl._engine.engine import Refused as EngineRefused
@@ -291,6 +292,9 @@ class Connection:
             )
         self.client_id = self.writes.client_id = self.sink.who = client_id
         self.server.clients[client_id] = self
+        # the connection's log lines (and its stream's: tasks copy the context) say whose they are
+        logctx.CLIENT.set(client_id)
+        logctx.USER.set(identity.user_id)
         self.state = self.server.store.load(client_id)
         return S.ClientBound(effect.request_id, client_id, identity)
 

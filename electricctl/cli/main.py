@@ -362,6 +362,13 @@ def _bytes(text: str, option: str) -> int:
 )
 @click.option("--no-fsync", is_flag=True, hidden=True, help="Testing only: do not fsync the log.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one object per line, with the client id, user, LSN and subscription id where they apply.",
+)
 def serve(
     file: str,
     database_url: str | None,
@@ -385,6 +392,7 @@ def serve(
     min_send_rate: str,
     no_fsync: bool,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the sync service: logical replication in, the Satellite protocol out on ws://HOST:PORT/ws."""
     import asyncio
@@ -397,7 +405,12 @@ def serve(
     config = _load(file, database_url)
     require_auth_key(config, "serve")
     url = _url(config, database_url)
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_format == "json":
+        from electricctl._logctx import use_json
+
+        use_json(log_level)
+    else:
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if log_level.lower() == "info":
         # websockets logs every connect and close at info: the bulk of a busy server's log, and
         # nothing an operator acts on (errors still show); --log-level debug brings them back
@@ -488,17 +501,16 @@ def _reconcile(
     log(f"reconciling {file} every {interval:g}s and on change (SIGINT or SIGTERM stops)")
     one_pass("start")
     path = Path(file)
-    while not stop.is_set():
-        changed = False
-        for changes in watchfiles.watch(
-            path.parent, yield_on_timeout=True, rust_timeout=int(interval * 1000), stop_event=stop, debounce=300
-        ):
-            changed = any(Path(p).name == path.name for _, p in changes)
-            if changed or not changes:
-                break
+    # one watcher for the whole loop: a change made during a pass is reported after it, not lost
+    for changes in watchfiles.watch(
+        path.parent, yield_on_timeout=True, rust_timeout=int(interval * 1000), stop_event=stop, debounce=300
+    ):
         if stop.is_set():
             break
-        one_pass("file changed" if changed else "interval")
+        if any(Path(p).name == path.name for _, p in changes):
+            one_pass("file changed")
+        elif not changes:
+            one_pass("interval")
     log("stopped")
 
 

@@ -144,3 +144,33 @@ def test_serve_says_when_the_file_has_changes_that_are_not_applied(env: Env) -> 
     finally:
         serve.stop()
         env.config_path.write_text(text)
+
+
+def test_json_logs_carry_the_client_and_user_on_every_line_about_them(env: Env) -> None:
+    import asyncio
+    import json
+
+    from tests.satellite_client import SatelliteClient
+    from tests.server_fixtures import ServeProcess
+
+    serve = ServeProcess(env, "--log-format", "json").start()
+    try:
+
+        async def misbehave() -> str:
+            cl = await SatelliteClient(serve.url).connect()
+            await cl.authenticate(env.token("ada"))
+            assert cl.ws is not None
+            await cl.ws.send(b"\x07\x00")  # an unknown message type: the server logs it, and closes
+            await cl.wait_for(lambda: cl.closed_with is not None)
+            return cl.client_id
+
+        client_id = asyncio.run(misbehave())
+        deadline = time.monotonic() + 10
+        while "broke the protocol" not in serve.log_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        serve.stop()
+    lines = [json.loads(line) for line in serve.log_text().splitlines() if line.strip()]  # every line is JSON
+    assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
+    (broke,) = [line for line in lines if "broke the protocol" in line["msg"]]
+    assert broke["client_id"] == client_id and broke["user"] == "ada" and broke["level"] == "info"
