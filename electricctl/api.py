@@ -15,7 +15,6 @@ findings, :class:`~electricctl.errors.CatalogError`, :class:`~electricctl.errors
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,8 +79,8 @@ class StatusReport:
         return self.status.in_sync
 
 
-def _url(config: ElectricConfig, database_url: str | None) -> str:
-    url = database_url or config.database_url or os.environ.get("DATABASE_URL")
+def _url(config: ElectricConfig, database_url: str | None, env: Mapping[str, str] | None) -> str:
+    url = applier.database_url(config, database_url, env)
     if not url:
         raise CatalogError(f"no database: pass database_url, set DATABASE_URL, or set database.url in {config.file}")
     return url
@@ -98,7 +97,7 @@ def plan(
 ) -> Planned:
     """The changes ``apply`` would make to the database (read-only)."""
     config = load_file(file, env=env, database_url=database_url)
-    the_plan, _ = applier.load_plan(config, _url(config, database_url), prune=prune)
+    the_plan, _ = applier.load_plan(config, _url(config, database_url, env), prune=prune)
     return Planned(the_plan, counts(the_plan), OK if the_plan.empty else CHANGES)
 
 
@@ -116,7 +115,7 @@ def apply(
     config = load_file(file, env=env, database_url=database_url)
     result = applier.apply(
         config,
-        _url(config, database_url),
+        _url(config, database_url, env),
         prune=prune,
         dry_run=dry_run,
         lock_timeout=lock_timeout,
@@ -128,5 +127,5 @@ def apply(
 def status(file: str | Path, *, database_url: str | None = None, env: Mapping[str, str] | None = None) -> StatusReport:
     """What was applied against the file, and drift made by hand."""
     config = load_file(file, env=env, database_url=database_url)
-    st = applier.status(config, _url(config, database_url))
+    st = applier.status(config, _url(config, database_url, env))
     return StatusReport(st, st.drift, st.pending, OK if st.in_sync and not st.problems else CHANGES)

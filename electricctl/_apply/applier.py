@@ -8,9 +8,10 @@ was applied. Any failure rolls the whole transaction back: nothing is half-appli
 from __future__ import annotations
 
 import getpass
+import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,14 @@ from electricctl._config.model import ElectricConfig
 from electricctl._plan.planner import Change, Plan, plan
 from electricctl._sql import names, render
 from electricctl.errors import ApplyError, CatalogError, LockTimeout
+
+
+def database_url(
+    config: ElectricConfig, override: str | None = None, env: Mapping[str, str] | None = None
+) -> str | None:
+    """The database to use: ``override`` (``--database-url``), else the file's ``database.url``,
+    else ``DATABASE_URL`` in ``env`` (the process environment by default); None if none says."""
+    return override or config.database_url or (os.environ if env is None else env).get("DATABASE_URL") or None
 
 
 def redact(url: str) -> str:

@@ -6,7 +6,6 @@ Exit codes (see :class:`electricctl.errors.ExitCode`): 0 success / no changes, 1
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 from collections.abc import Callable
@@ -67,7 +66,7 @@ def _json_errors(exc: ElectricError) -> None:
 
 
 def _url(config: ElectricConfig, override: str | None) -> str:
-    url = override or config.database_url or os.environ.get("DATABASE_URL")
+    url = applier.database_url(config, override)
     if not url:
         raise click.UsageError(
             f"no database: pass --database-url, set DATABASE_URL, or set database.url in {config.file}"
