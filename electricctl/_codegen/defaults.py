@@ -10,10 +10,10 @@ not guessed: the column stays required (or None, where it is nullable).
 
 from __future__ import annotations
 
-import json
-
 import pglast
 from pglast import ast, enums
+
+from electricctl._codegen.fmt import literal
 
 _NOW = {"now", "transaction_timestamp", "statement_timestamp", "clock_timestamp"}
 _UUID = {"gen_random_uuid", "uuid_generate_v4"}
@@ -78,7 +78,7 @@ def _now(pg_type: str) -> str | None:
 
 def _string(text: str, pg_type: str, enum: bool) -> str | None:
     if pg_type in _TEXT_TYPES or enum:
-        return json.dumps(text)
+        return literal(text)
     if pg_type.startswith("_") and text == "{}":
         return "field(default_factory=list)"
     if pg_type in ("json", "jsonb") and text in ("{}", "[]"):

@@ -5,9 +5,16 @@ each laid out the same way, with a trailing comma."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 WIDTH = 88
+
+
+def literal(text: str) -> str:
+    """A Python string literal of ``text``, double-quoted as ruff format writes them, every control
+    character escaped (a tab or carriage return in an enum label must not break the line)."""
+    return json.dumps(text, ensure_ascii=False)
 
 
 @dataclass(frozen=True, slots=True)

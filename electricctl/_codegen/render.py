@@ -19,7 +19,7 @@ import keyword
 from collections.abc import Iterable
 
 from electricctl._codegen.build import GenerateError, camel, class_names, identifier
-from electricctl._codegen.fmt import WIDTH, Group, Node, flat, group, keyed, layout, tuple_
+from electricctl._codegen.fmt import WIDTH, Group, Node, flat, group, keyed, layout, literal, tuple_
 from electricctl.dal.spec import ColumnSpec, SchemaSpec, TableSpec
 from electricctl.dal.values import SCALARS
 
@@ -28,11 +28,6 @@ RESERVED = frozenset({"Database", "Order", "JsonValue", "Shape", "LiveQuery", "T
 _COMPARABLE = frozenset(
     {"int", "float", "str", "decimal.Decimal", "uuid.UUID", "datetime.date", "datetime.time", "datetime.datetime"}
 )
-
-
-def _lit(text: str) -> str:
-    """A Python string literal (double quotes, as ruff format writes them)."""
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
 class _Names:
@@ -105,8 +100,8 @@ def _models(schema: SchemaSpec, names: _Names) -> str:
     blocks: list[str] = []
     for base, enum in sorted(names.enums.items()):
         values = next(c.enum_values for t in tables for c in t.columns if c.pg_type.lstrip("_") == base)
-        literal = group("Literal", *(_lit(v) for v in values), open="[", close="]")
-        blocks.append(layout(literal, "", f"{enum} = ") + f'\n"""The enum type {base}."""\n')
+        alias = group("Literal", *(literal(v) for v in values), open="[", close="]")
+        blocks.append(layout(alias, "", f"{enum} = ") + f'\n"""The enum type {base}."""\n')
     filters = sorted({(f, names.scalar(c)) for t in tables for c in t.columns if (f := names.filter_name(c))})
     for fname, scalar in filters:
         fields = {
@@ -146,8 +141,8 @@ def _typed_dict(name: str, fields: Iterable[tuple[str, str]], doc: str = "") -> 
         if not items and not doc:
             out.append("    pass\n")
         return "".join(out)
-    entries = [f"{_lit(k)}: {_lit(v)}" for k, v in items]
-    node = group("TypedDict", _lit(name), group("", *entries, open="{", close="}"), "total=False")
+    entries = [f"{literal(k)}: {literal(v)}" for k, v in items]
+    node = group("TypedDict", literal(name), group("", *entries, open="{", close="}"), "total=False")
     text = layout(node, "", f"{name} = ") + "\n"
     return text + (f'"""{doc}"""\n' if doc else "")
 
@@ -201,21 +196,21 @@ def _table_models(t: TableSpec, names: _Names) -> list[str]:
 def _table_spec(t: TableSpec, relations: bool) -> Group:
     cols: list[Node] = []
     for c in t.columns:
-        args = [_lit(c.name), _lit(c.pg_type), f"nullable={c.nullable}"]
+        args = [literal(c.name), literal(c.pg_type), f"nullable={c.nullable}"]
         if c.primary_key:
             args.append("primary_key=True")
         if c.enum_values:
-            args.append(keyed_arg("enum_values", tuple_(*(_lit(v) for v in c.enum_values))))  # type: ignore[arg-type]
+            args.append(keyed_arg("enum_values", tuple_(*(literal(v) for v in c.enum_values))))  # type: ignore[arg-type]
         cols.append(group("ColumnSpec", *args))
-    parts: list[Node] = [_lit(t.name), tuple_(*cols)]
+    parts: list[Node] = [literal(t.name), tuple_(*cols)]
     if relations and t.relations:
         rels = [
             group(
                 "RelationSpec",
-                _lit(r.name),
-                _lit(r.table),
-                _lit(r.direction),
-                tuple_(*(_lit(c) for c in r.foreign_key)),
+                literal(r.name),
+                literal(r.table),
+                literal(r.direction),
+                tuple_(*(literal(c) for c in r.foreign_key)),
             )
             for r in t.relations
         ]
@@ -235,20 +230,20 @@ def _schema(schema: SchemaSpec, names: _Names) -> str:
         "\n" + _import("electricctl.dal", ["ColumnSpec", "MigrationSpec", "RelationSpec", "SchemaSpec", "TableSpec"])
     )
     out.append("\n")
-    out.append(f"SCHEMA_VERSION = {_lit(schema.version)}\n")
+    out.append(f"SCHEMA_VERSION = {literal(schema.version)}\n")
     out.append('"""The newest migration this package was generated from."""\n\n')
     tables = group(
-        "", *(keyed(_lit(t.name), _table_spec(t, True)) for t in schema.tables.values()), open="{", close="}"
+        "", *(keyed(literal(t.name), _table_spec(t, True)) for t in schema.tables.values()), open="{", close="}"
     )
     out.append(_exploded(tables, "TABLES = ") + "\n\n")
     steps: list[Node] = []
     for m in schema.migrations:
-        args: list[Node] = [_lit(m.version), tuple_(*(_table_spec(t, False) for t in m.tables))]
+        args: list[Node] = [literal(m.version), tuple_(*(_table_spec(t, False) for t in m.tables))]
         if m.statements:
-            args.append(tuple_(*(_lit(x) for x in m.statements)))
+            args.append(tuple_(*(literal(x) for x in m.statements)))
         steps.append(group("MigrationSpec", *args))
     out.append(_exploded(tuple_(*steps), "MIGRATIONS = ") + "\n\n")
-    spec = group("SchemaSpec", "SCHEMA_VERSION", "TABLES", "MIGRATIONS", tuple_(*(_lit(x) for x in schema.shapes)))
+    spec = group("SchemaSpec", "SCHEMA_VERSION", "TABLES", "MIGRATIONS", tuple_(*(literal(x) for x in schema.shapes)))
     out.append(layout(spec, "", "SCHEMA = ") + "\n")
     return "".join(out)
 
@@ -285,7 +280,8 @@ def _database(schema: SchemaSpec, names: _Names) -> str:
     out.append("from .schema import SCHEMA\n\n")
     if schema.shapes:
         out.append(
-            layout(group("Literal", *(_lit(x) for x in schema.shapes), open="[", close="]"), "", "ShapeName = ") + "\n"
+            layout(group("Literal", *(literal(x) for x in schema.shapes), open="[", close="]"), "", "ShapeName = ")
+            + "\n"
         )
         out.append('"""The shapes electric.yaml declares."""\n')
     else:
@@ -307,7 +303,7 @@ def _database(schema: SchemaSpec, names: _Names) -> str:
     out.append("        super().__init__(client, local)\n")
     for name in schema.tables:
         row = names.rows[name]
-        call = group("Table", "self", f"SCHEMA.tables[{_lit(name)}]", row)
+        call = group("Table", "self", f"SCHEMA.tables[{literal(name)}]", row)
         out.append(layout(call, "        ", f"self.{identifier(name)}: {row}Table = ") + "\n")
     out.append("\n    async def sync_shape(self, name: ShapeName) -> Shape:\n")
     out.append('        """Sync a shape electric.yaml declares, by its name."""\n')
@@ -346,5 +342,5 @@ def _init(schema: SchemaSpec, names: _Names) -> str:
     out.append(_import(".models", exported))
     out.append("from .schema import SCHEMA, SCHEMA_VERSION\n\n")
     every = sorted(["SCHEMA", "SCHEMA_VERSION", "Database", "ShapeName", "electrify", *exported], key=_all_key)
-    out.append("__all__ = [\n" + "".join(f"    {_lit(n)},\n" for n in every) + "]\n")
+    out.append("__all__ = [\n" + "".join(f"    {literal(n)},\n" for n in every) + "]\n")
     return "".join(out)
