@@ -69,6 +69,9 @@ class Link:
         self._ack_timer: asyncio.TimerHandle | None = None
         self._outbox: Outbox | None = None
         self._effects: _EffectQueue | None = None
+        self._uncommitted: set[str] = set()
+        """Tables subscription data wrote in the local transaction still held open (reported to
+        ``on_tables`` when it commits: before, other connections cannot see the rows)."""
 
     async def close(self) -> None:
         """Close the connection (the task running :meth:`run` is then cancelled by the caller)."""
@@ -187,6 +190,7 @@ class Link:
                 # subscription data cut off with the connection: none of it stays
                 with contextlib.suppress(Exception):
                     await self.st.io(self.st.store.abandon)
+                self._uncommitted.clear()
 
     async def _start_replication(self) -> None:
         session, store = self._session, self.st.store
@@ -345,6 +349,7 @@ class Link:
                     self.st.on_tables(frozenset(t.name for t in eff.tables))
             elif isinstance(eff, s.Abandon):
                 await self.st.io(store.abandon)
+                self._uncommitted.clear()
                 self.st.wake_sender.set()
             elif isinstance(eff, s.Delivered):
                 delivered = self.st.subscriptions.get(eff.subscription_id)
@@ -396,8 +401,11 @@ class Link:
 
         touched: set[str] = set()
         found, held, decoded = await self.st.io(on_thread)
-        if self.st.on_tables is not None and touched:
-            self.st.on_tables(frozenset(touched))
+        self._uncommitted |= touched
+        if not hold:  # committed: what it wrote is visible to the app's connections now
+            if self.st.on_tables is not None and self._uncommitted:
+                self.st.on_tables(frozenset(self._uncommitted))
+            self._uncommitted = set()
         if found is not None:
             self.st.pending = found.pending
             if found.stamped or held:

@@ -341,3 +341,29 @@ async def wait_file(path: Path, text: str, timeout: float = 30) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"{path} never had {text!r}")
         await asyncio.sleep(0.05)
+
+
+async def test_a_live_query_sees_subscription_data_once_it_is_committed(env: Env, package: Any, tmp_path: Path) -> None:
+    """Subscription data is written in parts inside one local transaction held open, and committed
+    at its end: a live query must run again after the commit. (Reported at the parts, it ran while
+    the rows were not visible yet; when the end came in a run of its own, never again. Small
+    subscriptions, one after another, make that likely: each step must see its rows.)"""
+    for i in range(12):
+        env.sql(
+            "INSERT INTO issues (id, project_id, title) SELECT gen_random_uuid(), %s, %s FROM generate_series(1, 3)",
+            [P1, f"group {i}"],
+        )
+    async with running_server(env) as srv:
+        db = await package.electrify(str(tmp_path / "app.db"), ws_url(srv), token=env.token())
+        try:
+            counts: list[int] = []
+            live = db.live_raw("SELECT count(*) FROM issues WHERE title LIKE 'group %'")
+            stop = live.subscribe(lambda rows: counts.append(rows[0][0]))
+            await until(lambda: counts == [0], "the live query's first result")
+            for i in range(12):
+                shape = await db.issues.sync(where={"title": f"group {i}"})
+                await shape.synced
+                await until(lambda: counts[-1] == 3 * (i + 1), f"group {i} in the live query's result", 3)
+            stop()
+        finally:
+            await db.close()
