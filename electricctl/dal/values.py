@@ -7,8 +7,10 @@ as Python values: ``uuid.UUID``, ``decimal.Decimal`` for numeric, ``datetime`` t
 ``bool``, JSON as :data:`JsonValue`, arrays as lists; and writes them back in the form the server
 sends, so a value written locally and the same value synced compare equal in SQLite.
 
-Timestamps with a time zone are written in UTC, as Postgres prints them for a session in UTC
-(``2026-11-30 20:00:00+00``); an aware datetime in another zone is converted, a naive one refused.
+Timestamps with a time zone are written in UTC as the server sends them (Postgres' text for a
+session in UTC, with ``Z`` for ``+00``: ``2026-11-30 20:00:00.5Z``); an aware datetime in another
+zone is converted, a naive one refused. Times and timestamps have Postgres' fraction (no trailing
+zeros), so a value written locally equals the same value synced, in filters too.
 """
 
 from __future__ import annotations
@@ -201,10 +203,17 @@ def _out_date(v: Any) -> str:
     return v.isoformat()
 
 
+def _clock(v: dt.time | dt.datetime) -> str:
+    """``HH:MM:SS[.f]`` as Postgres prints it: the fraction without trailing zeros, none when zero
+    (Python's isoformat always writes six digits)."""
+    text = f"{v.hour:02d}:{v.minute:02d}:{v.second:02d}"
+    return text + (f".{v.microsecond:06d}".rstrip("0") if v.microsecond else "")
+
+
 def _out_time(v: Any) -> str:
     if not isinstance(v, dt.time):
         raise ColumnValueError(f"expected a datetime.time, got {type(v).__name__}")
-    return v.isoformat()
+    return _clock(v)
 
 
 def _out_timestamp(v: Any) -> str:
@@ -212,7 +221,7 @@ def _out_timestamp(v: Any) -> str:
         raise ColumnValueError(f"expected a datetime.datetime, got {type(v).__name__}")
     if v.tzinfo is not None:
         raise ColumnValueError("a timestamp (without time zone) takes a naive datetime")
-    return v.isoformat(sep=" ")
+    return f"{v.date().isoformat()} {_clock(v)}"
 
 
 def _out_timestamptz(v: Any) -> str:
@@ -220,8 +229,8 @@ def _out_timestamptz(v: Any) -> str:
         raise ColumnValueError(f"expected a datetime.datetime, got {type(v).__name__}")
     if v.tzinfo is None:
         raise ColumnValueError("a timestamptz takes an aware datetime (say, datetime.now(timezone.utc))")
-    text = v.astimezone(dt.UTC).replace(tzinfo=None).isoformat(sep=" ")
-    return text + "+00"
+    utc = v.astimezone(dt.UTC)
+    return f"{utc.date().isoformat()} {_clock(utc)}Z"  # as the server sends it (outbound._timestamptz)
 
 
 def _out_json(v: Any) -> str:

@@ -185,6 +185,13 @@ async def flow(pkg: Any, db: Any, env: Env, srv: Server) -> None:
         budget=decimal.Decimal("12.50"),
         created_at=dt.datetime(2026, 11, 30, 10, tzinfo=dt.UTC),
     )
+    # a filter on a synced timestamp matches: values are written as the server sends them
+    at = dt.datetime(2026, 11, 30, 10, tzinfo=dt.UTC)
+    assert await db.projects.find_many(where={"created_at": at}) == [alpha]
+    env.sql("UPDATE projects SET created_at = '2026-11-30 10:00:00.25+00' WHERE id = %s", [P1])
+    later = at.replace(microsecond=250000)
+    await until_async(db, lambda rows: rows and rows[0].created_at == later)
+    assert [p.id for p in await db.projects.find_many(where={"created_at": {"eq": later}})] == [P1]
     issues = await db.issues.find_many(order_by={"title": "asc"})
     assert [i.title for i in issues] == ["one", "two"]  # i3 is under the archived project
     one = issues[0]

@@ -117,3 +117,17 @@ async def until(predicate: Any, timeout: float = 5) -> None:
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("timed out")
         await asyncio.sleep(0.01)
+
+
+async def test_times_are_written_as_postgres_prints_them() -> None:
+    """A value written locally must equal the same value synced (filters compare the text)."""
+    import datetime as dt
+
+    from electricctl.dal.values import to_local
+
+    tz = dt.timezone(dt.timedelta(hours=2))
+    assert to_local("timestamptz")(dt.datetime(2026, 11, 30, 12, 0, 0, 250000, tzinfo=tz)) == "2026-11-30 10:00:00.25Z"
+    assert to_local("timestamptz")(dt.datetime(2026, 11, 30, 10, tzinfo=dt.UTC)) == "2026-11-30 10:00:00Z"
+    assert to_local("timestamp")(dt.datetime(2026, 11, 30, 10, 0, 0, 500)) == "2026-11-30 10:00:00.0005"
+    assert to_local("time")(dt.time(9, 5, 7, 120000)) == "09:05:07.12"
+    assert to_local("date")(dt.date(2026, 1, 2)) == "2026-01-02"
