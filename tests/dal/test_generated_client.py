@@ -23,6 +23,7 @@ import pytest_asyncio
 
 from electricctl._server.app import Server
 from electricctl.errors import UniqueViolation
+from tests.client.test_sync_client import until
 from tests.server_fixtures import Env, applied_env, running_server, ws_url
 
 pytestmark = pytest.mark.asyncio
@@ -212,20 +213,20 @@ async def flow(pkg: Any, db: Any, env: Env, srv: Server) -> None:
 
     watcher = asyncio.create_task(watch())
     try:
-        await until(lambda: results == [["one"]], "the live query's first result")
+        await until(lambda: results == [["one"]], what="the live query's first result")
         # a local write goes to Postgres
         new_id = uuid.uuid4()
         created = await db.issues.create(
             pkg.IssueCreate(id=new_id, project_id=P1, title="local", done=False, tags=["x", None], meta=[1, "two"])
         )
         assert created.tags == ["x", None] and created.meta == [1, "two"]
-        await until(lambda: results[-1] == ["local", "one"], "the local write in the live result")
+        await until(lambda: results[-1] == ["local", "one"], what="the local write in the live result")
         await until_pg(
             env, "SELECT title, tags, meta FROM issues WHERE id = %s", [new_id], [("local", ["x", None], [1, "two"])]
         )
         # a remote write arrives through the live query
         env.sql("INSERT INTO issues (id, project_id, title) VALUES (%s, %s, 'remote')", [uuid.uuid4(), P1])
-        await until(lambda: results[-1] == ["local", "one", "remote"], "the remote write in the live result")
+        await until(lambda: results[-1] == ["local", "one", "remote"], what="the remote write in the live result")
         # a write by another connection to the file (another process of the app): seen too
         other = sqlite3.connect(db.client.path)
         with other:
@@ -234,11 +235,11 @@ async def flow(pkg: Any, db: Any, env: Env, srv: Server) -> None:
                 [str(uuid.uuid4()), str(P1)],
             )
         other.close()
-        await until(lambda: results[-1] == ["elsewhere", "local", "one", "remote"], "another connection's write")
+        await until(lambda: results[-1] == ["elsewhere", "local", "one", "remote"], what="another connection's write")
         await until_pg(env, "SELECT count(*) FROM issues WHERE title = 'elsewhere'", [], [(1,)])
         # an update through the client: to Postgres, and out of the live result
         assert await db.issues.update(where={"id": new_id}, data={"done": True}) == 1
-        await until(lambda: results[-1] == ["elsewhere", "one", "remote"], "the update in the live result")
+        await until(lambda: results[-1] == ["elsewhere", "one", "remote"], what="the update in the live result")
         await until_pg(env, "SELECT done FROM issues WHERE id = %s", [new_id], [(True,)])
         # a write that does not change the result, and one to another table: no new result
         count = len(results)
@@ -269,14 +270,6 @@ async def flow(pkg: Any, db: Any, env: Env, srv: Server) -> None:
     # a declared shape by name
     archived = await db.sync_shape("active_projects")
     await archived.synced
-
-
-async def until(predicate: Any, what: str, timeout: float = 10) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def until_async(db: Any, predicate: Any, timeout: float = 10) -> None:
@@ -311,6 +304,10 @@ async def test_generate_from_a_running_service(env: Env, tmp_path: Path) -> None
     assert '"active_projects"' in schema  # the declared shapes, from the file given with -f
 
 
+def has(path: Path, text: str) -> bool:
+    return path.exists() and text in path.read_text()
+
+
 async def test_generate_watch_follows_migrations_and_the_config_file(env: Env, tmp_path: Path) -> None:
     out = tmp_path / "watched"
     proc = await asyncio.create_subprocess_exec(
@@ -330,47 +327,13 @@ async def test_generate_watch_follows_migrations_and_the_config_file(env: Env, t
         stderr=asyncio.subprocess.STDOUT,
     )
     try:
-        await wait_file(out / "models.py", "class Issue:")
+        await until(lambda: has(out / "models.py", "class Issue:"), 30, what="the regenerated package")
         env.sql("ALTER TABLE issues ADD COLUMN estimate int4")  # a migration: picked up at the next look
-        await wait_file(out / "models.py", "    estimate: int | None\n")
+        await until(lambda: has(out / "models.py", "    estimate: int | None\n"), 30, what="the regenerated package")
         text = env.config_path.read_text().replace("shapes:\n", "shapes:\n  - name: everyone\n    table: users\n")
         env.config_path.write_text(text)  # the config file: watched
-        await wait_file(out / "database.py", '"everyone"')
+        await until(lambda: has(out / "database.py", '"everyone"'), 30, what="the regenerated package")
     finally:
         proc.terminate()
         out_text = (await proc.communicate())[0].decode()
     assert "watching" in out_text and "wrote" in out_text, out_text
-
-
-async def wait_file(path: Path, text: str, timeout: float = 30) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not (path.exists() and text in path.read_text()):
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"{path} never had {text!r}")
-        await asyncio.sleep(0.05)
-
-
-async def test_a_live_query_sees_subscription_data_once_it_is_committed(env: Env, package: Any, tmp_path: Path) -> None:
-    """Subscription data is written in parts inside one local transaction held open, and committed
-    at its end: a live query must run again after the commit. (Reported at the parts, it ran while
-    the rows were not visible yet; when the end came in a run of its own, never again. Small
-    subscriptions, one after another, make that likely: each step must see its rows.)"""
-    for i in range(12):
-        env.sql(
-            "INSERT INTO issues (id, project_id, title) SELECT gen_random_uuid(), %s, %s FROM generate_series(1, 3)",
-            [P1, f"group {i}"],
-        )
-    async with running_server(env) as srv:
-        db = await package.electrify(str(tmp_path / "app.db"), ws_url(srv), token=env.token())
-        try:
-            counts: list[int] = []
-            live = db.live_raw("SELECT count(*) FROM issues WHERE title LIKE 'group %'")
-            stop = live.subscribe(lambda rows: counts.append(rows[0][0]))
-            await until(lambda: counts == [0], "the live query's first result")
-            for i in range(12):
-                shape = await db.issues.sync(where={"title": f"group {i}"})
-                await shape.synced
-                await until(lambda: counts[-1] == 3 * (i + 1), f"group {i} in the live query's result", 3)
-            stop()
-        finally:
-            await db.close()

@@ -19,6 +19,7 @@ from electricctl._codegen import write_package
 from electricctl._codegen.build import build_schema
 from electricctl._codegen.render import render
 from electricctl.dal import FilterError
+from tests.client.test_sync_client import until
 from tests.dal.schemas import ITEMS
 
 pytestmark = pytest.mark.asyncio
@@ -44,11 +45,6 @@ async def db(tmp_path: Path) -> AsyncIterator[Any]:
 
 async def next_result(it: AsyncIterator[Any], timeout: float = 5) -> Any:
     return await asyncio.wait_for(it.__anext__(), timeout)
-
-
-async def nothing_more(it: AsyncIterator[Any]) -> None:
-    with pytest.raises(TimeoutError):
-        await asyncio.wait_for(asyncio.shield(asyncio.ensure_future(it.__anext__())), 0.3)
 
 
 async def test_a_live_query_yields_once_per_real_change(db: Any) -> None:
@@ -109,14 +105,6 @@ async def test_bad_filters_say_what_is_wrong(db: Any) -> None:
         await db.items.update(where={"id": "a"}, data={"id": "b"})
     with pytest.raises(FilterError, match="order is 'asc' or 'desc'"):
         await db.items.find_many(order_by={"n": "up"})
-
-
-async def until(predicate: Any, timeout: float = 5) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.01)
 
 
 async def test_times_are_written_as_postgres_prints_them() -> None:
