@@ -15,6 +15,7 @@ from typing import Any
 
 import pglast
 import psycopg
+from google.protobuf.message import DecodeError
 from pglast import ast
 
 from electricctl._codegen.build import GenerateError
@@ -138,24 +139,24 @@ def from_service(url: str, timeout: float = 30) -> list[Migration]:
     known: dict[tuple[str, str], tuple[str, bool]] = {}
     out: list[Migration] = []
     for version in sorted(set(pg) | set(lite)):
-        files = pg.get(version) or lite.get(version) or {}
         known.update(_not_null(pg.get(version, {}).get("migration.sql", b"").decode()))
-        try:
-            meta: dict[str, Any] = json.loads(files["metadata.json"])
-            ops = [pb.SatOpMigrate.FromString(base64.b64decode(o)) for o in meta["ops"]]
-        except (KeyError, ValueError, TypeError) as exc:
-            raise GenerateError(f"migration {version} from {base} is not readable: {exc}") from None
-        lite_ops = _lite_ops(lite.get(version, {}))
+        ops = _ops(pg.get(version) or lite.get(version) or {}, f"migration {version} from {base}", required=True)
+        lite_ops = _ops(lite.get(version, {}), f"migration {version} from {base} (sqlite)")
         for i, op in enumerate(ops):
             out.extend(_migration(version, op, lite_ops[i] if i < len(lite_ops) else None, known))
     return out
 
 
-def _lite_ops(files: dict[str, bytes]) -> list[pb.SatOpMigrate]:
-    if "metadata.json" not in files:
+def _ops(files: dict[str, bytes], what: str, required: bool = False) -> list[pb.SatOpMigrate]:
+    """The ``SatOpMigrate`` operations of one version's ``metadata.json`` (none without the file,
+    unless it is ``required``)."""
+    if "metadata.json" not in files and not required:
         return []
-    meta = json.loads(files["metadata.json"])
-    return [pb.SatOpMigrate.FromString(base64.b64decode(o)) for o in meta["ops"]]
+    try:
+        meta: dict[str, Any] = json.loads(files["metadata.json"])
+        return [pb.SatOpMigrate.FromString(base64.b64decode(o)) for o in meta["ops"]]
+    except (KeyError, ValueError, TypeError, DecodeError) as exc:
+        raise GenerateError(f"{what} is not readable: {exc}") from None
 
 
 def _migration(
