@@ -99,7 +99,9 @@ async def _serve(server: Server, ready_file: str | None, ws: str, token: str) ->
             loop.add_signal_handler(sig, stop.set)
     started = asyncio.Event()
     task = asyncio.create_task(server.run(stop, started))
-    await asyncio.wait({task, asyncio.create_task(started.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    ready = asyncio.create_task(started.wait())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    ready.cancel()  # serve may have stopped before it was ready: nothing is left waiting
     if started.is_set() and ready_file:
         Path(ready_file).write_text(f"{ws}\n{token}\n")
     await task
