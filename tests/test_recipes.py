@@ -116,6 +116,9 @@ def test_the_kubernetes_manifests_are_well_formed_and_probe_health() -> None:
     (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
     (container,) = deploy["spec"]["template"]["spec"]["containers"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/health"
+    scrape = deploy["spec"]["template"]["metadata"]["annotations"]  # Prometheus finds GET /metrics
+    assert scrape["prometheus.io/path"] == "/metrics"
+    assert int(scrape["prometheus.io/port"]) == container["ports"][0]["containerPort"]
     assert "--host" in container["command"]  # serve binds to loopback unless told otherwise
     (config_map,) = [d for d in docs if d["kind"] == "ConfigMap"]
     from electricctl._config.loader import load_text

@@ -148,6 +148,8 @@ def _record(conn: psycopg.Connection[Any], config: ElectricConfig, the_plan: Pla
             render.canonical_json(changes),
         ],
     )
+    # delivered at commit, and only if it commits: a running serve reloads the catalog at once
+    conn.execute("SELECT pg_notify(%s, %s)", [names.CATALOG_CHANNEL, the_plan.config_hash])
 
 
 @dataclass(frozen=True, slots=True)

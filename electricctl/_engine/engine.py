@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -73,6 +74,8 @@ AnyShape = Shape | tr.TreeShape
 class _Subscribe:
     subscription_id: str
     shapes: list[AnyShape]
+    generation: int = 0
+    """The engine's catalog generation when the shapes were compiled (see ShapeEngine.catalog_changed)."""
 
 
 @dataclass(slots=True)
@@ -82,7 +85,10 @@ class _Unsubscribe:
 
 @dataclass(slots=True)
 class _Reassess:
-    """The assignment tables changed: the client's roles, and so what it may read, may have too."""
+    """The assignment tables changed: the client's roles, and so what it may read, may have too.
+    ``catalog``: grants or declared shapes were applied again: reshape whatever the roles are."""
+
+    catalog: bool = False
 
 
 @dataclass(slots=True)
@@ -133,6 +139,8 @@ class ShapeEngine:
         """Subscriptions requested and not yet recorded (delivered or failed)."""
         self.schema: list[Migration] = []
         """Migrations a starting client lacks, sent before anything else (:meth:`start`)."""
+        self.catalog_generation = 0
+        """Counts the applies that changed what shapes depend on, since this engine started."""
 
     # -- requests (from the protocol session) ----------------------------------------------
     async def resolve(
@@ -151,15 +159,27 @@ class ShapeEngine:
         return None, where, tuple(includes)
 
     async def compile(
-        self, sub_id: str, request_id: str, table: TableRef, where: str, includes: Sequence[Include] = ()
+        self,
+        sub_id: str,
+        request_id: str,
+        table: TableRef,
+        where: str,
+        includes: Sequence[Include] = (),
+        *,
+        declared: str | None = None,
     ) -> AnyShape | str:
         """Compile one shape request, or say why it is refused (a message starting "invalid include
-        tree" for a tree that cannot be served)."""
+        tree" for a tree that cannot be served). ``declared``: the request is a shape of
+        electric.yaml given by that name before (a resume): it stays allowed while the name is
+        declared, even if its definition has changed since (the client is then reshaped)."""
         catalog = self.services.catalog
         if table not in await catalog.electrified_tables():
             return f"table {table} is not electrified"
         rules = await catalog.shape_rules()
-        if rules.adhoc != "allow" and rules.find(table, where, includes) is None:
+        name = rules.find(table, where, includes)
+        if name is None and declared is not None and declared in rules.declared:
+            name = declared
+        if rules.adhoc != "allow" and name is None:
             tree = " with its include tree" if includes else ""
             return (
                 f"shape ({table}{' where ' + where if where.strip() else ''}){tree} is not declared in"
@@ -180,14 +200,14 @@ class ShapeEngine:
         if access.rows is not None:
             compiled = access.rows if compiled is None else all_true([compiled, access.rows])
         if not includes:
-            return Shape(sub_id, request_id, table, rel, compiled, where)
+            return Shape(sub_id, request_id, table, rel, compiled, where, name)
         root = Node(table, rel, compiled, where, None)
         try:
             await self._grow(root, includes, await catalog.foreign_keys(), [])
             check_shape(root)
         except TreeError as exc:
             return f"invalid include tree: {exc}"
-        return tr.TreeShape(sub_id, request_id, root)
+        return tr.TreeShape(sub_id, request_id, root, name)
 
     async def _grow(
         self, parent: Node, includes: Sequence[Include], fks: Sequence[ForeignKey], path: list[tuple[object, ...]]
@@ -276,8 +296,11 @@ class ShapeEngine:
         self.services.scanning.add(self)
         self.wake.set()
 
-    def subscribe(self, subscription_id: str, shapes: list[AnyShape]) -> None:
-        self.control.append(_Subscribe(subscription_id, shapes))
+    def subscribe(self, subscription_id: str, shapes: list[AnyShape], generation: int | None = None) -> None:
+        """Deliver ``shapes``; ``generation``: :attr:`catalog_generation` as it was before they were
+        compiled (an apply since then has them compiled again before they are delivered)."""
+        gen = self.catalog_generation if generation is None else generation
+        self.control.append(_Subscribe(subscription_id, shapes, gen))
         self.inflight.add(subscription_id)
         self.wake.set()
 
@@ -312,6 +335,17 @@ class ShapeEngine:
             self.control.append(_Reassess())
             self.wake.set()
 
+    def catalog_changed(self) -> None:
+        """The catalog was applied again: every shape is compiled anew (grants, declared shapes,
+        electrified tables) at the next snapshot point, and the rows that move go to the client."""
+        self.catalog_generation += 1
+        queued = [c for c in self.control if isinstance(c, _Reassess)]
+        if queued:
+            queued[0].catalog = True
+        else:
+            self.control.append(_Reassess(catalog=True))
+        self.wake.set()
+
     def close(self) -> None:
         self.services.router.remove_connection(self)
         self.services.scanning.discard(self)
@@ -345,7 +379,7 @@ class ShapeEngine:
                     finally:
                         self.inflight.discard(item.subscription_id)
                 elif isinstance(item, _Reassess):
-                    await self._reassess()
+                    await self._reassess(item.catalog)
                 elif isinstance(item, _TreeMoves):
                     await self._tree_moves()
                 elif isinstance(item, _TreeResync):
@@ -441,6 +475,7 @@ class ShapeEngine:
         await self._keys_durable()
         await self.sink.transaction(tx, [self.projection.change(ch) for ch in changes], ref)
         self.services.stats["transactions_sent"] += 1
+        self.services.metrics.transaction_sent(tx.commit_ts_ms, len(changes), self.live)
 
     async def _own_echo(self, tx: Transaction, routed: list[Change]) -> list[Change]:
         held = {change_key(ch.relation, ch.new) for ch in routed if ch.new is not None}
@@ -530,6 +565,14 @@ class ShapeEngine:
     async def _deliver(self, sub: _Subscribe) -> None:
         token = logctx.SUBSCRIPTION.set(sub.subscription_id)
         try:
+            if sub.generation != self.catalog_generation:
+                # compiled under a catalog that an apply has replaced since
+                fresh = [await self._recompile(s) for s in sub.shapes]
+                refused = [r for r in fresh if isinstance(r, str)]
+                if refused:
+                    await self.sink.subscription_failed(sub.subscription_id, refused[0])
+                    return
+                sub.shapes = [s for s in fresh if not isinstance(s, str)]
             await self._deliver_data(sub)
         except BaseException:
             if sub.subscription_id in self.state.subscriptions:
@@ -620,32 +663,77 @@ class ShapeEngine:
         for shape in sub.shapes:
             self.register(shape)
         self.state.subscriptions[sub.subscription_id] = SubscriptionRecord(
-            sub.subscription_id,
-            [
-                s.record()
-                if isinstance(s, tr.TreeShape)
-                else {"request_id": s.request_id, "table": str(s.table), "where": s.where_text}
-                for s in sub.shapes
-            ],
-            self.cursor,
+            sub.subscription_id, [_record_of(s) for s in sub.shapes], self.cursor
         )
 
-    async def _reassess(self) -> None:
-        """Apply a change of the client's roles at a consistent point: rows it may no longer read
-        leave as GONE, rows it now may read arrive as inserts, in one transaction."""
+    def _rerecord(self) -> None:
+        """After a reshape: each subscription remembers its shapes as they are now served (a
+        declared shape may have a new definition), so a resume compiles those."""
+        served: dict[tuple[str, str], AnyShape] = {
+            (s.subscription_id, s.request_id): s for t in self.shapes.values() for s in t.all
+        }
+        served.update({(s.subscription_id, s.request_id): s for s in self.tree_shapes})
+        for sub in self.state.subscriptions.values():
+            sub.requests = [
+                _record_of(served[(sub.id, r["request_id"])]) if (sub.id, r["request_id"]) in served else r
+                for r in sub.requests
+            ]
+
+    async def outdated(self, shape: AnyShape) -> bool:
+        """Whether ``shape`` is a declared shape whose definition has changed since it was given
+        (a resume then reshapes the client: :meth:`catalog_changed`)."""
+        if shape.declared is None:
+            return False
+        rules = await self.services.catalog.shape_rules()
+        if isinstance(shape, tr.TreeShape):
+            found = rules.find(
+                shape.root.table, shape.root.where_text, includes_from_json(shape.root.describe().get("include"))
+            )
+        else:
+            found = rules.find(shape.table, shape.where_text)
+        return found != shape.declared
+
+    async def _recompile(self, shape: AnyShape) -> AnyShape | str:
+        """``shape`` compiled again under the catalog as it is now: a declared shape by its current
+        definition (while it stays on the same table, flat or with includes as it was)."""
+        table = shape.root.table if isinstance(shape, tr.TreeShape) else shape.table
+        root_where = shape.root.where_text if isinstance(shape, tr.TreeShape) else shape.where_text
+        includes = includes_from_json(shape.root.describe().get("include")) if isinstance(shape, tr.TreeShape) else ()
+        if shape.declared is not None:
+            rules = await self.services.catalog.shape_rules()
+            now = rules.declared.get(shape.declared)
+            if now is not None and TableRef.parse(now["table"]) == table:
+                new_includes = rules.includes(shape.declared)
+                if bool(new_includes) == isinstance(shape, tr.TreeShape):
+                    root_where, includes = now.get("where") or "", new_includes
+        return await self.compile(
+            shape.subscription_id, shape.request_id, table, root_where, includes, declared=shape.declared
+        )
+
+    async def _reassess(self, catalog: bool = False) -> None:
+        """Apply a change of the client's roles (or, ``catalog``, of grants and declared shapes) at
+        a consistent point: rows it may no longer read leave as GONE, rows it now may read arrive
+        as inserts, in one transaction."""
         policy, relations = await self.services.catalog.policy()
+        if not self.shapes and not self.tree_shapes:
+            self.projection.roles = None  # read again when a shape needs them
+            return
         async with self._snapshot() as snap:
             deferred = await self._catch_up_to(snap.visibility)
-            roles = await read_roles(snap.conn, policy, relations, self.identity)
-            if roles != self.projection.roles:
+            roles = await read_roles(snap.conn, policy, relations, self.identity) if policy.enforced else None
+            if catalog or roles != self.projection.roles:
                 self.projection.roles = roles
                 gone, rows = await self._reshape(snap)
                 if gone or rows:
                     await self._keys_durable()
                     await self.sink.moved(self.cursor, gone, rows)
                 self._told()
+                if catalog:
+                    self._rerecord()
         for tx in deferred:
             await self._send_transaction(tx)
+        if catalog:
+            await self.services.store.save_async(self.state)
 
     async def _tree_moves(self) -> None:
         """Rows a transaction moved into a tree (the subtree under a row that entered, a row that a
@@ -745,7 +833,7 @@ class ShapeEngine:
             old_access = self.projection.forget(table)
             new: list[Shape] = []
             for s in old:
-                shape = await self.compile(s.subscription_id, s.request_id, s.table, s.where_text)
+                shape = await self._recompile(s)
                 if isinstance(shape, Shape):
                     new.append(shape)
             new_access = self.projection.access.get(table) or await self.projection.access_for(rel)
@@ -754,9 +842,17 @@ class ShapeEngine:
                 shapes.remove(s)
             for s in new:
                 self.register(s)
+            if not old:
+                continue
             old_where = any_of([s.where for s in old])
-            new_where = any_of([s.where for s in new])
             prel = self.projection.relation(rel)
+            if not new:
+                # no shape on the table may be served now (refused under the new rules): every
+                # row it held leaves, and none arrives (any_of([]) would mean the whole table)
+                async for rows in snap.rows(rel, snapshot_filter(old_where, [])):
+                    gone.extend((prel, tuple(row[i] for i in rel.pk_indexes)) for row in rows)
+                continue
+            new_where = any_of([s.where for s in new])
             async for rows in snap.rows(rel, snapshot_filter(old_where, [new_where])):
                 gone.extend((prel, tuple(row[i] for i in rel.pk_indexes)) for row in rows)
             # rows that move in; every row it holds if the columns it may read changed (they carry them)
@@ -769,14 +865,7 @@ class ShapeEngine:
         released: list[tuple[Node, tuple[bytes | None, ...]]] = []
         for old_tree in list(self.tree_shapes):
             released.extend(self._forget_tree(old_tree))
-            root = old_tree.root
-            tree = await self.compile(
-                old_tree.subscription_id,
-                old_tree.request_id,
-                root.table,
-                root.where_text,
-                includes_from_json(root.describe().get("include")),
-            )
+            tree = await self._recompile(old_tree)
             if isinstance(tree, tr.TreeShape):
                 self.trees.add_tree(tree.root)
                 self.register(tree)
@@ -826,3 +915,11 @@ class ShapeEngine:
         for tx in deferred:
             await self._send_transaction(tx)
         await self.services.store.save_async(state)
+
+
+def _record_of(shape: AnyShape) -> dict[str, Any]:
+    """How a subscription remembers one of its shapes (what a resume compiles again)."""
+    if isinstance(shape, tr.TreeShape):
+        return shape.record()
+    named = {"shape": shape.declared} if shape.declared else {}
+    return {"request_id": shape.request_id, "table": str(shape.table), "where": shape.where_text, **named}

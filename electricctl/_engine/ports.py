@@ -74,6 +74,12 @@ class StateStore(Protocol):
         ...
 
 
+class StreamMetrics(Protocol):
+    def transaction_sent(self, commit_ts_ms: int, rows: int, live: bool) -> None:
+        """A transaction with ``rows`` changes went to the client (``live``: as it was logged)."""
+        ...
+
+
 class EngineServices(Protocol):
     @property
     def catalog(self) -> Catalog: ...
@@ -97,6 +103,11 @@ class EngineServices(Protocol):
 
     @property
     def stats(self) -> dict[str, int]: ...
+
+    @property
+    def metrics(self) -> StreamMetrics:
+        """Counted per transaction sent (``GET /metrics``)."""
+        ...
 
     @property
     def live_head(self) -> int:

@@ -34,6 +34,8 @@ class TreeShape:
     subscription_id: str
     request_id: str
     root: Node
+    declared: str | None = None
+    """The shape of electric.yaml this is (by name), if any."""
 
     @property
     def table(self) -> str:
@@ -42,7 +44,8 @@ class TreeShape:
     def record(self) -> dict[str, object]:
         """How the client's subscription remembers it (what a resume compiles again)."""
         described = self.root.describe()
-        return {"request_id": self.request_id, "table": self.table, "where": self.root.where_text, **described}
+        named = {"shape": self.declared} if self.declared else {}
+        return {"request_id": self.request_id, "table": self.table, "where": self.root.where_text, **described, **named}
 
 
 @dataclass(slots=True)

@@ -37,6 +37,11 @@ class TransactionLog(Protocol):
     @property
     def horizon(self) -> int: ...
 
+    @property
+    def size_bytes(self) -> int:
+        """Bytes the log holds on disk (``GET /metrics``)."""
+        ...
+
     def set_horizon(self, lsn: int) -> None: ...
 
     def mark_gap(self, lsn: int) -> None:

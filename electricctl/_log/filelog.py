@@ -175,6 +175,11 @@ class FileLog:
         return None
 
     @property
+    def size_bytes(self) -> int:
+        """Bytes of the segments on disk (what ``--log-retention`` keeps)."""
+        return sum(seg.size for seg in list(self._segments))
+
+    @property
     def horizon(self) -> int:
         """Transactions at or below this LSN may be missing (pruned, or from before this log)."""
         path = self.directory / "horizon"

@@ -11,6 +11,7 @@ durably handed off (:meth:`confirm`); keepalives that ask for a reply are answer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -327,6 +328,9 @@ class ReplicationSource:
                 await _readable(pg.socket, 1.0)
             pg.consume_input()
             drained = True
+        # stopping: Postgres learns the last position handed off now, not at the next start
+        with contextlib.suppress(Exception):
+            self._send_status()
 
     def _handle(self, data: bytes, builder: TxBuilder, batch: list[Transaction]) -> None:
         kind = data[0]

@@ -42,10 +42,13 @@ from electricctl._server.clients import ClientStore
 from electricctl._server.common import CLOSE_SERVICE_RESTART, first_line
 from electricctl._server.connection import Connection
 from electricctl._server.gate import Gate
+from electricctl._server.metrics import ServeMetrics
 from electricctl._server.options import ServeOptions
 from electricctl._server.process import ServeError as ServeError
 from electricctl._server.process import lock_data_dir, prepare_dirs
 from electricctl._server.process import tune_malloc as tune_malloc
+from electricctl._server.reload import CatalogWatcher
+from electricctl._server.sdnotify import notify
 from electricctl._server.snapshot import SnapshotPool
 from electricctl._server.writer import Writer
 from electricctl._shapes.router import Router
@@ -88,7 +91,9 @@ class Server:
         self.options = options = options or ServeOptions()
         self.data_dir = Path(options.data_dir)
         self.slot = options.slot
-        self.gate = Gate(options, self.health, self.migrations)
+        self.metrics = ServeMetrics(url)
+        """``GET /metrics`` (its own registry: several servers may run in one process)."""
+        self.gate = Gate(options, self.health, self.migrations, self.metrics.exposition)
         """HTTP answers and per-address connection limits, before a WebSocket is accepted."""
         self.writer = Writer(url)
         self.catalog = CatalogCache(url)
@@ -118,17 +123,25 @@ class Server:
         """The last time the slot was found missing and created again (reported in /health)."""
         self.log_error: str | None = None
         """Why the last write to the log failed, until a write succeeds (``/health`` is 503 meanwhile)."""
+        self.draining = False
+        """A graceful stop is under way (:meth:`_drain`)."""
         self._markers: dict[bytes, asyncio.Future[None]] = {}
         self.source.on_marker = self._on_marker
         self._ws: WsServer | None = None
         self.bound_port = options.port
+        self.metrics.watch(self)
         self.stats: dict[str, int] = {
             "subscription_deliveries": 0,
             "transactions_sent": 0,
             "migrations_sent": 0,
             "replication_restarts": 0,
             "trees_over_budget": 0,
+            "catalog_reloads": 0,
         }
+        self.watcher = CatalogWatcher(url, self._catalog_applied, options.watch_interval)
+        self._fingerprint: tuple[object, ...] = ()
+        """What clients' shapes depend on in the catalog, as last read (see CatalogCache.fingerprint)."""
+        self._unapplied_check: asyncio.Future[None] | None = None
 
     def _prepare_data_dir(self) -> None:
         """Lock the data dir for this process (one serve per data dir) and create what it holds."""
@@ -185,6 +198,7 @@ class Server:
                     conn.roles_may_have_changed()
         if written:
             self.live_head = written[-1].lsn
+            self.metrics.logged(written)
         for engine in self.scanning:
             engine.wake.set()
         self.source.confirm(batch[-1].end_lsn)
@@ -350,14 +364,19 @@ class Server:
     def peer_authenticated(self, conn: Connection) -> None:
         self.gate.authenticated(conn.peer_host)
 
-    def _warn_unapplied(self) -> None:
+    def _warn_unapplied(self, reread: bool = False) -> None:
         """serve follows what is applied, not the file: say so when the file has changes that are
-        not applied (a read-only plan; a failure to plan is only logged)."""
+        not applied (a read-only plan; a failure to plan is only logged). ``reread``: compare the
+        file as it is on disk now (at a catalog reload)."""
         from electricctl._apply import applier
+        from electricctl._config.loader import load_file
         from electricctl.cli.summaries import counts
 
         try:
-            the_plan, _ = applier.load_plan(self.config, self.url)
+            config = self.config
+            if reread and config.file and Path(config.file).is_file():
+                config = load_file(config.file, database_url=self.url)
+            the_plan, _ = applier.load_plan(config, self.url)
         except Exception as exc:
             log.debug("could not compare %s with the database: %s", self.config.file, exc)
             return
@@ -418,6 +437,9 @@ class Server:
     async def _run(self, stop: asyncio.Event, started: asyncio.Event | None) -> None:
         await self.check_catalog()
         await asyncio.to_thread(self._warn_unapplied)
+        # what the catalog is now: an apply after this is a change to reassess clients for
+        self.watcher.generation = await self.catalog.generation()
+        self._fingerprint = await self.catalog.fingerprint()
         policy, _ = await self.catalog.policy()
         if not policy.enforced:
             log.warning(
@@ -460,9 +482,31 @@ class Server:
                 started.set()
             log.info("serving Satellite on ws://%s:%d/ws", self.options.host, self.bound_port)
             pruner = asyncio.create_task(self._maintain(), name="maintenance")
+            stop_watch = asyncio.Event()
+            watcher = (
+                asyncio.create_task(self.watcher.run(stop_watch), name="catalog-watch") if self.options.watch else None
+            )
             stopper = asyncio.create_task(stop.wait())
+            notify(f"READY=1\nSTATUS=serving on {self.options.host}:{self.bound_port}")
             done, _ = await asyncio.wait({replication, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if replication not in done:
+                try:
+                    await asyncio.wait_for(
+                        self._drain(ws_server, stop_replication, replication), self.options.drain_timeout
+                    )
+                except TimeoutError:
+                    log.warning(
+                        "the drain did not finish within %.0fs: closing %d connections now",
+                        self.options.drain_timeout,
+                        len(self.connections),
+                    )
+                    for conn in list(self.connections):
+                        conn.ws.transport.abort()
             pruner.cancel()
+            stop_watch.set()
+            if watcher is not None:
+                watcher.cancel()
+                await asyncio.gather(watcher, return_exceptions=True)
             ws_server.close()
             for conn in list(self.connections):
                 await conn.shutdown()
@@ -475,7 +519,54 @@ class Server:
         await self.catalog.close()
         await self.writer.close()
         await self.snapshots.close()
+        await self.metrics.close()
         self.log.close()
+
+    async def _drain(self, ws: WsServer, stop_replication: asyncio.Event, replication: asyncio.Task[None]) -> None:
+        """A graceful stop (SIGTERM), in order: accept no new connections; apply the writes clients
+        have in flight (and acknowledge them); let the log take in everything committed until now
+        (those writes' echoes included), confirm it to the slot and stop replication; then close
+        every client with 1012 (service restart), so it reconnects at once, here after a restart
+        or to another server, and resumes where it was without a resync."""
+        self.draining = True
+        notify("STOPPING=1")
+        ws.close(close_connections=False)
+        conns = list(self.connections)
+        log.info("draining %d connections (up to %.0fs)", len(conns), self.options.drain_timeout)
+        await asyncio.gather(*(c.drain(self.options.drain_timeout) for c in conns), return_exceptions=True)
+        if self.replication_ok:
+            try:
+                await self.caught_up(timeout=self.options.drain_timeout)
+            except (TimeoutError, psycopg.Error) as exc:
+                log.warning("could not wait for the log to catch up before stopping: %s", exc)
+        stop_replication.set()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(replication)  # it sends the slot its last confirmed position as it stops
+        await asyncio.gather(
+            *(c.close(CLOSE_SERVICE_RESTART, "the server is restarting: reconnect") for c in conns),
+            return_exceptions=True,
+        )
+        log.info("drained: log at %s, slot confirmed", lsnmod.format(self.log.last_lsn))
+
+    async def _catalog_applied(self, generation: int) -> None:
+        """``apply`` committed (its notification, or the poll, says so): read the catalog again and,
+        if what shapes depend on changed, reassess every connected client at once: rows a grant or
+        shape no longer gives leave as GONE, rows it now gives arrive, without a reconnect."""
+        self.catalog.invalidate()
+        fingerprint = await self.catalog.fingerprint()
+        changed = fingerprint != self._fingerprint
+        self._fingerprint = fingerprint
+        self.stats["catalog_reloads"] += 1
+        reassessed = sum(conn.catalog_changed() for conn in list(self.connections)) if changed else 0
+        log.info(
+            "catalog reloaded (apply #%d): %s",
+            generation,
+            f"shapes or grants changed, {reassessed} connected clients reassessed"
+            if changed
+            else "nothing clients depend on changed",
+        )
+        # the file may have moved on again since (or this apply came from another file)
+        self._unapplied_check = asyncio.ensure_future(asyncio.to_thread(self._warn_unapplied, reread=True))
 
     async def _maintain(self) -> None:
         """Every second: write client state whose save failed; every minute: prune the log."""

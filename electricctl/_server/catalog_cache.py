@@ -45,6 +45,15 @@ SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 """The oids of tables given by schema and name (those that exist)."""
 
 
+_FINGERPRINT = (
+    "SELECT schema_name, table_name FROM electric.electrified ORDER BY 1, 2",
+    "SELECT name, definition::text FROM electric.grants ORDER BY 1",
+    "SELECT name, definition::text FROM electric.assignments ORDER BY 1",
+    "SELECT name, definition::text FROM electric.shapes ORDER BY 1",
+    "SELECT name, definition::text FROM electric.settings ORDER BY 1",
+)
+
+
 class CatalogCache:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -136,6 +145,33 @@ class CatalogCache:
         self._electrified = None
         self._policy = None
         self._foreign_keys = None
+
+    def invalidate(self) -> None:
+        """Forget everything cached: the catalog was applied again (see :mod:`.reload`)."""
+        self._relations.clear()
+        self._rules = None
+        self._policy = None
+        self._electrified = None
+        self._foreign_keys = None
+
+    async def generation(self) -> int:
+        """The newest apply recorded (0 before any): it moves whenever ``apply`` changes something."""
+        rows = await self.rows("SELECT coalesce(max(id), 0) FROM electric.applied_configs")
+        return int(rows[0][0])
+
+    async def fingerprint(self) -> tuple[object, ...]:
+        """What connected clients' shapes depend on in the catalog, as it is now: electrified
+        tables, grants, assignments, declared shapes and settings. Equal fingerprints: no client's
+        shapes need reassessing."""
+
+        async def read(conn: psycopg.AsyncConnection[Any]) -> tuple[object, ...]:
+            parts: list[object] = []
+            for query in _FINGERPRINT:
+                cur = await conn.execute(query)
+                parts.append(tuple(map(tuple, await cur.fetchall())))
+            return tuple(parts)
+
+        return await self.run(read)
 
     async def describe(self, table: TableRef, *, fresh: bool = False) -> RelationDef | None:
         """The table's columns as the stream sends them (cached for a few seconds, unless ``fresh``)."""

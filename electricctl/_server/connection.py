@@ -25,6 +25,7 @@ from electricctl import _logctx as logctx
 from electricctl._auth.tokens import Identity
 from electricctl._engine.engine import AnyShape, ShapeEngine
 from electricctl._engine.engine import Refused as EngineRefused
+from electricctl._engine.trees import TreeShape
 from electricctl._model.migrations import Migration
 from electricctl._model.table import TableRef
 from electricctl._protocol import codec
@@ -97,12 +98,16 @@ class Connection:
             who=self.peer,
             has_room=lambda: self.session.has_room(self.phase),
             delivered=self._delivered,
+            errors=server.metrics.error_sent,
         )
         """The server -> client direction as Satellite frames (relations, spool)."""
         self.engine: ShapeEngine | None = None
         """The client's shapes, served (made once it has authenticated)."""
         self._catching_up: set[asyncio.Task[None]] = set()
         """``electricctl.caughtUp`` requests being answered."""
+        self.draining = False
+        """The server is stopping gracefully: frames that arrive now are not acted on (a write
+        is not acknowledged, so the client sends it again to wherever it reconnects)."""
 
     @property
     def replicating(self) -> bool:
@@ -120,6 +125,8 @@ class Connection:
         self._auth_deadline = loop.call_later(timeout, self._timer, S.AuthDeadline(timeout))
         try:
             async for frame in self.ws:
+                if self.draining:
+                    continue  # read only so that the close handshake completes
                 if isinstance(frame, str):
                     raise ProtocolViolation(ERR.INVALID_REQUEST, "text frames are not part of the protocol")
                 await self.feed(S.Frame(frame, time.time()))
@@ -149,6 +156,7 @@ class Connection:
         still be read, or the close would wait out its timeout."""
         with contextlib.suppress(Exception):
             self.ws.transport.resume_reading()
+        self.server.metrics.closed(code)
         await self.ws.close(code, reason)
 
     async def _fail(self, code: int, message: str, close_code: int = CLOSE_PROTOCOL_ERROR) -> None:
@@ -162,6 +170,13 @@ class Connection:
             await self.close(close_code, message[:120])
         except ConnectionClosed:
             pass
+
+    async def drain(self, timeout: float) -> None:
+        """The first part of a graceful stop: take no new requests or writes from this client,
+        and apply (and acknowledge) the writes it has in flight. The stream to it goes on until
+        it is closed (:meth:`close` with 1012)."""
+        self.draining = True
+        await self.writes.stop(timeout)
 
     async def shutdown(self) -> None:
         for task in list(self._catching_up):
@@ -183,7 +198,9 @@ class Connection:
                 await self.server.store.save_async(self.state)
 
     async def send(self, msg: Message) -> None:
-        await self.send_frame(codec.encode(msg))
+        frame = codec.encode(msg)
+        self.server.metrics.sent(msg)  # errors, by code
+        await self.send_frame(frame)
 
     async def send_frame(self, frame: bytes) -> None:
         try:
@@ -326,6 +343,7 @@ class Connection:
 
     async def _start(self, effect: S.StartStream) -> S.StreamStarted | S.Refused:
         def refuse(code: int, message: str) -> S.Refused:
+            log.info("client %s cannot resume (%s): it must resync", self.client_id, message)
             return S.Refused(effect.request_id, "startReplication", code, message, start=True)
 
         state = self.state
@@ -373,6 +391,7 @@ class Connection:
         for sub_id in list(state.subscriptions):
             if sub_id not in keep:
                 del state.subscriptions[sub_id]
+        outdated = False
         for sub in state.subscriptions.values():
             for r in sub.requests:
                 shape = await engine.compile(
@@ -381,19 +400,26 @@ class Connection:
                     TableRef.parse(r["table"]),
                     r.get("where", ""),
                     includes_from_json(r.get("include")),
+                    declared=r.get("shape"),
                 )
                 if isinstance(shape, str):
                     return refuse(START_ERR.SUBSCRIPTION_NOT_FOUND, f"cannot resume {sub.id}: {shape}")
                 engine.register(shape)
+                outdated = outdated or await engine.outdated(shape)
         # the pruned state is saved in the background: the response does not wait for an fsync (the
         # npm client gives startReplication 3 s), and saves of one client land in call order
         self._saving = asyncio.ensure_future(self.server.store.save_async(state))
         engine.start(cursor, schema)
+        if outdated:
+            # a shape of electric.yaml it holds was redefined while it was away: moved to the new
+            # definition once it is at a snapshot point (rows that leave go as GONE)
+            engine.catalog_changed()
         return S.StreamStarted(effect.request_id, cursor)
 
     async def _subscribe(self, effect: S.Subscribe) -> S.Subscribed:
         sub_id = effect.subscription_id
         engine = self._engine()
+        generation = engine.catalog_generation
         assert self.state is not None
         if sub_id in self.state.subscriptions or sub_id in engine.inflight:
             return S.Subscribed(
@@ -418,6 +444,7 @@ class Connection:
                 )
                 continue
             shape = await engine.compile(sub_id, request_id, table, where, includes)
+            self._count_denial(engine, shape)
             if isinstance(shape, str):
                 if shape.startswith("invalid include tree"):
                     code = SHAPE_ERR.INVALID_INCLUDE_TREE
@@ -430,8 +457,20 @@ class Connection:
                 shapes.append(shape)
         if problems:
             return S.Subscribed(effect.request_id, sub_id, None, tuple(problems))
-        engine.subscribe(sub_id, shapes)
+        engine.subscribe(sub_id, shapes, generation)
         return S.Subscribed(effect.request_id, sub_id)
+
+    def _count_denial(self, engine: ShapeEngine, shape: AnyShape | str) -> None:
+        """Count a shape request the permissions refused (not declared while adhoc_shapes is deny),
+        or serve empty (no grant lets the user read its table), for ``GET /metrics``."""
+        if isinstance(shape, str):
+            if "adhoc_shapes is deny" in shape:
+                self.server.metrics.denied("subscribe")
+            return
+        rel = shape.root.relation if isinstance(shape, TreeShape) else shape.relation
+        access = engine.projection.access.get(rel.qualified)
+        if access is not None and access.denied:
+            self.server.metrics.denied("read")
 
     async def _catch_up(self, request_id: int) -> None:
         """Answer ``electricctl.caughtUp`` once the client has been sent everything committed
@@ -478,6 +517,14 @@ class Connection:
     def roles_may_have_changed(self) -> None:
         if self.engine is not None:
             self.engine.roles_may_have_changed()
+
+    def catalog_changed(self) -> bool:
+        """Grants, assignments or declared shapes were applied again: reassess what this client
+        holds (True if it has a stream to reassess)."""
+        if self.engine is None:
+            return False
+        self.engine.catalog_changed()
+        return True
 
     async def stream(self, engine: ShapeEngine) -> None:
         try:

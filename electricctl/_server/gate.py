@@ -1,5 +1,5 @@
 """The door to the Satellite endpoint: plain HTTP answers (``/health``, ``/api/status``,
-``/api/migrations``, 404s), the subprotocol
+``/api/migrations``, ``/metrics``, 404s), the subprotocol
 check, refusals while the server is not ready, and per-address limits on connections (pending
 authentication and in all), all before a WebSocket is accepted."""
 
@@ -19,6 +19,7 @@ from websockets.typing import Subprotocol
 
 from electricctl._model.migrations import Migration
 from electricctl._server import migrations_api
+from electricctl._server.metrics import CONTENT_TYPE
 from electricctl._server.options import ServeOptions
 
 SUPPORTED_PROTOCOLS = ((0, 10), (0, 12))
@@ -49,11 +50,14 @@ class Gate:
         options: ServeOptions,
         health: Callable[[], tuple[int, dict[str, Any]]],
         migrations: Callable[[str], Awaitable[list[Migration]]],
+        metrics: Callable[[], Awaitable[bytes]] | None = None,
     ) -> None:
         self.options = options
         self.health = health
         self.migrations = migrations
         """The migrations after a version (``/api/migrations``); raises migrations_api.Unavailable."""
+        self.metrics = metrics
+        """The ``/metrics`` page (Prometheus text format)."""
         self._open: collections.Counter[str] = collections.Counter()
         self._pending: collections.Counter[str] = collections.Counter()
         """Per address: connections open, and those not authenticated yet."""
@@ -66,6 +70,12 @@ class Gate:
             return response(status, json.dumps(body))
         if path == "/api/migrations":
             return await self._migrations(query)
+        if path == "/metrics" and self.metrics is not None:
+            data = await self.metrics()
+            headers = Headers()
+            headers["Content-Type"] = CONTENT_TYPE
+            headers["Content-Length"] = str(len(data))
+            return Response(200, "OK", headers, data)
         if path != "/ws":
             return response(404, "not found: the Satellite endpoint is /ws\n")
         refused = self._refusal(str(connection.remote_address[0]) if connection.remote_address else "?")

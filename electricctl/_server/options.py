@@ -29,6 +29,15 @@ class ServeOptions:
     previous serve's walsender lingers briefly) before stopping with the reason."""
     replication_work_mem: str | None = None
     """logical_decoding_work_mem for the walsender."""
+    watch: bool = True
+    """Hot reload: re-read the catalog as soon as ``apply`` commits (its ``pg_notify``) and
+    reassess connected clients whose shapes or grants changed. Off: the catalog is read again
+    within a few seconds for new requests, and connected clients keep what they were given."""
+    watch_interval: float = 2.0
+    """With ``watch``: how often to look for a new apply when no notification comes (a pooler
+    that drops them, a lost connection)."""
+    drain_timeout: float = 10.0
+    """On SIGTERM: how long the graceful drain may take before serve exits anyway."""
 
     # -- clients ------------------------------------------------------------------------------
     max_tree_rows: int = 1_000_000

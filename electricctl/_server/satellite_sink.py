@@ -37,6 +37,7 @@ class SatelliteSink:
         who: str,
         has_room: Callable[[], bool],
         delivered: Callable[[int, bool], None],
+        errors: Callable[[str, str], None] | None = None,
     ) -> None:
         self.options = options
         self.spool_dir = spool_dir
@@ -48,6 +49,8 @@ class SatelliteSink:
         """May another transaction be sent now (the session keeps the unacked window)?"""
         self._delivered = delivered
         """Told every LSN the client is given, and whether it is a transaction (in the window)."""
+        self._errors = errors
+        """Told of each error sent (method, code), for ``GET /metrics``."""
         self.sent_relations: dict[int, RelationDef] = {}
         self.acked = asyncio.Event()
         self._spool: Spool | None = None
@@ -169,6 +172,8 @@ class SatelliteSink:
         await self._emit(pb.SatSubsDataEnd())
 
     async def subscription_failed(self, subscription_id: str, message: str) -> None:
+        if self._errors is not None:
+            self._errors("subscriptionData", "SHAPE_DELIVERY_ERROR")
         await self._emit(
             pb.SatSubsDataError(
                 code=pb.SatSubsDataError.SHAPE_DELIVERY_ERROR, message=message, subscription_id=subscription_id

@@ -11,6 +11,7 @@ from electricctl._log.base import TransactionLog
 from electricctl._model.migrations import Migration
 from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
+from electricctl._server.metrics import ServeMetrics
 from electricctl._server.options import ServeOptions
 from electricctl._server.snapshot import SnapshotPool
 from electricctl._server.writer import Writer
@@ -35,6 +36,8 @@ class Services(Protocol):
     scanning: set[Any]
     """Connections catching up from the log: woken on every new batch."""
     stats: dict[str, int]
+    metrics: ServeMetrics
+    """What ``GET /metrics`` counts as it happens (write outcomes, errors sent, latencies)."""
     server_id: str
     spool_dir: Path
     live_head: int

@@ -111,6 +111,10 @@ class SnapshotPool:
         self._users: collections.Counter[str] = collections.Counter()
         self._idle: list[psycopg.AsyncConnection[Any]] = []
         self._all: set[psycopg.AsyncConnection[Any]] = set()
+        self.in_use = 0
+        """Snapshots open now (at most ``size``)."""
+        self.waiting = 0
+        """Requests waiting for a free slot."""
 
     async def take(self, owner: str | None = None) -> Snapshot:
         """Open a snapshot; with ``owner``, wait while that owner already holds its share."""
@@ -148,7 +152,12 @@ class SnapshotPool:
             self._owners.pop(owner, None)
 
     async def _take(self) -> Snapshot:
-        await self._slots.acquire()
+        self.waiting += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self.waiting -= 1
+        self.in_use += 1
         try:
             conn = self._idle.pop() if self._idle else None
             backoff = Backoff("a snapshot connection", 15.0)
@@ -164,6 +173,7 @@ class SnapshotPool:
                     await backoff.recover(exc, conn)
                     conn = None
         except BaseException:
+            self.in_use -= 1
             self._slots.release()
             raise
         return Snapshot(conn, Visibility.parse(row[0], lsnmod.parse(row[1])), self)
@@ -206,6 +216,7 @@ class SnapshotPool:
             await asyncio.shield(conn.close())
             raise
         finally:
+            self.in_use -= 1
             self._slots.release()
         self._all.discard(conn)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -128,8 +129,10 @@ class ClientWrites:
         """Apply or refuse one transaction; True if the connection failed because of it."""
         writer = self.services.writer
         denied: PermissionDenied | None = None
+        outcome, seconds = "failed", None  # for GET /metrics
         try:
             if isinstance(item, InvalidTransaction):
+                outcome = "invalid"
                 if item.transaction is None:
                     return False
                 tx, problem = item.transaction, str(item)
@@ -138,11 +141,15 @@ class ClientWrites:
                 if self.identity is not None:
                     tx.user_id, tx.claims = self.identity.user_id, self.identity.claims
                 policy, relations = await self.services.catalog.policy()
+                started = time.perf_counter()
                 try:
-                    await writer.apply(tx, policy, relations.get)
+                    outcome = "applied" if await writer.apply(tx, policy, relations.get) else "duplicate"
                 except InvalidTransaction as exc:
                     problem = str(exc)
                     denied = exc if isinstance(exc, PermissionDenied) else None
+                    outcome = "refused" if denied is None else "denied"
+                finally:
+                    seconds = time.perf_counter() - started
             if problem is not None:
                 if denied is not None:
                     self._audit(tx, denied, problem)
@@ -161,6 +168,10 @@ class ClientWrites:
                 ERR.INTERNAL, "the server could not apply a transaction; reconnect to retry", CLOSE_INTERNAL_ERROR
             )
             return True
+        finally:
+            self.services.metrics.write_done(outcome, seconds)
+            if outcome == "denied":
+                self.services.metrics.denied("write")
         return False
 
     def _audit(self, tx: ClientTransaction, denied: PermissionDenied, problem: str) -> None:

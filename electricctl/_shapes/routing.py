@@ -31,6 +31,9 @@ class Shape:
     where: CompiledWhere | None
     """None: the whole table."""
     where_text: str
+    declared: str | None = None
+    """The shape of electric.yaml this is (by name), if any: it follows that declaration when an
+    apply changes it."""
 
     def matches(self, row: Row) -> bool:
         return self.where is None or self.where.matches(row)

@@ -18,6 +18,9 @@ WRITER_SETTING = "electric.writer"
 """The sync worker sets this (SET LOCAL) on its own writes, which it tags itself."""
 ADVISORY_LOCK_KEY = int.from_bytes(hashlib.sha256(b"electricctl:apply").digest()[:8], "big", signed=True)
 """Key of the transaction-level advisory lock that serialises applies (per database)."""
+CATALOG_CHANNEL = "electricctl_catalog"
+"""``apply`` notifies on this channel (``pg_notify``, delivered at its commit) with the applied
+config's hash: a running ``serve`` re-reads the catalog at once instead of at its next poll."""
 
 _MAX_IDENT = 63
 

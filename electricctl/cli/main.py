@@ -6,8 +6,10 @@ Exit codes (see :class:`electricctl.errors.ExitCode`): 0 success / no changes, 1
 
 from __future__ import annotations
 
+import json
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -242,21 +244,111 @@ def apply(
 @click.option(
     "--detailed-exitcode", is_flag=True, help="Exit 0 when in sync, 2 on drift or pending changes, 1 on errors."
 )
-def status(file: str, database_url: str | None, output: str, detailed_exitcode: bool) -> None:
-    """What is applied against what the file says: drift, pending changes, replication slots."""
+@click.option(
+    "--serve",
+    "serve_url",
+    default=None,
+    metavar="URL",
+    help=(
+        "Also show a running serve's state (clients, lag, traffic, denials, errors, latency, the last error),"
+        " read from URL/metrics and URL/health, e.g. http://127.0.0.1:5133. The database part is shown too"
+        " when --database-url is given or the -f file exists and names a database (database.url or"
+        " $DATABASE_URL); otherwise only the serve part. Exit 1 when serve cannot be reached."
+    ),
+)
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="With --serve: refresh the serve part every --interval until Ctrl-C (-o json: one JSON line each time).",
+)
+@click.option("--interval", default="2s", show_default=True, help="With --watch: how often to refresh.")
+def status(
+    file: str,
+    database_url: str | None,
+    output: str,
+    detailed_exitcode: bool,
+    serve_url: str | None,
+    watch: bool,
+    interval: str,
+) -> None:
+    """What is applied against what the file says: drift, pending changes, replication slots; with
+    --serve, a running serve's live state as well."""
+    from electricctl.cli import serve_status
+
+    if watch and serve_url is None:
+        raise click.UsageError("--watch refreshes a serve's state: give it --serve URL")
+    every = _seconds(interval)
+    st: applier.Status | None = None
+    served: dict[str, Any] | None = None
     try:
-        config = _load(file, database_url)
-        st = applier.status(config, _url(config, database_url))
+        if serve_url is None or database_url is not None or Path(file).is_file():
+            config = _load(file, database_url)
+            if serve_url is None or applier.database_url(config, database_url):
+                st = applier.status(config, _url(config, database_url))
+        if serve_url is not None:
+            served = serve_status.read(serve_url)
     except ElectricError as exc:
         if output == "json":
             _json_errors(exc)
         raise
     if output == "json":
-        render.print_json(render.status_json(st, file_hash=st.plan.config_hash))
+        doc: dict[str, Any] = (
+            render.status_json(st, file_hash=st.plan.config_hash)
+            if st is not None
+            else {"format_version": summaries.FORMAT_VERSION}
+        )
+        if served is not None:
+            doc["serve"] = served
+        if watch:  # JSON lines, one per refresh
+            print(json.dumps(doc, default=str), flush=True)
+        else:
+            render.print_json(doc)
     else:
-        render.status_report(render.console(wide=True), st, file_hash=st.plan.config_hash)
-    if detailed_exitcode and (not st.in_sync or st.problems):
+        con = render.console(wide=True)
+        if st is not None:
+            render.status_report(con, st, file_hash=st.plan.config_hash)
+        if served is not None and not watch:
+            if st is not None:
+                con.print()
+            con.print(render.serve_report(served))
+    if watch and serve_url is not None and served is not None:
+        _watch_serve(serve_url, served, every, as_json=output == "json")
+    if detailed_exitcode and st is not None and (not st.in_sync or st.problems):
         raise SystemExit(ExitCode.CHANGES)
+
+
+def _watch_serve(url: str, first: dict[str, Any], every: float, *, as_json: bool) -> None:
+    """``status --serve --watch``: read the serve again every ``every`` seconds until Ctrl-C. A read
+    that fails is shown (the last numbers stay) and retried."""
+    from rich.live import Live
+
+    from electricctl.cli import serve_status
+
+    summary, at = first, time.monotonic()
+
+    def refresh() -> str | None:
+        nonlocal summary, at
+        now = time.monotonic()
+        try:
+            summary = serve_status.read(url, previous=summary, elapsed=now - at)
+        except serve_status.ServeUnreachable as exc:
+            return str(exc)
+        at = now
+        return None
+
+    try:
+        if as_json:
+            while True:
+                time.sleep(every)
+                problem = refresh()
+                print(json.dumps({"serve": summary} if problem is None else {"error": problem}), flush=True)
+        with Live(render.serve_report(summary), console=render.console(), auto_refresh=False) as live:
+            while True:
+                time.sleep(every)
+                problem = refresh()
+                live.update(render.serve_report(summary, problem=problem), refresh=True)
+    except KeyboardInterrupt:
+        return
 
 
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd]?)$")
@@ -359,6 +451,30 @@ def _bytes(text: str, option: str) -> int:
     show_default=True,
     help="Drop a client that reads subscription data slower than this per second (after --send-timeout).",
 )
+@click.option(
+    "--watch/--no-watch",
+    default=True,
+    show_default=True,
+    help=(
+        "Hot reload: re-read the catalog as soon as `apply` commits (it notifies), and reassess connected"
+        " clients whose grants or shapes changed (rows leave or arrive, no reconnect)."
+    ),
+)
+@click.option(
+    "--watch-interval",
+    default="2s",
+    show_default=True,
+    help="With --watch: how often to look for an apply whose notification did not come (a pooler drops them).",
+)
+@click.option(
+    "--drain-timeout",
+    default="10s",
+    show_default=True,
+    help=(
+        "On SIGTERM: stop accepting, finish writes in flight, confirm the log, close clients with 1012;"
+        " exit after this long whatever is left."
+    ),
+)
 @click.option("--no-fsync", is_flag=True, hidden=True, help="Testing only: do not fsync the log.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 @click.option(
@@ -389,6 +505,9 @@ def serve(
     log_cache_mb: int,
     snapshots_per_user: int,
     min_send_rate: str,
+    watch: bool,
+    watch_interval: str,
+    drain_timeout: str,
     no_fsync: bool,
     log_level: str,
     log_format: str,
@@ -438,6 +557,9 @@ def serve(
             log_cache_bytes=log_cache_mb << 20,
             snapshots_per_user=snapshots_per_user,
             min_send_rate=_bytes(min_send_rate, "--min-send-rate"),
+            watch=watch,
+            watch_interval=_seconds(watch_interval),
+            drain_timeout=_seconds(drain_timeout),
         ),
     )
 

@@ -160,3 +160,101 @@ def status_json(st: Status, *, file_hash: str) -> dict[str, Any]:
             for s in st.slots
         ],
     }
+
+
+# -- status --serve ------------------------------------------------------------------------------
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
+        n /= 1024
+    return f"{n:,.1f} TiB"  # pragma: no cover - GiB ends the loop
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count:,} {noun}{'' if count == 1 else 's'}"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
+
+
+def serve_report(s: dict[str, Any], *, problem: str | None = None) -> Table:
+    """A running serve's state (a summary from :func:`electricctl.cli.serve_status.summarize`), as
+    one screen; ``problem``: why the last refresh failed (``--watch`` keeps the last numbers)."""
+    state = "[green]ready[/green]" if s.get("ready") else f"[red]{escape(str(s.get('status') or 'unknown'))}[/red]"
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column()
+    grid.title = f"serve {escape(s['url'])}  {state}  (electricctl {escape(s['version'])})"
+    grid.title_justify = "left"
+    c, r, out, w = s["clients"], s["replication"], s["out"], s["writes"]
+    rates = s.get("rates")
+    grid.add_row(
+        "clients",
+        f"{_n(c['authenticated'], 'client')} ({_n(c['connections'], 'connection')} open, {c['catching_up']} catching"
+        f" up), {_n(s['subscriptions'], 'subscription')}, {_n(s['shapes'], 'shape')}",
+    )
+    lag_style = "green" if r["lag_bytes"] == 0 else "yellow" if r["lag_seconds"] < 10 else "red"
+    grid.add_row(
+        "replication",
+        ("[green]up[/green]" if r["up"] else "[red]down[/red]")
+        + f", lag [{lag_style}]{_size(r['lag_bytes'])}, {_duration(r['lag_seconds'])}[/{lag_style}],"
+        f" confirmed {r['confirmed_lsn']}, {r['transactions_logged']:,} transactions logged, {r['restarts']} restarts",
+    )
+    line = (
+        f"{out['transactions']:,} transactions, {out['rows']:,} rows, {out['migrations']:,} migrations,"
+        f" {out['subscriptions_delivered']:,} subscriptions delivered"
+    )
+    if rates:
+        line += (
+            f"  [dim]({rates['transactions_out_per_second']:,.1f} tx/s,"
+            f" {rates['rows_out_per_second']:,.1f} rows/s)[/dim]"
+        )
+    grid.add_row("out", line)
+    line = (
+        ", ".join(f"{n:,} {k}" for k, n in w.items())
+        + f"; {s['write_operations']:,} operations, {s['write_retries']:,} retries"
+    )
+    if rates:
+        line += f"  [dim]({rates['writes_applied_per_second']:,.1f} applied/s)[/dim]"
+    grid.add_row("writes in", line)
+    denials = s["denials"]
+    grid.add_row(
+        "denials",
+        ("[yellow]" if any(denials.values()) else "[green]")
+        + ", ".join(f"{k} {n:,}" for k, n in denials.items())
+        + ("[/yellow]" if any(denials.values()) else "[/green]"),
+    )
+    errors = s["errors"]
+    grid.add_row(
+        "errors sent",
+        ", ".join(escape(f"{e['method']}:{e['code']} {e['count']:,}") for e in errors)
+        if errors
+        else "[green]none[/green]",
+    )
+    if s["closes"]:
+        grid.add_row("closed by serve", ", ".join(f"{code}: {n:,}" for code, n in s["closes"].items()))
+    log = s["log"]
+    grid.add_row("log", f"{_size(log['size_bytes'])}, horizon {log['horizon_lsn']}, last {log['last_lsn']}")
+    snaps = s["snapshots"]
+    grid.add_row("snapshots", f"{snaps['in_use']}/{snaps['size']} in use, {snaps['waiting']} waiting")
+    names = {"commit_to_send": "commit → sent", "write_apply": "write applied"}
+    grid.add_row(
+        "latency",
+        "; ".join(
+            f"{names.get(k, k)} p50 {_duration(v['p50_seconds'])}, p99 {_duration(v['p99_seconds'])} (n={v['count']:,})"
+            for k, v in s["latency"].items()
+        ),
+    )
+    last = s.get("last_error")
+    grid.add_row("last error", f"[red]{escape(str(last))}[/red]" if last else "[green]none[/green]")
+    for warning in s.get("warnings") or []:
+        grid.add_row("warning", f"[yellow]{escape(str(warning))}[/yellow]")
+    if problem:
+        grid.add_row("refresh", f"[red]{escape(problem)}[/red] [dim](the numbers above are from the last read)[/dim]")
+    return grid

@@ -122,11 +122,13 @@ async def test_one_owner_holds_at_most_its_share_of_snapshots(env: Env) -> None:
         bob = await asyncio.wait_for(pool.take(owner="bob"), 5)  # bob does not wait for alice
         rel = await bob.describe(TableRef("public", "items"))
         assert rel is not None
+        assert pool.in_use == 3 and pool.waiting == 0  # alice's third waits for her share, not the pool
         await a1.close()
         a3 = await asyncio.wait_for(third, 5)
         for snap in (a2, a3, bob):
             await snap.close()
         assert not pool._owners  # owners that hold nothing are forgotten
+        assert pool.in_use == 0
     finally:
         await pool.close()
     with psycopg.connect(env.url) as conn:  # the pool's connections are gone

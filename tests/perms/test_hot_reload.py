@@ -1,0 +1,180 @@
+"""Hot reload: `electricctl apply` changes grants or declared shapes while clients are connected,
+and serve reassesses them live (rows leave as GONE, rows arrive), with no reconnect."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+
+import psycopg
+
+from electricctl._protocol import satellite_pb2 as pb
+from electricctl._server.app import Server
+from tests.perms.conftest import CONFIG
+from tests.perms.test_read_permissions import ids, reader
+from tests.satellite_client import SatelliteClient
+from tests.server_fixtures import Env, running_server
+
+ISSUES_GRANT = """  - privileges: [select, insert, update, delete]
+    on: issues
+    to: "projects:member"
+    where: "status <> 'archived'"
+"""
+
+
+async def apply(env: Env, text: str) -> float:
+    """Write ``text`` as the file and run `electricctl apply --prune` on it, as CI would (without blocking
+    the server, which runs in this process); the time it exited."""
+    env.config_path.write_text(text)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "electricctl",
+        "apply",
+        "-f",
+        str(env.config_path),
+        "--database-url",
+        env.url,
+        "--prune",  # a grant or shape taken out of the file goes from the database too
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, (out + err).decode()
+    return time.monotonic()
+
+
+async def test_a_grant_removed_from_the_file_leaves_connected_clients_at_once(server: Server, env: Env) -> None:
+    assert ISSUES_GRANT in CONFIG
+    alice = await reader(server, env, "alice", "issues", "users")
+    ws = alice.ws
+    try:
+        assert ids(alice, "issues") == {"i1", "i4"}
+        assert ids(alice, "users") == {"alice"}
+        applied = await apply(env, CONFIG.replace(ISSUES_GRANT, ""))
+        await alice.wait_for(lambda: ids(alice, "issues") == set(), timeout=10)
+        # within a second of apply returning (its notification is delivered at its commit)
+        assert time.monotonic() - applied < 1.0
+        assert alice.ws is ws and alice.closed_with is None  # the same connection, never dropped
+        assert ids(alice, "users") == {"alice"}  # a grant that did not change keeps its rows
+        # and nothing of the table reaches her afterwards
+        env.sql("INSERT INTO issues VALUES ('i5', 'p1', 'new', 'open')")
+        env.sql("UPDATE users SET name = 'Alice B' WHERE id = 'alice'")
+        await alice.wait_for(lambda: alice.table("users")[(b"alice",)]["name"] == b"Alice B")
+        assert ids(alice, "issues") == set()
+
+        # the grant comes back narrower: the rows it gives arrive, live
+        narrower = ISSUES_GRANT.replace("status <> 'archived'", "status = 'open' AND title <> 'spare'")
+        await apply(env, CONFIG.replace(ISSUES_GRANT, narrower))
+        await alice.wait_for(lambda: ids(alice, "issues") == {"i1", "i5"}, timeout=10)
+        env.sql("INSERT INTO issues VALUES ('i6', 'p1', 'spare', 'open'), ('i7', 'p1', 'later', 'open')")
+        await alice.wait_for(lambda: "i7" in ids(alice, "issues"))
+        assert ids(alice, "issues") == {"i1", "i5", "i7"}
+        assert alice.ws is ws and alice.closed_with is None
+        assert server.stats["catalog_reloads"] == 2
+    finally:
+        await alice.close()
+
+
+SHAPES_CONFIG = CONFIG.replace("adhoc_shapes: allow", "adhoc_shapes: deny") + (
+    """shapes:
+  - name: open_issues
+    table: issues
+    where: "status = 'open'"
+"""
+)
+
+
+async def by_name(cl: SatelliteClient, name: str) -> str:
+    req = pb.SatSubsReq(
+        subscription_id=str(uuid.uuid4()),
+        shape_requests=[
+            pb.SatShapeReq(
+                request_id="r", shape_definition=pb.SatShapeDef(selects=[pb.SatShapeDef.Select(tablename=name)])
+            )
+        ],
+    )
+    resp = await cl.rpc("subscribe", req)
+    assert isinstance(resp, pb.SatSubsResp) and not resp.HasField("err"), resp
+    await cl.wait_for(lambda: req.subscription_id in cl.subscriptions_done)
+    return req.subscription_id
+
+
+async def test_a_declared_shape_redefined_moves_its_subscribers(db_url: str, tmp_path: object, env: Env) -> None:
+    await apply(env, SHAPES_CONFIG)
+    async with running_server(env) as server:
+        alice = await reader(server, env, "alice")
+        sub = await by_name(alice, "open_issues")
+        assert ids(alice, "issues") == {"i1", "i4"}
+        # the shape is redefined: i4 leaves, and the new definition follows live
+        await apply(
+            env, SHAPES_CONFIG.replace("where: \"status = 'open'\"", "where: \"status = 'open' AND id <> 'i4'\"")
+        )
+        await alice.wait_for(lambda: ids(alice, "issues") == {"i1"}, timeout=10)
+        env.sql("INSERT INTO issues VALUES ('i4b', 'p1', 'x', 'open')")
+        await alice.wait_for(lambda: "i4b" in ids(alice, "issues"))
+        await alice.ack()
+        await alice.close()
+
+        # redefined again while she is away: her resume is moved to it, without a resync
+        await apply(env, SHAPES_CONFIG.replace("status = 'open'", "status IN ('open', 'archived')"))
+        again, resp = await alice.resume(env.token("alice"), [sub])
+        try:
+            assert not resp.HasField("err"), resp
+            # i4 is back; i3 (archived) matches the shape now, but no grant shows archived issues
+            await again.wait_for(lambda: ids(again, "issues") == {"i1", "i4", "i4b"}, timeout=10)
+
+            # the shape is no longer declared: what it gave leaves
+            await apply(env, CONFIG.replace("adhoc_shapes: allow", "adhoc_shapes: deny"))
+            await again.wait_for(lambda: ids(again, "issues") == set(), timeout=10)
+            assert again.closed_with is None
+        finally:
+            await again.close()
+
+
+async def test_without_watch_connected_clients_keep_what_they_were_given(env: Env) -> None:
+    async with running_server(env, watch=False) as server:
+        alice = await reader(server, env, "alice", "issues")
+        try:
+            await apply(env, CONFIG.replace(ISSUES_GRANT, ""))
+            await asyncio.sleep(1.5)
+            assert ids(alice, "issues") == {"i1", "i4"}
+            assert server.stats["catalog_reloads"] == 0
+        finally:
+            await alice.close()
+
+
+async def test_the_watch_reconnects_after_its_connection_is_killed(env: Env) -> None:
+    async with running_server(env) as server:
+        alice = await reader(server, env, "alice", "issues")
+        try:
+            with psycopg.connect(env.url, autocommit=True) as conn:
+                killed = conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'electricctl-reload'"
+                ).fetchall()
+            assert killed == [(True,)]
+            await apply(env, CONFIG.replace(ISSUES_GRANT, ""))
+            await alice.wait_for(lambda: ids(alice, "issues") == set(), timeout=15)
+            assert alice.closed_with is None
+        finally:
+            await alice.close()
+
+
+async def test_an_apply_whose_notification_never_came_is_found_by_the_poll(env: Env) -> None:
+    """As behind a pooler that drops notifications: the catalog changes and a new apply is
+    recorded, with no pg_notify; the poll finds it."""
+    async with running_server(env, watch_interval=0.5) as server:
+        alice = await reader(server, env, "alice", "issues")
+        try:
+            with psycopg.connect(env.url) as conn:
+                conn.execute("DELETE FROM electric.grants WHERE definition->>'table' = 'public.issues'")
+                conn.execute(
+                    "INSERT INTO electric.applied_configs (config_hash, electricctl_version, changes)"
+                    " VALUES ('by-hand', 'test', '[]')"
+                )
+            await alice.wait_for(lambda: ids(alice, "issues") == set(), timeout=10)
+            assert server.watcher.listening and alice.closed_with is None
+        finally:
+            await alice.close()
