@@ -47,6 +47,15 @@ def start(tmp_path: Path, port: int) -> tuple[subprocess.Popen[str], str, str]:
     return proc, url, token
 
 
+def wait_for_shape(tmp_path: Path, name: str) -> None:
+    port = int((tmp_path / ".electric" / "port").read_text())
+    deadline = time.monotonic() + 30
+    with psycopg.connect(f"postgresql://postgres@127.0.0.1:{port}/app", autocommit=True) as conn:
+        while not conn.execute("SELECT 1 FROM electric.shapes WHERE name = %s", [name]).fetchone():
+            assert time.monotonic() < deadline, f"{name} was never applied"
+            time.sleep(0.1)
+
+
 def stop(proc: subprocess.Popen[str]) -> str:
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -64,9 +73,19 @@ async def test_dev_serves_the_file_and_keeps_its_data_across_restarts(tmp_path: 
         client = SyncClient(str(tmp_path / "app.db"), url, token)
         await client.start()
         await client.synced(await client.subscribe("notes"))
+        # an edit of the file is applied while dev runs; one that does not validate is not
+        (tmp_path / "electric.yaml").write_text(CONFIG + "shapes:\n  - {name: all_notes, table: notes}\n")
+        await asyncio.to_thread(wait_for_shape, tmp_path, "all_notes")
+        (tmp_path / "electric.yaml").write_text(CONFIG.replace("tables: [notes]", "tables: [nosuch]"))
+        await asyncio.sleep(1.5)
+        (tmp_path / "electric.yaml").write_text(CONFIG)  # as it was: all_notes goes again
+        await asyncio.sleep(1.5)
         await client.stop()
     finally:
         out = await asyncio.to_thread(stop, proc)
+    assert "electric.yaml changed: applied (1 to create" in out, out
+    assert "electric.yaml changed and was not applied" in out and "nosuch" in out, out
+    assert "electric.yaml changed: applied (0 to create, 0 to update, 1 to delete)" in out, out
     assert f"ran {tmp_path / 'schema.sql'}" in out and "DATABASE_URL=postgresql://" in out and "stopped." in out
     pg_url = next(line.split("=", 1)[1] for line in out.splitlines() if line.startswith("DATABASE_URL="))
     # again: the same cluster and data, the schema not run twice

@@ -2,8 +2,10 @@
 
 A PostgreSQL cluster under ``./.electric/`` (it survives restarts: the data stays), the app's schema
 run once when the database is made, electric.yaml applied, and ``serve`` on a local port, with the
-URLs and a development token printed. Ctrl-C stops serve and Postgres cleanly; the next ``dev``
-starts where this one stopped. A key for secure mode (HS*) is made once and kept with the cluster
+URLs and a development token printed. While it runs, a change to electric.yaml is applied at once
+(with ``--prune``: what the file no longer declares goes) and serve's hot reload moves connected
+clients to it; a file that does not validate is reported and left unapplied. Ctrl-C stops serve and
+Postgres cleanly; the next ``dev`` starts where this one stopped. A key for secure mode (HS*) is made once and kept with the cluster
 when the environment gives none.
 """
 
@@ -20,6 +22,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 from rich.console import Console
+from rich.text import Text
 
 from electricctl._apply import applier
 from electricctl._auth.tokens import AuthError, mint
@@ -28,6 +31,8 @@ from electricctl._embedded.postgres import EmbeddedPostgres
 from electricctl._server.app import Server
 from electricctl._server.options import ServeOptions
 from electricctl.cli import render
+from electricctl.cli.summaries import counts
+from electricctl.errors import ElectricError
 
 DATABASE = "app"
 PORT_FILE = "port"
@@ -76,7 +81,8 @@ def run(
         con.print(f"\nDATABASE_URL={url}\nsync service: {ws}\ntoken for {sub!r} (24 h): {token}")
         con.print("Ctrl-C stops serve and PostgreSQL (the data stays in " + str(base) + ").")
         options = ServeOptions(port=port, data_dir=base / "serve", slot="electricctl_dev")
-        asyncio.run(_serve(Server(config, url, options), ready_file, ws, token))
+        reapply = _Reapply(con, file, env, url)
+        asyncio.run(_serve(Server(config, url, options), ready_file, ws, token, reapply))
     finally:
         pg.stop(cleanup=False)
         con.print("stopped.")
@@ -91,7 +97,37 @@ def _ensure_database(pg: EmbeddedPostgres) -> bool:
     return True
 
 
-async def _serve(server: Server, ready_file: str | None, ws: str, token: str) -> None:
+class _Reapply:
+    """Apply electric.yaml again whenever it changes, until ``stop``; one line per change."""
+
+    def __init__(self, con: Console, file: str, env: dict[str, str], url: str) -> None:
+        self.con, self.file, self.env, self.url = con, file, env, url
+
+    async def run(self, stop: asyncio.Event) -> None:
+        import watchfiles
+
+        async for _ in watchfiles.awatch(self.file, stop_event=stop, debounce=200):
+            try:
+                result = await asyncio.to_thread(self._apply)
+            except ElectricError as exc:
+                self.con.print(Text(f"{self.file} changed and was not applied:\n{exc}", style="red"))
+                continue
+            n = counts(result.plan)
+            self.con.print(
+                Text(
+                    f"{self.file} changed: applied ({n['create']} to create, {n['update']} to update,"
+                    f" {n['delete']} to delete)"
+                    if result.applied
+                    else f"{self.file} changed: nothing to apply"
+                )
+            )
+
+    def _apply(self) -> applier.ApplyResult:
+        config = load_file(self.file, env=self.env, database_url=self.url)
+        return applier.apply(config, self.url, prune=True)
+
+
+async def _serve(server: Server, ready_file: str | None, ws: str, token: str, reapply: _Reapply) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -102,6 +138,13 @@ async def _serve(server: Server, ready_file: str | None, ws: str, token: str) ->
     ready = asyncio.create_task(started.wait())
     await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
     ready.cancel()  # serve may have stopped before it was ready: nothing is left waiting
+    watching = asyncio.create_task(reapply.run(stop)) if started.is_set() else None
     if started.is_set() and ready_file:
         Path(ready_file).write_text(f"{ws}\n{token}\n")
-    await task
+    try:
+        await task
+    finally:
+        stop.set()
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)

@@ -4,11 +4,13 @@ and serve reassesses them live (rows leave as GONE, rows arrive), with no reconn
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 import time
 import uuid
 
 import psycopg
+import pytest
 
 from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
@@ -178,3 +180,23 @@ async def test_an_apply_whose_notification_never_came_is_found_by_the_poll(env: 
             assert server.watcher.listening and alice.closed_with is None
         finally:
             await alice.close()
+
+
+async def test_a_reload_says_when_the_served_file_differs_from_what_was_applied(
+    server: Server, env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An apply made from another copy of the file (another checkout, CI): serve's own file now
+    has changes that are not applied, and serve says so at the reload."""
+    other = env.config_path.with_name("other.yaml")
+    other.write_text(CONFIG.replace(ISSUES_GRANT, ""))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "electricctl", "apply", "-f", str(other), "--database-url", env.url, "--prune",
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    assert await proc.wait() == 0
+    with caplog.at_level(logging.WARNING, logger="electricctl.server"):
+        deadline = time.monotonic() + 10
+        while "has changes that are not applied (1 to create" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            await asyncio.sleep(0.1)
+    assert str(env.config_path) in caplog.text

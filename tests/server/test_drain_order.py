@@ -5,6 +5,9 @@ a connection attempted meanwhile is refused."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -14,7 +17,7 @@ from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server.app import Server
 from electricctl._server.options import ServeOptions
 from tests.server.test_writes import ITEMS, connected, insert
-from tests.server_fixtures import Env, ws_url
+from tests.server_fixtures import Env, ServeProcess, ws_url
 
 
 async def test_a_write_in_flight_is_acknowledged_before_the_close_with_1012(env: Env) -> None:
@@ -59,3 +62,23 @@ async def test_a_write_in_flight_is_acknowledged_before_the_close_with_1012(env:
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.shield(task), 20)
+
+
+def test_serve_tells_systemd_when_it_is_ready_and_when_it_stops(
+    serve_process: ServeProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sd_notify, as the systemd recipe's Type=notify expects: READY=1 once it listens, STOPPING=1
+    when SIGTERM starts the drain."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(30)
+    monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+    try:
+        serve_process.start()
+        ready = sock.recv(4096).decode()
+        assert ready.startswith("READY=1\n") and f":{serve_process.port}" in ready
+        assert serve_process.stop(signal.SIGTERM) == 0
+        assert sock.recv(4096).decode() == "STOPPING=1"
+    finally:
+        sock.close()
