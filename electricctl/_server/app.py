@@ -41,6 +41,7 @@ from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
 from electricctl._server.common import CLOSE_SERVICE_RESTART, first_line
 from electricctl._server.connection import Connection
+from electricctl._server.front import Front, HttpRequest, HttpResponse, WebSocketSettings
 from electricctl._server.gate import Gate
 from electricctl._server.metrics import ServeMetrics
 from electricctl._server.options import ServeOptions
@@ -125,6 +126,8 @@ class Server:
         """Why the last write to the log failed, until a write succeeds (``/health`` is 503 meanwhile)."""
         self.draining = False
         """A graceful stop is under way (:meth:`_drain`)."""
+        self.front: Front | None = None
+        """The listening socket's protocol factory (WebSocket and plain HTTP), once serving."""
         self._markers: dict[bytes, asyncio.Future[None]] = {}
         self.source.on_marker = self._on_marker
         self._ws: WsServer | None = None
@@ -454,19 +457,30 @@ class Server:
             ) from None
         stop_replication = asyncio.Event()
         replication = asyncio.create_task(self._replicate(stop_replication), name="replication")
-        try:
-            ws_server = await serve(
-                self._handle,
-                self.options.host,
-                self.options.port,
-                process_request=self.gate.process_request,
-                select_subprotocol=self.gate.select_subprotocol,
-                compression=None,
-                ping_interval=20,
-                ping_timeout=20,
+        # websockets' server, for its connection handler (handshake, process_request, ours) and its
+        # bookkeeping; the listening socket is ours (front.py): it serves plain HTTP too
+        ws_server = serve(self._handle, process_request=self.gate.process_request, compression=None)
+        self.front = front = Front(
+            self._http,
+            ws_server,
+            WebSocketSettings(
+                self.gate.select_subprotocol,
                 max_size=self.options.preauth_frame_bytes,  # raised per connection once it has authenticated
                 max_queue=4,  # frames websockets buffers per connection before it stops reading
-            )
+                ping_interval=20,
+                ping_timeout=20,
+            ),
+            max_body=self.options.max_frame_bytes,
+            max_http_per_peer=self.options.max_connections_per_peer,
+        )
+        loop = asyncio.get_running_loop()
+
+        async def listen() -> asyncio.Server:
+            return await loop.create_server(front.protocol, self.options.host, self.options.port)
+
+        ws_server.create_server = listen
+        try:
+            await ws_server
         except OSError as exc:
             stop_replication.set()
             replication.cancel()
@@ -531,6 +545,8 @@ class Server:
         self.draining = True
         notify("STOPPING=1")
         ws.close(close_connections=False)
+        if self.front is not None:
+            self.front.close_idle()
         conns = list(self.connections)
         log.info("draining %d connections (up to %.0fs)", len(conns), self.options.drain_timeout)
         await asyncio.gather(*(c.drain(self.options.drain_timeout) for c in conns), return_exceptions=True)
@@ -547,6 +563,15 @@ class Server:
             return_exceptions=True,
         )
         log.info("drained: log at %s, slot confirmed", lsnmod.format(self.log.last_lsn))
+
+    async def _http(self, request: HttpRequest) -> HttpResponse:
+        """A plain HTTP request on the serve port (not a WebSocket upgrade)."""
+        answer = await self.gate.http(request)
+        if answer is not None:
+            return answer
+        return HttpResponse(
+            404, b"not found: the Satellite endpoint is /ws\n", [("content-type", "text/plain; charset=utf-8")]
+        )
 
     async def _catalog_applied(self, generation: int) -> None:
         """``apply`` committed (its notification, or the poll, says so): read the catalog again and,

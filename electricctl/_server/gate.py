@@ -9,6 +9,7 @@ import collections
 import http
 import json
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ from websockets.typing import Subprotocol
 
 from electricctl._model.migrations import Migration
 from electricctl._server import migrations_api
+from electricctl._server.front import HttpRequest, HttpResponse
 from electricctl._server.metrics import CONTENT_TYPE
 from electricctl._server.options import ServeOptions
 
@@ -62,20 +64,29 @@ class Gate:
         self._pending: collections.Counter[str] = collections.Counter()
         """Per address: connections open, and those not authenticated yet."""
 
-    # -- websockets' hooks ---------------------------------------------------------------------
-    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
-        path, _, query = request.path.partition("?")
+    # -- plain HTTP (see front.py) ---------------------------------------------------------------
+    async def http(self, request: HttpRequest) -> HttpResponse | None:
+        """The service's own pages; None for a path that is not one of them."""
+        path = request.path
+        if request.method not in ("GET", "HEAD"):
+            if path in ("/health", "/api/status", "/api/migrations", "/metrics", "/ws"):
+                return _as_http(response(405, f"{request.method} is not allowed on {path}\n"))
+            return None
         if path in ("/health", "/api/status"):
             status, body = self.health()
-            return response(status, json.dumps(body))
+            return _as_http(response(status, json.dumps(body)))
         if path == "/api/migrations":
-            return await self._migrations(query)
+            return _as_http(await self._migrations(urllib.parse.urlencode(request.query)))
         if path == "/metrics" and self.metrics is not None:
             data = await self.metrics()
-            headers = Headers()
-            headers["Content-Type"] = CONTENT_TYPE
-            headers["Content-Length"] = str(len(data))
-            return Response(200, "OK", headers, data)
+            return HttpResponse(200, data, [("content-type", CONTENT_TYPE)])
+        if path == "/ws":
+            return _as_http(response(426, "the Satellite endpoint takes a WebSocket upgrade\n"))
+        return None
+
+    # -- websockets' hooks ---------------------------------------------------------------------
+    async def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path = request.path.partition("?")[0]
         if path != "/ws":
             return response(404, "not found: the Satellite endpoint is /ws\n")
         refused = self._refusal(str(connection.remote_address[0]) if connection.remote_address else "?")
@@ -146,6 +157,14 @@ class Gate:
                 429, f"too many connections from {host} (at most {options.max_connections_per_peer}); retry later\n"
             )
         return None
+
+
+def _as_http(resp: Response) -> HttpResponse:
+    return HttpResponse(
+        resp.status_code,
+        bytes(resp.body or b""),
+        [(k, v) for k, v in resp.headers.raw_items() if k.lower() != "content-length"],
+    )
 
 
 def _decrement(counter: collections.Counter[str], key: str) -> None:

@@ -20,6 +20,9 @@ from typing import Any
 
 import pytest
 
+# the HTTP Shape API clients (@electric-sql/client, TanStack DB): fixtures for tests/compat and below
+from tests.compat.http.driver import http_node_modules, shape_driver, shape_drivers  # noqa: F401
+
 HERE = Path(__file__).resolve().parent
 
 
