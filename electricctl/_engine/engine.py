@@ -612,6 +612,7 @@ class ShapeEngine:
         recorded = False
         try:
             async with self._snapshot() as snap:
+                sink.snapshot_taken(snap.visibility)
                 deferred = await self._catch_up_to(snap.visibility)
                 relations = [
                     n.relation for s in sub.shapes for n in (s.root.walk() if isinstance(s, tr.TreeShape) else [s])

@@ -14,6 +14,7 @@ from typing import Protocol
 
 from electricctl._model.migrations import Migration
 from electricctl._model.rows import Change, RelationDef, Row, Transaction
+from electricctl._shapes.visibility import Visibility
 
 
 class Sink(Protocol):
@@ -43,6 +44,11 @@ class Sink(Protocol):
     async def migration(self, lsn: int, timestamp_ms: int, xid: int, migrations: Sequence[Migration]) -> None:
         """Schema changes (all of one version) as a transaction of their own at ``lsn``: the client
         applies them before any data that follows."""
+        ...
+
+    def snapshot_taken(self, visibility: Visibility) -> None:
+        """The snapshot a subscription's data is read from (Electric's HTTP API sends its xmin, xmax
+        and xip list as ``snapshot-end``); nothing to do for Satellite."""
         ...
 
     async def subscription_begin(self, subscription_id: str, lsn: int, relations: Sequence[RelationDef]) -> None: ...

@@ -10,6 +10,7 @@ function or type outside the whitelist is an error that names it.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,8 +103,12 @@ def _offset(node: Any) -> int | None:
     return None
 
 
-def parse(text: str) -> Parsed:
-    """Parse and whitelist ``text``; raise :class:`ExprError` naming the first problem."""
+def parse(text: str, params: Mapping[int, str] | None = None) -> Parsed:
+    """Parse and whitelist ``text``; raise :class:`ExprError` naming the first problem.
+
+    ``params``: values for ``$1``, ``$2``... (the HTTP Shape API's ``params[n]``), each taken as an
+    unknown-typed literal, as Postgres takes an untyped text parameter: it gets the type of the
+    other operand. Without ``params`` a parameter is refused."""
     if not text.strip():
         raise ExprError("the expression is empty", 0)
     try:
@@ -138,11 +143,35 @@ def parse(text: str) -> Parsed:
     try:
         tree = json.loads(parse_sql_json(_PREFIX + text))["stmts"][0]["stmt"]["SelectStmt"]["whereClause"]
         consts = _const_offsets(where, tree)
-        expr = _Converter(consts).convert(where)
+        expr = _Converter(consts, params).convert(where)
         canonical = RawStream()(where)
     except RecursionError:  # pragma: no cover - MAX_DEPTH keeps well below Python's limit
         raise ExprError(f"the expression is nested more than {MAX_DEPTH} levels deep", 0) from None
     return Parsed(expr, canonical)
+
+
+def bind_params(text: str, params: Mapping[int, str]) -> str:
+    """``text`` with each ``$n`` replaced by ``params[n]`` as a quoted literal (pglast writes the
+    quoting): one clause with its values in it, for everything downstream that takes a clause
+    (compiling, routing, remembering a subscription). Raises :class:`ExprError` as :func:`parse`
+    does, and for a ``$n`` without a value."""
+    parse(text, params)
+    stmt: Any = parse_sql(_PREFIX + text)[0].stmt
+    where = stmt.whereClause
+
+    def bound(node: Any) -> Any:
+        if isinstance(node, pg.ParamRef):
+            return pg.A_Const(isnull=False, val=pg.String(sval=params[int(node.number or 0)]))
+        if isinstance(node, tuple):
+            return tuple(bound(n) for n in node)
+        if isinstance(node, pg.Node):
+            for name in getattr(node, "__slots__", ()):
+                child = getattr(node, name, None)
+                if isinstance(child, pg.Node | tuple):
+                    setattr(node, name, bound(child))
+        return node
+
+    return str(RawStream()(bound(where)))
 
 
 MAX_DEPTH = 100
@@ -206,8 +235,9 @@ def _json_fields(node: Any, js: Any) -> dict[str, Any]:
 class _Converter:
     """pglast nodes to :mod:`electricctl._expr.ast`, with each node's offset in the user's text."""
 
-    def __init__(self, consts: dict[int, int]) -> None:
+    def __init__(self, consts: dict[int, int], params: Mapping[int, str] | None = None) -> None:
         self.consts = consts
+        self.params = params
 
     def convert_list(self, nodes: Any) -> tuple[ast.Expr, ...]:
         return tuple(self.convert(n) for n in nodes)
@@ -242,7 +272,11 @@ class _Converter:
             case pg.SubLink:
                 raise ExprError("subqueries are not allowed in expressions", _offset(node))
             case pg.ParamRef:
-                raise ExprError("parameters ($1) are not allowed; use auth.<claim> or a literal", _offset(node))
+                if self.params is None:
+                    raise ExprError("parameters ($1) are not allowed; use auth.<claim> or a literal", _offset(node))
+                if node.number not in self.params:
+                    raise ExprError(f"parameter ${node.number} has no value (params[{node.number}])", off)
+                return ast.Const(self.params[node.number], off)
         name = type(node).__name__
         raise ExprError(f"{name} is not allowed in expressions", _offset(node))
 

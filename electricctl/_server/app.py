@@ -41,7 +41,7 @@ from electricctl._server.catalog_cache import CatalogCache
 from electricctl._server.clients import ClientStore
 from electricctl._server.common import CLOSE_SERVICE_RESTART, first_line
 from electricctl._server.connection import Connection
-from electricctl._server.front import Front, HttpRequest, HttpResponse, WebSocketSettings
+from electricctl._server.front import Front, HttpRequest, HttpResponse, WebSocketSettings, json_response
 from electricctl._server.gate import Gate
 from electricctl._server.metrics import ServeMetrics
 from electricctl._server.options import ServeOptions
@@ -50,6 +50,8 @@ from electricctl._server.process import lock_data_dir, prepare_dirs
 from electricctl._server.process import tune_malloc as tune_malloc
 from electricctl._server.reload import CatalogWatcher
 from electricctl._server.sdnotify import notify
+from electricctl._server.shape_api.http import ShapeApi
+from electricctl._server.shape_api.manager import ShapeManager
 from electricctl._server.snapshot import SnapshotPool
 from electricctl._server.writer import Writer
 from electricctl._shapes.router import Router
@@ -141,6 +143,9 @@ class Server:
             "trees_over_budget": 0,
             "catalog_reloads": 0,
         }
+        self.shapes = ShapeManager(self, self.data_dir / "shapes")
+        """Shapes served over Electric's HTTP Shape API (``/v1/shape``)."""
+        self.shape_api = ShapeApi(self, self.shapes)
         self.watcher = CatalogWatcher(url, self._catalog_applied, options.watch_interval)
         self._fingerprint: tuple[object, ...] = ()
         """What clients' shapes depend on in the catalog, as last read (see CatalogCache.fingerprint)."""
@@ -178,11 +183,12 @@ class Server:
         # publish and route with no await in between: a connection that is live has seen every
         # transaction before live_head, and the router queues each later one that may concern it
         self.log.publish(written)
+        self.shapes.on_transactions(written)
         for tx in written:
             woken = self.router.candidates(tx.changes)
             if tx.migrations:
-                # a schema change reaches every client, whatever its shapes
-                woken = {*woken, *(c.engine for c in self.connections if c.engine is not None)}
+                # a schema change reaches every client, whatever its shapes (and every HTTP shape log)
+                woken = {*woken, *(c.engine for c in self.connections if c.engine is not None), *self.shapes.engines()}
             if tx.origin is not None:
                 # a client's own transaction is echoed to it whatever its shapes
                 origin = self.clients.get(tx.origin)
@@ -199,6 +205,7 @@ class Server:
             if any(ch.relation.qualified in assigned for tx in written for ch in tx.changes):
                 for conn in self.connections:
                     conn.roles_may_have_changed()
+                self.shapes.roles_may_have_changed()
         if written:
             self.live_head = written[-1].lsn
             self.metrics.logged(written)
@@ -455,6 +462,7 @@ class Server:
             raise ServeError(
                 f"cannot open the transaction log in {self.data_dir / 'log'}: {exc.strerror or exc}"
             ) from None
+        await self.shapes.restore()
         stop_replication = asyncio.Event()
         replication = asyncio.create_task(self._replicate(stop_replication), name="replication")
         # websockets' server, for its connection handler (handshake, process_request, ours) and its
@@ -529,6 +537,7 @@ class Server:
                 stopper.cancel()
                 raise replication.exception()  # type: ignore[misc]
             await replication
+        await self.shapes.close()
         await self.store.drain()  # client state saved by connections that just closed
         await self.catalog.close()
         await self.writer.close()
@@ -547,6 +556,8 @@ class Server:
         ws.close(close_connections=False)
         if self.front is not None:
             self.front.close_idle()
+        for inst in list(self.shapes.instances.values()):
+            inst.log.wake()  # long polls answer now (their clients poll again, elsewhere)
         conns = list(self.connections)
         log.info("draining %d connections (up to %.0fs)", len(conns), self.options.drain_timeout)
         await asyncio.gather(*(c.drain(self.options.drain_timeout) for c in conns), return_exceptions=True)
@@ -566,6 +577,11 @@ class Server:
 
     async def _http(self, request: HttpRequest) -> HttpResponse:
         """A plain HTTP request on the serve port (not a WebSocket upgrade)."""
+        if request.path == "/v1/shape":
+            return await self.shape_api.handle(request)
+        if request.path == "/v1/health":  # Electric's (its integration tests poll it)
+            ready = self.health()[0] == 200
+            return json_response(200 if ready else 503, {"status": "active" if ready else "starting"})
         answer = await self.gate.http(request)
         if answer is not None:
             return answer
@@ -583,6 +599,8 @@ class Server:
         self._fingerprint = fingerprint
         self.stats["catalog_reloads"] += 1
         reassessed = sum(conn.catalog_changed() for conn in list(self.connections)) if changed else 0
+        if changed:
+            await self.shapes.catalog_changed()
         log.info(
             "catalog reloaded (apply #%d): %s",
             generation,
@@ -602,6 +620,7 @@ class Server:
             if self.store.error is not None:
                 await self.store.retry_failed()
             if ticks % 60 == 0:
+                await self.shapes.expire()
                 try:
                     dropped = self.log.prune()
                 except (OSError, LogWriteError) as exc:

@@ -21,6 +21,7 @@ from electricctl._protocol import satellite_pb2 as pb
 from electricctl._server import outbound
 from electricctl._server.options import ServeOptions
 from electricctl._server.spool import Spool
+from electricctl._shapes.visibility import Visibility
 
 log = logging.getLogger("electricctl.server")
 
@@ -193,6 +194,9 @@ class SatelliteSink:
 
     async def unsubscribe_end(self) -> None:
         await self._emit(pb.SatUnsubsDataEnd())
+
+    def snapshot_taken(self, visibility: Visibility) -> None:
+        return None
 
     async def moved(
         self, lsn: int, gone: Sequence[tuple[RelationDef, Row]], rows: Sequence[tuple[RelationDef, Row]]
