@@ -11,6 +11,7 @@ transaction's echo carries). The writer reads the current states and runs the pl
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -117,7 +118,10 @@ def plan_client_transaction(
     for n, op in enumerate(tx.ops, start=1):
         row = rows[(op.relation.qualified, op.key)]
         before, was_present = row.state, row.present
-        state = merge(before, write_of(op, tag))
+        write = write_of(op, tag)
+        if op.observe_current:
+            write = dataclasses.replace(write, observed=before.tags)
+        state = merge(before, write)
         row.state = state
         action: Action | None = None
         if state.exists and (op.kind != "compensation" or not row.present):

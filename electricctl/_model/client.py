@@ -43,6 +43,10 @@ class ClientOp:
     """The row as the client had it, for updates and deletes."""
     tags: tuple[str, ...]
     """Observed tags: removed by inserts, updates and deletes; re-added by compensations."""
+    observe_current: bool = False
+    """The writer has seen the row as it is now (an HTTP write: TanStack DB holds no tags): its
+    current tags count as observed, so a delete deletes and an update is last-writer-wins, as a
+    write made in Postgres would be."""
 
 
 @dataclass(slots=True)
@@ -55,6 +59,9 @@ class ClientTransaction:
     user_id: str | None = None
     """The token's ``sub``: whose permissions apply."""
     claims: Mapping[str, Any] = field(default_factory=dict)
+    report_xid: bool = False
+    """Ask the writer for the Postgres transaction id it commits under (set in :attr:`xid`)."""
+    xid: int | None = None
 
     def describe(self) -> str:
         return f"client {self.client_id} transaction at LSN {self.lsn}"

@@ -52,6 +52,7 @@ from electricctl._server.reload import CatalogWatcher
 from electricctl._server.sdnotify import notify
 from electricctl._server.shape_api.http import ShapeApi
 from electricctl._server.shape_api.manager import ShapeManager
+from electricctl._server.shape_api.writes import HttpWrites
 from electricctl._server.snapshot import SnapshotPool
 from electricctl._server.writer import Writer
 from electricctl._shapes.router import Router
@@ -146,6 +147,7 @@ class Server:
         self.shapes = ShapeManager(self, self.data_dir / "shapes")
         """Shapes served over Electric's HTTP Shape API (``/v1/shape``)."""
         self.shape_api = ShapeApi(self, self.shapes)
+        self.http_writes = HttpWrites(self)
         self.watcher = CatalogWatcher(url, self._catalog_applied, options.watch_interval)
         self._fingerprint: tuple[object, ...] = ()
         """What clients' shapes depend on in the catalog, as last read (see CatalogCache.fingerprint)."""
@@ -579,6 +581,8 @@ class Server:
         """A plain HTTP request on the serve port (not a WebSocket upgrade)."""
         if request.path == "/v1/shape":
             return await self.shape_api.handle(request)
+        if request.path == "/v1/transactions":
+            return await self.http_writes.handle(request)
         if request.path == "/v1/health":  # Electric's (its integration tests poll it)
             ready = self.health()[0] == 200
             return json_response(200 if ready else 503, {"status": "active" if ready else "starting"})

@@ -112,6 +112,12 @@ _CHECKS: Mapping[str, Callable[[str], str | None]] = {
 }
 
 
+def check_text(type_name: str, text: str) -> str | None:
+    """What is wrong with ``text`` as a value of ``type_name`` (None: nothing this server checks)."""
+    check = _CHECKS.get(type_name)
+    return check(text) if check is not None else None
+
+
 def _decode_row(
     row: pb.SatOpRow, rel: ClientRelation, server: RelationDef, what: str, *, key_only: bool = False
 ) -> Values:

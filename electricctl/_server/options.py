@@ -36,6 +36,9 @@ class ServeOptions:
     watch_interval: float = 2.0
     """With ``watch``: how often to look for a new apply when no notification comes (a pooler
     that drops them, a lost connection)."""
+    long_poll_seconds: float = 20.0
+    """HTTP Shape API: how long a live request waits for a change (Electric's default; the client
+    gives up on its own after 45 s)."""
     drain_timeout: float = 10.0
     """On SIGTERM: how long the graceful drain may take before serve exits anyway."""
 

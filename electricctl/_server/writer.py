@@ -182,6 +182,11 @@ class Writer:
         for qualified, entries in shadow_entries(plan.unique_rows()).items():
             await _run(conn, stmt.write_shadow(qualified, entries))
         await _run(conn, stmt.finish(tx, ClientWrite(tx.commit_ts_ms, plan.written_tags())))
+        if tx.report_xid:
+            # the 32-bit xid pgoutput reports (and TanStack DB's awaitTxId compares with)
+            cur = await conn.execute("SELECT pg_current_xact_id()::xid::text")
+            row = await cur.fetchone()
+            tx.xid = int(row[0]) if row is not None else None
         return True
 
     async def refuse(self, tx: ClientTransaction, reason: str) -> None:

@@ -22,8 +22,6 @@ from electricctl._server.shape_api import messages, offsets
 from electricctl._server.shape_api.manager import Refused, ShapeDef, ShapeInstance, ShapeManager
 from electricctl._server.shape_api.offsets import BEFORE_ALL, Offset
 
-LONG_POLL_SECONDS = 20.0
-"""How long a live request waits for a change (Electric's default; the client's watchdog is 45 s)."""
 FIRST_CHUNK_WAIT = 60.0
 """How long a first request waits for the snapshot's first chunk."""
 CHUNK_BYTES = 4 << 20
@@ -37,7 +35,7 @@ _CURSOR_EPOCH = 1728432000  # 2024-10-09T00:00:00Z, the epoch of Electric's curs
 _PARAM = re.compile(r"^params\[(\d{1,3})\]$")
 
 
-def _cors(request: HttpRequest) -> list[tuple[str, str]]:
+def cors_headers(request: HttpRequest) -> list[tuple[str, str]]:
     origin = request.headers.get("origin")
     out = [
         ("access-control-allow-origin", origin or "*"),
@@ -54,7 +52,7 @@ def preflight(request: HttpRequest) -> HttpResponse:
         204,
         b"",
         [
-            *_cors(request),
+            *cors_headers(request),
             ("access-control-allow-headers", "authorization, content-type, if-none-match, traceparent"),
             ("access-control-max-age", "86400"),
         ],
@@ -65,7 +63,7 @@ def error(request: HttpRequest, status: int, message: str, errors: dict[str, lis
     body: dict[str, Any] = {"message": message}
     if errors:
         body["errors"] = errors
-    headers = [*_cors(request), ("cache-control", "no-store"), ("surrogate-control", "no-store")]
+    headers = [*cors_headers(request), ("cache-control", "no-store"), ("surrogate-control", "no-store")]
     if status == 401:
         headers.append(("www-authenticate", 'Bearer realm="electricctl"'))
     return json_response(status, body, headers)
@@ -248,7 +246,7 @@ class ShapeApi:
 
     def _must_refetch(self, request: HttpRequest, inst: ShapeInstance) -> HttpResponse:
         headers = [
-            *_cors(request),
+            *cors_headers(request),
             ("electric-handle", inst.handle),
             (
                 "cache-control",
@@ -274,7 +272,7 @@ class ShapeApi:
                         return self._unavailable(request, "the shape's data is still being read")
                     await log.wait(1.0)
             elif params.live:
-                await log.wait(LONG_POLL_SECONDS)
+                await log.wait(self.server.options.long_poll_seconds)
         if inst.rotated is not None:
             return self._rotated(request, inst)
         if after is None:  # now: nothing of the past, the current end
@@ -292,7 +290,7 @@ class ShapeApi:
         nxt = inst.successor
         if nxt is None:
             headers = [
-                *_cors(request),
+                *cors_headers(request),
                 ("cache-control", "public, max-age=1, must-revalidate"),
                 ("content-type", "application/json"),
             ]
@@ -313,7 +311,7 @@ class ShapeApi:
     ) -> HttpResponse:
         payload = b"[" + b",".join(body) + b"]"
         headers = [
-            *_cors(request),
+            *cors_headers(request),
             ("content-type", "application/json"),
             ("electric-handle", inst.handle),
             ("electric-offset", str(last)),

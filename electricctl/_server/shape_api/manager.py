@@ -179,7 +179,8 @@ class ShapeManager:
         )
         if isinstance(shape, str):
             engine.close()
-            raise Refused("where" if "where clause" in shape else "table", shape)
+            on_where = "where clause" in shape or ("adhoc_shapes is deny" in shape and definition.where.strip() != "")
+            raise Refused("where" if on_where else "table", shape)
         inst.log.open()
         self._write_meta(inst, identity)
         engine.start(self.server.log.last_lsn)
