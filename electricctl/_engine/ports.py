@@ -54,7 +54,15 @@ class Snapshot(Protocol):
     def visibility(self) -> Visibility: ...
 
     def rows(
-        self, rel: RelationDef, where: sql.Composable | None = None, batch: int = 1000, *, tags: bool = False
+        self,
+        rel: RelationDef,
+        where: sql.Composable | None = None,
+        batch: int = 1000,
+        *,
+        tags: bool = False,
+        order_by: sql.Composable | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
     ) -> AsyncIterator[Sequence[Row]]: ...
 
     async def close(self) -> None: ...

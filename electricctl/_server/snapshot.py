@@ -243,12 +243,21 @@ class Snapshot:
         return await describe(self.conn, table)
 
     async def rows(
-        self, rel: RelationDef, where: sql.Composable | None = None, batch: int = 1000, *, tags: bool = False
+        self,
+        rel: RelationDef,
+        where: sql.Composable | None = None,
+        batch: int = 1000,
+        *,
+        tags: bool = False,
+        order_by: sql.Composable | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
     ) -> AsyncIterator[Sequence[Row]]:
         """The table's rows (those ``where`` matches), in the text form the stream uses.
 
         With ``tags``, each row ends with one more value: its shadow entry's ``row_tags`` (JSON),
-        or None for a row from before the table was electrified.
+        or None for a row from before the table was electrified. ``order_by``, ``limit`` and
+        ``offset``: a page of them (the HTTP Shape API's subset snapshots).
         """
         alias = sql.Identifier("electric_row")
         cols: sql.Composable = sql.SQL(", ").join(
@@ -263,11 +272,19 @@ class Snapshot:
                 " WHERE s.schema_name = {} AND s.table_name = {} AND s.pk = ARRAY[{}])"
             ).format(cols, sql.Literal(rel.schema), sql.Literal(rel.name), key)
         # COPY takes no bind parameters: the clause's constants are psycopg.sql.Literals
-        query = sql.SQL("COPY (SELECT {} FROM {} AS {}{}) TO STDOUT").format(
+        page: sql.Composable = sql.SQL("")
+        if order_by is not None:
+            page = sql.SQL(" ORDER BY {}").format(order_by)
+        if limit is not None:
+            page = sql.SQL("{} LIMIT {}").format(page, sql.Literal(limit))
+        if offset is not None:
+            page = sql.SQL("{} OFFSET {}").format(page, sql.Literal(offset))
+        query = sql.SQL("COPY (SELECT {} FROM {} AS {}{}{}) TO STDOUT").format(
             cols,
             sql.Identifier(rel.schema, rel.name),
             alias,
             sql.SQL("") if where is None else sql.SQL(" WHERE {}").format(where),
+            page,
         )
         pending: list[Row] = []
         rest = b""

@@ -185,3 +185,21 @@ async def test_a_shared_cache_never_gives_one_users_rows_to_another(server: Serv
         seen[user] = {m["value"]["id"] for m in json.loads(body) if "key" in m}
     assert seen == {"alice": {"i1", "i4"}, "bob": {"i2"}}
     assert cache.hits == 0 and not cache.entries
+
+
+async def test_a_subset_snapshot_reads_only_what_the_grants_show(server: Server, env: Env) -> None:
+    alice = await started(server, env, "alice", table="issues")
+    base = f"{alice.base}/v1/shape?table=issues&offset={alice.offset}&handle={alice.handle}"
+    status, headers, body = await asyncio.to_thread(
+        _call, base + "&subset__where=project_id%20%3D%20%27p2%27%20OR%20true&subset__order_by=id", alice.token
+    )
+    assert status == 200 and headers["electric-snapshot"] == "true"
+    assert [m["value"]["id"] for m in body["data"]] == ["i1", "i4"]  # never p2's, whatever it asks
+    users = await started(server, env, "alice", table="users")
+    ubase = f"{users.base}/v1/shape?table=users&offset={users.offset}&handle={users.handle}"
+    for query, field in (
+        ("subset__where=email%20%3D%20%27x%27", "subset__where"),
+        ("subset__order_by=email", "subset__order_by"),
+    ):
+        status, _, body = await asyncio.to_thread(_call, f"{ubase}&{query}", users.token)
+        assert status == 400 and "not readable" in body["errors"][field][0], body

@@ -7,6 +7,8 @@ What the clients need, and the status codes and bodies Electric uses, are from
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import random
 import re
@@ -14,13 +16,17 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import sql
+
 from electricctl._auth.tokens import AuthError, Identity, verify
 from electricctl._expr.parse import ExprError, bind_params
+from electricctl._model.rows import RelationDef
 from electricctl._model.table import TableRef
 from electricctl._server.front import HttpRequest, HttpResponse, json_response
 from electricctl._server.shape_api import messages, offsets
 from electricctl._server.shape_api.manager import Refused, ShapeDef, ShapeInstance, ShapeManager
 from electricctl._server.shape_api.offsets import BEFORE_ALL, Offset
+from electricctl._shapes.compile import ShapeError, compile_where
 
 FIRST_CHUNK_WAIT = 60.0
 """How long a first request waits for the snapshot's first chunk."""
@@ -149,6 +155,89 @@ def parse_params(request: HttpRequest) -> ShapeParams | HttpResponse:
     )  # fmt: skip
 
 
+@dataclass(frozen=True, slots=True)
+class Subset:
+    where: str
+    params: dict[int, str]
+    order_by: str
+    limit: int | None
+    offset: int | None
+
+
+def parse_subset(request: HttpRequest) -> Subset | HttpResponse | None:
+    """A subset snapshot's parameters: ``subset__*`` in the query, or a POST's JSON body
+    (``where``, ``params``, ``limit``, ``offset``, ``order_by``); None for a plain shape request."""
+    if request.method == "POST":
+        try:
+            doc = json.loads(request.body or b"{}")
+        except ValueError as exc:
+            return invalid(request, "body", f"is not JSON: {exc}")
+        if not isinstance(doc, dict):
+            return invalid(request, "body", "must be a JSON object")
+        raw: dict[str, Any] = doc
+    else:
+        raw = {k.removeprefix("subset__"): v for k, v in request.query if k.startswith("subset__")}
+        if not raw:
+            return None
+        if isinstance(raw.get("params"), str):
+            try:
+                raw["params"] = json.loads(raw["params"])
+            except ValueError:
+                return invalid(request, "subset__params", "must be a JSON object")
+    params_doc = raw.get("params") or {}
+    if isinstance(params_doc, list):
+        params_doc = {str(i + 1): v for i, v in enumerate(params_doc)}
+    if not isinstance(params_doc, dict) or not all(str(k).isdigit() for k in params_doc):
+        return invalid(request, "subset__params", "must map parameter numbers to values")
+    values = {int(k): v if isinstance(v, str) else json.dumps(v) for k, v in params_doc.items()}
+    numbers: dict[str, int | None] = {}
+    for name in ("limit", "offset"):
+        value = raw.get(name)
+        if value in (None, ""):
+            numbers[name] = None
+            continue
+        try:
+            numbers[name] = int(value)
+        except (TypeError, ValueError):
+            return invalid(request, f"subset__{name}", "must be a whole number")
+        if numbers[name] < 0 or numbers[name] > 1 << 31:  # type: ignore[operator]
+            return invalid(request, f"subset__{name}", "is out of range")
+    where = raw.get("where") or ""
+    order = raw.get("order_by") or ""
+    if not isinstance(where, str) or not isinstance(order, str):
+        return invalid(request, "subset__where", "where and order_by must be strings")
+    return Subset(where, values, order, numbers["limit"], numbers["offset"])
+
+
+_ORDER_TERM = re.compile(
+    r'^\s*(?:"((?:[^"]|"")+)"|([A-Za-z_][A-Za-z0-9_$]*))(?:\s+(asc|desc))?(?:\s+nulls\s+(first|last))?\s*$',
+    re.IGNORECASE,
+)
+
+
+def order_by(text: str, rel: RelationDef, readable: frozenset[str] | None) -> sql.Composable | str:
+    """``col [ASC|DESC] [NULLS FIRST|LAST], ...`` as SQL (identifiers quoted by psycopg), or why not:
+    only the table's columns the user may filter on (ordering tells values too)."""
+    terms: list[sql.Composable] = []
+    names = {c.name for c in rel.columns}
+    for part in text.split(","):
+        m = _ORDER_TERM.match(part)
+        if m is None:
+            return f"cannot read {part.strip()[:60]!r}: give column [ASC|DESC] [NULLS FIRST|LAST], comma-separated"
+        name = m.group(1).replace('""', '"') if m.group(1) is not None else m.group(2).lower()
+        if name not in names:
+            return f"unknown column {name!r}"
+        if readable is not None and name not in readable:
+            return f"column {name!r} is not readable with your grants"
+        term: sql.Composable = sql.SQL("{}.{}").format(sql.Identifier("electric_row"), sql.Identifier(name))
+        if m.group(3):
+            term = sql.SQL("{} {}").format(term, sql.SQL(m.group(3).upper()))
+        if m.group(4):
+            term = sql.SQL("{} NULLS {}").format(term, sql.SQL(m.group(4).upper()))
+        terms.append(term)
+    return sql.SQL(", ").join(terms)
+
+
 def _columns(text: str) -> tuple[str, ...] | None:
     """``a,"B c",d``: names, double quotes for those with capitals or punctuation."""
     out: list[str] = []
@@ -180,8 +269,13 @@ class ShapeApi:
     async def handle(self, request: HttpRequest) -> HttpResponse:
         if request.method == "OPTIONS":
             return preflight(request)
-        if request.method not in ("GET", "HEAD"):
+        if request.method not in ("GET", "HEAD", "POST"):
             return error(request, 405, f"{request.method} is not allowed on /v1/shape")
+        subset = parse_subset(request)
+        if isinstance(subset, HttpResponse):
+            return subset
+        if subset is not None and request.param("offset") is None:
+            request = dataclasses.replace(request, query=(*request.query, ("offset", "-1")))
         params = parse_params(request)
         if isinstance(params, HttpResponse):
             return params
@@ -196,7 +290,82 @@ class ShapeApi:
             return invalid(request, exc.field, str(exc)) if exc.status == 400 else error(request, exc.status, str(exc))
         if params.handle is not None and params.handle != inst.handle:
             return self._must_refetch(request, inst)
+        if subset is not None:
+            return await self._subset(request, params, inst, identity, subset)
         return await self._serve(request, params, inst)
+
+    async def _subset(
+        self, request: HttpRequest, params: ShapeParams, inst: ShapeInstance, identity: Identity, subset: Subset
+    ) -> HttpResponse:
+        """A subset snapshot: rows of the shape that also match ``subset``, read at a snapshot and
+        returned whole with its xmin, xmax and xip list (TanStack DB's on-demand sync)."""
+        engine = inst.engine
+        deadline = time.monotonic() + FIRST_CHUNK_WAIT
+        while engine is not None and not engine.shapes and not engine.tree_shapes and inst.rotated is None:
+            if time.monotonic() > deadline:
+                return self._unavailable(request, "the shape's data is still being read")
+            await inst.log.wait(1.0)
+        if engine is None or inst.rotated is not None:
+            return self._rotated(request, inst)
+        if engine.tree_shapes:
+            return invalid(
+                request, "subset__where", "subset snapshots of a shape with an include tree are not supported"
+            )
+        table = str(inst.definition.table)
+        shape = next(iter(engine.shapes[table].all))
+        rel = shape.relation
+        access = engine.projection.access.get(table)
+        readable = access.filterable(rel) if access is not None else None
+        where = None
+        if subset.where.strip():
+            try:
+                text = (
+                    bind_params(subset.where, subset.params) if subset.params or "$" in subset.where else subset.where
+                )
+                where = compile_where(text, rel, identity.claims, readable=readable)
+            except (ExprError, ShapeError) as exc:
+                at = f" at position {exc.offset + 1}" if exc.offset is not None else ""
+                return invalid(request, "subset__where", f"invalid where clause{at}: {exc.message}")
+        order = order_by(subset.order_by, rel, readable) if subset.order_by else None
+        if isinstance(order, str):
+            return invalid(request, "subset__order_by", order)
+        if (subset.limit is not None or subset.offset is not None) and order is None:
+            return invalid(request, "subset__order_by", "is required with limit or offset")
+        clauses = [w.sql for w in (shape.where, where) if w is not None]
+        combined = sql.SQL(" AND ").join(sql.SQL("({})").format(c) for c in clauses) if clauses else None
+        mark = random.randint(1, 2**31 - 1)  # noqa: S311 - tells this snapshot's rows apart, not a secret
+        projection = messages.Projection(frozenset(params.columns) if params.columns is not None else None, params.full)
+        snap = await self.server.snapshots.take(owner=identity.user_id)
+        try:
+            cur = await snap.conn.execute("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::text")
+            row = await cur.fetchone()
+            lsn = row[0] if row else "0"
+            prel = engine.projection.relation(rel)
+            data: list[bytes] = []
+            async for rows in snap.rows(rel, combined, order_by=order, limit=subset.limit, offset=subset.offset):
+                data.extend(projection.snapshot_row(prel, engine.projection.row(rel, r), mark) for r in rows)
+            vis = snap.visibility
+        finally:
+            await snap.close()
+        meta = {
+            "xmin": str(vis.xmin),
+            "xmax": str(vis.xmax),
+            "xip_list": [str(x) for x in sorted(vis.xip)],
+            "snapshot_mark": mark,
+            "database_lsn": str(lsn),
+        }
+        body = b'{"metadata":' + json.dumps(meta).encode() + b',"data":[' + b",".join(data) + b"]}"
+        headers = [
+            *cors_headers(request),
+            ("content-type", "application/json"),
+            ("electric-handle", inst.handle),
+            ("electric-offset", str(inst.log.end)),
+            ("electric-schema", messages.schema_header(prel, params.columns)),
+            ("electric-snapshot", "true"),
+            ("cache-control", "no-cache"),
+            ("vary", "Authorization"),
+        ]
+        return HttpResponse(200, body, headers)
 
     def _unavailable(self, request: HttpRequest, why: str) -> HttpResponse:
         resp = error(request, 503, f"Service unavailable: {why}; retry")

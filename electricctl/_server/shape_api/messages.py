@@ -77,14 +77,11 @@ class Projection:
             value[col.name] = _text(row[i])
         return value
 
-    def snapshot_row(self, rel: RelationDef, row: Row) -> bytes:
-        return _dumps(
-            {
-                "key": row_key(rel, row),
-                "value": self._value(rel, row),
-                "headers": {"operation": "insert", "relation": [rel.schema, rel.name]},
-            }
-        )
+    def snapshot_row(self, rel: RelationDef, row: Row, mark: int | None = None) -> bytes:
+        headers: dict[str, Any] = {"operation": "insert", "relation": [rel.schema, rel.name]}
+        if mark is not None:
+            headers["snapshot_mark"] = mark
+        return _dumps({"key": row_key(rel, row), "value": self._value(rel, row), "headers": headers})
 
     def change(self, ch: Change, lsn: int, op_position: int, xid: int, last: bool) -> bytes | None:
         """A live change (``G``, a row leaving the shape, is a delete); None for an update that

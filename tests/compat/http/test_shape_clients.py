@@ -102,3 +102,23 @@ def test_a_server_restart_does_not_make_clients_refetch(
     events = shape_driver.events("s")
     assert events["handle"] == handle
     assert events["counts"].get("must-refetch", 0) == 0
+
+
+def test_subset_snapshots_by_get_and_post(serve_process: ServeProcess, env: Env, shape_driver: ShapeDriver) -> None:
+    """TanStack DB's on-demand mode: a changes_only stream from now, then subset snapshots of it."""
+    serve_process.start()
+    env.psql("INSERT INTO items (id, n) SELECT 'r' || g, g FROM generate_series(1, 20) g")
+    url = shape_url(serve_process)
+    shape_driver.stream("s", url, {"table": "items", "log": "changes_only"}, token=env.token(), offset="now")
+    assert shape_driver.rows("s") == []
+    for method in ("GET", "POST"):
+        got = shape_driver.snapshot(
+            "s", {"where": "n >= $1", "params": {"1": "15"}, "orderBy": "n DESC", "limit": 3}, method=method
+        )
+        assert [m["value"]["id"] for m in got["data"]] == ["r20", "r19", "r18"], got
+        assert got["metadata"]["xmax"].isdigit()
+    # the rows a snapshot brought join the Shape; later changes follow
+    rows = shape_driver.wait_rows("s", lambda rows: ids(rows) == ["r18", "r19", "r20"])
+    env.psql("UPDATE items SET n = 100 WHERE id = 'r19'")
+    shape_driver.wait_rows("s", lambda rows: any(r["id"] == "r19" and r["n"] == 100 for r in rows))
+    assert rows
