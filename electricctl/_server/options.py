@@ -39,6 +39,9 @@ class ServeOptions:
     long_poll_seconds: float = 20.0
     """HTTP Shape API: how long a live request waits for a change (Electric's default; the client
     gives up on its own after 45 s)."""
+    shape_log_bytes: int = 256 << 20
+    """HTTP Shape API: a shape's log that grows past this is rotated (its clients refetch a fresh,
+    compact snapshot) instead of being compacted in place."""
     drain_timeout: float = 10.0
     """On SIGTERM: how long the graceful drain may take before serve exits anyway."""
 

@@ -198,7 +198,12 @@ class ShapeManager:
         d = inst.definition
         projection = messages.Projection(frozenset(d.columns) if d.columns is not None else None, d.full)
         sink = LogSink(
-            inst.log, projection, inst.tables, lambda reason: self.rotate(inst, reason), snapshot=not d.changes_only
+            inst.log,
+            projection,
+            inst.tables,
+            lambda reason: self.rotate(inst, reason),
+            snapshot=not d.changes_only,
+            max_bytes=self.server.options.shape_log_bytes,
         )
         engine = ShapeEngine(self.server, inst.client_id, identity, state, sink)
         engine.max_tree_rows = self.server.options.max_tree_rows

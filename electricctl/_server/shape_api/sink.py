@@ -28,6 +28,7 @@ class LogSink:
         rotate: Callable[[str], None],
         *,
         snapshot: bool = True,
+        max_bytes: int = 256 << 20,
     ) -> None:
         self.log = log
         self.projection = projection
@@ -37,6 +38,8 @@ class LogSink:
         """Called with the reason when the shape's log cannot go on (its clients must refetch)."""
         self.snapshot = snapshot
         """False for ``log=changes_only``: the initial rows are not kept."""
+        self.max_bytes = max_bytes
+        """A log past this is rotated: its clients refetch a snapshot, smaller than the history."""
         self._rows = 0
         self._visibility: Visibility | None = None
 
@@ -64,6 +67,8 @@ class LogSink:
         self.log.append(items)
         if tx.lsn > self.log.last_lsn:
             self.log.last_lsn = tx.lsn
+        if self.log.bytes > self.max_bytes:
+            self.rotate(f"its log passed {self.max_bytes >> 20} MiB")
 
     async def additional_data(self, ref: int, rows: Sequence[tuple[RelationDef, Row]]) -> None:
         await self.moved(max(self.log.last_lsn, 1), [], rows)
