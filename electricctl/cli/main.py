@@ -467,6 +467,18 @@ def _bytes(text: str, option: str) -> int:
     help="With --watch: how often to look for an apply whose notification did not come (a pooler drops them).",
 )
 @click.option(
+    "--long-poll",
+    default="20s",
+    show_default=True,
+    help="HTTP Shape API: how long a live request (live=true) waits for a change before answering up-to-date.",
+)
+@click.option(
+    "--shape-log-max",
+    default="256MiB",
+    show_default=True,
+    help="HTTP Shape API: a shape's log past this size is rotated (its clients refetch a fresh snapshot).",
+)
+@click.option(
     "--drain-timeout",
     default="10s",
     show_default=True,
@@ -507,6 +519,8 @@ def serve(
     min_send_rate: str,
     watch: bool,
     watch_interval: str,
+    long_poll: str,
+    shape_log_max: str,
     drain_timeout: str,
     no_fsync: bool,
     log_level: str,
@@ -560,6 +574,8 @@ def serve(
             watch=watch,
             watch_interval=_seconds(watch_interval),
             drain_timeout=_seconds(drain_timeout),
+            long_poll_seconds=_seconds(long_poll),
+            shape_log_bytes=_bytes(shape_log_max, "--shape-log-max"),
         ),
     )
 

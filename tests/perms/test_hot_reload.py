@@ -200,3 +200,24 @@ async def test_a_reload_says_when_the_served_file_differs_from_what_was_applied(
             assert time.monotonic() < deadline, caplog.text
             await asyncio.sleep(0.1)
     assert str(env.config_path) in caplog.text
+
+
+async def test_http_shapes_follow_an_apply_too(server: Server, env: Env) -> None:
+    """Over the HTTP Shape API: a grant removed moves rows out of the log (deletes), a declared shape
+    redefined rotates its log (409 and the new handle)."""
+    from tests.perms.test_http_permissions import started
+
+    alice = await started(server, env, "alice", table="issues")
+    assert alice.ids() == {"i1", "i4"}
+    await apply(env, CONFIG.replace(ISSUES_GRANT, ""))
+    await alice.until(lambda: alice.ids() == set())
+
+    await apply(env, SHAPES_CONFIG)
+    named = await started(server, env, "alice", table="open_issues")
+    assert named.ids() == {"i1", "i4"}
+    await apply(env, SHAPES_CONFIG.replace("status = 'open'", "status = 'open' AND id <> 'i4'"))
+    status, headers, body = await named.get(live=True)
+    assert status == 409 and body == [{"headers": {"control": "must-refetch"}}]
+    assert headers["electric-handle"] != named.handle
+    fresh = await started(server, env, "alice", table="open_issues")
+    assert fresh.ids() == {"i1"}
