@@ -41,6 +41,7 @@ MODULES = (
     "ddl_guard",
     "migrations",
     "typed_client",
+    "http_shapes",
 )
 """In the order they run (benchmarks/<name>.py)."""
 

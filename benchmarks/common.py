@@ -357,12 +357,18 @@ def run_alone(
     add_arguments: Callable[[argparse.ArgumentParser], None],
     run: Callable[[argparse.Namespace, EmbeddedPostgres, Path], Coroutine[Any, Any, None]],
     prefix: str,
+    quick: dict[str, Any] | None = None,
 ) -> None:
     """A benchmark module run by itself (``python -m benchmarks.NAME``): its options and the shared
-    ones, a cluster of its own and a temporary directory."""
+    ones, a cluster of its own and a temporary directory. With ``quick`` (the module's QUICK), it
+    also takes ``--quick``: those defaults and one round, as ``python -m benchmarks --quick``."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     Parts.add_arguments(parser)
     add_arguments(parser)
+    if quick is not None:
+        parser.add_argument("--quick", action="store_true", help="a small version (1 round, small sizes)")
+        if parser.parse_known_args()[0].quick:
+            parser.set_defaults(**quick, rounds=1)
     args = parser.parse_args()
     raise_open_files()
     sys.stdout.flush()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from electricctl import _logctx as logctx
 from electricctl._auth.tokens import Identity
@@ -89,6 +90,8 @@ class _Reassess:
     ``catalog``: grants or declared shapes were applied again: reshape whatever the roles are."""
 
     catalog: bool = False
+    previous: dict[str, list[Any]] | None = None
+    """A resume: what the client held when it was last told (ClientState.access), to move it from."""
 
 
 @dataclass(slots=True)
@@ -335,6 +338,33 @@ class ShapeEngine:
             self.control.append(_Reassess())
             self.wake.set()
 
+    def access_now(self) -> dict[str, list[Any]]:
+        """What the client's flat shapes hold, by table (see ClientState.access)."""
+        out: dict[str, list[Any]] = {}
+        for table, shapes in self.shapes.items():
+            if not shapes.all:
+                continue
+            where = any_of([s.where for s in shapes.all])
+            access = self.projection.access.get(table)
+            columns = sorted(access.columns) if access is not None and access.columns is not None else None
+            per_row = (
+                [
+                    [None if w is None else w.sql.as_string(), None if c is None else sorted(c)]
+                    for w, c in access.per_row
+                ]
+                if access is not None
+                else []
+            )
+            out[table] = [None if where is None else where.sql.as_string(), columns, per_row]
+        return out
+
+    def resumed(self, previous: dict[str, list[Any]]) -> None:
+        """The client resumed holding ``previous`` (what it was last told), and what its shapes
+        hold now differs (grants, roles or declared shapes changed while it was away): move it at
+        the next snapshot point; rows it may no longer read leave, rows it now may read arrive."""
+        self.control.append(_Reassess(catalog=True, previous=previous))
+        self.wake.set()
+
     def catalog_changed(self) -> None:
         """The catalog was applied again: every shape is compiled anew (grants, declared shapes,
         electrified tables) at the next snapshot point, and the rows that move go to the client."""
@@ -379,7 +409,7 @@ class ShapeEngine:
                     finally:
                         self.inflight.discard(item.subscription_id)
                 elif isinstance(item, _Reassess):
-                    await self._reassess(item.catalog)
+                    await self._reassess(item.catalog, item.previous)
                 elif isinstance(item, _TreeMoves):
                     await self._tree_moves()
                 elif isinstance(item, _TreeResync):
@@ -666,6 +696,7 @@ class ShapeEngine:
         self.state.subscriptions[sub.subscription_id] = SubscriptionRecord(
             sub.subscription_id, [_record_of(s) for s in sub.shapes], self.cursor
         )
+        self.state.access = self.access_now()
 
     def _rerecord(self) -> None:
         """After a reshape: each subscription remembers its shapes as they are now served (a
@@ -711,7 +742,7 @@ class ShapeEngine:
             shape.subscription_id, shape.request_id, table, root_where, includes, declared=shape.declared
         )
 
-    async def _reassess(self, catalog: bool = False) -> None:
+    async def _reassess(self, catalog: bool = False, previous: dict[str, list[Any]] | None = None) -> None:
         """Apply a change of the client's roles (or, ``catalog``, of grants and declared shapes) at
         a consistent point: rows it may no longer read leave as GONE, rows it now may read arrive
         as inserts, in one transaction."""
@@ -724,11 +755,12 @@ class ShapeEngine:
             roles = await read_roles(snap.conn, policy, relations, self.identity) if policy.enforced else None
             if catalog or roles != self.projection.roles:
                 self.projection.roles = roles
-                gone, rows = await self._reshape(snap)
+                gone, rows = await self._reshape(snap, previous)
                 if gone or rows:
                     await self._keys_durable()
                     await self.sink.moved(self.cursor, gone, rows)
                 self._told()
+                self.state.access = self.access_now()
                 if catalog:
                     self._rerecord()
         for tx in deferred:
@@ -822,9 +854,12 @@ class ShapeEngine:
             gone.extend((prel, k) for k in sorted(keys, key=repr))
         return gone
 
-    async def _reshape(self, snap: Snapshot) -> tuple[list[tuple[RelationDef, Row]], list[tuple[RelationDef, Row]]]:
+    async def _reshape(
+        self, snap: Snapshot, previous: dict[str, list[Any]] | None = None
+    ) -> tuple[list[tuple[RelationDef, Row]], list[tuple[RelationDef, Row]]]:
         """Recompile every shape with the new roles; the rows that move: by key those that leave,
-        whole those that arrive."""
+        whole those that arrive. ``previous`` (a resume): what the client held, by table, instead
+        of what its shapes held as compiled."""
         gone: list[tuple[RelationDef, Row]] = []
         arriving: list[tuple[RelationDef, Row]] = []
         for table, shapes in list(self.shapes.items()):
@@ -846,6 +881,10 @@ class ShapeEngine:
             if not old:
                 continue
             old_where = any_of([s.where for s in old])
+            held_before = (previous or {}).get(table)
+            if held_before is not None:
+                # what the client was last told it holds: the SQL this server composed then
+                old_where = None if held_before[0] is None else _held(held_before[0])
             prel = self.projection.relation(rel)
             if not new:
                 # no shape on the table may be served now (refused under the new rules): every
@@ -857,7 +896,11 @@ class ShapeEngine:
             async for rows in snap.rows(rel, snapshot_filter(old_where, [new_where])):
                 gone.extend((prel, tuple(row[i] for i in rel.pk_indexes)) for row in rows)
             # rows that move in; every row it holds if the columns it may read changed (they carry them)
-            widened = (old_access.columns if old_access else None) != new_access.columns
+            if held_before is not None:
+                now_held = self.access_now().get(table)
+                widened = now_held is None or held_before[1:] != now_held[1:]
+            else:
+                widened = (old_access.columns if old_access else None) != new_access.columns
             held: list[CompiledWhere | None] = [] if widened else [old_where]
             async for rows in snap.rows(rel, snapshot_filter(new_where, held), tags=True):
                 arriving.extend((prel, row) for row in self.projection.snapshot_rows(rel, rows))
@@ -915,6 +958,7 @@ class ShapeEngine:
             self._told()
         for tx in deferred:
             await self._send_transaction(tx)
+        state.access = self.access_now()
         await self.services.store.save_async(state)
 
 
@@ -924,3 +968,10 @@ def _record_of(shape: AnyShape) -> dict[str, Any]:
         return shape.record()
     named = {"shape": shape.declared} if shape.declared else {}
     return {"request_id": shape.request_id, "table": str(shape.table), "where": shape.where_text, **named}
+
+
+def _held(composed_sql: str) -> CompiledWhere:
+    """A where clause as this server composed it when it last told the client (ClientState.access):
+    psycopg's rendering of a whitelisted clause and grants, every constant a quoted literal. Only its
+    SQL is used (to read back the rows the client may hold)."""
+    return CompiledWhere(composed_sql, sql.SQL(composed_sql), lambda row: False, frozenset(), None)

@@ -32,3 +32,9 @@ class ClientState:
     tree_pruned_lsn: int = 0
     """The newest position keys were forgotten at: a client resuming from it or before (it lost
     what it acknowledged) cannot be reconciled, and must start afresh."""
+    access: dict[str, list[Any]] = field(default_factory=dict)
+    """By table: what the client's flat shapes held when it was last told, as ``[where SQL, columns,
+    per-row columns]`` (the SQL psycopg composed from the whitelisted clause and grants, literals
+    quoted; None: the whole table / every column). A client that resumes after its grants, roles or
+    declared shapes changed is moved from this to what it may hold now, so rows it may no longer
+    read leave (the server reads them back with this SQL), and rows it now may read arrive."""

@@ -77,7 +77,8 @@ class ClientStore:
             for t, keys in doc.items():
                 trees.setdefault(t, set()).update(tuple(None if v is None else v.encode() for v in k) for k in keys)
         pruned = int(tree_doc.get("pruned_lsn", 0))
-        return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees, epoch, pruned)
+        access = raw.get("access") or {}
+        return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees, epoch, pruned, access)
 
     async def append_tree_keys(
         self, client_id: str, epoch: int, keys: dict[str, set[tuple[bytes | None, ...]]]
@@ -171,6 +172,7 @@ class ClientStore:
             {t: set(keys) for t, keys in state.tree_rows.items()},
             state.tree_epoch,
             state.tree_pruned_lsn,
+            {t: list(v) for t, v in state.access.items()},
         )
 
     def save(self, state: ClientState) -> None:
@@ -182,6 +184,7 @@ class ClientStore:
                 {"id": s.id, "requests": s.requests, "delivered_lsn": s.delivered_lsn}
                 for s in state.subscriptions.values()
             ],
+            "access": state.access,
         }
         # the include trees' keys (possibly many) go in a file of their own, written only when their
         # number changed ((epoch, count) tells; keys given since are in the key logs). With them,

@@ -409,10 +409,14 @@ class Connection:
         # the pruned state is saved in the background: the response does not wait for an fsync (the
         # npm client gives startReplication 3 s), and saves of one client land in call order
         self._saving = asyncio.ensure_future(self.server.store.save_async(state))
+        previous = state.access
         engine.start(cursor, schema)
-        if outdated:
-            # a shape of electric.yaml it holds was redefined while it was away: moved to the new
-            # definition once it is at a snapshot point (rows that leave go as GONE)
+        if previous and (outdated or previous != engine.access_now()):
+            # its grants, roles or a shape of electric.yaml it holds changed while it was away:
+            # moved from what it was last told it holds once it is at a snapshot point (rows it
+            # may no longer read leave as GONE, rows it now may read arrive)
+            engine.resumed(previous)
+        elif outdated:
             engine.catalog_changed()
         return S.StreamStarted(effect.request_id, cursor)
 

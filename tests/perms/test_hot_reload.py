@@ -221,3 +221,29 @@ async def test_http_shapes_follow_an_apply_too(server: Server, env: Env) -> None
     assert headers["electric-handle"] != named.handle
     fresh = await started(server, env, "alice", table="open_issues")
     assert fresh.ids() == {"i1"}
+
+
+async def test_a_client_away_during_a_change_of_its_grants_or_roles_is_moved_when_it_resumes(
+    server: Server, env: Env
+) -> None:
+    """What it was last told it holds is kept with its state: it resumes without a resync, rows it
+    may no longer read leave, and rows it now may read arrive (they were never in the stream)."""
+    alice = await reader(server, env, "alice", "issues")
+    mallory = await reader(server, env, "mallory", "issues")
+    subs = {cl.client_id: list(cl.subscriptions_done) for cl in (alice, mallory)}
+    assert ids(alice, "issues") == {"i1", "i4"} and ids(mallory, "issues") == set()
+    for cl in (alice, mallory):
+        await cl.ack()
+        await cl.close()
+    # while they are away: alice's grant narrows, mallory joins p2 (rows that existed before)
+    await apply(env, CONFIG.replace(ISSUES_GRANT, ISSUES_GRANT.replace("status <> 'archived'", "title <> 'spare'")))
+    env.sql("INSERT INTO memberships VALUES ('m9', 'p2', 'mallory', true)")
+    back_a, resp_a = await alice.resume(env.token("alice"), subs[alice.client_id])
+    back_m, resp_m = await mallory.resume(env.token("mallory"), subs[mallory.client_id])
+    try:
+        assert not resp_a.HasField("err") and not resp_m.HasField("err")  # no resync
+        await back_a.wait_for(lambda: ids(back_a, "issues") == {"i1", "i3"}, timeout=10)
+        await back_m.wait_for(lambda: ids(back_m, "issues") == {"i2"}, timeout=10)
+    finally:
+        await back_a.close()
+        await back_m.close()
