@@ -215,6 +215,9 @@ class Observed(Protocol):
     @property
     def draining(self) -> bool: ...
 
+    @property
+    def shapes(self) -> Any: ...
+
 
 class _Lag:
     """Replication lag, in bytes and seconds.
@@ -435,6 +438,13 @@ class _ServerCollector:
             server.stats.get("catalog_reloads", 0),
         )
         yield _gauge("electricctl_draining", "1 while a graceful stop (SIGTERM) is under way", int(server.draining))
+        logs = [i for i in server.shapes.instances.values() if i.rotated is None]
+        yield _gauge("electricctl_http_shape_logs", "Shape logs served over the HTTP Shape API", len(logs))
+        yield _gauge(
+            "electricctl_http_shape_log_bytes",
+            "Bytes of the HTTP Shape API's shape logs (their messages)",
+            sum(i.log.bytes for i in logs),
+        )
         # -- the log and the snapshot pool ------------------------------------------------------------
         log = server.log
         yield _gauge("electricctl_log_size_bytes", "Bytes of the durable log's segments on disk", log.size_bytes)

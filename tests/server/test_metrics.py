@@ -344,3 +344,31 @@ def test_summary_of_a_page() -> None:
     assert s["replication"]["confirmed_lsn"] == "1/1"
     assert s["last_error"] == "replication: down" and s["ready"] is False
     assert s["rates"]["transactions_out_per_second"] == 3.0
+
+
+async def test_http_shapes_and_writes_are_counted(server: Server, env: Env) -> None:
+    from tests.server.test_shape_api import get, request
+
+    before = await scrape(server)
+    assert value(before, "electricctl_http_shape_logs") == 0
+    status, _, _ = await get(server, env, table="notes", offset="-1")
+    assert status == 200
+    url = f"http://127.0.0.1:{server.bound_port}/v1/transactions"
+    body = b'{"mutations": [{"type": "insert", "table": "notes", "modified": {"id": "m1", "body": "x"}}]}'
+    status, _, answer = await asyncio.to_thread(
+        request, url, env.token(), method="POST", body=body, headers={"Content-Type": "application/json"}
+    )
+    assert status == 200, answer
+    after = await scrape(server)
+    delta = moved(before, after)
+    assert value(after, "electricctl_http_shape_logs") == 1
+    assert value(after, "electricctl_http_shape_log_bytes") > 0
+    assert delta("electricctl_client_transactions_total", outcome="applied") == 1
+    # a write the grants refuse is a denial, as on the Satellite path
+    body = b'{"mutations": [{"type": "insert", "table": "readonly", "modified": {"id": "r1"}}]}'
+    status, _, _ = await asyncio.to_thread(
+        request, url, env.token(), method="POST", body=body, headers={"Content-Type": "application/json"}
+    )
+    assert status == 403
+    denied = moved(after, await scrape(server))
+    assert denied("electricctl_permission_denials_total", path="write") == 1
