@@ -21,7 +21,8 @@
 //   {"cmd":"status"} -> {"ok":true,"streams":n,"upToDate":n,"inflight":n,"requests":n,"errors":n,"lastError":..}
 //   {"cmd":"fetch","url":..,"params":..,"token":..,"timeout":..} -> one ShapeStream + Shape from
 //        construction to the Shape's first value (its first up-to-date, every row parsed and in
-//        its Map): {"ok":true,"ms":..,"rows":n,"requests":n,"sample":{row of `sampleKey`}}; then closed.
+//        its Map): {"ok":true,"ms":..,"rows":n,"requests":n,"schemas":[electric-schema of each response],
+//        "sample":{the row of `sampleKey`, as the Shape holds it}}; then closed.
 //   {"cmd":"exit"}
 import readline from 'node:readline'
 import { readFileSync } from 'node:fs'
@@ -150,6 +151,7 @@ async function waitArrivals(cmd) {
 // ---- one initial fetch --------------------------------------------------------------------------
 async function fetchOnce(cmd) {
   let requests = 0
+  const schemas = [] // the electric-schema header of each response (the client keeps the first)
   const aborter = new AbortController()
   let failed
   const failure = new Promise((_r, reject) => (failed = reject))
@@ -159,9 +161,11 @@ async function fetchOnce(cmd) {
     params: cmd.params,
     headers: headers(cmd.token),
     signal: aborter.signal,
-    fetchClient: (...args) => {
+    fetchClient: async (...args) => {
       requests++
-      return fetch(...args)
+      const res = await fetch(...args)
+      schemas.push(res.headers.get('electric-schema'))
+      return res
     },
     onError: (e) => failed(e), // no retry: a failure is reported
   })
@@ -180,7 +184,8 @@ async function fetchOnce(cmd) {
     shape.unsubscribeAll()
   }
   const ms = performance.now() - t0
-  return { ok: true, ms, rows: value.size, requests, sample: cmd.sampleKey ? (value.get(cmd.sampleKey) ?? null) : null }
+  const sample = cmd.sampleKey ? (value.get(cmd.sampleKey) ?? null) : null
+  return { ok: true, ms, rows: value.size, requests, schemas, sample }
 }
 
 // ---- the command loop ---------------------------------------------------------------------------
