@@ -75,6 +75,13 @@ def error(request: HttpRequest, status: int, message: str, errors: dict[str, lis
     return json_response(status, body, headers)
 
 
+def unavailable(request: HttpRequest, why: str) -> HttpResponse:
+    """503 with ``retry-after`` (the clients back off at least that long, then retry)."""
+    resp = error(request, 503, f"Service unavailable: {why}; retry")
+    resp.headers.append(("retry-after", "1"))
+    return resp
+
+
 def invalid(request: HttpRequest, field: str, message: str) -> HttpResponse:
     return error(request, 400, "Invalid request", {field: [message]})
 
@@ -283,7 +290,7 @@ class ShapeApi:
         if isinstance(identity, HttpResponse):
             return identity
         if self.server.draining:
-            return self._unavailable(request, "the server is restarting")
+            return unavailable(request, "the server is restarting")
         try:
             inst = await self._instance(params, identity)
         except Refused as exc:
@@ -303,7 +310,7 @@ class ShapeApi:
         deadline = time.monotonic() + FIRST_CHUNK_WAIT
         while engine is not None and not engine.shapes and not engine.tree_shapes and inst.rotated is None:
             if time.monotonic() > deadline:
-                return self._unavailable(request, "the shape's data is still being read")
+                return unavailable(request, "the shape's data is still being read")
             await inst.log.wait(1.0)
         if engine is None or inst.rotated is not None:
             return self._rotated(request, inst)
@@ -366,11 +373,6 @@ class ShapeApi:
             ("vary", "Authorization"),
         ]
         return HttpResponse(200, body, headers)
-
-    def _unavailable(self, request: HttpRequest, why: str) -> HttpResponse:
-        resp = error(request, 503, f"Service unavailable: {why}; retry")
-        resp.headers.append(("retry-after", "1"))
-        return resp
 
     async def _instance(self, params: ShapeParams, identity: Identity) -> ShapeInstance:
         where = params.where
@@ -438,7 +440,7 @@ class ShapeApi:
                 deadline = time.monotonic() + FIRST_CHUNK_WAIT
                 while not log.snapshot_done and not log.has_after(since) and inst.rotated is None:
                     if time.monotonic() > deadline:
-                        return self._unavailable(request, "the shape's data is still being read")
+                        return unavailable(request, "the shape's data is still being read")
                     await log.wait(1.0)
             elif params.live:
                 await log.wait(self.server.options.long_poll_seconds)
@@ -522,9 +524,8 @@ def _cache_control(params: ShapeParams, inst: ShapeInstance) -> str:
     if params.live:
         return f"{scope}, max-age=5, stale-while-revalidate=5"
     if params.offset == BEFORE_ALL:
-        return f"{scope}, max-age=604800, s-maxage=3600, stale-while-revalidate=2629746".replace(
-            "private, max-age=604800, s-maxage=3600", "private, max-age=604800"
-        )
+        shared = ", s-maxage=3600" if scope == "public" else ""  # s-maxage speaks to shared caches only
+        return f"{scope}, max-age=604800{shared}, stale-while-revalidate=2629746"
     return f"{scope}, max-age=60, stale-while-revalidate=300"
 
 

@@ -29,7 +29,7 @@ from electricctl._model.rows import RelationDef
 from electricctl._model.table import TableRef
 from electricctl._server.front import HttpRequest, HttpResponse, json_response
 from electricctl._server.inbound import check_text
-from electricctl._server.shape_api.http import cors_headers, error, identity_of, preflight
+from electricctl._server.shape_api.http import cors_headers, error, identity_of, preflight, unavailable
 
 audit = logging.getLogger("electricctl.audit")
 CLIENT_ID = "http-writes"
@@ -118,9 +118,7 @@ class HttpWrites:
         if isinstance(identity, HttpResponse):
             return identity
         if self.server.draining:
-            resp = error(request, 503, "Service unavailable: the server is restarting; retry")
-            resp.headers.append(("retry-after", "1"))
-            return resp
+            return unavailable(request, "the server is restarting")
         try:
             tx = await self._transaction(request, identity)
         except BadMutation as exc:
