@@ -491,12 +491,7 @@ class ShapeApi:
         if params.live:
             headers.append(("electric-cursor", next_cursor(params.cursor)))
         else:
-            rel = inst.engine.shapes.get(str(inst.definition.table)) if inst.engine is not None else None
-            relation = None
-            if rel is not None:
-                relation = next(iter(rel.all)).relation
-            elif inst.engine is not None and inst.engine.tree_shapes:
-                relation = inst.engine.tree_shapes[0].root.relation
+            relation = inst.relation
             if relation is not None and inst.engine is not None:
                 relation = inst.engine.projection.relation(relation)
             headers.append(

@@ -28,7 +28,7 @@ from electricctl._auth.tokens import Identity
 from electricctl._engine.engine import ShapeEngine
 from electricctl._engine.state import ClientState
 from electricctl._engine.trees import TreeShape
-from electricctl._model.rows import Transaction
+from electricctl._model.rows import RelationDef, Transaction
 from electricctl._model.table import TableRef
 from electricctl._server.shape_api import messages
 from electricctl._server.shape_api.shapelog import ShapeLog
@@ -103,6 +103,9 @@ class ShapeInstance:
     rotated: str | None = None
     """Why this log ended (its clients must refetch), once it has."""
     successor: ShapeInstance | None = None
+    relation: RelationDef | None = None
+    """The shape's root table as compiled when the log began (a log ends at any schema change), for
+    ``electric-schema`` before the snapshot has registered the shape with its engine."""
     last_used: float = field(default_factory=time.monotonic)
 
     @property
@@ -181,6 +184,7 @@ class ShapeManager:
             engine.close()
             on_where = "where clause" in shape or ("adhoc_shapes is deny" in shape and definition.where.strip() != "")
             raise Refused("where" if on_where else "table", shape)
+        inst.relation = shape.relation if isinstance(shape, Shape) else shape.root.relation
         inst.log.open()
         self._write_meta(inst, identity)
         engine.start(self.server.log.last_lsn)
@@ -349,6 +353,8 @@ class ShapeManager:
             )
             if not isinstance(shape, Shape | TreeShape):
                 raise RuntimeError(shape)
+            if inst.relation is None:
+                inst.relation = shape.relation if isinstance(shape, Shape) else shape.root.relation
             engine.register(shape)
         engine.start(cursor)
         self._run(inst)

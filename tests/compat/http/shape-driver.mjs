@@ -24,7 +24,7 @@
 //        retries, with the current token) instead of stopping the stream.
 //   {"cmd":"rows","id":"s1"}          -> {"ok":true,"rows":{"<electric key>":{...row}},"upToDate":bool,"offset":..,"handle":..}
 //   {"cmd":"events","id":"s1","since":{"requests":0,"messages":0}}
-//     -> {"ok":true,"events":{"requests":[{method,url,query,auth,status,offset,handle,cursor,schema,
+//     -> {"ok":true,"events":{"requests":[{method,url,query,auth,status,offset,handle,cursor,schema (the header),
 //        upToDate,cacheControl,error}...],"controls":[...],"counts":{"up-to-date":n,"must-refetch":n,...},
 //        "messages":[change messages as received],"errors":[{name,message,status,body,url}],
 //        "offset":..,"handle":..,"isUpToDate":..,"error":..,"warnings":[...]}}
@@ -158,7 +158,7 @@ function recordingFetch(entry) {
       ]) {
         if (h.has(header)) rec[field] = h.get(header)
       }
-      rec.schema = h.has('electric-schema')
+      if (h.has('electric-schema')) rec.schema = h.get('electric-schema')
       rec.upToDate = h.has('electric-up-to-date')
       return res
     } catch (e) {

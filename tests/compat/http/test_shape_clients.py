@@ -4,6 +4,7 @@ and a server restart."""
 
 from __future__ import annotations
 
+import json
 import signal
 from typing import Any
 
@@ -122,3 +123,29 @@ def test_subset_snapshots_by_get_and_post(serve_process: ServeProcess, env: Env,
     env.psql("UPDATE items SET n = 100 WHERE id = 'r19'")
     shape_driver.wait_rows("s", lambda rows: any(r["id"] == "r19" and r["n"] == 100 for r in rows))
     assert rows
+
+
+def test_a_large_first_snapshot_is_typed_from_its_first_response(
+    serve_process: ServeProcess, env: Env, shape_driver: ShapeDriver
+) -> None:
+    """The first responses of a new shape are sent while its snapshot is still being read: they must
+    already carry the table's ``electric-schema``, or the client keeps every value as text."""
+    env.psql(
+        "INSERT INTO items (id, n, flag, price, doc)"
+        " SELECT 'r' || lpad(g::text, 6, '0'), g, g % 2 = 0, g / 4.0, jsonb_build_object('g', g)"
+        " FROM generate_series(1, 20000) g"
+    )
+    serve_process.start()
+    shape_driver.stream("s", shape_url(serve_process), {"table": "items"}, token=env.token(), timeout=90)
+    rows = {r["id"]: r for r in shape_driver.rows("s")}
+    assert len(rows) == 20002
+    untyped = [r["id"] for r in rows.values() if r["id"].startswith("r") and not isinstance(r["n"], int)]
+    assert not untyped, f"{len(untyped)} rows kept n as text, first {untyped[:3]}"
+    assert rows["r000001"] == {**rows["r000001"], "n": 1, "flag": False, "price": 0.25, "doc": {"g": 1}}
+    assert rows["r020000"] == {**rows["r020000"], "n": 20000, "flag": True, "price": 5000.0}
+    # every response of the snapshot said what the columns are
+    requests = shape_driver.events("s")["requests"]
+    snapshot = [r for r in requests if r.get("status") == 200 and "live=true" not in r["url"]]
+    assert len(snapshot) > 1, "the snapshot came in one response: this test no longer covers the first chunk"
+    for r in snapshot:
+        assert json.loads(r["schema"])["n"] == {"type": "int4"}, r
