@@ -1,31 +1,45 @@
 """The transaction log interface the server depends on.
 
-The embedded default is :class:`electricctl._log.filelog.FileLog`; a later issue adds one on NATS
-JetStream so that several ``serve`` instances can share one replication stream.
+The embedded default is :class:`electricctl._log.filelog.FileLog`;
+:class:`electricctl._log.jetstream.JetStreamLog` keeps it on NATS JetStream so that several ``serve``
+instances share one replication stream (``shared``): the one holding the slot stores into it, and
+every one of them sees what was stored through :attr:`on_published`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from electricctl._model.rows import Transaction
 
 
 class TransactionLog(Protocol):
-    last_lsn: int
-    """Commit LSN of the newest transaction in the log (0 when empty)."""
+    shared: bool
+    """Other processes append to and read the same log (then only the leader may :meth:`store`)."""
+    on_published: Callable[[list[Transaction]], None] | None
+    """Called on the event loop with each batch that became readable, in commit order."""
+    on_gap: Callable[[int], None] | None
+    """Called when the log learns of a gap before an LSN that it did not cause itself."""
+
+    @property
+    def last_lsn(self) -> int:
+        """Commit LSN of the newest readable transaction in the log (0 when empty)."""
+        ...
 
     def open(self) -> TransactionLog: ...
 
     def close(self) -> None: ...
 
-    def write(self, txns: Sequence[Transaction]) -> list[Transaction]:
-        """Durably store ``txns`` (may run in a worker thread); return those not already stored."""
+    async def connect(self) -> None:
+        """Reach what the log is kept in, and start following it (a no-op for local files)."""
         ...
 
-    def publish(self, txns: Sequence[Transaction]) -> None:
-        """Make stored transactions visible to readers (event loop thread)."""
+    async def aclose(self) -> None: ...
+
+    async def store(self, txns: Sequence[Transaction]) -> list[Transaction]:
+        """Durably store ``txns``; when it returns the replication slot may be confirmed past them.
+        Returns those not already stored."""
         ...
 
     def read_after(self, lsn: int, limit: int = 1000) -> list[Transaction]: ...

@@ -12,13 +12,14 @@ number of readers. Recent transactions are also kept in memory for live tailing.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import errno
 import os
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,6 +88,9 @@ def _fsync_dir(directory: Path) -> None:
 
 
 class FileLog:
+    shared = False
+    """Only this process reads and writes it (see :class:`~electricctl._log.jetstream.JetStreamLog`)."""
+
     def __init__(
         self,
         directory: Path,
@@ -118,6 +122,9 @@ class FileLog:
         """Bytes of a torn tail cut off when the log was opened."""
         self._damaged: _Undo | None = None
         """Set when a failed write could not be undone yet; the next write undoes it first."""
+        self.on_published: Callable[[list[Transaction]], None] | None = None
+        """Called on the event loop with each batch :meth:`store` made visible."""
+        self.on_gap: Callable[[int], None] | None = None
 
     # -- opening -----------------------------------------------------------------------------
     def open(self) -> FileLog:
@@ -216,6 +223,21 @@ class FileLog:
         return lsn >= self.horizon
 
     # -- writing -----------------------------------------------------------------------------
+    async def connect(self) -> None:
+        """Nothing to connect to: the file log is local."""
+
+    async def aclose(self) -> None:
+        """Nothing to disconnect (:meth:`close` closes the files)."""
+
+    async def store(self, txns: Sequence[Transaction]) -> list[Transaction]:
+        """Write ``txns`` durably (in a worker thread), then publish them and tell
+        :attr:`on_published`; returns what was new."""
+        written = await asyncio.to_thread(self.write, txns)
+        self.publish(written)
+        if written and self.on_published is not None:
+            self.on_published(written)
+        return written
+
     def append(self, txns: Sequence[Transaction]) -> None:
         """Write, fsync and publish ``txns``: :meth:`write` then :meth:`publish`."""
         self.publish(self.write(txns))

@@ -29,6 +29,7 @@ from electricctl._config.model import ElectricConfig
 from electricctl._engine.engine import ShapeEngine
 from electricctl._log.base import TransactionLog
 from electricctl._log.filelog import FileLog, LogWriteError
+from electricctl._log.jetstream import JetStreamLog, LeadershipLost, LogUnavailable, NatsTarget
 from electricctl._model.migrations import Migration
 from electricctl._model.rows import Transaction
 from electricctl._model.table import TableRef
@@ -43,6 +44,7 @@ from electricctl._server.common import CLOSE_SERVICE_RESTART, first_line
 from electricctl._server.connection import Connection
 from electricctl._server.front import Front, HttpRequest, HttpResponse, WebSocketSettings, json_response
 from electricctl._server.gate import Gate
+from electricctl._server.leader import LeaderLease, Registry
 from electricctl._server.metrics import ServeMetrics
 from electricctl._server.options import ServeOptions
 from electricctl._server.process import ServeError as ServeError
@@ -86,6 +88,17 @@ class StreamGap:
         }
 
 
+async def _either(a: asyncio.Event, b: asyncio.Event, then: asyncio.Event) -> None:
+    """Set ``then`` once ``a`` or ``b`` is set."""
+    waits = {asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        then.set()
+    finally:
+        for w in waits:
+            w.cancel()
+
+
 class Server:
     """The sync service: replication into the durable log, Satellite over WebSocket out of it."""
 
@@ -104,12 +117,27 @@ class Server:
         self.server_id = ""
         """This server's id (kept in the data dir); read when :meth:`run` starts."""
         self._lock_fd: int | None = None
-        self.log: TransactionLog = FileLog(
-            self.data_dir / "log",
-            retention_seconds=options.retention_seconds,
-            fsync=options.fsync,
-            cache_bytes=options.log_cache_bytes,
-        )
+        self.log: TransactionLog
+        if options.log_url is not None:
+            self.log = JetStreamLog(
+                NatsTarget.parse(options.log_url),
+                self.data_dir / "log",
+                retention_seconds=options.retention_seconds,
+                fsync=options.fsync,
+                cache_bytes=options.log_cache_bytes,
+                replicas=options.log_replicas,
+            )
+        else:
+            self.log = FileLog(
+                self.data_dir / "log",
+                retention_seconds=options.retention_seconds,
+                fsync=options.fsync,
+                cache_bytes=options.log_cache_bytes,
+            )
+        self.role = "single" if not self.log.shared else "follower"
+        """single (the file log), or with a shared log: leader (it reads the slot) or follower."""
+        self.lease: LeaderLease | None = None
+        self.registry: Registry | None = None
         self.store = ClientStore(self.data_dir / "clients")
         self.snapshots = SnapshotPool(url, options.snapshot_connections, options.snapshots_per_user)
         self.spool_dir = self.data_dir / "spool"
@@ -133,6 +161,12 @@ class Server:
         """The listening socket's protocol factory (WebSocket and plain HTTP), once serving."""
         self._markers: dict[bytes, asyncio.Future[None]] = {}
         self.source.on_marker = self._on_marker
+        self.log.on_published = self._deliver
+        self.log.on_gap = self._gap_in_log
+        if isinstance(self.log, JetStreamLog):
+            # a marker counts once this instance's mirror has it (the leader's included)
+            self.source.on_marker = self._relay_marker
+            self.log.on_marker = self._on_marker
         self._ws: WsServer | None = None
         self.bound_port = options.port
         self.metrics.watch(self)
@@ -169,22 +203,28 @@ class Server:
 
     # -- replication -------------------------------------------------------------------------
     async def _consume(self, batch: Sequence[Transaction]) -> None:
+        """A batch from the slot: stored in the log (delivered by :meth:`_deliver` once readable),
+        then the slot is confirmed past it."""
         try:
-            written = await asyncio.to_thread(self.log.write, batch)
-        except LogWriteError as exc:
-            # nothing of the batch is in the log, and the slot is not confirmed past it: the
-            # stream restarts (with backoff) and Postgres sends it again
+            await self.log.store(batch)
+        except (LogWriteError, LogUnavailable) as exc:
+            # nothing of the batch is confirmed to Postgres: the stream restarts (with backoff)
+            # and Postgres sends it again
             self.log_error = str(exc)
             raise
         if self.log_error is not None:
             log.info("the transaction log is writable again")
             self.log_error = None
+        self.source.confirm(batch[-1].end_lsn)
+
+    def _deliver(self, written: list[Transaction]) -> None:
+        """Transactions just made readable in the log (the log's ``on_published``, on the loop):
+        tell the catalog of schema changes and wake every client they may concern."""
         migrated = {TableRef(m.schema, m.table) for tx in written for m in tx.migrations}
         if migrated:
             self.catalog.schema_changed(migrated)
-        # publish and route with no await in between: a connection that is live has seen every
-        # transaction before live_head, and the router queues each later one that may concern it
-        self.log.publish(written)
+        # route with no await since the log published them: a connection that is live has seen
+        # every transaction before live_head, and the router queues each later one that may concern it
         self.shapes.on_transactions(written)
         for tx in written:
             woken = self.router.candidates(tx.changes)
@@ -213,7 +253,6 @@ class Server:
             self.metrics.logged(written)
         for engine in self.scanning:
             engine.wake.set()
-        self.source.confirm(batch[-1].end_lsn)
 
     async def caught_up(self, timeout: float = 30.0) -> None:
         """Wait until every transaction committed before now is in the log.
@@ -231,6 +270,25 @@ class Server:
             await asyncio.wait_for(fut, timeout)
         finally:
             self._markers.pop(token, None)
+
+    def _relay_marker(self, token: bytes) -> None:
+        """The leader read a caught-up marker from the slot: append it to the shared log after what
+        was stored before it, so every instance hears of it once its mirror has all of that."""
+        assert isinstance(self.log, JetStreamLog)
+        task = asyncio.get_running_loop().create_task(self.log.store_marker(token))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a lost marker times its waiter out
+
+    def _gap_in_log(self, lsn: int) -> None:
+        """The shared log says the stream resumed at ``lsn`` with a gap before it (the leader made
+        the slot again): every client is sent away; those positioned before it resync when they
+        come back, the others resume."""
+        log.error(
+            "the shared log has a gap before %s: %d connected clients reconnect",
+            lsnmod.format(lsn),
+            len(self.connections),
+        )
+        for conn in list(self.connections):
+            conn.drop(CLOSE_SERVICE_RESTART, "the server's stream has a gap: reconnect to resync")
 
     def _on_marker(self, token: bytes) -> None:
         fut = self._markers.get(token)
@@ -266,6 +324,8 @@ class Server:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
                 delay = min(delay * 2, 5.0)
+            except LeadershipLost:
+                raise
             except PermanentReplicationError as exc:
                 # retrying cannot help: stop serve with the reason (/health says it meanwhile)
                 self.replication_ok = False
@@ -283,6 +343,86 @@ class Server:
             finally:
                 self.source.close()
         self.replication_ok = False
+
+    async def _lead(self, stop: asyncio.Event) -> None:
+        """Read the slot: always with the file log; with a shared log, whenever this instance holds
+        the leader lease (else follow, and try for the lease every half second)."""
+        if not isinstance(self.log, JetStreamLog):
+            await self._replicate(stop)
+            return
+        assert self.lease is not None
+        while not stop.is_set():
+            try:
+                epoch = await self.lease.try_acquire()
+            except Exception as exc:
+                log.warning("cannot reach the leader lease (%s)", exc)
+                epoch = None
+            if epoch is None:
+                self.role = "follower"
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 0.5)
+                continue
+            self.role = "leader"
+            log.info("this instance leads (epoch %d): it reads slot %s", epoch, self.slot)
+            lost = asyncio.Event()
+            until = asyncio.Event()
+            keeper = asyncio.create_task(self.lease.keep(lost), name="lease")
+
+            relayer = asyncio.create_task(_either(stop, lost, until))
+            try:
+                await self.log.take_over(epoch, timeout=max(30.0, self.options.lease_seconds * 5))
+                await self._evict_previous_leader()
+                await self._replicate(until)
+            except LeadershipLost as exc:
+                log.error("%s", exc)
+            except LogUnavailable as exc:
+                log.warning("could not take over the log (%s): letting the lease go", exc)
+            finally:
+                keeper.cancel()
+                relayer.cancel()
+                await asyncio.gather(keeper, relayer, return_exceptions=True)
+                self.log.step_down()
+                self.replication_ok = False
+                if not lost.is_set():
+                    await self.lease.release()  # hand over now, not when the lease expires
+                self.role = "follower"
+            if not stop.is_set():
+                # stepped down without being stopped: give the others a moment to take over
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def _evict_previous_leader(self) -> None:
+        """A leader that lost its lease while paused may still hold the slot's walsender: this one
+        holds the lease now (and the stream fences the old one), so end that session."""
+        rows = await self.catalog.rows(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+            " WHERE slot_name = %s AND active_pid IS NOT NULL",
+            [self.slot],
+        )
+        if rows:
+            log.warning("ended the previous leader's replication session on slot %s", self.slot)
+
+    async def _announce(self) -> None:
+        """With a shared log: this instance's status in the registry, refreshed until cancelled."""
+        assert self.registry is not None
+        while True:
+            with contextlib.suppress(Exception):
+                await self.registry.put(self.server_id, self.instance_status())
+            await asyncio.sleep(max(0.5, self.options.lease_seconds / 3))
+
+    def instance_status(self) -> dict[str, Any]:
+        lag = 0
+        if isinstance(self.log, JetStreamLog):
+            lag = max(0, self.log.stream_last_seq - self.log.mirror_seq)
+        return {
+            "id": self.server_id,
+            "address": f"{self.options.host}:{self.bound_port}",
+            "role": self.role,
+            "clients": len(self.connections),
+            "log_last_lsn": lsnmod.format(self.log.last_lsn),
+            "lag_messages": lag,
+            "pid": os.getpid(),
+        }
 
     def _prepare_slot(self) -> StreamGap | None:
         """Create the slot if it is missing; if a log existed before it, the stream has a gap."""
@@ -334,10 +474,17 @@ class Server:
             raise migrations_api.Unavailable(str(exc).strip()) from None
 
     def health(self) -> tuple[int, dict[str, Any]]:
+        following = getattr(self.log, "following_error", None)
         problems = [p for p in (self.log_error, self.store.error) if p is not None]
-        if not self.replication_ok and self.replication_error is not None and self.log_error is None:
-            problems.insert(0, f"replication: {self.replication_error}")
-        ready = self.replication_ok and not problems
+        if following is not None:
+            problems.insert(0, f"following the shared log: {following}")
+        if self.role == "follower":
+            # a follower serves from its mirror of the shared log: it needs that, not the slot
+            ready = not problems and self.bound_port != 0
+        else:
+            if not self.replication_ok and self.replication_error is not None and self.log_error is None:
+                problems.insert(0, f"replication: {self.replication_error}")
+            ready = self.replication_ok and not problems
         status = "ok" if ready else "error" if problems else "starting"
         body = {
             "status": status,
@@ -360,7 +507,17 @@ class Server:
             ],
             "client_state": {"error": self.store.error},
             "clients": len(self.connections),
+            "role": self.role,
+            "instance": self.server_id,
         }
+        if isinstance(self.log, JetStreamLog):
+            body["shared_log"] = {
+                "stream": self.log.target.redacted(),
+                "epoch": self.log.epoch or None,
+                "mirror_seq": self.log.mirror_seq,
+                "stream_last_seq": self.log.stream_last_seq,
+                "error": following,
+            }
         return (200 if ready else 503), body
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -464,9 +621,20 @@ class Server:
             raise ServeError(
                 f"cannot open the transaction log in {self.data_dir / 'log'}: {exc.strerror or exc}"
             ) from None
+        try:
+            await self.log.connect()
+        except LogUnavailable as exc:
+            raise ServeError(str(exc)) from None
+        announcer: asyncio.Task[None] | None = None
+        if isinstance(self.log, JetStreamLog):
+            assert self.log.js is not None
+            ttl = self.options.lease_seconds
+            me = {"id": self.server_id, "address": f"{self.options.host}:{self.options.port}", "pid": os.getpid()}
+            self.lease = LeaderLease(self.log.js, self.log.target.stream, me, ttl, self.options.log_replicas)
+            self.registry = Registry(self.log.js, self.log.target.stream, ttl * 3, self.options.log_replicas)
         await self.shapes.restore()
         stop_replication = asyncio.Event()
-        replication = asyncio.create_task(self._replicate(stop_replication), name="replication")
+        replication = asyncio.create_task(self._lead(stop_replication), name="replication")
         # websockets' server, for its connection handler (handshake, process_request, ours) and its
         # bookkeeping; the listening socket is ours (front.py): it serves plain HTTP too
         ws_server = serve(self._handle, process_request=self.gate.process_request, compression=None)
@@ -506,6 +674,8 @@ class Server:
                 started.set()
             log.info("serving Satellite on ws://%s:%d/ws", self.options.host, self.bound_port)
             pruner = asyncio.create_task(self._maintain(), name="maintenance")
+            if self.registry is not None:
+                announcer = asyncio.create_task(self._announce(), name="announce")
             stop_watch = asyncio.Event()
             watcher = (
                 asyncio.create_task(self.watcher.run(stop_watch), name="catalog-watch") if self.options.watch else None
@@ -527,6 +697,10 @@ class Server:
                     for conn in list(self.connections):
                         conn.ws.transport.abort()
             pruner.cancel()
+            if announcer is not None:
+                announcer.cancel()
+                if self.registry is not None:
+                    await self.registry.remove(self.server_id)
             stop_watch.set()
             if watcher is not None:
                 watcher.cancel()
@@ -545,6 +719,7 @@ class Server:
         await self.writer.close()
         await self.snapshots.close()
         await self.metrics.close()
+        await self.log.aclose()
         self.log.close()
 
     async def _drain(self, ws: WsServer, stop_replication: asyncio.Event, replication: asyncio.Task[None]) -> None:
@@ -563,9 +738,10 @@ class Server:
         conns = list(self.connections)
         log.info("draining %d connections (up to %.0fs)", len(conns), self.options.drain_timeout)
         await asyncio.gather(*(c.drain(self.options.drain_timeout) for c in conns), return_exceptions=True)
-        if self.replication_ok:
+        if self.replication_ok or self.role == "follower":
             try:
-                await self.caught_up(timeout=self.options.drain_timeout)
+                # a follower hears of the marker through the shared log, once its leader relays it
+                await self.caught_up(timeout=self.options.drain_timeout / (1 if self.replication_ok else 3))
             except (TimeoutError, psycopg.Error) as exc:
                 log.warning("could not wait for the log to catch up before stopping: %s", exc)
         stop_replication.set()

@@ -44,6 +44,15 @@ class ServeOptions:
     compact snapshot) instead of being compacted in place."""
     drain_timeout: float = 10.0
     """On SIGTERM: how long the graceful drain may take before serve exits anyway."""
+    log_url: str | None = None
+    """``nats://HOST:PORT[/STREAM]``: keep the transaction log on NATS JetStream, shared by every
+    serve started with the same URL and slot (one of them, the leader, reads the slot). None: the
+    file log under ``data_dir``, for one serve."""
+    log_replicas: int = 1
+    """With ``log_url``: JetStream replicas of the stream and buckets (3 on a NATS cluster)."""
+    lease_seconds: float = 6.0
+    """With ``log_url``: the leader lease's lifetime. A leader that dies is replaced this long
+    after its last renewal at the latest (a graceful stop hands over at once)."""
 
     # -- clients ------------------------------------------------------------------------------
     max_tree_rows: int = 1_000_000

@@ -487,6 +487,26 @@ def _bytes(text: str, option: str) -> int:
         " exit after this long whatever is left."
     ),
 )
+@click.option(
+    "--log",
+    "log_url",
+    default=None,
+    metavar="nats://HOST:PORT[/STREAM]",
+    help=(
+        "Keep the transaction log on NATS JetStream (nats-server -js), shared by every serve given the same"
+        " URL and --slot: one of them reads the slot, each serves its own clients. Default: the file log in"
+        " --data-dir, for one serve."
+    ),
+)
+@click.option(
+    "--log-replicas", default=1, show_default=True, help="With --log nats://: JetStream replicas of the stream."
+)
+@click.option(
+    "--lease",
+    default="6s",
+    show_default=True,
+    help="With --log nats://: the leader lease; a leader that dies is replaced within this (SIGTERM hands over at once).",
+)
 @click.option("--no-fsync", is_flag=True, hidden=True, help="Testing only: do not fsync the log.")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning"]))
 @click.option(
@@ -522,6 +542,9 @@ def serve(
     long_poll: str,
     shape_log_max: str,
     drain_timeout: str,
+    log_url: str | None,
+    log_replicas: int,
+    lease: str,
     no_fsync: bool,
     log_level: str,
     log_format: str,
@@ -537,6 +560,13 @@ def serve(
     config = _load(file, database_url)
     require_auth_key(config, "serve")
     url = _url(config, database_url)
+    if log_url is not None:
+        from electricctl._log.jetstream import NatsTarget
+
+        try:
+            NatsTarget.parse(log_url)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc).removeprefix(f"--log {log_url!r}: "), param_hint="--log") from None
     if log_format == "json":
         from electricctl._logctx import use_json
 
@@ -576,6 +606,9 @@ def serve(
             drain_timeout=_seconds(drain_timeout),
             long_poll_seconds=_seconds(long_poll),
             shape_log_bytes=_bytes(shape_log_max, "--shape-log-max"),
+            log_url=log_url,
+            log_replicas=log_replicas,
+            lease_seconds=_seconds(lease),
         ),
     )
 
