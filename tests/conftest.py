@@ -26,7 +26,7 @@ from electricctl.cli.main import main
 
 REPO = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ["tests.server_fixtures"]
+pytest_plugins = ["tests.server_fixtures", "tests.nats_fixtures"]
 
 
 @dataclass

@@ -167,8 +167,9 @@ def get_health(port: int) -> tuple[int, dict[str, object]]:
 class ServeProcess:
     """`electricctl serve` as a real process."""
 
-    def __init__(self, env: Env, *extra: str, log_dir: Path | None = None) -> None:
+    def __init__(self, env: Env, *extra: str, log_dir: Path | None = None, data_dir: Path | None = None) -> None:
         self.env = env
+        self.data_dir = data_dir or env.data_dir
         self.port = free_port()
         self.extra = list(extra)
         self.proc: subprocess.Popen[bytes] | None = None
@@ -196,7 +197,7 @@ class ServeProcess:
                 "--port",
                 str(self.port),
                 "--data-dir",
-                str(self.env.data_dir),
+                str(self.data_dir),
                 "--slot",
                 self.env.slot,
                 *self.extra,

@@ -55,6 +55,7 @@ from electricctl._server.sdnotify import notify
 from electricctl._server.shape_api.http import ShapeApi
 from electricctl._server.shape_api.manager import ShapeManager
 from electricctl._server.shape_api.writes import HttpWrites
+from electricctl._server.shared_state import SharedStates
 from electricctl._server.snapshot import SnapshotPool
 from electricctl._server.writer import Writer
 from electricctl._shapes.router import Router
@@ -632,6 +633,13 @@ class Server:
             me = {"id": self.server_id, "address": f"{self.options.host}:{self.options.port}", "pid": os.getpid()}
             self.lease = LeaderLease(self.log.js, self.log.target.stream, me, ttl, self.options.log_replicas)
             self.registry = Registry(self.log.js, self.log.target.stream, ttl * 3, self.options.log_replicas)
+            self.store.shared = SharedStates(
+                self.log.js,
+                self.log.target.stream,
+                self.server_id,
+                self.options.retention_seconds,
+                self.options.log_replicas,
+            )
         await self.shapes.restore()
         stop_replication = asyncio.Event()
         replication = asyncio.create_task(self._lead(stop_replication), name="replication")

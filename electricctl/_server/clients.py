@@ -14,9 +14,13 @@ import logging
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from electricctl._engine.state import ClientState as ClientState
 from electricctl._engine.state import SubscriptionRecord as SubscriptionRecord
+
+if TYPE_CHECKING:
+    from electricctl._server.shared_state import SharedStates
 
 log = logging.getLogger("electricctl.server")
 
@@ -42,6 +46,8 @@ class ClientStore:
         self._saving: set[asyncio.Future[None]] = set()
         self.error: str | None = None
         """Why the last save failed, until every failed save has been written."""
+        self.shared: SharedStates | None = None
+        """With a shared log: where every instance keeps client state (see :meth:`claim`)."""
 
     def _path(self, client_id: str) -> Path:
         # client ids come from clients: never use them as file names directly
@@ -56,29 +62,57 @@ class ClientStore:
             raw = json.loads(path.read_text())
         except FileNotFoundError:
             return ClientState(client_id)
-        subs = {
-            s["id"]: SubscriptionRecord(s["id"], s["requests"], s["delivered_lsn"])
-            for s in raw.get("subscriptions", [])
-        }
         try:
             tree_doc = json.loads(self._trees_path(client_id).read_text())
         except FileNotFoundError:
             tree_doc = {}
+        lines: list[str] = []
+        # and every key appended since (a superset of what the client may hold is what is needed)
+        for log_path in sorted(self.directory.glob(self._path(client_id).stem + ".trees.*.log")):
+            tree_doc["epoch"] = max(int(tree_doc.get("epoch", 0)), int(log_path.name.rsplit(".", 2)[1]))
+            lines.extend(log_path.read_text().splitlines())
+        return self._state_from(client_id, raw, tree_doc, lines)
+
+    @staticmethod
+    def _state_from(client_id: str, raw: dict[str, Any], tree_doc: dict[str, Any], lines: list[str]) -> ClientState:
+        subs = {
+            s["id"]: SubscriptionRecord(s["id"], s["requests"], s["delivered_lsn"])
+            for s in raw.get("subscriptions", [])
+        }
         trees: dict[str, set[tuple[bytes | None, ...]]] = {}
         epoch = int(tree_doc.get("epoch", 0))
         docs = [tree_doc.get("tree_rows") or {}]
-        # and every key appended since (a superset of what the client may hold is what is needed)
-        for log_path in sorted(self.directory.glob(self._path(client_id).stem + ".trees.*.log")):
-            epoch = max(epoch, int(log_path.name.rsplit(".", 2)[1]))
-            for line in log_path.read_text().splitlines():
-                with contextlib.suppress(ValueError):  # a torn last line
-                    docs.append(json.loads(line))
+        for line in lines:
+            with contextlib.suppress(ValueError):  # a torn last line
+                docs.append(json.loads(line))
         for doc in docs:
             for t, keys in doc.items():
                 trees.setdefault(t, set()).update(tuple(None if v is None else v.encode() for v in k) for k in keys)
         pruned = int(tree_doc.get("pruned_lsn", 0))
         access = raw.get("access") or {}
         return ClientState(client_id, subs, int(raw.get("acked_lsn", 0)), trees, epoch, pruned, access)
+
+    async def claim(self, client_id: str) -> None:
+        """With state shared between instances: take the client over, and adopt its state if
+        another instance saved it last (it is newer than anything of it here)."""
+        if self.shared is None:
+            return
+        lock = self._locks.setdefault(client_id, asyncio.Lock())
+        async with lock:  # after this instance's own saves of it, if any are in flight
+            doc = await self.shared.claim(client_id)
+            if doc is None:
+                return
+            state = self._state_from(client_id, doc, doc.get("trees") or {}, [])
+            self._generation += 1
+            copy = self.snapshot(state)
+            self._queued[client_id] = (self._generation, copy)
+            self._tree_written.pop(client_id, None)
+            try:
+                await asyncio.to_thread(self.save, copy)
+            except OSError:
+                return  # load() reads the queued copy meanwhile; the next save writes it
+            self._written[client_id] = self._generation
+            del self._queued[client_id]
 
     async def append_tree_keys(
         self, client_id: str, epoch: int, keys: dict[str, set[tuple[bytes | None, ...]]]
@@ -147,6 +181,11 @@ class ClientStore:
                 self.error = f"cannot save client state in {self.directory}: {exc.strerror or exc}"
                 return
             self._written[copy.client_id] = generation
+            if self.shared is not None:
+                try:
+                    await self.shared.push(copy.client_id, self.document(copy))
+                except Exception as exc:  # the local copy is saved; another instance may resync it
+                    log.warning("cannot share the state of client %s: %s", copy.client_id, exc)
             queued = self._queued.get(copy.client_id)
             if queued is not None and queued[0] <= generation:
                 del self._queued[copy.client_id]
@@ -175,9 +214,9 @@ class ClientStore:
             {t: list(v) for t, v in state.access.items()},
         )
 
-    def save(self, state: ClientState) -> None:
-        path = self._path(state.client_id)
-        doc = {
+    @staticmethod
+    def _doc(state: ClientState) -> dict[str, Any]:
+        return {
             "client_id": state.client_id,
             "acked_lsn": state.acked_lsn,
             "subscriptions": [
@@ -186,20 +225,29 @@ class ClientStore:
             ],
             "access": state.access,
         }
+
+    @staticmethod
+    def _trees_doc(state: ClientState) -> dict[str, Any]:
+        trees = {
+            t: sorted(([None if v is None else v.decode() for v in k] for k in keys), key=repr)
+            for t, keys in state.tree_rows.items()
+            if keys
+        }
+        return {"epoch": state.tree_epoch, "pruned_lsn": state.tree_pruned_lsn, "tree_rows": trees}
+
+    def document(self, state: ClientState) -> dict[str, Any]:
+        """The whole state as one JSON document (what is shared between instances)."""
+        return {**self._doc(state), "trees": self._trees_doc(state)}
+
+    def save(self, state: ClientState) -> None:
+        path = self._path(state.client_id)
+        doc = self._doc(state)
         # the include trees' keys (possibly many) go in a file of their own, written only when their
         # number changed ((epoch, count) tells; keys given since are in the key logs). With them,
         # atomically, the position keys were last forgotten at
         signature = (state.tree_epoch, sum(len(keys) for keys in state.tree_rows.values()))
         if signature != self._tree_written.get(state.client_id, (0, 0)):
-            trees = {
-                t: sorted(([None if v is None else v.decode() for v in k] for k in keys), key=repr)
-                for t, keys in state.tree_rows.items()
-                if keys
-            }
-            self._write(
-                self._trees_path(state.client_id),
-                {"epoch": state.tree_epoch, "pruned_lsn": state.tree_pruned_lsn, "tree_rows": trees},
-            )
+            self._write(self._trees_path(state.client_id), self._trees_doc(state))
             self._tree_written[state.client_id] = signature
             # the key logs of earlier epochs are in no state any more
             for old in self.directory.glob(path.stem + ".trees.*.log"):

@@ -312,6 +312,10 @@ class Connection:
         # the connection's log lines (and its stream's: tasks copy the context) say whose they are
         logctx.CLIENT.set(client_id)
         logctx.USER.set(identity.user_id)
+        try:
+            await self.server.store.claim(client_id)  # with instances sharing a log: it may come from another
+        except Exception as exc:
+            log.warning("cannot read the shared state of client %s (%s): using this instance's", client_id, exc)
         self.state = self.server.store.load(client_id)
         return S.ClientBound(effect.request_id, client_id, identity)
 

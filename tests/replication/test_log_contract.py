@@ -24,9 +24,7 @@ REL2 = RelationDef(7, "public", "items", (*REL.columns, Column("m", 25, "text", 
 
 
 def tx(lsn: int, rel: RelationDef = REL, ts: int | None = None, payload: bytes | None = None) -> Transaction:
-    values: tuple[bytes | None, ...] = (str(lsn).encode(), payload) + ((b"m",) if len(rel.columns) == 3 else ())
-    if payload is None:
-        values = (str(lsn).encode(), None) + values[2:]
+    values: tuple[bytes | None, ...] = (str(lsn).encode(), payload, *((b"m",) if len(rel.columns) == 3 else ()))
     stamp = int(time.time() * 1000) if ts is None else ts
     return Transaction(lsn, lsn + 8, lsn // 10, stamp, None, (Change("I", rel, values, None),))
 
@@ -79,7 +77,9 @@ class JetStreamHarness(Harness):
     async def new(self, *, write: bool = True, **options: Any) -> TransactionLog:
         # another instance: its own, empty mirror; what it reads comes from the stream
         self.instances += 1
-        log = JetStreamLog(NatsTarget.parse(self.nats.url + "/contract"), self.tmp / f"mirror-{self.instances}", **options)
+        log = JetStreamLog(
+            NatsTarget.parse(self.nats.url + "/contract"), self.tmp / f"mirror-{self.instances}", **options
+        )
         log.open()
         await log.connect()
         self.opened.append(log)
@@ -112,7 +112,9 @@ async def test_appends_in_commit_order_and_reads_from_an_lsn(harness: Harness) -
     published: list[int] = []
     log.on_published = lambda txns: published.extend(t.lsn for t in txns)
     assert [t.lsn for t in await log.store([tx(10), tx(20)])] == [10, 20]
-    assert [t.lsn for t in await log.store([tx(20), tx(30, REL2)])] == [30]  # 20 again: Postgres resends after a restart; stored once
+    assert [t.lsn for t in await log.store([tx(20), tx(30, REL2)])] == [
+        30
+    ]  # 20 again: Postgres resends after a restart; stored once
     await harness.settle(log, 30)
     got = log.read_after(0)
     assert [t.lsn for t in got] == [10, 20, 30]
@@ -215,25 +217,29 @@ async def nats(tmp_path: Path) -> AsyncIterator[NatsServer]:
 
 
 async def test_a_paused_leader_cannot_append_after_its_successor(nats: NatsServer, tmp_path: Path) -> None:
-    h = JetStreamHarness(tmp_path, nats)
+    target = NatsTarget.parse(nats.url + "/fenced")
+    logs = [JetStreamLog(target, tmp_path / f"mirror-{i}").open() for i in range(3)]
+    old, new, reader = logs
     try:
-        old = await h.new()
+        for log in logs:
+            await log.connect()
+        await old.take_over(1)
         await old.store([tx(10)])
-        new = await h.new()  # takes over (a new epoch) while the old one is "paused"
-        assert isinstance(old, JetStreamLog) and isinstance(new, JetStreamLog)
-        old.epoch = 1  # the old one wakes up believing it still leads, with its old view
-        old._view = type(new._view)(seq=1, lsn=10, done_seq=1)  # noqa: SLF001 - what it knew before pausing
+        # the old leader pauses (it still believes it leads, with its view of the stream's end)
+        # and its lease expires; the new one takes over under epoch 2 and appends
+        await new.take_over(2)
         await new.store([tx(20)])
-        with pytest.raises(LeadershipLost):
+        with pytest.raises(LeadershipLost):  # the old one wakes up: the stream refuses it
             await old.store([tx(30)])
-        await new.store([tx(30)])
-        reader = await h.new(write=False)
-        await h.settle(reader, 30)
-        got = reader.read_after(0)
-        assert [t.lsn for t in got] == [10, 20, 30]
         assert old.epoch == 0
+        await new.store([tx(30)])
+        await JetStreamHarness(tmp_path, nats).settle(reader, 30)
+        assert [t.lsn for t in reader.read_after(0)] == [10, 20, 30]
+        assert (await reader.stream_state())["messages"] == 3
     finally:
-        await h.close()
+        for log in logs:
+            await log.aclose()
+            log.close()
 
 
 async def test_a_split_transaction_left_half_stored_by_a_dead_leader_is_finished_once(
@@ -266,7 +272,8 @@ async def test_a_split_transaction_left_half_stored_by_a_dead_leader_is_finished
         await h.settle(reader, 30)
         got = reader.read_after(0)
         assert [t.lsn for t in got] == [10, 20, 30] and got[1] == big
-        info = await successor.stream_state()  # type: ignore[attr-defined]
+        assert isinstance(successor, JetStreamLog)
+        info = await successor.stream_state()
         assert info["messages"] == 1 + 5 + 1  # each part stored once
     finally:
         await h.close()

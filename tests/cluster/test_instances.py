@@ -1,0 +1,189 @@
+"""Several `electricctl serve` instances sharing one JetStream log (`--log nats://...`): one leader
+reads the slot, every instance serves its own clients; the leader is killed, NATS restarts, clients
+move between instances. Real processes, a real nats-server of the test's own, real Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from electricctl.client import SyncClient
+from tests.nats_fixtures import NatsServer
+from tests.server_fixtures import Env, ServeProcess, get_health
+
+
+class Cluster:
+    def __init__(self, env: Env, nats: NatsServer, tmp: Path, n: int = 3) -> None:
+        self.env = env
+        self.nats = nats
+        self.instances = [
+            ServeProcess(
+                env,
+                "--log",
+                f"{nats.url}/cluster",
+                "--lease",
+                "2s",
+                "--drain-timeout",
+                "5s",
+                log_dir=tmp,
+                data_dir=tmp / f"instance-{i}",
+            )
+            for i in range(n)
+        ]
+
+    def start(self) -> None:
+        for inst in self.instances:
+            inst.data_dir.mkdir(parents=True, exist_ok=True)
+            inst.start()
+
+    def alive(self) -> list[ServeProcess]:
+        return [i for i in self.instances if i.proc is not None and i.proc.poll() is None]
+
+    def roles(self) -> dict[int, str]:
+        out = {}
+        for inst in self.alive():
+            _, body = get_health(inst.port)
+            out[inst.port] = str(body.get("role"))
+        return out
+
+    def leader(self, timeout: float = 15) -> ServeProcess:
+        deadline = time.monotonic() + timeout
+        while True:
+            leaders = [i for i in self.alive() if get_health(i.port)[1].get("role") == "leader"]
+            if len(leaders) == 1 and get_health(leaders[0].port)[0] == 200:
+                return leaders[0]
+            assert len(leaders) <= 1, f"two leaders at once: {self.roles()}"
+            assert time.monotonic() < deadline, f"no leader after {timeout}s: {self.roles()}\n{self.logs()}"
+            time.sleep(0.1)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {i.port}:\n{i.log_text()[-3000:]}" for i in self.instances)
+
+    def stop(self) -> None:
+        for inst in self.alive():
+            assert inst.proc is not None
+            os.kill(inst.proc.pid, signal.SIGKILL)
+            inst.proc.wait()
+
+
+@pytest.fixture
+def cluster(env: Env, nats_server: NatsServer, tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(env, nats_server, tmp_path)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def _rows(path: Path) -> dict[str, Any]:
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        return {r[0]: r[1] for r in conn.execute("SELECT id, n FROM items")}
+    finally:
+        conn.close()
+
+
+def _expected(env: Env) -> dict[str, Any]:
+    return {str(r[0]): r[1] for r in env.sql("SELECT id, n FROM items")}
+
+
+async def _converged(env: Env, paths: list[Path], cluster: Cluster, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        want = _expected(env)
+        got = [_rows(p) for p in paths]
+        if all(g == want for g in got):
+            return
+        if time.monotonic() > deadline:
+            diffs = "\n".join(
+                f"  {p.name}: {sorted(set(g.items()) ^ set(want.items()))[:10]}" for p, g in zip(paths, got)
+            )
+            raise AssertionError(f"clients did not converge with Postgres:\n{diffs}\n{cluster.logs()}")
+        await asyncio.sleep(0.1)
+
+
+def _status(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+        doc: dict[str, Any] = json.loads(resp.read())
+        return doc
+
+
+def _local_write(path: Path, sql: str, args: tuple[Any, ...]) -> None:
+    conn = sqlite3.connect(path, timeout=10)
+    try:
+        with conn:
+            conn.execute(sql, args)
+    finally:
+        conn.close()
+
+
+async def test_one_leader_every_instance_serves_and_a_killed_leader_is_replaced(
+    cluster: Cluster, env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("WARNING", logger="electricctl")
+    cluster.start()
+    leader = cluster.leader()
+    roles = cluster.roles()
+    assert sorted(roles.values()) == ["follower", "follower", "leader"], roles
+    # a client on every instance, each subscribed to the whole table
+    clients: list[SyncClient] = []
+    paths = []
+    for i, inst in enumerate(cluster.instances):
+        path = tmp_path / f"client-{i}.db"
+        cl = SyncClient(str(path), inst.url, env.token(f"user-{i}"), poll_interval=0.01)
+        await cl.start()
+        await cl.synced(await cl.subscribe("items"))
+        clients.append(cl)
+        paths.append(path)
+    try:
+        env.psql("INSERT INTO items (id, n) SELECT 'p' || g, g FROM generate_series(1, 50) g")
+        for i in range(len(clients)):  # and writes from clients on followers and on the leader
+            _local_write(paths[i], "INSERT INTO items (id, n) VALUES (?, ?)", (f"c{i}", i))
+        await _converged(env, paths, cluster)
+
+        # kill -9 the leader mid-stream: another instance takes the slot and nothing is lost
+        writer = asyncio.create_task(asyncio.to_thread(_write_storm, env, "w", 200))
+        await asyncio.sleep(0.3)
+        assert leader.proc is not None
+        killed_at = time.monotonic()
+        os.kill(leader.proc.pid, signal.SIGKILL)
+        leader.proc.wait()
+        await writer
+        successor = cluster.leader(timeout=15)
+        took = time.monotonic() - killed_at
+        assert successor is not leader
+        assert took < 10, f"the new leader took {took:.1f}s"
+        survivors = [i for i, inst in enumerate(cluster.instances) if inst is not leader]
+        await _converged(env, [paths[i] for i in survivors], cluster, timeout=30)
+
+        # the client of the dead instance moves to a surviving one and resumes without a resync
+        gone = cluster.instances.index(leader)
+        old = clients[gone]
+        await old.stop()
+        target = cluster.instances[survivors[0]]
+        moved = SyncClient(str(paths[gone]), target.url, env.token(f"user-{gone}"), poll_interval=0.01)
+        await moved.start()
+        clients[gone] = moved
+        _local_write(paths[gone], "UPDATE items SET n = -1 WHERE id = ?", ("p1",))
+        await _converged(env, paths, cluster, timeout=30)
+        resumed = [r.getMessage() for r in caplog.records if "cannot resume" in r.getMessage()]
+        assert not resumed, resumed
+    finally:
+        for cl in clients:
+            await cl.stop()
+
+
+def _write_storm(env: Env, prefix: str, n: int) -> None:
+    for k in range(n):
+        env.sql("INSERT INTO items (id, n) VALUES (%s, %s)", (f"{prefix}{k}", k))
+        time.sleep(0.005)
