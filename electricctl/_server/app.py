@@ -139,6 +139,8 @@ class Server:
         """single (the file log), or with a shared log: leader (it reads the slot) or follower."""
         self.lease: LeaderLease | None = None
         self.registry: Registry | None = None
+        self.peers: list[dict[str, Any]] = []
+        """With a shared log: every instance's status as last read from the registry (``/health``)."""
         self.store = ClientStore(self.data_dir / "clients")
         self.snapshots = SnapshotPool(url, options.snapshot_connections, options.snapshots_per_user)
         self.spool_dir = self.data_dir / "spool"
@@ -409,6 +411,7 @@ class Server:
         while True:
             with contextlib.suppress(Exception):
                 await self.registry.put(self.server_id, self.instance_status())
+                self.peers = await self.registry.all()
             await asyncio.sleep(max(0.5, self.options.lease_seconds / 3))
 
     def instance_status(self) -> dict[str, Any]:
@@ -519,6 +522,7 @@ class Server:
                 "stream_last_seq": self.log.stream_last_seq,
                 "error": following,
             }
+            body["instances"] = self.peers
         return (200 if ready else 503), body
 
     async def _handle(self, ws: ServerConnection) -> None:

@@ -190,7 +190,8 @@ def serve_report(s: dict[str, Any], *, problem: str | None = None) -> Table:
     grid = Table.grid(padding=(0, 2))
     grid.add_column(style="bold", no_wrap=True)
     grid.add_column()
-    grid.title = f"serve {escape(s['url'])}  {state}  (electricctl {escape(s['version'])})"
+    role = f"  {escape(str(s['role']))}" if s.get("role") not in (None, "single") else ""
+    grid.title = f"serve {escape(s['url'])}  {state}{role}  (electricctl {escape(s['version'])})"
     grid.title_justify = "left"
     c, r, out, w = s["clients"], s["replication"], s["out"], s["writes"]
     rates = s.get("rates")
@@ -251,6 +252,14 @@ def serve_report(s: dict[str, Any], *, problem: str | None = None) -> Table:
             for k, v in s["latency"].items()
         ),
     )
+    for inst in s.get("instances") or []:
+        grid.add_row(
+            "instance",
+            escape(
+                f"{inst.get('id')} {inst.get('address')} {inst.get('role')}: {_n(int(inst.get('clients') or 0), 'client')},"
+                f" log at {inst.get('log_last_lsn')}, {int(inst.get('lag_messages') or 0):,} messages behind the stream"
+            ),
+        )
     last = s.get("last_error")
     grid.add_row("last error", f"[red]{escape(str(last))}[/red]" if last else "[green]none[/green]")
     for warning in s.get("warnings") or []:

@@ -185,6 +185,8 @@ def summarize(
         "server_id": info.get("server_id", ""),
         "status": health.get("status"),
         "ready": health.get("ready"),
+        "role": health.get("role"),
+        "instances": [dict(i) for i in health.get("instances") or []],
         "clients": {
             "connections": m.count("electricctl_connections"),
             "authenticated": m.count("electricctl_clients"),
