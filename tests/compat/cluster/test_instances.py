@@ -212,7 +212,7 @@ def _write_storm(env: Env, prefix: str, n: int) -> None:
 
 
 async def test_sigterm_hands_over_nats_restarts_and_a_client_moves_mid_write(
-    cluster: Cluster, env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    cluster: Cluster, env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture, node_modules: Path
 ) -> None:
     """The npm client on one instance, ours on another; the leader is stopped with SIGTERM (it
     hands the slot over at once), NATS restarts, and our client moves between instances while it
