@@ -443,7 +443,9 @@ class JetStreamLog:
             if not todo:
                 return []
             pending: list[tuple[int, asyncio.Future[dict[str, Any]]]] = []
-            seq, prev = view.seq, view.lsn
+            # the first message of a stream names the history its writer's mirror holds (a serve
+            # that moved from the file log to this one): a mirror without it knows what it lacks
+            seq, prev = view.seq, view.lsn if view.seq else max(view.lsn, self.mirror.last_lsn)
             try:
                 for tx in todo:
                     body = encode(tx)
@@ -579,14 +581,18 @@ class JetStreamLog:
         self.stream_last_seq = info.state.last_seq
         start = self._mirror_seq + 1
         if info.state.messages and start < info.state.first_seq:
-            # what the mirror lacks has left the stream (retention): clients before it resync
-            first = await js.get_msg(self.target.stream, info.state.first_seq)
-            before = int((first.headers or {}).get("Electric-Prev", "0"))
-            if before > self.mirror.last_lsn:
-                self.mirror.mark_gap(before)
-                if self.on_gap is not None:
-                    self.on_gap(before)
-            start = info.state.first_seq
+            start = info.state.first_seq  # what the mirror lacks left the stream (retention)
+        if info.state.messages and start <= info.state.last_seq:
+            # the first message to read says which transaction came before it: if the mirror does
+            # not hold that one (retention dropped it, or the stream began after history this
+            # mirror never saw), clients positioned before it must resync
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                first = await js.get_msg(self.target.stream, start)
+                before = int((first.headers or {}).get("Electric-Prev", "0"))
+                if before > self.mirror.last_lsn:
+                    self.mirror.mark_gap(before)
+                    if self.on_gap is not None:
+                        self.on_gap(before)
         if self._mirror_seq >= info.state.last_seq:
             self._caught_up.set()
         sub = await js.subscribe(

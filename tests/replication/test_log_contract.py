@@ -299,3 +299,25 @@ async def test_a_nats_restart_loses_nothing_and_readers_resume(nats: NatsServer,
         assert [t.lsn for t in reader.read_after(0)] == [10, 20, 30]
     finally:
         await h.close()
+
+
+async def test_a_serve_moving_from_the_file_log_keeps_its_history_and_others_know_they_lack_it(
+    nats: NatsServer, tmp_path: Path
+) -> None:
+    # the file log of a serve that ran alone, in the directory its mirror now uses
+    old = FileLog(tmp_path / "mirror-1").open()
+    old.set_horizon(0)
+    old.append([tx(10), tx(20)])
+    old.close()
+    h = JetStreamHarness(tmp_path, nats)
+    try:
+        leader = await h.new()  # mirror-1: the history above
+        await leader.store([tx(30)])
+        await h.settle(leader, 30)
+        assert leader.covers(10) and [t.lsn for t in leader.read_after(0)] == [10, 20, 30]
+        newcomer = await h.new(write=False)  # mirror-2: only the stream
+        await h.settle(newcomer, 30)
+        assert [t.lsn for t in newcomer.read_after(0)] == [30]
+        assert not newcomer.covers(10) and newcomer.covers(20)  # a client at 10 resyncs, one at 20 resumes
+    finally:
+        await h.close()
