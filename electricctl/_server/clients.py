@@ -102,7 +102,7 @@ class ClientStore:
             doc = await self.shared.claim(client_id)
             if doc is None:
                 return
-            state = self._state_from(client_id, doc, doc.get("trees") or {}, [])
+            state = self._state_from(client_id, doc, doc.get("trees") or {}, list(doc.get("key_lines") or []))
             self._generation += 1
             copy = self.snapshot(state)
             self._queued[client_id] = (self._generation, copy)
@@ -126,6 +126,11 @@ class ClientStore:
             await asyncio.to_thread(self._append, path, line)
         except OSError as exc:
             log.error("cannot append to %s: %s", path, exc.strerror or exc)
+        if self.shared is not None:
+            try:
+                await self.shared.append_keys(client_id, epoch, line)
+            except Exception as exc:
+                log.error("cannot share the tree keys of client %s: %s", client_id, exc)
 
     @staticmethod
     def _append(path: Path, line: str) -> None:

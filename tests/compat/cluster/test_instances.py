@@ -285,3 +285,52 @@ async def test_sigterm_hands_over_nats_restarts_and_a_client_moves_mid_write(
     finally:
         await cl.stop()
         await asyncio.to_thread(npm.close)
+
+
+async def test_a_tree_client_whose_instance_is_killed_between_saves_resumes_elsewhere(
+    cluster: Cluster, env: Env, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keys an include tree gives a client are shared before they are sent, not only with the
+    state saved (at most once a second): the instance it moves to knows it holds them."""
+    caplog.set_level("WARNING", logger="electricctl")
+    env.sql("INSERT INTO parents VALUES ('p1', 'one')")
+    env.sql("INSERT INTO children VALUES ('c0', 'p1', 0)")
+    cluster.start()
+    leader = cluster.leader()
+    a, b = [i for i in cluster.instances if i is not leader]
+    path = tmp_path / "tree.db"
+
+    def children() -> set[str]:
+        conn = sqlite3.connect(path, timeout=10)
+        try:
+            return {r[0] for r in conn.execute("SELECT id FROM children")}
+        finally:
+            conn.close()
+
+    async def until(check: Any, what: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while not check():
+            assert time.monotonic() < deadline, f"{what}: children {children()}\n{cluster.logs()}"
+            await asyncio.sleep(0.05)
+
+    cl = SyncClient(str(path), a.url, env.token("tree"), poll_interval=0.01)
+    await cl.start()
+    try:
+        await cl.synced(await cl.subscribe("parents", "id = 'p1'", include={"children": True}))
+        await asyncio.sleep(1.5)  # its state, with c0, is saved (saves come at most once a second)
+        env.sql("INSERT INTO children VALUES ('c1', 'p1', 1)")
+        await until(lambda: "c1" in children(), "c1 arriving live")
+        assert a.proc is not None
+        os.kill(a.proc.pid, signal.SIGKILL)  # before its next save
+        a.proc.wait()
+        await cl.stop()
+        env.sql("DELETE FROM children WHERE id = 'c1'")  # while the client is away
+        cl = SyncClient(str(path), b.url, env.token("tree"), poll_interval=0.01)
+        await cl.start()
+        await until(lambda: children() == {"c0"}, "c1 leaving after the client moved")
+        env.sql("INSERT INTO children VALUES ('c2', 'p1', 2)")
+        await until(lambda: children() == {"c0", "c2"}, "the tree staying live on the new instance")
+        resumed = [r.getMessage() for r in caplog.records if "cannot resume" in r.getMessage()]
+        assert not resumed, resumed
+    finally:
+        await cl.stop()
