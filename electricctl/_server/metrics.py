@@ -210,6 +210,11 @@ class Observed(Protocol):
     def replication_ok(self) -> bool: ...
 
     @property
+    def role(self) -> str: ...
+
+    def instance_status(self) -> dict[str, Any]: ...
+
+    @property
     def server_id(self) -> str: ...
 
     @property
@@ -365,6 +370,16 @@ class _ServerCollector:
         lag_bytes, lag_seconds = metrics.lag.measure(server.source.flushed_lsn, metrics.last_logged)
         yield _gauge(
             "electricctl_replication_up", "1 while the replication stream runs", 1 if server.replication_ok else 0
+        )
+        yield _gauge(
+            "electricctl_leader",
+            "1 while this instance reads the replication slot (always, with the file log; with a shared log, the leader)",
+            1 if server.role in ("single", "leader") else 0,
+        )
+        yield _gauge(
+            "electricctl_shared_log_lag_messages",
+            "With a shared JetStream log: messages of the stream this instance's mirror has not taken in yet",
+            int(server.instance_status()["lag_messages"]),
         )
         yield _gauge(
             "electricctl_replication_lag_bytes",

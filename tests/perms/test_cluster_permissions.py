@@ -41,5 +41,8 @@ async def test_grants_and_roles_are_reassessed_on_a_follower(env: Env, nats_serv
                 await alice.wait_for(lambda: ids(alice, "issues") == set(), timeout=10)
                 assert alice.ws is ws and alice.closed_with is None  # never dropped
                 assert second.role == "follower" and first.role == "leader"
+                assert b"electricctl_leader 1.0" in await first.metrics.exposition()
+                page = await second.metrics.exposition()
+                assert b"electricctl_leader 0.0" in page and b"electricctl_shared_log_lag_messages" in page
             finally:
                 await alice.close()
