@@ -262,6 +262,16 @@ def apply(
     help="With --serve: refresh the serve part every --interval until Ctrl-C (-o json: one JSON line each time).",
 )
 @click.option("--interval", default="2s", show_default=True, help="With --watch: how often to refresh.")
+@click.option(
+    "--log",
+    "log_url",
+    default=None,
+    metavar="nats://HOST:PORT/STREAM",
+    help=(
+        "Also list the serve instances sharing this JetStream log (serve --log): the leader, each one's"
+        " address, clients and lag, read from NATS. Exit 1 when NATS cannot be reached."
+    ),
+)
 def status(
     file: str,
     database_url: str | None,
@@ -270,6 +280,7 @@ def status(
     serve_url: str | None,
     watch: bool,
     interval: str,
+    log_url: str | None,
 ) -> None:
     """What is applied against what the file says: drift, pending changes, replication slots; with
     --serve, a running serve's live state as well."""
@@ -280,13 +291,19 @@ def status(
     every = _seconds(interval)
     st: applier.Status | None = None
     served: dict[str, Any] | None = None
+    cluster: dict[str, Any] | None = None
     try:
-        if serve_url is None or database_url is not None or Path(file).is_file():
+        elsewhere = serve_url is not None or log_url is not None
+        if not elsewhere or database_url is not None or Path(file).is_file():
             config = _load(file, database_url)
-            if serve_url is None or applier.database_url(config, database_url):
+            if not elsewhere or applier.database_url(config, database_url):
                 st = applier.status(config, _url(config, database_url))
         if serve_url is not None:
             served = serve_status.read(serve_url)
+        if log_url is not None:
+            from electricctl.cli import cluster_status
+
+            cluster = cluster_status.read(log_url)
     except ElectricError as exc:
         if output == "json":
             _json_errors(exc)
@@ -299,6 +316,8 @@ def status(
         )
         if served is not None:
             doc["serve"] = served
+        if cluster is not None:
+            doc["instances"] = cluster
         if watch:  # JSON lines, one per refresh
             print(json.dumps(doc, default=str), flush=True)
         else:
@@ -311,6 +330,10 @@ def status(
             if st is not None:
                 con.print()
             con.print(render.serve_report(served))
+        if cluster is not None:
+            if st is not None or served is not None:
+                con.print()
+            con.print(render.instances_report(cluster))
     if watch and serve_url is not None and served is not None:
         _watch_serve(serve_url, served, every, as_json=output == "json")
     if detailed_exitcode and st is not None and (not st.in_sync or st.problems):

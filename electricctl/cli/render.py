@@ -267,3 +267,30 @@ def serve_report(s: dict[str, Any], *, problem: str | None = None) -> Table:
     if problem:
         grid.add_row("refresh", f"[red]{escape(problem)}[/red] [dim](the numbers above are from the last read)[/dim]")
     return grid
+
+
+def instances_report(c: dict[str, Any]) -> Table:
+    """``status --log``: the instances sharing a JetStream log (from :mod:`.cluster_status`)."""
+    table = Table(title=f"instances of {escape(c['log'])}", title_justify="left")
+    for name in ("instance", "address", "role", "clients", "log position", "behind the stream", "seen"):
+        table.add_column(name)
+    for inst in c["instances"]:
+        role = str(inst.get("role"))
+        table.add_row(
+            escape(str(inst.get("id"))),
+            escape(str(inst.get("address"))),
+            f"[bold]{role}[/bold]" if role == "leader" else role,
+            f"{int(inst.get('clients') or 0):,}",
+            escape(str(inst.get("log_last_lsn"))),
+            f"{int(inst.get('lag_messages') or 0):,} messages",
+            f"{inst.get('seen_seconds_ago')} s ago",
+        )
+    leader = c.get("leader")
+    stream = c["stream"]
+    table.caption = (
+        f"leader: {escape(str(leader['id']))} at {escape(str(leader.get('address')))} (epoch {leader.get('epoch')})"
+        if leader
+        else "[red]no leader holds the lease[/red]"
+    ) + f"; stream: {stream['messages']:,} messages, {_size(stream['bytes'])}"
+    table.caption_justify = "left"
+    return table

@@ -157,6 +157,31 @@ async def test_one_leader_every_instance_serves_and_a_killed_leader_is_replaced(
     assert shown.returncode == 0, shown.stderr
     served = json.loads(shown.stdout)["serve"]
     assert served["role"] == "follower" and len(served["instances"]) == 3
+    # and `status --log` reads the same from NATS, without asking any instance
+    shown = subprocess.run(
+        [sys.executable, "-m", "electricctl", "status", "--log", f"{cluster.nats.url}/cluster", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert shown.returncode == 0, shown.stderr
+    doc = json.loads(shown.stdout)["instances"]
+    assert doc["leader"]["address"] == f"127.0.0.1:{leader.port}"
+    assert sorted(i["role"] for i in doc["instances"]) == ["follower", "follower", "leader"]
+    text = subprocess.run(
+        [sys.executable, "-m", "electricctl", "status", "--log", f"{cluster.nats.url}/cluster"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert text.returncode == 0 and f"127.0.0.1:{leader.port}" in text.stdout, text.stdout + text.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "electricctl", "status", "--log", f"{cluster.nats.url}/nosuch"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert missing.returncode == 1 and "no stream 'nosuch'" in missing.stderr, missing.stderr
     # a client on every instance, each subscribed to the whole table
     clients: list[SyncClient] = []
     paths = []
