@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from electricctl._log.filelog import FileLog
 from electricctl.client import SyncClient
+from tests.compat.cluster.test_instances import instance
 from tests.compat.test_convergence import STEP, Scenario, Step, _settings, run_steps
 from tests.conftest import Server, fresh_database
 from tests.nats_fixtures import NatsServer
@@ -31,20 +32,7 @@ class ClusterScenario(Scenario):
     def __init__(self, env: Env, tmp: Path, nats_server: NatsServer) -> None:
         super().__init__(env, tmp)
         self.nats = nats_server
-        self.instances = [
-            ServeProcess(
-                env,
-                "--log",
-                f"{nats_server.url}/conv",
-                "--lease",
-                "2s",
-                "--drain-timeout",
-                "5s",
-                log_dir=tmp,
-                data_dir=tmp / f"instance-{i}",
-            )
-            for i in range(2)
-        ]
+        self.instances = [instance(env, f"{nats_server.url}/conv", tmp, i) for i in range(2)]
         self.serve = self.instances[1]  # the npm client's; ours move between both
         self.home = [0, 1]
 

@@ -25,24 +25,28 @@ from tests.nats_fixtures import NatsServer
 from tests.server_fixtures import Env, ServeProcess, get_health
 
 
+def instance(env: Env, log_url: str, tmp: Path, i: int) -> ServeProcess:
+    """One serve of a cluster: the shared log, a short lease (failovers in tests take ~2 s), its own
+    data dir."""
+    return ServeProcess(
+        env,
+        *("--log", log_url, "--lease", "2s", "--drain-timeout", "5s"),
+        log_dir=tmp,
+        data_dir=tmp / f"instance-{i}",
+    )
+
+
+def electricctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "electricctl", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
 class Cluster:
     def __init__(self, env: Env, nats: NatsServer, tmp: Path, n: int = 3) -> None:
         self.env = env
         self.nats = nats
-        self.instances = [
-            ServeProcess(
-                env,
-                "--log",
-                f"{nats.url}/cluster",
-                "--lease",
-                "2s",
-                "--drain-timeout",
-                "5s",
-                log_dir=tmp,
-                data_dir=tmp / f"instance-{i}",
-            )
-            for i in range(n)
-        ]
+        self.instances = [instance(env, f"{nats.url}/cluster", tmp, i) for i in range(n)]
 
     def start(self) -> None:
         for inst in self.instances:
@@ -148,39 +152,19 @@ async def test_one_leader_every_instance_serves_and_a_killed_leader_is_replaced(
         assert time.monotonic() < deadline, listed
         await asyncio.sleep(0.2)
     assert {i["address"] for i in listed} == {f"127.0.0.1:{i.port}" for i in cluster.instances}
-    shown = subprocess.run(
-        [sys.executable, "-m", "electricctl", "status", "--serve", f"http://127.0.0.1:{follower.port}", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    shown = electricctl("status", "--serve", f"http://127.0.0.1:{follower.port}", "-o", "json")
     assert shown.returncode == 0, shown.stderr
     served = json.loads(shown.stdout)["serve"]
     assert served["role"] == "follower" and len(served["instances"]) == 3
     # and `status --log` reads the same from NATS, without asking any instance
-    shown = subprocess.run(
-        [sys.executable, "-m", "electricctl", "status", "--log", f"{cluster.nats.url}/cluster", "-o", "json"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    shown = electricctl("status", "--log", f"{cluster.nats.url}/cluster", "-o", "json")
     assert shown.returncode == 0, shown.stderr
     doc = json.loads(shown.stdout)["instances"]
     assert doc["leader"]["address"] == f"127.0.0.1:{leader.port}"
     assert sorted(i["role"] for i in doc["instances"]) == ["follower", "follower", "leader"]
-    text = subprocess.run(
-        [sys.executable, "-m", "electricctl", "status", "--log", f"{cluster.nats.url}/cluster"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    text = electricctl("status", "--log", f"{cluster.nats.url}/cluster")
     assert text.returncode == 0 and f"127.0.0.1:{leader.port}" in text.stdout, text.stdout + text.stderr
-    missing = subprocess.run(
-        [sys.executable, "-m", "electricctl", "status", "--log", f"{cluster.nats.url}/nosuch"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    missing = electricctl("status", "--log", f"{cluster.nats.url}/nosuch")
     assert missing.returncode == 1 and "no stream 'nosuch'" in missing.stderr, missing.stderr
     # a client on every instance, each subscribed to the whole table
     clients: list[SyncClient] = []
