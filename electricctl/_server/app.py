@@ -315,7 +315,7 @@ class Server:
                 delay = 0.5
                 await self.source.run(self._consume, stop)
             except SlotInUse as exc:
-                if not streamed and time.monotonic() - started > self.options.slot_wait:
+                if not streamed and not self.log.shared and time.monotonic() - started > self.options.slot_wait:
                     # never got the slot since starting: most likely two serves share its name
                     self.replication_ok = False
                     self.replication_error = str(exc)
@@ -378,8 +378,10 @@ class Server:
                 await self._replicate(until)
             except LeadershipLost as exc:
                 log.error("%s", exc)
-            except LogUnavailable as exc:
-                log.warning("could not take over the log (%s): letting the lease go", exc)
+            except ServeError:
+                raise  # retrying cannot help (the reason is logged): serve stops
+            except Exception as exc:  # NATS failed under us: let another instance (or this one, later) lead
+                log.warning("could not lead (%s: %s): letting the lease go", type(exc).__name__, exc)
             finally:
                 keeper.cancel()
                 relayer.cancel()
@@ -397,11 +399,15 @@ class Server:
     async def _evict_previous_leader(self) -> None:
         """A leader that lost its lease while paused may still hold the slot's walsender: this one
         holds the lease now (and the stream fences the old one), so end that session."""
-        rows = await self.catalog.rows(
-            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-            " WHERE slot_name = %s AND active_pid IS NOT NULL",
-            [self.slot],
-        )
+        try:
+            rows = await self.catalog.rows(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND active_pid IS NOT NULL",
+                [self.slot],
+            )
+        except psycopg.Error as exc:  # not allowed to signal it: wait for wal_sender_timeout instead
+            log.warning("could not end the previous leader's replication session: %s", first_line(exc))
+            return
         if rows:
             log.warning("ended the previous leader's replication session on slot %s", self.slot)
 
