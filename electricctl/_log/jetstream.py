@@ -4,7 +4,8 @@
 :mod:`electricctl._server.leader`) reads the replication slot and appends each committed transaction
 to the stream; every instance, the leader included, follows the stream into a local mirror (a
 :class:`~electricctl._log.filelog.FileLog` under ``<data-dir>/log``) and serves its clients from it.
-Reads stay local and synchronous; the stream is the one durable, shared copy.
+Reads stay local and synchronous; the stream is the one durable, shared copy, so mirrors are not
+fsynced (one that lost its tail to a power loss reads the stream again).
 
 Layout, chosen deliberately (docs/scaling.md says why at more length):
 
@@ -165,7 +166,6 @@ class JetStreamLog:
         mirror_dir: Path,
         *,
         retention_seconds: float = 7 * 86400,
-        fsync: bool = True,
         cache_bytes: int = 64 << 20,
         replicas: int = 1,
         part_bytes: int | None = None,
@@ -176,7 +176,10 @@ class JetStreamLog:
         self.replicas = replicas
         self.duplicate_window = duplicate_window
         self._part_bytes = part_bytes
-        self.mirror = FileLog(mirror_dir, retention_seconds=retention_seconds, fsync=fsync, cache_bytes=cache_bytes)
+        # the stream is the durable copy: the mirror is not fsynced (what a power loss takes from it
+        # is read from the stream again, see _follow_once)
+        self.mirror = FileLog(mirror_dir, retention_seconds=retention_seconds, fsync=False, cache_bytes=cache_bytes)
+        self._verified = False
         self._seq_path = Path(mirror_dir) / "jetstream.json"
         self.on_published: Callable[[list[Transaction]], None] | None = None
         """Called on the event loop with each batch the mirror took in, in order."""
@@ -579,6 +582,16 @@ class JetStreamLog:
             self._mirror_seq = 0
         self._stream_created = created or self._stream_created
         self.stream_last_seq = info.state.last_seq
+        if self._mirror_seq and not self._verified:
+            # the mirror is not fsynced: after a power loss it may lack what its sequence file says
+            # it took in. Then it is read again from the stream's start (it skips what it holds)
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                last = await js.get_msg(self.target.stream, self._mirror_seq)
+                lsn = int((last.headers or {}).get("Electric-Lsn", "0"))
+                if lsn > self.mirror.last_lsn:
+                    log.warning("the log's mirror lacks what it had taken in (a power loss?): reading the stream again")
+                    self._mirror_seq = 0
+        self._verified = True
         start = self._mirror_seq + 1
         if info.state.messages and start < info.state.first_seq:
             start = info.state.first_seq  # what the mirror lacks left the stream (retention)

@@ -124,7 +124,6 @@ class Server:
                 NatsTarget.parse(options.log_url),
                 self.data_dir / "log",
                 retention_seconds=options.retention_seconds,
-                fsync=options.fsync,
                 cache_bytes=options.log_cache_bytes,
                 replicas=options.log_replicas,
             )

@@ -321,3 +321,26 @@ async def test_a_serve_moving_from_the_file_log_keeps_its_history_and_others_kno
         assert not newcomer.covers(10) and newcomer.covers(20)  # a client at 10 resyncs, one at 20 resumes
     finally:
         await h.close()
+
+
+async def test_a_mirror_that_lost_its_tail_reads_it_again(nats: NatsServer, tmp_path: Path) -> None:
+    """Mirrors are not fsynced (the stream is the durable copy): one that lost what it had taken in
+    (a power loss) while its sequence file survived reads the stream again."""
+    h = JetStreamHarness(tmp_path, nats)
+    try:
+        writer = await h.new()
+        reader = await h.new(write=False)  # mirror-2
+        await writer.store([tx(10), tx(20), tx(30)])
+        await h.settle(reader, 30)
+        await reader.aclose()
+        reader.close()
+        h.opened.remove(reader)
+        for seg in (tmp_path / "mirror-2").glob("seg-*.log"):
+            seg.unlink()  # gone; its jetstream.json still says it took everything in
+        again = JetStreamLog(NatsTarget.parse(nats.url + "/contract"), tmp_path / "mirror-2").open()
+        h.opened.append(again)
+        await again.connect()
+        await h.settle(again, 30)
+        assert [t.lsn for t in again.read_after(0)] == [10, 20, 30]
+    finally:
+        await h.close()
