@@ -206,6 +206,7 @@ class JetStreamLog:
         self.stream_last_seq = 0
         """The stream's last sequence, as last seen (lag = this less the mirror's)."""
         self._caught_up = asyncio.Event()
+        self._last_nats_error: str | None = None
         self._acks: dict[str, asyncio.Future[dict[str, Any]]] = {}
         self._acks_sub: Any = None
         self._ack_prefix = ""
@@ -302,15 +303,22 @@ class JetStreamLog:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                self.nc = await nats.connect(
-                    servers=list(self.target.servers),
-                    name="electricctl serve",
-                    connect_timeout=2,
-                    reconnect_time_wait=0.5,
-                    max_reconnect_attempts=-1,
-                    allow_reconnect=True,
-                    ping_interval=5,
-                    max_outstanding_pings=3,
+                # (with reconnects allowed nats-py retries a first connection forever: bound it here)
+                self.nc = await asyncio.wait_for(
+                    nats.connect(
+                        servers=list(self.target.servers),
+                        name="electricctl serve",
+                        connect_timeout=2,
+                        reconnect_time_wait=0.5,
+                        max_reconnect_attempts=-1,
+                        allow_reconnect=True,
+                        ping_interval=5,
+                        max_outstanding_pings=3,
+                        error_cb=self._nats_error,
+                        disconnected_cb=self._nats_disconnected,
+                        reconnected_cb=self._nats_reconnected,
+                    ),
+                    max(0.5, min(5.0, deadline - time.monotonic())),
                 )
                 break
             except (OSError, nats.errors.Error, TimeoutError) as exc:
@@ -321,12 +329,39 @@ class JetStreamLog:
                     ) from None
                 await asyncio.sleep(0.5)
         self.js = self.nc.jetstream(timeout=_ACK_TIMEOUT)
-        await self._ensure_stream()
-        self.kv = await self._bucket()
+        try:
+            await self._ensure_stream()
+            self.kv = await self._bucket()
+        except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError, nats.errors.TimeoutError):
+            await self.aclose()
+            raise LogUnavailable(
+                f"NATS at {self.target.redacted()} answers, but without JetStream: start nats-server with -js"
+                " (or `jetstream {}` in its configuration)"
+            ) from None
+        except nats.js.errors.APIError as exc:
+            await self.aclose()
+            raise LogUnavailable(
+                f"NATS at {self.target.redacted()} refused the log's stream: {exc.description}"
+            ) from None
         horizon = await self._read_horizon()
         if horizon > self.mirror.horizon:
             self.mirror.mark_gap(horizon)
         self._follow_task = asyncio.create_task(self._follow(), name="jetstream-follow")
+
+    # nats-py reports through these (its default logs each error with a traceback)
+    async def _nats_error(self, exc: Exception) -> None:
+        text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if text != self._last_nats_error and self.nc is not None:  # before the first connection: retried above
+            log.warning("NATS at %s: %s", self.target.redacted(), text)
+        self._last_nats_error = text
+
+    async def _nats_disconnected(self) -> None:
+        if self.nc is not None:
+            log.warning("disconnected from NATS at %s; reconnecting", self.target.redacted())
+
+    async def _nats_reconnected(self) -> None:
+        self._last_nats_error = None
+        log.info("reconnected to NATS at %s", self.target.redacted())
 
     @property
     def part_bytes(self) -> int:

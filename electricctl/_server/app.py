@@ -632,7 +632,10 @@ class Server:
                 f"cannot open the transaction log in {self.data_dir / 'log'}: {exc.strerror or exc}"
             ) from None
         try:
-            await self.log.connect()
+            if isinstance(self.log, JetStreamLog):
+                await self.log.connect(timeout=self.options.db_wait)
+            else:
+                await self.log.connect()
         except LogUnavailable as exc:
             raise ServeError(str(exc)) from None
         announcer: asyncio.Task[None] | None = None

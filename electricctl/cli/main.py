@@ -436,7 +436,10 @@ def _bytes(text: str, option: str) -> int:
     "--db-wait",
     default="10s",
     show_default=True,
-    help="At startup, wait this long for a Postgres that is not up yet (refusing connections, starting up).",
+    help=(
+        "At startup, wait this long for a Postgres that is not up yet (refusing connections, starting up),"
+        " and for NATS with --log nats://."
+    ),
 )
 @click.option(
     "--slot-wait",

@@ -6,8 +6,10 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from electricctl._embedded.postgres import free_port
+from tests.nats_fixtures import nats_server_binary
 from tests.server_fixtures import Env
 
 
@@ -174,3 +176,39 @@ def test_json_logs_carry_the_client_and_user_on_every_line_about_them(env: Env) 
     assert all({"ts", "level", "logger", "msg"} <= set(line) for line in lines)
     (broke,) = [line for line in lines if "broke the protocol" in line["msg"]]
     assert broke["client_id"] == client_id and broke["user"] == "ada" and broke["level"] == "info"
+
+
+def test_an_unreachable_nats_log_is_one_line(env: Env) -> None:
+    log = f"nats://127.0.0.1:{free_port()}/prod"
+    args = ("--database-url", env.url, "--port", "0", "--data-dir", str(env.data_dir), "--db-wait", "1s")
+    done = _serve(env, *args, "--log", log)
+    assert done.returncode == 1
+    assert f"cannot reach NATS at {log}" in done.stderr and "nats-server running with -js" in done.stderr
+    assert "Traceback" not in done.stderr
+    done = _serve(env, *args, "--log", "http://127.0.0.1:4222")
+    assert done.returncode == 64 and "expected nats://HOST:PORT[/STREAM]" in done.stderr  # a usage error
+
+
+def test_nats_without_jetstream_is_one_line(env: Env, tmp_path: Path) -> None:
+    port = free_port()
+    plain = subprocess.Popen([nats_server_binary(), "-a", "127.0.0.1", "-p", str(port)], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        done = _serve(
+            env,
+            *("--database-url", env.url, "--port", "0", "--data-dir", str(tmp_path / "d"), "--db-wait", "2s"),
+            *("--log", f"nats://127.0.0.1:{port}/prod"),
+        )
+    finally:
+        plain.terminate()
+        plain.wait(10)
+    assert done.returncode == 1
+    assert "answers, but without JetStream: start nats-server with -js" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
