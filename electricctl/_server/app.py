@@ -643,7 +643,9 @@ class Server:
             assert self.log.js is not None
             ttl = self.options.lease_seconds
             me = {"id": self.server_id, "address": f"{self.options.host}:{self.options.port}", "pid": os.getpid()}
-            self.lease = LeaderLease(self.log.js, self.log.target.stream, me, ttl, self.options.log_replicas)
+            self.lease = LeaderLease(
+                self.log.js, self.log.target.stream, me, ttl, self.options.log_replicas, self.log.target.servers
+            )
             self.registry = Registry(self.log.js, self.log.target.stream, ttl * 3, self.options.log_replicas)
             self.store.shared = SharedStates(
                 self.log.js,

@@ -25,9 +25,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import nats
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
@@ -46,8 +49,17 @@ async def _bucket(js: JetStreamContext, name: str, ttl: float, replicas: int) ->
 
 
 class LeaderLease:
-    def __init__(self, js: JetStreamContext, stream: str, instance: dict[str, Any], ttl: float, replicas: int) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        stream: str,
+        instance: dict[str, Any],
+        ttl: float,
+        replicas: int,
+        servers: Sequence[str],
+    ) -> None:
         self.js = js
+        self.servers = tuple(servers)
         self.stream = stream
         self.instance = instance
         self.ttl = ttl
@@ -85,25 +97,90 @@ class LeaderLease:
         return doc
 
     async def keep(self, lost: asyncio.Event) -> None:
-        """Renew the lease until cancelled; set ``lost`` (and return) when it cannot be."""
-        kv = await self._kv()
-        last_ok = time.monotonic()
-        while True:
-            await asyncio.sleep(self.ttl / 3)
-            try:
-                self.revision = await asyncio.wait_for(kv.update(KEY, self._value(), last=self.revision), self.ttl / 3)
-                last_ok = time.monotonic()
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
-                log.error("the leader lease was taken by another instance: this one stops reading the slot")
-                lost.set()
-                return
-            except (nats.errors.Error, TimeoutError, OSError) as exc:
-                # NATS unreachable: keep trying while the lease may still be ours, then give up (it
-                # expires for everyone else at the same time)
-                if time.monotonic() - last_ok > self.ttl * 2 / 3:
-                    log.error("the leader lease could not be renewed (%s): this one stops reading the slot", exc)
-                    lost.set()
+        """Renew the lease until cancelled; set ``lost`` (and return) when it cannot be.
+
+        The renewals run in a thread of their own, on a NATS connection of their own: a burst of
+        work on serve's event loop (thousands of clients disconnecting at once, say) must not let
+        the lease lapse while the leader is merely busy. The thread still watches the event loop:
+        one that has not turned for ``hung_after`` seconds is taken to be stuck, and the lease is
+        let go so that another instance takes over."""
+        loop = asyncio.get_running_loop()
+        stop = threading.Event()
+        beat = [time.monotonic()]
+
+        async def heartbeat() -> None:
+            while True:
+                beat[0] = time.monotonic()
+                await asyncio.sleep(0.25)
+
+        def signal_lost() -> None:
+            loop.call_soon_threadsafe(lost.set)
+
+        beating = asyncio.create_task(heartbeat())
+        try:
+            await asyncio.to_thread(asyncio.run, self._renew(stop, beat, signal_lost))
+        finally:
+            stop.set()
+            beating.cancel()
+
+    async def _renew(self, stop: threading.Event, beat: list[float], signal_lost: Callable[[], None]) -> None:
+        """(In the keeper's thread.) Renew every ``ttl / 3`` until ``stop``."""
+        hung_after = max(30.0, self.ttl * 5)
+
+        async def quiet(exc: Exception) -> None:  # nats-py logs each error with a traceback otherwise
+            log.debug("the lease's NATS connection: %s", exc)
+
+        try:
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=list(self.servers),
+                    name="electricctl lease",
+                    connect_timeout=2,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.2,
+                    error_cb=quiet,
+                ),
+                self.ttl * 2 / 3,
+            )
+        except Exception as exc:
+            log.error("cannot reach NATS to keep the leader lease (%s): this one stops reading the slot", exc)
+            signal_lost()
+            return
+        try:
+            kv = await nc.jetstream(timeout=self.ttl / 3).key_value(f"electricctl_{self.stream}_lease")
+            last_ok = time.monotonic()
+            while not stop.is_set():
+                deadline = time.monotonic() + self.ttl / 3
+                while not stop.is_set() and time.monotonic() < deadline:
+                    await asyncio.sleep(0.05)
+                if stop.is_set():
                     return
+                if time.monotonic() - beat[0] > hung_after:
+                    log.error("serve's event loop has not turned for %.0fs: letting the leader lease go", hung_after)
+                    signal_lost()
+                    return
+                try:
+                    self.revision = await asyncio.wait_for(
+                        kv.update(KEY, self._value(), last=self.revision), self.ttl / 3
+                    )
+                    last_ok = time.monotonic()
+                except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.BadRequestError):
+                    log.error("the leader lease was taken by another instance: this one stops reading the slot")
+                    signal_lost()
+                    return
+                except (nats.errors.Error, TimeoutError, OSError) as exc:
+                    # NATS unreachable: keep trying while the lease may still be ours, then give up (it
+                    # expires for everyone else at the same time)
+                    if time.monotonic() - last_ok > self.ttl * 2 / 3:
+                        log.error(
+                            "the leader lease could not be renewed (%s): this one stops reading the slot",
+                            f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__,
+                        )
+                        signal_lost()
+                        return
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
 
     async def release(self) -> None:
         if self.revision == 0:
