@@ -42,6 +42,7 @@ MODULES = (
     "migrations",
     "typed_client",
     "http_shapes",
+    "cluster",
 )
 """In the order they run (benchmarks/<name>.py)."""
 
