@@ -56,7 +56,7 @@ from nats.js.api import DeliverPolicy, RetentionPolicy, StorageType, StreamConfi
 from nats.js.kv import KeyValue
 
 from electricctl._log import records
-from electricctl._log.filelog import FileLog
+from electricctl._log.filelog import FileLog, approx_size
 from electricctl._model.rows import RelationDef, Transaction
 from electricctl.errors import ElectricError
 
@@ -69,6 +69,8 @@ _HEADROOM = 8 << 10
 _WRONG_LAST_SEQUENCE = 10071
 """JetStream's error code for a failed ``Nats-Expected-Last-Sequence`` (the stream moved on)."""
 _ACK_TIMEOUT = 10.0
+_INLINE_BYTES = 256 << 10
+"""Batches smaller than this go into the mirror on the event loop, larger ones in a worker thread."""
 
 
 class LogUnavailable(ElectricError):
@@ -701,7 +703,9 @@ class JetStreamLog:
 
     async def _take_in(self, txns: list[Transaction], seq: int) -> None:
         if txns:
-            written = await asyncio.to_thread(self.mirror.write, txns)
+            # the mirror is not fsynced: a small batch is one os.write, cheaper than a thread hop
+            small = sum(approx_size(t) for t in txns) < _INLINE_BYTES
+            written = self.mirror.write(txns) if small else await asyncio.to_thread(self.mirror.write, txns)
             self.mirror.publish(written)
             if written and self.on_published is not None:
                 self.on_published(written)
