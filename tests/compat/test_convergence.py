@@ -305,9 +305,11 @@ async def run_steps(sc: Scenario, steps: list[Step]) -> None:
         await sc.close()
 
 
-def _settings(f: Any) -> Any:
+def _settings(f: Any, examples: int = 3) -> Any:
+    """Hypothesis' settings for a convergence test: ``examples`` random histories (more, or fewer,
+    with ELECTRICCTL_CONVERGENCE_EXAMPLES), derandomized unless a seed is given."""
     f = settings(
-        max_examples=int(os.environ.get("ELECTRICCTL_CONVERGENCE_EXAMPLES", "3")),
+        max_examples=int(os.environ.get("ELECTRICCTL_CONVERGENCE_EXAMPLES", str(examples))),
         deadline=None,
         derandomize=_SEED is None,
         phases=[Phase.explicit, Phase.generate],  # no shrinking: each example runs for seconds

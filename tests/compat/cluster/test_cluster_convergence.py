@@ -8,6 +8,7 @@ holds each transaction (each part of it) once."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import time
 from pathlib import Path
@@ -167,7 +168,7 @@ FAILOVERS: list[Step] = [
 
 
 @pytest.mark.timeout(600)
-@_settings
+@functools.partial(_settings, examples=1)  # and the explicit example: ~20 s each
 @example(steps=FAILOVERS)
 @given(steps=st.lists(CLUSTER_STEP, min_size=12, max_size=24))
 def test_clients_converge_across_instances_with_failovers(
