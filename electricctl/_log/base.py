@@ -31,8 +31,9 @@ class TransactionLog(Protocol):
 
     def close(self) -> None: ...
 
-    async def connect(self) -> None:
-        """Reach what the log is kept in, and start following it (a no-op for local files)."""
+    async def connect(self, timeout: float = 30.0) -> None:
+        """Reach what the log is kept in (waiting up to ``timeout`` seconds for it), and start
+        following it (a no-op for local files)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -223,7 +223,7 @@ class FileLog:
         return lsn >= self.horizon
 
     # -- writing -----------------------------------------------------------------------------
-    async def connect(self) -> None:
+    async def connect(self, timeout: float = 30.0) -> None:
         """Nothing to connect to: the file log is local."""
 
     async def aclose(self) -> None:

@@ -198,7 +198,6 @@ class JetStreamLog:
         self._mirror_seq = 0
         self._stream_created = ""
         self._has_horizon = False
-        self._stream_horizon = 0
         self.epoch = 0
         """The lease revision this instance writes under (0: not the leader)."""
         self._view: _View | None = None
@@ -255,12 +254,6 @@ class JetStreamLog:
         # the stream drops what is older than max_age itself; the mirror keeps the same window
         return self.mirror.prune(now)
 
-    def write(self, txns: Sequence[Transaction]) -> list[Transaction]:
-        raise TypeError("a JetStream log is appended to with store() (async)")
-
-    def publish(self, txns: Sequence[Transaction]) -> None:
-        raise TypeError("a JetStream log publishes what it follows from the stream")
-
     # -- the horizon (called from a worker thread while the slot is prepared) -------------------
     def set_horizon(self, lsn: int) -> None:
         self._blocking(self._put_horizon(lsn))
@@ -285,7 +278,6 @@ class JetStreamLog:
         current = await self._read_horizon()
         await self.kv.put("horizon", str(max(current, lsn)).encode())
         self._has_horizon = True
-        self._stream_horizon = max(current, lsn)
 
     async def _read_horizon(self) -> int:
         assert self.kv is not None

@@ -632,10 +632,7 @@ class Server:
                 f"cannot open the transaction log in {self.data_dir / 'log'}: {exc.strerror or exc}"
             ) from None
         try:
-            if isinstance(self.log, JetStreamLog):
-                await self.log.connect(timeout=self.options.db_wait)
-            else:
-                await self.log.connect()
+            await self.log.connect(timeout=self.options.db_wait)
         except LogUnavailable as exc:
             raise ServeError(str(exc)) from None
         announcer: asyncio.Task[None] | None = None

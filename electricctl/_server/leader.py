@@ -84,18 +84,6 @@ class LeaderLease:
             return None
         return self.revision
 
-    async def holder(self) -> dict[str, Any] | None:
-        kv = await self._kv()
-        try:
-            entry = await kv.get(KEY)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        if not entry.value:
-            return None
-        doc: dict[str, Any] = json.loads(entry.value)
-        doc["epoch"] = entry.revision
-        return doc
-
     async def keep(self, lost: asyncio.Event) -> None:
         """Renew the lease until cancelled; set ``lost`` (and return) when it cannot be.
 
@@ -216,15 +204,39 @@ class Registry:
             await kv.purge(instance_id)
 
     async def all(self) -> list[dict[str, Any]]:
-        kv = await self._kv()
-        try:
-            keys = await kv.keys()
-        except nats.js.errors.NoKeysError:
-            return []
-        out = []
-        for key in keys:
-            with contextlib.suppress(nats.js.errors.KeyNotFoundError):
-                entry = await kv.get(key)
-                if entry.value:
-                    out.append(json.loads(entry.value))
-        return sorted(out, key=lambda d: str(d.get("id")))
+        return await _entries(await self._kv())
+
+
+async def _entries(kv: KeyValue) -> list[dict[str, Any]]:
+    try:
+        keys = await kv.keys()
+    except nats.js.errors.NoKeysError:
+        return []
+    out = []
+    for key in keys:
+        with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+            entry = await kv.get(key)
+            if entry.value:
+                out.append(json.loads(entry.value))
+    return sorted(out, key=lambda d: str(d.get("id")))
+
+
+async def read_instances(js: JetStreamContext, stream: str) -> list[dict[str, Any]]:
+    """Every registered instance of ``stream``'s log, as last announced (for ``status --log``:
+    reads only, makes no bucket)."""
+    try:
+        kv = await js.key_value(f"electricctl_{stream}_instances")
+    except nats.js.errors.BucketNotFoundError:
+        return []
+    return await _entries(kv)
+
+
+async def read_leader(js: JetStreamContext, stream: str) -> dict[str, Any] | None:
+    """The lease holder of ``stream``'s log with its epoch, or None (reads only)."""
+    try:
+        entry = await (await js.key_value(f"electricctl_{stream}_lease")).get(KEY)
+    except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
+        return None
+    if not entry.value:
+        return None
+    return {**json.loads(entry.value), "epoch": entry.revision}

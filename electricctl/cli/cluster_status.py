@@ -4,7 +4,6 @@ read from NATS itself (their registry and the leader lease), without asking any 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ async def _read(url: str, timeout: float) -> dict[str, Any]:
     import nats.js.errors
 
     from electricctl._log.jetstream import NatsTarget
-    from electricctl._server.leader import KEY
+    from electricctl._server.leader import read_instances, read_leader
 
     target = NatsTarget.parse(url)
     try:
@@ -35,23 +34,8 @@ async def _read(url: str, timeout: float) -> dict[str, Any]:
             raise LogUnreachable(
                 f"NATS at {target.redacted()} has no stream {target.stream!r}: no serve has used this log yet"
             ) from None
-        instances: list[dict[str, Any]] = []
-        leader: dict[str, Any] | None = None
-        try:
-            kv = await js.key_value(f"electricctl_{target.stream}_instances")
-            for key in await kv.keys():
-                entry = await kv.get(key)
-                if entry.value:
-                    instances.append(json.loads(entry.value))
-        except (nats.js.errors.BucketNotFoundError, nats.js.errors.NoKeysError, nats.js.errors.KeyNotFoundError):
-            pass
-        try:
-            lease = await js.key_value(f"electricctl_{target.stream}_lease")
-            entry = await lease.get(KEY)
-            if entry.value:
-                leader = {**json.loads(entry.value), "epoch": entry.revision}
-        except (nats.js.errors.BucketNotFoundError, nats.js.errors.KeyNotFoundError):
-            pass
+        instances = await read_instances(js, target.stream)
+        leader = await read_leader(js, target.stream)
         now = time.time()
         for inst in instances:
             inst["seen_seconds_ago"] = round(max(0.0, now - float(inst.pop("at", now))), 1)
